@@ -1,0 +1,183 @@
+"""Typed, frozen settings read once from the environment (and an optional ``.env`` file).
+
+``load_settings(environ)`` parses every variable, collects every problem, and raises one
+``SettingsError`` naming all of them, so a misconfigured process stops at start-up with a
+message an operator can act on. Secrets are kept out of ``repr``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+API_STYLES = ("reference", "guide")
+
+
+class SettingsError(ValueError):
+    """One or more environment variables are missing or invalid."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def _text(value: str) -> str:
+    return value.strip()
+
+
+def _url(value: str) -> str:
+    value = value.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http(s) URL such as https://sms.example.com")
+    return value
+
+
+def _redis_url(value: str) -> str:
+    value = value.strip()
+    if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return value
+
+
+def _style(value: str) -> str:
+    value = value.strip().lower()
+    if value not in API_STYLES:
+        raise ValueError(f"must be one of {', '.join(API_STYLES)}")
+    return value
+
+
+def _whole_number(value: str) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+
+
+def _positive_int(value: str) -> int:
+    number = _whole_number(value)
+    if number <= 0:
+        raise ValueError("must be a positive whole number")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    number = _whole_number(value)
+    if number < 0:
+        raise ValueError("must be zero or a positive whole number")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("must be a number") from None
+    if not number > 0:
+        raise ValueError("must be a positive number")
+    return number
+
+
+def _seconds_list(value: str) -> tuple[float, ...]:
+    try:
+        items = tuple(float(item) for item in value.split(",") if item.strip())
+    except ValueError:
+        items = (-1.0,)
+    if any(item < 0 for item in items):
+        raise ValueError("must be a comma-separated list of non-negative seconds, e.g. 1,5,30")
+    return items
+
+
+def _flag(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _setting(env: str, parse: Callable[[str], Any] = _text, default: Any = None, *,
+             required: bool = False, secret: bool = False):
+    return field(default=default, repr=not secret,
+                 metadata={"env": env, "parse": parse, "required": required})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the web and worker processes need, parsed and checked."""
+
+    redis_url: str = _setting("REDIS_URL", _redis_url, required=True)
+    uponai_api_key: str = _setting("UPONAI_API_KEY", required=True, secret=True)
+    uponai_agent_id: str = _setting("UPONAI_AGENT_ID", required=True)
+    uponai_api_style: str = _setting("UPONAI_API_STYLE", _style, "reference")
+    uponai_base_url: str = _setting("UPONAI_BASE_URL", _url, "https://api.upon-ai.com")
+    uponai_workspace_id: int | None = _setting("UPONAI_WORKSPACE_ID", _positive_int)
+    uponai_connect_timeout_seconds: float = _setting("UPONAI_CONNECT_TIMEOUT_SECONDS", _positive_float, 5.0)
+    uponai_read_timeout_seconds: float = _setting("UPONAI_READ_TIMEOUT_SECONDS", _positive_float, 300.0)
+    twilio_account_sid: str = _setting("TWILIO_ACCOUNT_SID", required=True)
+    twilio_auth_token: str = _setting("TWILIO_AUTH_TOKEN", required=True, secret=True)
+    twilio_from_number: str | None = _setting("TWILIO_FROM_NUMBER")
+    twilio_messaging_service_sid: str | None = _setting("TWILIO_MESSAGING_SERVICE_SID")
+    twilio_api_base_url: str = _setting("TWILIO_API_BASE_URL", _url, "https://api.twilio.com")
+    twilio_timeout_seconds: float = _setting("TWILIO_TIMEOUT_SECONDS", _positive_float, 15.0)
+    public_base_url: str | None = _setting("PUBLIC_BASE_URL", _url)
+    admin_api_token: str | None = _setting("ADMIN_API_TOKEN", secret=True)
+    chat_idle_timeout_seconds: int = _setting("CHAT_IDLE_TIMEOUT_SECONDS", _positive_int, 3600)
+    port: int = _setting("PORT", _positive_int, 8000)
+    retry_intervals_seconds: tuple[float, ...] = _setting(
+        "RETRY_INTERVALS_SECONDS", _seconds_list, (2.0, 10.0, 30.0, 60.0, 120.0))
+    dedupe_ttl_seconds: int = _setting("DEDUPE_TTL_SECONDS", _positive_int, 7 * 24 * 3600)
+    mms_notice_text: str = _setting(
+        "MMS_NOTICE_TEXT", _text,
+        "Sorry, pictures and other media can't be read here. Please send your message as text.")
+    failure_notice_text: str = _setting(
+        "FAILURE_NOTICE_TEXT", _text,
+        "Sorry, something went wrong on our side and your message could not be answered. "
+        "Please try again later.")
+    log_message_bodies: bool = _setting("LOG_MESSAGE_BODIES", _flag, False)
+
+    @property
+    def max_attempts(self) -> int:
+        """How many times one inbound message is tried before it is given up."""
+        return len(self.retry_intervals_seconds) + 1
+
+
+def load_settings(environ: Mapping[str, str] | None = None, *, dotenv_path: str | None = ".env") -> Settings:
+    """Build Settings from ``environ`` (default: the process environment plus ``.env``).
+
+    Raises SettingsError naming every missing or invalid variable.
+    """
+    if environ is None:
+        environ = {**_read_dotenv(dotenv_path), **os.environ}
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for spec in fields(Settings):
+        name = spec.metadata["env"]
+        raw = environ.get(name)
+        if raw is None or raw.strip() == "":
+            if spec.metadata["required"]:
+                problems.append(f"{name} is required but not set")
+            continue
+        try:
+            values[spec.name] = spec.metadata["parse"](raw)
+        except ValueError as exc:
+            shown = "(hidden)" if not spec.repr else repr(raw)
+            problems.append(f"{name}={shown} is invalid: {exc}")
+    style = values.get("uponai_api_style", "reference")
+    if style == "reference" and "uponai_workspace_id" not in values:
+        problems.append("UPONAI_WORKSPACE_ID is required when UPONAI_API_STYLE is reference")
+    if problems:
+        raise SettingsError(problems)
+    return Settings(**values)
+
+
+def _read_dotenv(path: str | None) -> dict[str, str]:
+    if not path or not os.path.exists(path):
+        return {}
+    from dotenv import dotenv_values
+
+    return {key: value for key, value in dotenv_values(path).items() if value is not None}

@@ -1,0 +1,77 @@
+"""Application factory: the app is a function of its settings."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from flask import Flask, jsonify, request
+from redis import Redis
+from rq import Queue
+from twilio.request_validator import RequestValidator
+from werkzeug.exceptions import HTTPException
+
+from config import Settings, load_settings
+from workers.jobs import QUEUE_NAME
+from workers.store import ConversationStore, connect_redis
+
+MAX_REQUEST_BYTES = 64 * 1024  # Twilio's largest webhook (1600 chars, 10 media URLs) is far smaller
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """What the views share: settings and the Redis-backed collaborators."""
+
+    settings: Settings
+    redis: Redis
+    store: ConversationStore
+    queue: Queue
+    validator: RequestValidator
+
+
+def create_app(test_config: Settings | Mapping[str, str] | None = None) -> Flask:
+    """Build the web app from ``test_config`` (Settings or a mapping of variables) or the environment."""
+    if isinstance(test_config, Settings):
+        settings = test_config
+    elif test_config is not None:
+        settings = load_settings(test_config, dotenv_path=None)
+    else:
+        settings = load_settings()
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    redis = connect_redis(settings.redis_url, for_web=True)
+    app.extensions["sms_gateway"] = Gateway(
+        settings=settings,
+        redis=redis,
+        store=ConversationStore(redis, dedupe_ttl_seconds=settings.dedupe_ttl_seconds),
+        queue=Queue(QUEUE_NAME, connection=redis),
+        validator=RequestValidator(settings.twilio_auth_token),
+    )
+
+    from gateway import health, twilio_webhooks
+
+    app.register_blueprint(twilio_webhooks.bp)
+    app.register_blueprint(health.bp)
+    _register_error_handlers(app)
+    return app
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return _error(exc.code or 500, exc.name.lower().replace(" ", "_"), exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def unexpected_error(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error(500, "internal_error", "The gateway hit an unexpected error; it has been logged.")
+
+
+def _error(status: int, code: str, message: str):
+    if request.path.startswith("/admin"):
+        return jsonify({"error": {"code": code, "message": message}}), status
+    return f"{message}\n", status, {"Content-Type": "text/plain; charset=utf-8"}

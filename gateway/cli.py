@@ -1,0 +1,65 @@
+"""``sms-gateway``: the operator's command line (worker process and tools)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from config import SettingsError, load_settings
+
+
+def _configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """Run an RQ worker (with the scheduler) on the gateway's queue."""
+    from rq.worker import SimpleWorker
+
+    from workers import jobs
+    from workers.store import connect_redis
+
+    settings = load_settings()
+    redis = connect_redis(settings.redis_url)
+    jobs.install_services(jobs.build_services(settings, redis))
+    worker = SimpleWorker([jobs.QUEUE_NAME], connection=redis, log_job_description=False,
+                          job_monitoring_interval=5, worker_ttl=60)
+    worker.work(with_scheduler=True, burst=args.burst, logging_level=args.log_level,
+                max_jobs=args.max_jobs)
+    return 0
+
+
+def check_settings(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    print(f"settings ok: {settings!r}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sms-gateway", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    worker = sub.add_parser("worker", help="run a worker (with the scheduler) on the gateway's queue")
+    worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    worker.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
+    worker.set_defaults(func=run_worker)
+
+    check = sub.add_parser("check-settings", help="load the settings and show them (secrets hidden)")
+    check.set_defaults(func=check_settings)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.log_level)
+    try:
+        return args.func(args)
+    except SettingsError as exc:
+        print(f"sms-gateway: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

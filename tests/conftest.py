@@ -1,0 +1,271 @@
+"""Shared fixtures: a real Redis of the tests' own, local fake UponAI and Twilio servers, real RQ
+worker processes, and a signed-webhook helper."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from twilio.request_validator import RequestValidator
+
+from gateway import create_app
+from gateway.sandbox.twilio_sim import TwilioSimulator
+from gateway.sandbox.uponai_sim import UponAISimulator
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCOUNT_SID = "AC" + "1" * 32
+AUTH_TOKEN = "test-twilio-auth-token"
+UPONAI_KEY = "test-uponai-key"
+GATEWAY_NUMBER = "+15005550006"
+
+
+def wait_for(condition, timeout: float = 20.0, interval: float = 0.02, message: str = "condition"):
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def new_sid(prefix: str = "SM") -> str:
+    return prefix + uuid.uuid4().hex
+
+
+class RedisServer:
+    """A redis-server process of the tests' own, with append-only persistence, that can be restarted."""
+
+    def __init__(self, directory: Path):
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.exit("redis-server is not installed: run .ci/run, or apt-get install redis-server", 2)
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+             "--appendfsync", "always", "--dir", str(self.directory), "--logfile", str(self.directory / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = Redis(port=self.port, socket_connect_timeout=0.2)
+        wait_for(lambda: _pings(client), timeout=10, message="redis-server to start")
+        client.close()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def _pings(client: Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis(redis_server):
+    client = Redis.from_url(redis_server.url)
+    for key in client.scan_iter("smsgw:*", count=1000):
+        client.delete(key)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def uponai_server():
+    server = UponAISimulator(api_key=UPONAI_KEY, workspace_id=7).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def twilio_server():
+    server = TwilioSimulator(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def uponai(uponai_server):
+    uponai_server.reset()
+    yield uponai_server
+    uponai_server.reset()
+
+
+@pytest.fixture
+def twilio(twilio_server):
+    twilio_server.reset()
+    yield twilio_server
+    twilio_server.reset()
+
+
+def settings_env(redis_server, uponai_server, twilio_server, **overrides) -> dict[str, str]:
+    env = {
+        "REDIS_URL": redis_server.url,
+        "UPONAI_API_KEY": UPONAI_KEY,
+        "UPONAI_AGENT_ID": "agent_test",
+        "UPONAI_API_STYLE": "reference",
+        "UPONAI_WORKSPACE_ID": "7",
+        "UPONAI_BASE_URL": uponai_server.url,
+        "UPONAI_CONNECT_TIMEOUT_SECONDS": "1",
+        "UPONAI_READ_TIMEOUT_SECONDS": "2",
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "TWILIO_API_BASE_URL": twilio_server.url,
+        "TWILIO_TIMEOUT_SECONDS": "2",
+        "TWILIO_FROM_NUMBER": GATEWAY_NUMBER,
+        "PUBLIC_BASE_URL": "https://sms.example.com",
+        "RETRY_INTERVALS_SECONDS": "0.2,0.4,0.8",
+    }
+    env.update({k: str(v) for k, v in overrides.items()})
+    return env
+
+
+@pytest.fixture
+def env(redis_server, uponai_server, twilio_server):
+    return settings_env(redis_server, uponai_server, twilio_server)
+
+
+@pytest.fixture
+def app(env, redis):
+    return create_app(env)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+class WorkerPool:
+    """Real ``sms-gateway worker`` processes, configured only through environment variables."""
+
+    def __init__(self, env: dict[str, str], count: int, workdir: Path):
+        self.env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **env}
+        self.workdir = workdir
+        self.processes: list[subprocess.Popen] = []
+        self.logs: list[Path] = []
+        for _ in range(count):
+            self.spawn()
+
+    def spawn(self) -> subprocess.Popen:
+        log_path = self.workdir / f"worker-{len(self.logs)}.log"
+        self.logs.append(log_path)
+        with open(log_path, "wb") as log_file:
+            process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker"], env=self.env,
+                                       cwd=self.workdir, stdout=log_file, stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        return process
+
+    def wait_ready(self, redis: Redis) -> None:
+        from rq import Worker
+
+        def registered() -> bool:
+            if len(self.alive()) < len(self.processes):
+                raise AssertionError(f"a worker exited at start-up:\n{self.output()}")
+            return Worker.count(connection=redis) >= len(self.processes)
+
+        wait_for(registered, timeout=30, message="workers to register")
+
+    def alive(self) -> list[subprocess.Popen]:
+        return [p for p in self.processes if p.poll() is None]
+
+    def output(self) -> str:
+        return "\n".join(path.read_text(errors="replace") for path in self.logs if path.exists())
+
+    def stop(self) -> None:
+        for process in self.alive():
+            process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def start_workers(redis_server, uponai_server, twilio_server, tmp_path):
+    """Start real worker processes with the test settings (plus overrides); stopped after the test."""
+    pools: list[WorkerPool] = []
+
+    def start(count: int = 2, **overrides) -> WorkerPool:
+        pool = WorkerPool(settings_env(redis_server, uponai_server, twilio_server, **overrides), count, tmp_path)
+        pools.append(pool)
+        pool.wait_ready(Redis.from_url(redis_server.url))
+        return pool
+
+    yield start
+    for pool in pools:
+        pool.stop()
+
+
+@pytest.fixture
+def workers(start_workers, redis):
+    return start_workers(2)
+
+
+def sign(url: str, form: dict[str, str], token: str = AUTH_TOKEN) -> str:
+    return RequestValidator(token).compute_signature(url, form)
+
+
+def inbound_form(body: str = "hello", *, from_: str = "+14155550100", to: str = GATEWAY_NUMBER,
+                 sid: str | None = None, **extra: str) -> dict[str, str]:
+    form = {"MessageSid": sid or new_sid(), "AccountSid": ACCOUNT_SID, "From": from_, "To": to, "Body": body,
+            "NumMedia": "0", "NumSegments": "1", "SmsStatus": "received", "ApiVersion": "2010-04-01"}
+    form["SmsMessageSid"] = form["SmsSid"] = form["MessageSid"]
+    form.update(extra)
+    return form
+
+
+def post_signed(client, path: str, form: dict[str, str], *, base: str = "https://sms.example.com",
+                token: str = AUTH_TOKEN, query: str = ""):
+    url = base + path + (f"?{query}" if query else "")
+    return client.post(path + (f"?{query}" if query else ""), data=form,
+                       headers={"X-Twilio-Signature": sign(url, form, token)})
+
+
+@pytest.fixture
+def text_in(client):
+    """Send a signed inbound SMS through the webhook; returns the form sent."""
+
+    def send(body: str = "hello", **kwargs) -> dict[str, str]:
+        form = inbound_form(body, **kwargs)
+        response = post_signed(client, "/twilio/sms", form)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return form
+
+    return send

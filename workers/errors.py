@@ -1,0 +1,63 @@
+"""The project's own exceptions, named by failure class.
+
+The UponAI client and the Twilio sender translate their library's errors into these, once::
+
+    GatewayError
+    ├── TransientError              retry later (connection errors, timeouts, 429, 5xx)
+    │   ├── UponAITransientError
+    │   └── TwilioTransientError
+    └── PermanentError              do not retry (4xx other than 429)
+        ├── UponAIPermanentError
+        │   └── ChatNotFoundError   the chat id is unknown (422) or not usable any more
+        └── TwilioPermanentError
+
+``TransientError.retry_after_seconds`` carries a server's Retry-After; ``maybe_applied`` is true when
+the request may have taken effect before it failed (a read timeout, a connection dropped after the
+request was sent), so re-sending it blindly could do it twice.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+class TransientError(GatewayError):
+    """A failure that may go away: the operation should be retried later."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: int | None = None,
+                 retry_after_seconds: float | None = None, maybe_applied: bool = False):
+        super().__init__(message, status=status, code=code)
+        self.retry_after_seconds = retry_after_seconds
+        self.maybe_applied = maybe_applied
+
+
+class PermanentError(GatewayError):
+    """A failure that retrying will not fix."""
+
+
+class UponAITransientError(TransientError):
+    """UponAI was unreachable, slow, rate limiting or failing (5xx)."""
+
+
+class UponAIPermanentError(PermanentError):
+    """UponAI refused the request (400, 401, 402, 403, 404, 422...)."""
+
+
+class ChatNotFoundError(UponAIPermanentError):
+    """UponAI does not know the chat id (it answers 422 for unknown ids)."""
+
+
+class TwilioTransientError(TransientError):
+    """Twilio was unreachable, slow, rate limiting (20429) or failing (5xx)."""
+
+
+class TwilioPermanentError(PermanentError):
+    """Twilio refused the message (e.g. 21610 opted out, 21211 invalid number)."""

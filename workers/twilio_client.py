@@ -1,0 +1,111 @@
+"""Twilio REST client: the only module that calls Twilio's REST API.
+
+``TwilioSender`` sends SMS with an explicit timeout (twilio-python has none by default) and reaches
+``TWILIO_API_BASE_URL``, so a local stand-in can replace Twilio. Errors are translated once into
+``workers.errors``: 429 (20429) and 5xx, connection errors and timeouts become
+``TwilioTransientError``; other 4xx become ``TwilioPermanentError`` with Twilio's error code. A read
+timeout or a connection dropped mid-request is marked ``maybe_applied``: the message may have gone.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import requests
+from twilio.base.exceptions import TwilioException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
+from urllib3.exceptions import NewConnectionError
+
+from workers.errors import TwilioPermanentError, TwilioTransientError
+
+DEFAULT_ORIGIN = "https://api.twilio.com"
+_TWILIO_ORIGIN = re.compile(r"^https://[a-z0-9.-]+\.twilio\.com(?=/|$)")
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    """What Twilio said about a message it accepted."""
+
+    sid: str
+    status: str | None
+    num_segments: int | None
+
+
+class _RedirectingHttpClient(TwilioHttpClient):
+    """Twilio's own HTTP client, sending every ``*.twilio.com`` request to another origin."""
+
+    def __init__(self, origin: str, timeout: tuple[float, float]):
+        super().__init__(timeout=timeout[1])
+        self.timeout = timeout  # a (connect, read) pair goes straight to requests
+        self.origin = origin.rstrip("/")
+
+    def request(self, method, url, *args, **kwargs):
+        if self.origin != DEFAULT_ORIGIN:
+            url = _TWILIO_ORIGIN.sub(self.origin, url)
+        return super().request(method, url, *args, **kwargs)
+
+
+def build_client(*, account_sid: str, auth_token: str, api_base_url: str = DEFAULT_ORIGIN,
+                 timeout_seconds: float = 15.0) -> Client:
+    """A twilio ``Client`` with an explicit timeout that talks to ``api_base_url``."""
+    http_client = _RedirectingHttpClient(api_base_url, timeout=(min(5.0, timeout_seconds), timeout_seconds))
+    return Client(account_sid, auth_token, http_client=http_client)
+
+
+def translate(exc: Exception, what: str) -> TwilioTransientError | TwilioPermanentError:
+    """Map an exception raised by twilio-python (or requests under it) to the project's own."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return TwilioTransientError(f"{what}: connect timeout")
+    if isinstance(exc, requests.ReadTimeout):
+        return TwilioTransientError(f"{what}: read timeout", maybe_applied=True)
+    if isinstance(exc, requests.ConnectionError):
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        return TwilioTransientError(f"{what}: connection failed",
+                                    maybe_applied=not isinstance(reason, NewConnectionError))
+    if isinstance(exc, requests.RequestException):
+        return TwilioTransientError(f"{what}: {type(exc).__name__}", maybe_applied=True)
+    status = getattr(exc, "status", None)
+    code = getattr(exc, "code", None)
+    detail = getattr(exc, "msg", None) or getattr(exc, "detail", None) or getattr(exc, "title", None) or ""
+    message = f"{what}: {status} (code {code}) {detail}".strip()
+    if status == 429 or code == 20429 or (isinstance(status, int) and status >= 500):
+        return TwilioTransientError(message, status=status, code=code)
+    return TwilioPermanentError(message, status=status, code=code)
+
+
+class TwilioSender:
+    """Sends SMS through Twilio's REST API."""
+
+    def __init__(self, client: Client):
+        self.client = client
+
+    @classmethod
+    def from_settings(cls, settings) -> TwilioSender:
+        return cls(build_client(account_sid=settings.twilio_account_sid, auth_token=settings.twilio_auth_token,
+                                api_base_url=settings.twilio_api_base_url,
+                                timeout_seconds=settings.twilio_timeout_seconds))
+
+    def send(self, *, to: str, body: str, from_: str | None = None, messaging_service_sid: str | None = None,
+             status_callback: str | None = None) -> SentMessage:
+        """Send one SMS from ``from_`` or through ``messaging_service_sid``.
+
+        Raises TwilioTransientError (retry; check ``maybe_applied``) or TwilioPermanentError.
+        """
+        if not (from_ or messaging_service_sid):
+            raise TwilioPermanentError("no sender: set a From number or a Messaging Service")
+        params: dict = {"to": to, "body": body}
+        if messaging_service_sid:
+            params["messaging_service_sid"] = messaging_service_sid
+        else:
+            params["from_"] = from_
+        if status_callback:
+            params["status_callback"] = status_callback
+        try:
+            message = self.client.messages.create(**params)
+        except (TwilioException, requests.RequestException) as exc:
+            raise translate(exc, "Twilio send") from exc
+        segments = message.num_segments
+        return SentMessage(sid=message.sid, status=message.status,
+                           num_segments=int(segments) if segments not in (None, "") else None)

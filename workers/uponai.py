@@ -1,0 +1,329 @@
+"""UponAI chat API client: the only module that talks to UponAI.
+
+UponAI documents its chat API in two styles that disagree on paths and field names (see
+``uponai-api.md``): ``reference`` (``/api/chats...``, camelCase, scoped by ``workspaceId``) and
+``guide`` (``/create-chat...``, snake_case). ``UponAIClient`` speaks either, chosen by a setting,
+and returns one normalised model (``Chat``, ``ChatMessage``, ``ChatPage``). Responses are parsed
+leniently: unknown fields and message roles are ignored.
+
+Errors are translated once into ``workers.errors``: connection errors, timeouts, 429 and 5xx become
+``UponAITransientError`` (with Retry-After and whether the call may have been applied); other 4xx
+become ``UponAIPermanentError`` (``ChatNotFoundError`` for an unknown chat id), keeping the server's
+message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from urllib3.exceptions import NewConnectionError
+
+from workers.errors import ChatNotFoundError, UponAIPermanentError, UponAITransientError
+
+AGENT_ROLES = frozenset({"agent", "assistant"})
+ENDED_STATUSES = frozenset({"ended", "error"})
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message of a chat, reduced to who said it and what."""
+
+    role: str
+    content: str
+
+    @property
+    def is_agent(self) -> bool:
+        return self.role == "agent"
+
+
+@dataclass(frozen=True)
+class Chat:
+    """An UponAI chat in either API style's shape, normalised."""
+
+    chat_id: str
+    agent_id: str | None = None
+    status: str | None = None
+    messages: tuple[ChatMessage, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+    started_at: str | None = None
+    ended_at: str | None = None
+
+    @property
+    def is_ended(self) -> bool:
+        return (self.status or "").lower() in ENDED_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "chat_id": self.chat_id,
+            "agent_id": self.agent_id,
+            "status": self.status,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "metadata": self.metadata,
+            "messages": [{"role": m.role, "content": m.content} for m in self.messages],
+        }
+
+
+@dataclass(frozen=True)
+class ChatPage:
+    """One page of a chat listing; pass ``pagination_key`` back for the next page."""
+
+    chats: tuple[Chat, ...]
+    pagination_key: str | None
+    has_more: bool
+
+
+class UponAIClient:
+    """Calls the UponAI chat API in the configured style, with explicit timeouts."""
+
+    def __init__(self, *, base_url: str, api_key: str, agent_id: str, style: str = "reference",
+                 workspace_id: int | None = None, connect_timeout_seconds: float = 5.0,
+                 read_timeout_seconds: float = 300.0, session: requests.Session | None = None):
+        if style not in ("reference", "guide"):
+            raise ValueError(f"unknown UponAI API style {style!r}")
+        if style == "reference" and workspace_id is None:
+            raise ValueError("the reference style needs a workspace id")
+        self.base_url = base_url.rstrip("/")
+        self.agent_id = agent_id
+        self.style = style
+        self.workspace_id = workspace_id
+        self.timeout = (connect_timeout_seconds, read_timeout_seconds)
+        self.session = session or requests.Session()
+        self.session.headers.update({"Authorization": f"Bearer {api_key}", "Accept": "application/json"})
+
+    @classmethod
+    def from_settings(cls, settings) -> UponAIClient:
+        return cls(base_url=settings.uponai_base_url, api_key=settings.uponai_api_key,
+                   agent_id=settings.uponai_agent_id, style=settings.uponai_api_style,
+                   workspace_id=settings.uponai_workspace_id,
+                   connect_timeout_seconds=settings.uponai_connect_timeout_seconds,
+                   read_timeout_seconds=settings.uponai_read_timeout_seconds)
+
+    # -- operations -------------------------------------------------------------------------------
+
+    def create_chat(self, *, agent_id: str | None = None, metadata: dict[str, Any] | None = None,
+                    dynamic_variables: dict[str, str] | None = None) -> Chat:
+        """Create a chat with the agent (the default agent unless ``agent_id`` is given)."""
+        body: dict[str, Any] = {"agent_id": agent_id or self.agent_id}
+        if metadata:
+            body["metadata"] = metadata
+        if self.style == "reference":
+            body["workspaceId"] = self.workspace_id
+            if dynamic_variables:
+                body["uponai_dynamic_variables"] = dynamic_variables
+            data = self._call("POST", "/api/chats", json=body)
+        else:
+            if dynamic_variables:
+                body["retell_llm_dynamic_variables"] = dynamic_variables
+            data = self._call("POST", "/create-chat", json=body)
+        return parse_chat(data)
+
+    def complete(self, chat_id: str, content: str) -> list[ChatMessage]:
+        """Send the user's text to the chat; return the agent's messages of that turn, in order."""
+        if self.style == "reference":
+            data = self._call("POST", f"/api/chats/{_path_id(chat_id)}/completions",
+                              json={"workspaceId": self.workspace_id, "content": content}, chat_id=chat_id)
+        else:
+            data = self._call("POST", "/create-chat-completion",
+                              json={"chat_id": chat_id, "content": content}, chat_id=chat_id)
+        items = data.get("messages") if isinstance(data, dict) else None
+        return [m for m in parse_messages(items) if m.is_agent]
+
+    def get_chat(self, chat_id: str) -> Chat:
+        """Read a chat back, with its messages so far."""
+        if self.style == "reference":
+            data = self._call("GET", f"/api/chats/{_path_id(chat_id)}",
+                              params={"workspaceId": self.workspace_id}, chat_id=chat_id)
+        else:
+            data = self._call("GET", f"/get-chat/{_path_id(chat_id)}", chat_id=chat_id)
+        return parse_chat(data)
+
+    def list_chats(self, *, limit: int | None = None, sort_order: str | None = None,
+                   pagination_key: str | None = None) -> ChatPage:
+        """List chats, newest first unless ``sort_order`` is ``ascending``."""
+        if self.style == "reference":
+            params: dict[str, Any] = {"workspaceId": self.workspace_id}
+            if limit is not None:
+                params["limit"] = limit
+            if sort_order:
+                params["sortOrder"] = sort_order
+            if pagination_key:
+                params["paginationKey"] = pagination_key
+            data = self._call("GET", "/api/chats", params=params)
+            items = data.get("data") if isinstance(data, dict) else None
+        else:
+            body: dict[str, Any] = {}
+            if limit is not None:
+                body["limit"] = limit
+            if sort_order:
+                body["sort_order"] = sort_order
+            if pagination_key:
+                body["pagination_key"] = pagination_key
+            data = self._call("POST", "/v3/list-chats", json=body)
+            items = data.get("items") if isinstance(data, dict) else None
+        if isinstance(data, list):  # tolerate a bare array
+            items, data = data, {}
+        chats = tuple(parse_chat(item) for item in (items or []) if isinstance(item, dict))
+        key = data.get("pagination_key") or data.get("paginationKey") or None
+        has_more = bool(data.get("has_more", key is not None))
+        return ChatPage(chats=chats, pagination_key=key, has_more=has_more)
+
+    def end_chat(self, chat_id: str) -> None:
+        """End the chat; the agent stops answering in it."""
+        if self.style == "reference":
+            self._call("POST", f"/api/chats/{_path_id(chat_id)}/end",
+                       json={"workspaceId": self.workspace_id}, chat_id=chat_id)
+        else:
+            self._call("PATCH", f"/end-chat/{_path_id(chat_id)}", chat_id=chat_id)
+
+    # -- transport --------------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
+              chat_id: str | None = None) -> Any:
+        what = f"UponAI {method} {path}"
+        try:
+            response = self.session.request(method, self.base_url + path, json=json, params=params,
+                                            timeout=self.timeout)
+        except requests.ConnectTimeout as exc:
+            raise UponAITransientError(f"{what}: connect timeout") from exc
+        except requests.ReadTimeout as exc:
+            raise UponAITransientError(f"{what}: read timeout", maybe_applied=True) from exc
+        except requests.ConnectionError as exc:
+            raise UponAITransientError(f"{what}: connection failed",
+                                       maybe_applied=not _never_connected(exc)) from exc
+        except requests.RequestException as exc:
+            raise UponAITransientError(f"{what}: {type(exc).__name__}", maybe_applied=True) from exc
+        status = response.status_code
+        if 200 <= status < 300:
+            if status == 204 or not response.content:
+                return {}
+            try:
+                return response.json()
+            except ValueError as exc:
+                raise UponAITransientError(f"{what}: answered {status} with a body that is not JSON",
+                                           status=status, maybe_applied=True) from exc
+        message = f"{what}: {status} {_error_message(response)}"
+        if status == 429:
+            raise UponAITransientError(message, status=status,
+                                       retry_after_seconds=parse_retry_after(response.headers.get("Retry-After")))
+        if status >= 500:
+            raise UponAITransientError(message, status=status, maybe_applied=True,
+                                       retry_after_seconds=parse_retry_after(response.headers.get("Retry-After")))
+        if status == 422 and chat_id is not None:
+            raise ChatNotFoundError(message, status=status)
+        raise UponAIPermanentError(message, status=status)
+
+
+def _path_id(chat_id: str) -> str:
+    return requests.utils.quote(str(chat_id), safe="")
+
+
+def _never_connected(exc: requests.ConnectionError) -> bool:
+    """True when the request cannot have reached the server (refused, DNS failure)."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NewConnectionError)
+
+
+def _error_message(response: requests.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        text = response.text.strip().replace("\n", " ")
+        return text[:200] or "(empty body)"
+    if isinstance(data, dict):
+        for key in ("message", "error", "detail"):
+            if isinstance(data.get(key), str):
+                return data[key][:500]
+    return str(data)[:200]
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), or None."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _role(item: dict[str, Any]) -> str:
+    role = item.get("role")
+    if role is None:
+        # The reference style documents items as {content, name, tool_calls}: no role means the agent.
+        return "agent" if not item.get("tool_calls") else "tool_call_invocation"
+    role = str(role).lower()
+    return "agent" if role in AGENT_ROLES else role
+
+
+def parse_messages(items: Any) -> list[ChatMessage]:
+    """Normalise a list of message items of either style; items without text are dropped."""
+    messages = []
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict):
+            continue
+        content = item.get("content")
+        if not isinstance(content, str) or not content.strip():
+            continue
+        messages.append(ChatMessage(role=_role(item), content=content))
+    return messages
+
+
+def _parse_transcript(transcript: Any) -> list[ChatMessage]:
+    if isinstance(transcript, list):
+        return parse_messages(transcript)
+    if not isinstance(transcript, str):
+        return []
+    messages: list[ChatMessage] = []
+    for line in transcript.splitlines():
+        speaker, sep, text = line.partition(":")
+        role = speaker.strip().lower()
+        if sep and role in ("agent", "user", "assistant"):
+            messages.append(ChatMessage(role="agent" if role in AGENT_ROLES else "user", content=text.strip()))
+        elif messages and line.strip():
+            last = messages[-1]
+            messages[-1] = ChatMessage(role=last.role, content=last.content + "\n" + line)
+    return messages
+
+
+def parse_chat(data: Any) -> Chat:
+    """Build a Chat from a chat object of either style."""
+    if not isinstance(data, dict):
+        raise UponAITransientError("UponAI answered with something that is not a chat object", maybe_applied=True)
+    chat_id = data.get("chat_id") or data.get("chatId") or data.get("id")
+    if not chat_id:
+        raise UponAITransientError("UponAI chat object has no chat id", maybe_applied=True)
+    messages: list[ChatMessage] = []
+    for key in ("message_with_tool_calls", "messages"):
+        if isinstance(data.get(key), list):
+            messages = parse_messages(data[key])
+            break
+    else:
+        messages = _parse_transcript(data.get("transcript"))
+    metadata = data.get("metadata")
+    return Chat(
+        chat_id=str(chat_id),
+        agent_id=data.get("agent_id") or data.get("agentId"),
+        status=data.get("chat_status") or data.get("status"),
+        messages=tuple(messages),
+        metadata=metadata if isinstance(metadata, dict) else {},
+        started_at=_time(data.get("start_timestamp", data.get("startedAt"))),
+        ended_at=_time(data.get("end_timestamp", data.get("endedAt"))),
+    )
+
+
+def _time(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float):  # guide style: epoch milliseconds
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value / 1000))
+    return str(value)

@@ -11,6 +11,8 @@ from config import SettingsError, load_settings
 
 def _configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # twilio-python logs every request's headers at INFO: noise, and a risk for personal data.
+    logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -30,6 +32,13 @@ def run_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_all(args: argparse.Namespace) -> int:
+    """Run web, worker and whatever stand-ins the settings call for, until Ctrl-C."""
+    from gateway.sandbox.launcher import run
+
+    return run()
+
+
 def check_settings(args: argparse.Namespace) -> int:
     settings = load_settings()
     print(f"settings ok: {settings!r}")
@@ -45,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     worker.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
     worker.set_defaults(func=run_worker)
+
+    run = sub.add_parser("run", help="run the whole gateway on this machine (stand-ins for missing settings)")
+    run.set_defaults(func=run_all)
 
     check = sub.add_parser("check-settings", help="load the settings and show them (secrets hidden)")
     check.set_defaults(func=check_settings)

@@ -4,7 +4,6 @@ worker processes, and a signed-webhook helper."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +17,7 @@ from redis import Redis
 from twilio.request_validator import RequestValidator
 
 from gateway import create_app
+from gateway.sandbox.launcher import redis_server_binary
 from gateway.sandbox.twilio_sim import TwilioSimulator
 from gateway.sandbox.uponai_sim import UponAISimulator
 
@@ -54,10 +54,7 @@ class RedisServer:
     """A redis-server process of the tests' own, with append-only persistence, that can be restarted."""
 
     def __init__(self, directory: Path):
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.exit("redis-server is not installed: run .ci/run, or apt-get install redis-server", 2)
-        self.binary = binary
+        self.binary = redis_server_binary()
         self.directory = directory
         self.port = free_port()
         self.process: subprocess.Popen | None = None

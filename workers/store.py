@@ -298,7 +298,8 @@ class ConversationStore:
             for sid in sids:
                 pipe.hgetall(self.key("sent", sid))
             rows = pipe.execute()
-        return [{"sid": sid, **{_text(k): _text(v) for k, v in row.items()}} for sid, row in zip(sids, rows, strict=True)]
+        return [{"sid": sid, **{_text(k): _text(v) for k, v in row.items()}}
+                for sid, row in zip(sids, rows, strict=True)]
 
 
 def _text(value: bytes | str | None) -> str | None:

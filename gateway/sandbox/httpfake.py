@@ -7,6 +7,7 @@ or after the operation takes effect.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
@@ -167,10 +168,8 @@ class FakeServer:
                     raise _Dropped
         except _Dropped:
             handler.close_connection = True
-            try:
+            with contextlib.suppress(OSError):
                 handler.connection.shutdown(2)
-            except OSError:
-                pass
             return
         self._write(handler, reply)
 

@@ -60,6 +60,10 @@ class TwilioSimulator(FakeServer):
         return {"code": code, "message": f"injected {status}", "more_info": "", "status": status}
 
     def route(self, request: Request):
+        if request.method == "GET" and request.path == "/sandbox/messages":
+            return "list", lambda: Reply(200, {"messages": [
+                {"sid": m.sid, "to": m.to, "from": m.from_, "body": m.body, "status": m.status}
+                for m in list(self.messages)]})
         expected = "Basic " + base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
         if request.headers.get("authorization") != expected:
             return "auth", lambda: Reply(401, {"code": 20003, "message": "Authenticate", "status": 401})

@@ -91,6 +91,25 @@ def _seconds_list(value: str) -> tuple[float, ...]:
     return items
 
 
+def _agent_routes(value: str) -> dict[str, str]:
+    routes = {}
+    for item in value.replace(";", ",").split(","):
+        if not item.strip():
+            continue
+        number, sep, agent = item.partition("=")
+        if not sep or not number.strip() or not agent.strip():
+            raise ValueError("must look like +15005550006=agent_a,+15005550007=agent_b")
+        routes[number.strip()] = agent.strip()
+    return routes
+
+
+def _keyword(value: str) -> str:
+    word = value.strip().upper()
+    if not word or any(ch.isspace() for ch in word):
+        raise ValueError("must be a single word")
+    return word
+
+
 def _flag(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -139,6 +158,22 @@ class Settings:
         "Sorry, something went wrong on our side and your message could not be answered. "
         "Please try again later.")
     log_message_bodies: bool = _setting("LOG_MESSAGE_BODIES", _flag, False)
+    uponai_agent_routes: dict[str, str] = _setting("UPONAI_AGENT_ROUTES", _agent_routes, {})
+    reset_keyword: str = _setting("RESET_KEYWORD", _keyword, "RESET")
+    reset_confirmation_text: str = _setting(
+        "RESET_CONFIRMATION_TEXT", _text, "Your conversation has been reset. Your next message starts a new one.")
+    mms_notice_interval_seconds: int = _setting("MMS_NOTICE_INTERVAL_SECONDS", _non_negative_int, 3600)
+    rate_limit_messages: int = _setting("RATE_LIMIT_MESSAGES", _non_negative_int, 30)
+    rate_limit_window_seconds: int = _setting("RATE_LIMIT_WINDOW_SECONDS", _positive_int, 3600)
+    rate_limit_notice_text: str = _setting(
+        "RATE_LIMIT_NOTICE_TEXT", _text,
+        "You're sending messages faster than we can answer. Please wait a while before writing again.")
+    sms_max_segments: int = _setting("SMS_MAX_SEGMENTS", _positive_int, 10)
+    sms_transliterate: bool = _setting("SMS_TRANSLITERATE", _flag, True)
+
+    def agent_for(self, gateway_number: str) -> str:
+        """The agent that answers texts to ``gateway_number``."""
+        return self.uponai_agent_routes.get(gateway_number, self.uponai_agent_id)
 
     @property
     def max_attempts(self) -> int:

@@ -48,3 +48,24 @@ def replies_to_parts(messages: list[str], limit: int = MAX_SMS_CHARS) -> list[st
     for message in messages:
         parts.extend(split_for_sms(message, limit))
     return parts
+
+
+# Interim versions; the full SMS shaping (markdown, GSM-7, segment caps) replaces these.
+class SegmentInfo(tuple):
+    """(encoding, segments) of one SMS body."""
+
+    encoding = property(lambda self: self[0])
+    segments = property(lambda self: self[1])
+
+
+def segment_info(body: str) -> SegmentInfo:
+    """Rough encoding and segment count of ``body``."""
+    gsm = all(ord(ch) < 128 for ch in body)
+    single, multi = (160, 153) if gsm else (70, 67)
+    count = 1 if len(body) <= single else -(-len(body) // multi)
+    return SegmentInfo(("GSM-7" if gsm else "UCS-2", count))
+
+
+def shape_reply(messages: list[str], *, max_segments: int | None = None, transliterate: bool = True) -> list[str]:
+    """The SMS bodies for the agent's messages of one turn, in order."""
+    return replies_to_parts(messages)

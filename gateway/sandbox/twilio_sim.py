@@ -72,7 +72,23 @@ class TwilioSimulator(FakeServer):
             if match[1] != self.account_sid:
                 return "auth", lambda: Reply(404, {"code": 20404, "message": "not found", "status": 404})
             return "send", lambda: self._send(request)
+        if match and request.method == "GET":
+            return "list_messages", lambda: self._list(request)
         return "unknown", None
+
+    def _list(self, request: Request) -> Reply:
+        """Messages.json listing, newest first, filtered by To and From like Twilio's."""
+        to, sender = request.query.get("To"), request.query.get("From")
+        with self._state:
+            found = [m for m in reversed(self.messages)
+                     if (not to or m.to == to) and (not sender or m.from_ == sender)]
+        items = [{"sid": m.sid, "account_sid": self.account_sid, "to": m.to, "from": m.from_, "body": m.body,
+                  "status": m.status, "messaging_service_sid": m.messaging_service_sid, "num_segments": "1",
+                  "direction": "outbound-api"} for m in found]
+        uri = f"/2010-04-01/Accounts/{self.account_sid}/Messages.json"
+        return Reply(200, {"messages": items, "start": 0, "end": max(len(items) - 1, 0), "page": 0,
+                           "page_size": 50, "first_page_uri": uri, "next_page_uri": None,
+                           "previous_page_uri": None, "uri": uri})
 
     def _send(self, request: Request) -> Reply:
         form = request.form()

@@ -121,8 +121,10 @@ def _flag(value: str) -> bool:
 
 def _setting(env: str, parse: Callable[[str], Any] = _text, default: Any = None, *,
              required: bool = False, secret: bool = False):
-    return field(default=default, repr=not secret,
-                 metadata={"env": env, "parse": parse, "required": required})
+    metadata = {"env": env, "parse": parse, "required": required}
+    if isinstance(default, dict):  # dataclasses refuse a shared mutable default: give each instance a copy
+        return field(default_factory=lambda: dict(default), repr=not secret, metadata=metadata)
+    return field(default=default, repr=not secret, metadata=metadata)
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,12 @@ message an operator can act on. Secrets are kept out of ``repr``.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 API_STYLES = ("reference", "guide")
 
@@ -26,6 +27,15 @@ class SettingsError(ValueError):
 
 def _text(value: str) -> str:
     return value.strip()
+
+
+def _secret(value: str) -> str:
+    value = value.strip()
+    # It goes into HTTP headers (Bearer, Basic auth): a pasted space, newline or non-ASCII character
+    # would only fail later, on the first call.
+    if not all("!" <= ch <= "~" for ch in value):
+        raise ValueError("must be printable ASCII without spaces")
+    return value
 
 
 def _url(value: str) -> str:
@@ -64,6 +74,13 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _port(value: str) -> int:
+    number = _whole_number(value)
+    if not 0 < number < 65536:
+        raise ValueError("must be a TCP port between 1 and 65535")
+    return number
+
+
 def _non_negative_int(value: str) -> int:
     number = _whole_number(value)
     if number < 0:
@@ -76,7 +93,7 @@ def _positive_float(value: str) -> float:
         number = float(value)
     except ValueError:
         raise ValueError("must be a number") from None
-    if not number > 0:
+    if not (number > 0 and math.isfinite(number)):
         raise ValueError("must be a positive number")
     return number
 
@@ -86,7 +103,7 @@ def _seconds_list(value: str) -> tuple[float, ...]:
         items = tuple(float(item) for item in value.split(",") if item.strip())
     except ValueError:
         items = (-1.0,)
-    if any(item < 0 for item in items):
+    if any(not (item >= 0 and math.isfinite(item)) for item in items):
         raise ValueError("must be a comma-separated list of non-negative seconds, e.g. 1,5,30")
     return items
 
@@ -132,7 +149,7 @@ class Settings:
     """Everything the web and worker processes need, parsed and checked."""
 
     redis_url: str = _setting("REDIS_URL", _redis_url, required=True)
-    uponai_api_key: str = _setting("UPONAI_API_KEY", required=True, secret=True)
+    uponai_api_key: str = _setting("UPONAI_API_KEY", _secret, required=True, secret=True)
     uponai_agent_id: str = _setting("UPONAI_AGENT_ID", required=True)
     uponai_api_style: str = _setting("UPONAI_API_STYLE", _style, "reference")
     uponai_base_url: str = _setting("UPONAI_BASE_URL", _url, "https://api.upon-ai.com")
@@ -140,15 +157,15 @@ class Settings:
     uponai_connect_timeout_seconds: float = _setting("UPONAI_CONNECT_TIMEOUT_SECONDS", _positive_float, 5.0)
     uponai_read_timeout_seconds: float = _setting("UPONAI_READ_TIMEOUT_SECONDS", _positive_float, 300.0)
     twilio_account_sid: str = _setting("TWILIO_ACCOUNT_SID", required=True)
-    twilio_auth_token: str = _setting("TWILIO_AUTH_TOKEN", required=True, secret=True)
+    twilio_auth_token: str = _setting("TWILIO_AUTH_TOKEN", _secret, required=True, secret=True)
     twilio_from_number: str | None = _setting("TWILIO_FROM_NUMBER")
     twilio_messaging_service_sid: str | None = _setting("TWILIO_MESSAGING_SERVICE_SID")
     twilio_api_base_url: str = _setting("TWILIO_API_BASE_URL", _url, "https://api.twilio.com")
     twilio_timeout_seconds: float = _setting("TWILIO_TIMEOUT_SECONDS", _positive_float, 15.0)
     public_base_url: str | None = _setting("PUBLIC_BASE_URL", _url)
-    admin_api_token: str | None = _setting("ADMIN_API_TOKEN", secret=True)
+    admin_api_token: str | None = _setting("ADMIN_API_TOKEN", _secret, secret=True)
     chat_idle_timeout_seconds: int = _setting("CHAT_IDLE_TIMEOUT_SECONDS", _positive_int, 3600)
-    port: int = _setting("PORT", _positive_int, 8000)
+    port: int = _setting("PORT", _port, 8000)
     retry_intervals_seconds: tuple[float, ...] = _setting(
         "RETRY_INTERVALS_SECONDS", _seconds_list, (2.0, 10.0, 30.0, 60.0, 120.0))
     dedupe_ttl_seconds: int = _setting("DEDUPE_TTL_SECONDS", _positive_int, 7 * 24 * 3600)
@@ -177,6 +194,11 @@ class Settings:
         """The agent that answers texts to ``gateway_number``."""
         return self.uponai_agent_routes.get(gateway_number, self.uponai_agent_id)
 
+    def __repr__(self) -> str:
+        # Secrets are left out; a password inside a URL (REDIS_URL often has one) is masked.
+        shown = (f"{spec.name}={_hide_password(getattr(self, spec.name))!r}" for spec in fields(self) if spec.repr)
+        return f"Settings({', '.join(shown)})"
+
     @property
     def max_attempts(self) -> int:
         """How many times one inbound message is tried before it is given up."""
@@ -202,14 +224,29 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv_path: str 
         try:
             values[spec.name] = spec.metadata["parse"](raw)
         except ValueError as exc:
-            shown = "(hidden)" if not spec.repr else repr(raw)
+            shown = "(hidden)" if not spec.repr else repr(_hide_password(raw))
             problems.append(f"{name}={shown} is invalid: {exc}")
-    style = values.get("uponai_api_style", "reference")
-    if style == "reference" and "uponai_workspace_id" not in values:
+    # An invalid style or workspace id is reported above already; only a missing workspace id is added here.
+    style = values.get("uponai_api_style") if environ.get("UPONAI_API_STYLE", "").strip() else "reference"
+    if style == "reference" and not environ.get("UPONAI_WORKSPACE_ID", "").strip():
         problems.append("UPONAI_WORKSPACE_ID is required when UPONAI_API_STYLE is reference")
     if problems:
         raise SettingsError(problems)
     return Settings(**values)
+
+
+def _hide_password(value: Any) -> Any:
+    """``value`` with the password of a URL such as ``redis://:secret@host`` replaced by ``***``."""
+    if not isinstance(value, str) or "@" not in value:
+        return value
+    try:
+        parts = urlsplit(value)
+        if parts.password is None:
+            return value
+    except ValueError:
+        return value.rpartition("@")[2]
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def _read_dotenv(path: str | None) -> dict[str, str]:

@@ -1,0 +1,217 @@
+"""Settings: typed, read from the environment and ``.env``, failing fast with one message, secrets hidden."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from config import Settings, SettingsError, load_settings
+
+REQUIRED = ("REDIS_URL", "UPONAI_API_KEY", "UPONAI_AGENT_ID", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN")
+API_KEY = "uponai-key-Zq81sEcReT"
+AUTH_TOKEN = "twilio-token-Pk42sEcReT"
+ADMIN_TOKEN = "admin-token-Wm63sEcReT"
+
+
+def minimal(**overrides: str) -> dict[str, str]:
+    env = {
+        "REDIS_URL": "redis://127.0.0.1:6379/0",
+        "UPONAI_API_KEY": API_KEY,
+        "UPONAI_AGENT_ID": "agent_1",
+        "UPONAI_WORKSPACE_ID": "7",
+        "TWILIO_ACCOUNT_SID": "AC" + "1" * 32,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+    }
+    env.update(overrides)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def scrub_environment(monkeypatch) -> None:
+    for spec in fields(Settings):
+        monkeypatch.delenv(spec.metadata["env"], raising=False)
+
+
+def problems_of(env: dict[str, str]) -> list[str]:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env, dotenv_path=None)
+    return caught.value.problems
+
+
+def test_minimal_settings_get_the_documented_defaults():
+    settings = load_settings(minimal(), dotenv_path=None)
+    assert isinstance(settings, Settings)
+    assert settings.uponai_api_style == "reference"
+    assert settings.uponai_workspace_id == 7
+    assert settings.uponai_base_url == "https://api.upon-ai.com"
+    assert settings.twilio_api_base_url == "https://api.twilio.com"
+    assert settings.public_base_url is None
+    assert settings.admin_api_token is None
+    assert settings.chat_idle_timeout_seconds == 3600
+    assert settings.port == 8000
+    assert settings.retry_intervals_seconds == (2.0, 10.0, 30.0, 60.0, 120.0)
+    assert settings.max_attempts == 6
+
+
+def test_values_are_typed_and_normalised():
+    settings = load_settings(minimal(PORT="9001", UPONAI_API_STYLE=" Guide ", PUBLIC_BASE_URL="https://sms.example.com/",
+                                     UPONAI_READ_TIMEOUT_SECONDS="2.5", RETRY_INTERVALS_SECONDS="1, 5,30",
+                                     LOG_MESSAGE_BODIES="yes"), dotenv_path=None)
+    assert settings.port == 9001
+    assert settings.uponai_api_style == "guide"
+    assert settings.public_base_url == "https://sms.example.com"  # no trailing slash: signatures use it verbatim
+    assert settings.uponai_read_timeout_seconds == 2.5
+    assert settings.retry_intervals_seconds == (1.0, 5.0, 30.0)
+    assert settings.log_message_bodies is True
+
+
+def test_every_missing_required_variable_is_named_in_one_error():
+    with pytest.raises(SettingsError) as caught:
+        load_settings({}, dotenv_path=None)
+    message = str(caught.value)
+    for name in (*REQUIRED, "UPONAI_WORKSPACE_ID"):
+        assert name in message
+    assert len(caught.value.problems) == len(REQUIRED) + 1
+
+
+def test_blank_values_count_as_missing():
+    problems = problems_of(minimal(UPONAI_AGENT_ID="   ", TWILIO_ACCOUNT_SID=""))
+    assert problems == ["UPONAI_AGENT_ID is required but not set", "TWILIO_ACCOUNT_SID is required but not set"]
+
+
+@pytest.mark.parametrize(("name", "value", "reason"), [
+    ("UPONAI_BASE_URL", "api.upon-ai.com", "http(s) URL"),
+    ("TWILIO_API_BASE_URL", "ftp://api.twilio.com", "http(s) URL"),
+    ("PUBLIC_BASE_URL", "https://", "http(s) URL"),
+    ("REDIS_URL", "localhost:6379", "redis://"),
+    ("PORT", "eighty", "whole number"),
+    ("PORT", "70000", "between 1 and 65535"),
+    ("UPONAI_WORKSPACE_ID", "1.5", "whole number"),
+    ("UPONAI_WORKSPACE_ID", "0", "positive"),
+    ("CHAT_IDLE_TIMEOUT_SECONDS", "-5", "positive"),
+    ("UPONAI_READ_TIMEOUT_SECONDS", "0", "positive number"),
+    ("UPONAI_READ_TIMEOUT_SECONDS", "inf", "positive number"),
+    ("TWILIO_TIMEOUT_SECONDS", "soon", "number"),
+    ("RETRY_INTERVALS_SECONDS", "1,x,3", "comma-separated"),
+    ("RETRY_INTERVALS_SECONDS", "1,nan", "comma-separated"),
+    ("LOG_MESSAGE_BODIES", "maybe", "true or false"),
+    ("UPONAI_API_STYLE", "openapi", "reference, guide"),
+])
+def test_an_invalid_value_is_named_with_the_reason(name, value, reason):
+    problems = problems_of(minimal(**{name: value}))
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{name}={value!r} is invalid")
+    assert reason in problems[0]
+
+
+def test_every_invalid_and_missing_variable_is_reported_together():
+    problems = problems_of(minimal(PORT="x", UPONAI_BASE_URL="nope", UPONAI_API_KEY=None, TWILIO_AUTH_TOKEN=None))
+    named = {problem.split("=")[0].split(" ")[0] for problem in problems}
+    assert named == {"PORT", "UPONAI_BASE_URL", "UPONAI_API_KEY", "TWILIO_AUTH_TOKEN"}
+
+
+def test_guide_style_needs_no_workspace():
+    settings = load_settings(minimal(UPONAI_API_STYLE="guide", UPONAI_WORKSPACE_ID=None), dotenv_path=None)
+    assert settings.uponai_api_style == "guide"
+    assert settings.uponai_workspace_id is None
+
+
+def test_reference_style_needs_a_workspace():
+    for env in (minimal(UPONAI_WORKSPACE_ID=None), minimal(UPONAI_API_STYLE="reference", UPONAI_WORKSPACE_ID="")):
+        assert problems_of(env) == ["UPONAI_WORKSPACE_ID is required when UPONAI_API_STYLE is reference"]
+
+
+def test_an_unknown_style_is_reported_once_without_a_workspace_complaint():
+    problems = problems_of(minimal(UPONAI_API_STYLE="v3", UPONAI_WORKSPACE_ID=None))
+    assert problems == ["UPONAI_API_STYLE='v3' is invalid: must be one of reference, guide"]
+
+
+def test_secrets_never_appear_in_repr():
+    settings = load_settings(minimal(ADMIN_API_TOKEN=ADMIN_TOKEN), dotenv_path=None)
+    shown = repr(settings) + str(settings)
+    for secret in (API_KEY, AUTH_TOKEN, ADMIN_TOKEN):
+        assert secret not in shown
+    assert "agent_1" in shown  # the rest is still there to read
+    assert settings.admin_api_token == ADMIN_TOKEN
+
+
+def test_a_password_in_the_redis_url_is_masked():
+    settings = load_settings(minimal(REDIS_URL="rediss://default:hunter2-Redis@redis.example.com:6380/0"),
+                             dotenv_path=None)
+    assert "hunter2-Redis" not in repr(settings)
+    assert "rediss://default:***@redis.example.com:6380/0" in repr(settings)
+    assert settings.redis_url.endswith("hunter2-Redis@redis.example.com:6380/0")
+    problems = problems_of(minimal(REDIS_URL="http://:hunter2-Redis@redis.example.com"))
+    assert "hunter2-Redis" not in "".join(problems)
+    assert problems[0].startswith("REDIS_URL='http://:***@redis.example.com' is invalid")
+
+
+@pytest.mark.parametrize("name", ["UPONAI_API_KEY", "TWILIO_AUTH_TOKEN", "ADMIN_API_TOKEN"])
+def test_an_invalid_secret_is_named_but_never_shown(name):
+    bad = "s3cret-with a-space-Xy9"  # would only break later, inside an HTTP header
+    with pytest.raises(SettingsError) as caught:
+        load_settings(minimal(**{name: bad}), dotenv_path=None)
+    message = str(caught.value)
+    assert caught.value.problems == [f"{name}=(hidden) is invalid: must be printable ASCII without spaces"]
+    assert "s3cret" not in message and "Xy9" not in message
+    assert "s3cret" not in repr(caught.value)
+
+
+def test_dotenv_supplies_what_the_environment_lacks(tmp_path, monkeypatch):
+    dotenv = tmp_path / ".env"
+    lines = [f"{name}={value}" for name, value in minimal(PORT="9100", UPONAI_AGENT_ID="from_dotenv").items()]
+    dotenv.write_text("# local development\n" + "\n".join(lines) + "\n")
+    scrub_environment(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+
+    settings = load_settings()
+    assert settings.uponai_agent_id == "from_dotenv"
+    assert settings.port == 9100
+
+
+def test_the_environment_wins_over_dotenv(tmp_path, monkeypatch):
+    dotenv = tmp_path / "custom.env"
+    dotenv.write_text("\n".join(f"{k}={v}" for k, v in minimal(PORT="9100", UPONAI_AGENT_ID="from_dotenv").items()))
+    scrub_environment(monkeypatch)
+    monkeypatch.setenv("UPONAI_AGENT_ID", "from_environment")
+
+    settings = load_settings(dotenv_path=str(dotenv))
+    assert settings.uponai_agent_id == "from_environment"
+    assert settings.port == 9100
+
+
+def test_no_dotenv_file_is_fine_and_an_explicit_mapping_ignores_it(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text("UPONAI_AGENT_ID=from_dotenv\n")
+    scrub_environment(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(minimal()).uponai_agent_id == "agent_1"  # a mapping given is the whole truth
+    with pytest.raises(SettingsError, match="UPONAI_API_KEY is required"):
+        load_settings(dotenv_path=str(tmp_path / "missing.env"))
+
+
+def test_check_settings_command_exits_2_naming_every_missing_variable(tmp_path):
+    command = Path(sys.executable).with_name("sms-gateway")
+    result = subprocess.run([str(command), "check-settings"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60, env={"PATH": "/usr/bin:/bin", "UPONAI_API_KEY": API_KEY})
+    assert result.returncode == 2, result.stderr
+    for name in (*REQUIRED, "UPONAI_WORKSPACE_ID"):
+        if name != "UPONAI_API_KEY":
+            assert f"{name} is required" in result.stderr
+    assert "UPONAI_API_KEY" not in result.stderr
+    assert API_KEY not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_check_settings_command_shows_settings_without_secrets(tmp_path):
+    command = Path(sys.executable).with_name("sms-gateway")
+    env = {"PATH": "/usr/bin:/bin", **minimal(ADMIN_API_TOKEN=ADMIN_TOKEN)}
+    result = subprocess.run([str(command), "check-settings"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "settings ok" in result.stdout
+    assert "agent_1" in result.stdout
+    for secret in (API_KEY, AUTH_TOKEN, ADMIN_TOKEN):
+        assert secret not in result.stdout + result.stderr

@@ -189,6 +189,12 @@ class Settings:
         "You're sending messages faster than we can answer. Please wait a while before writing again.")
     sms_max_segments: int = _setting("SMS_MAX_SEGMENTS", _positive_int, 10)
     sms_transliterate: bool = _setting("SMS_TRANSLITERATE", _flag, True)
+    admin_wait_seconds: float = _setting("ADMIN_WAIT_SECONDS", _positive_float, 20.0)
+    admin_idempotency_ttl_seconds: int = _setting("ADMIN_IDEMPOTENCY_TTL_SECONDS", _positive_int, 24 * 3600)
+    outbound_opening_prompt: str = _setting(
+        "OUTBOUND_OPENING_PROMPT", _text,
+        "[The business is starting this SMS conversation; the person has not written yet. "
+        "Write your first message to them.]")
 
     def agent_for(self, gateway_number: str) -> str:
         """The agent that answers texts to ``gateway_number``."""

@@ -108,8 +108,8 @@ def status_callback():
     if not sid or not status:
         return _plain(400, "Bad status callback: MessageSid and MessageStatus are required.")
     try:
-        known = gw.store.record_status(sid, status, request.form.get("ErrorCode", "").strip()[:16])
+        cid = gw.store.record_status(sid, status, request.form.get("ErrorCode", "").strip()[:16])
     except RedisError:
         return _plain(503, "Temporarily unable to record status; please retry.")
-    log.info("status message=%s status=%s known=%s", sid, status, known)
+    log.info("status message=%s status=%s conversation=%s", sid, status, cid or "unknown")
     return _plain(200, "ok")

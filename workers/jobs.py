@@ -7,19 +7,41 @@ the worker starts), never at import time.
 from __future__ import annotations
 
 import math
+import time
 import uuid
+from datetime import timedelta
 
 from redis import Redis
 from rq import Queue, Retry, get_current_job
 
 from workers import flow
+from workers.errors import TransientError
 
 QUEUE_NAME = "sms"
 # A retry that the flow asks for is counted per message, not per job, so the job's own cap is only
 # a backstop against a loop.
 JOB_RETRY_BACKSTOP = 1000
+FAILURE_TTL_SECONDS = 30 * 24 * 3600
+STALL_AFTER_SECONDS = 20
 
 _services: flow.Services | None = None
+
+
+class RQJobPort:
+    """The flow's view of the job queue."""
+
+    def __init__(self, queue: Queue, settings):
+        self.queue = queue
+        self.settings = settings
+
+    def enqueue_drain(self, cid: str) -> None:
+        enqueue_drain(self.queue, cid, self.settings)
+
+    def schedule_idle_check(self, cid: str, delay_seconds: float) -> None:
+        self.queue.enqueue_in(
+            timedelta(seconds=max(1.0, delay_seconds)), "workers.jobs.close_idle", args=(cid,),
+            description=f"idle check {cid}", timeout=int(2 * self.settings.uponai_read_timeout_seconds + 60),
+            result_ttl=0, failure_ttl=FAILURE_TTL_SECONDS)
 
 
 def build_services(settings, redis: Redis | None = None) -> flow.Services:
@@ -34,6 +56,7 @@ def build_services(settings, redis: Redis | None = None) -> flow.Services:
         agent=UponAIClient.from_settings(settings),
         sender=TwilioSender.from_settings(settings),
         settings=settings,
+        jobs=RQJobPort(Queue(QUEUE_NAME, connection=redis), settings),
     )
 
 
@@ -59,17 +82,66 @@ def drain_budget_seconds(settings) -> float:
     return 2 * settings.uponai_read_timeout_seconds + 60
 
 
+def _retry(delay_seconds: float) -> Retry:
+    return Retry(max=JOB_RETRY_BACKSTOP, interval=[max(0, math.ceil(delay_seconds))])
+
+
 def drain(conversation_id: str):
     """Job: answer the conversation's waiting messages in order."""
     services = current_services()
     job = get_current_job()
+    if job is not None and job.meta.get("failed_sids"):
+        # A failed drain job requeued by an operator: put the messages it gave up back in line.
+        services.store.restore_dead_letters(job.meta.pop("failed_sids"))
+        job.save_meta()
     token = job.id if job else uuid.uuid4().hex
     try:
         flow.drain_conversation(services, conversation_id, token,
                                 budget_seconds=drain_budget_seconds(services.settings))
     except flow.RetryLater as exc:
-        return Retry(max=JOB_RETRY_BACKSTOP, interval=[max(0, math.ceil(exc.delay_seconds))])
+        return _retry(exc.delay_seconds)
+    except flow.MessagesFailed as exc:
+        if job is not None:
+            job.meta["failed_sids"] = exc.sids
+            job.meta["conversation_id"] = conversation_id
+            job.save_meta()
+        raise
     return None
+
+
+def close_idle(conversation_id: str):
+    """Job: end the conversation's chat if it has been idle for CHAT_IDLE_TIMEOUT_SECONDS."""
+    services = current_services()
+    job = get_current_job()
+    token = f"idle:{job.id if job else uuid.uuid4().hex}"
+    try:
+        again_in = flow.close_if_idle(services, conversation_id, token)
+    except TransientError as exc:
+        return _retry(flow.backoff_seconds(1, services.settings.retry_intervals_seconds, exc.retry_after_seconds))
+    if again_in is not None:
+        services.jobs.schedule_idle_check(conversation_id, again_in)
+    return None
+
+
+def recover_stalled(services: flow.Services) -> int:
+    """Queue a drain for every conversation with waiting messages and no job working on it.
+
+    Run by the workers' maintenance: it answers what a killed worker left behind.
+    """
+    store = services.store
+    recovered = 0
+    for cid in store.active_conversations():
+        if store.lock_holder(cid) is not None:
+            continue
+        last_inbound = float(store.conversation(cid).get("last_inbound_at") or 0)
+        if time.time() - last_inbound < STALL_AFTER_SECONDS:
+            continue  # its own drain job is probably still waiting in the queue
+        if store.inbox_length(cid) == 0:
+            store.forget_active(cid)
+            continue
+        services.jobs.enqueue_drain(cid)
+        recovered += 1
+    return recovered
 
 
 def enqueue_drain(queue: Queue, conversation_id: str, settings, *, pipeline=None):
@@ -80,6 +152,6 @@ def enqueue_drain(queue: Queue, conversation_id: str, settings, *, pipeline=None
         description=f"drain conversation {conversation_id}",
         timeout=job_timeout_seconds(settings),
         result_ttl=0,
-        failure_ttl=30 * 24 * 3600,
+        failure_ttl=FAILURE_TTL_SECONDS,
         pipeline=pipeline,
     )

@@ -10,6 +10,10 @@ numbers never appear in queue names, job descriptions or logs. Keys (all under `
     msg:{MessageSid}         hash: progress of one inbound message (reply parts, what was sent)
     sent:{twilio sid}        hash: one outbound SMS and its delivery status
     recent:{cid}             list of the conversation's latest outbound SMS sids
+    active                   set of conversation ids whose inbox may hold messages (for crash recovery)
+    dead:{MessageSid}        an inbound message that was given up, kept for a replay
+    rate:{cid}:{window}      messages forwarded to the agent in the current rate-limit window
+    notice:{kind}:{cid}      marker: a notice of this kind was sent recently (MMS, rate limit)
 
 Order comes from the inbox: the webhook appends under a Lua script, and only the lock holder reads
 the head, handles it, then removes it. The lock is released only when the inbox is empty (atomically),
@@ -38,6 +42,7 @@ if state == 'queued' then return 0 end
 if state == 'pending' then return 2 end
 redis.call('SET', KEYS[1], 'pending', 'EX', ARGV[2])
 redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[7])
 redis.call('HSET', KEYS[3], 'gateway', ARGV[3], 'person', ARGV[4], 'last_inbound_at', ARGV[5])
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[3], 'messaging_service_sid', ARGV[6]) end
 return 1
@@ -47,6 +52,7 @@ _RELEASE_IF_IDLE = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 if redis.call('LLEN', KEYS[1]) > 0 then return 0 end
 redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[2])
 return 1
 """
 
@@ -63,6 +69,20 @@ return 0
 _POP_HEAD = """
 if redis.call('LINDEX', KEYS[1], 0) == ARGV[1] then redis.call('LPOP', KEYS[1]) return 1 end
 return 0
+"""
+
+
+STATUS_RANK = {"accepted": 0, "scheduled": 0, "queued": 0, "sending": 1, "sent": 2, "receiving": 2, "received": 2,
+               "delivered": 3, "undelivered": 3, "failed": 3, "canceled": 3, "read": 4}
+
+_RECORD_STATUS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local current = redis.call('HGET', KEYS[1], 'status_rank')
+if (not current) or tonumber(current) <= tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'status', ARGV[1], 'status_rank', ARGV[2], 'status_at', ARGV[3])
+  if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error_code', ARGV[4]) end
+end
+return redis.call('HGET', KEYS[1], 'conversation_id')
 """
 
 
@@ -134,6 +154,7 @@ class ConversationStore:
         self._release = redis.register_script(_RELEASE)
         self._refresh = redis.register_script(_REFRESH)
         self._pop_head = redis.register_script(_POP_HEAD)
+        self._record_status = redis.register_script(_RECORD_STATUS)
 
     @staticmethod
     def key(*parts: str) -> str:
@@ -145,9 +166,9 @@ class ConversationStore:
         """Record an inbound message once. Returns "new", "duplicate" or "unqueued" (seen, no job yet)."""
         cid = message.conversation_id
         result = self._accept(
-            keys=[self.key("seen", message.sid), self.key("inbox", cid), self.key("conv", cid)],
+            keys=[self.key("seen", message.sid), self.key("inbox", cid), self.key("conv", cid), self.key("active")],
             args=[message.to_json(), self.dedupe_ttl_seconds, message.to, message.from_,
-                  f"{message.received_at:.3f}", message.messaging_service_sid],
+                  f"{message.received_at:.3f}", message.messaging_service_sid, cid],
         )
         return {1: "new", 0: "duplicate", 2: "unqueued"}[int(result)]
 
@@ -171,7 +192,8 @@ class ConversationStore:
 
     def release_if_idle(self, cid: str, token: str) -> bool:
         """Release the lock if the inbox is empty; False means more messages arrived meanwhile."""
-        result = self._release_if_idle(keys=[self.key("inbox", cid), self.key("lock", cid)], args=[token])
+        result = self._release_if_idle(keys=[self.key("inbox", cid), self.key("lock", cid), self.key("active")],
+                                       args=[token, cid])
         return int(result) != 0
 
     def lock_holder(self, cid: str) -> str | None:
@@ -218,6 +240,67 @@ class ConversationStore:
     def touch(self, cid: str, **fields: Any) -> None:
         self.redis.hset(self.key("conv", cid), mapping={k: str(v) for k, v in fields.items()})
 
+    def set_opted_out(self, cid: str, opted_out: bool) -> None:
+        key = self.key("conv", cid)
+        if opted_out:
+            self.redis.hset(key, mapping={"opted_out": "1", "opted_out_at": f"{time.time():.3f}"})
+        else:
+            self.redis.hdel(key, "opted_out", "opted_out_at")
+
+    def active_conversations(self) -> list[str]:
+        return sorted(_text(c) for c in self.redis.smembers(self.key("active")))
+
+    def forget_active(self, cid: str) -> None:
+        self.redis.srem(self.key("active"), cid)
+
+    def claim_idle_check(self, cid: str, due_at: float) -> bool:
+        """Note that an idle check is scheduled; False if one is scheduled already (and not long overdue)."""
+        key = self.key("conv", cid)
+        current = _text(self.redis.hget(key, "idle_check_due_at"))
+        if current is not None and float(current) > time.time() - 300:
+            return False
+        self.redis.hset(key, "idle_check_due_at", f"{due_at:.3f}")
+        return True
+
+    def clear_idle_check(self, cid: str) -> None:
+        self.redis.hdel(self.key("conv", cid), "idle_check_due_at")
+
+    def count_forwarded(self, cid: str, window_seconds: int) -> int:
+        """Count one more message forwarded to the agent in this rate-limit window."""
+        window = int(time.time() // window_seconds)
+        key = self.key("rate", cid, str(window))
+        with self.redis.pipeline() as pipe:
+            pipe.incr(key)
+            pipe.expire(key, window_seconds + 60)
+            return int(pipe.execute()[0])
+
+    def claim_notice(self, kind: str, cid: str, interval_seconds: int) -> bool:
+        """True at most once per ``interval_seconds`` for this kind of notice and conversation."""
+        if interval_seconds <= 0:
+            return True
+        return bool(self.redis.set(self.key("notice", kind, cid), "1", nx=True, ex=interval_seconds))
+
+    def keep_dead_letter(self, message: InboundMessage) -> None:
+        self.redis.set(self.key("dead", message.sid), message.to_json(), ex=PROGRESS_TTL_SECONDS)
+
+    def restore_dead_letters(self, sids: list[str]) -> list[str]:
+        """Put given-up messages back at the head of their inboxes, oldest first; returns their conversations."""
+        cids = []
+        for sid in reversed(sids):
+            raw = self.redis.get(self.key("dead", sid))
+            if raw is None:
+                continue
+            message = InboundMessage.from_json(raw)
+            cid = message.conversation_id
+            with self.redis.pipeline() as pipe:
+                pipe.lpush(self.key("inbox", cid), _text(raw))
+                pipe.sadd(self.key("active"), cid)
+                pipe.hdel(self.key("msg", sid), "attempts")
+                pipe.delete(self.key("dead", sid))
+                pipe.execute()
+            cids.append(cid)
+        return cids
+
     # -- progress of one inbound message ----------------------------------------------------------
 
     def progress(self, message_sid: str) -> Progress:
@@ -237,6 +320,19 @@ class ConversationStore:
             pipe.expire(key, PROGRESS_TTL_SECONDS)
             pipe.execute()
 
+    def decision(self, message_sid: str, name: str) -> bool | None:
+        value = _text(self.redis.hget(self.key("msg", message_sid), f"decision:{name}"))
+        return None if value is None else value == "1"
+
+    def record_decision(self, message_sid: str, name: str, value: bool) -> bool:
+        """Store a yes/no for the message unless one is stored; return the stored one."""
+        key = self.key("msg", message_sid)
+        with self.redis.pipeline() as pipe:
+            pipe.hsetnx(key, f"decision:{name}", "1" if value else "0")
+            pipe.hget(key, f"decision:{name}")
+            pipe.expire(key, PROGRESS_TTL_SECONDS)
+            return _text(pipe.execute()[1]) == "1"
+
     def mark_turn_started(self, message_sid: str, chat_id: str) -> None:
         self._set_progress(message_sid, {"turn_chat_id": chat_id})
 
@@ -254,7 +350,7 @@ class ConversationStore:
         """Claim the right to send one part; False if it was sent (or attempted) already."""
         key = self.key("msg", message_sid)
         with self.redis.pipeline() as pipe:
-            pipe.hsetnx(key, f"part:{part}", "sending")
+            pipe.hsetnx(key, f"part:{part}", f"sending:{time.time():.3f}")
             pipe.expire(key, PROGRESS_TTL_SECONDS)
             return bool(pipe.execute()[0])
 
@@ -263,7 +359,7 @@ class ConversationStore:
         self.redis.hdel(self.key("msg", message_sid), f"part:{part}")
 
     def settle_part(self, message_sid: str, part: str, outcome: str) -> None:
-        """Record how a claimed part ended: a Twilio sid, ``uncertain`` or ``failed:<code>``."""
+        """Record a claimed part's state: a Twilio sid, ``sending:<ts>``, ``uncertain:<ts>`` or ``failed:<code>``."""
         self._set_progress(message_sid, {f"part:{part}": outcome})
 
     # -- outbound messages ------------------------------------------------------------------------
@@ -273,6 +369,7 @@ class ConversationStore:
         recent = self.key("recent", cid)
         mapping = {"conversation_id": cid, "sent_at": f"{time.time():.3f}",
                    **{k: str(v) for k, v in fields.items() if v is not None}}
+        mapping["status_rank"] = str(STATUS_RANK.get(mapping.get("status", "queued"), 0))
         with self.redis.pipeline() as pipe:
             pipe.hset(key, mapping=mapping)
             pipe.expire(key, PROGRESS_TTL_SECONDS)
@@ -281,16 +378,19 @@ class ConversationStore:
             pipe.hset(self.key("conv", cid), "last_outbound_at", f"{time.time():.3f}")
             pipe.execute()
 
-    def record_status(self, twilio_sid: str, status: str, error_code: str = "") -> bool:
-        """Record a delivery status callback; False (and nothing stored) for a sid we never sent."""
-        key = self.key("sent", twilio_sid)
-        if not self.redis.exists(key):
-            return False
-        mapping = {"status": status, "status_at": f"{time.time():.3f}"}
-        if error_code:
-            mapping["error_code"] = error_code
-        self.redis.hset(key, mapping=mapping)
-        return True
+    def record_status(self, twilio_sid: str, status: str, error_code: str = "") -> str | None:
+        """Record a delivery status callback; returns the conversation id, or None for a sid we never sent.
+
+        Statuses only move forward (a late ``sent`` does not overwrite ``delivered``); error 21610 (the
+        person replied STOP) marks the conversation opted out.
+        """
+        rank = STATUS_RANK.get(status.lower(), 1)
+        result = self._record_status(keys=[self.key("sent", twilio_sid)],
+                                     args=[status, rank, f"{time.time():.3f}", error_code])
+        cid = _text(result)
+        if cid and error_code == "21610":
+            self.set_opted_out(cid, True)
+        return cid
 
     def recent_sent(self, cid: str) -> list[dict[str, str]]:
         sids = [_text(s) for s in self.redis.lrange(self.key("recent", cid), 0, -1)]

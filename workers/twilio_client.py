@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import requests
 from twilio.base.exceptions import TwilioException
@@ -109,3 +110,22 @@ class TwilioSender:
         segments = message.num_segments
         return SentMessage(sid=message.sid, status=message.status,
                            num_segments=int(segments) if segments not in (None, "") else None)
+
+    def find_sent(self, *, to: str, body: str, from_: str | None = None, since: float = 0.0) -> str | None:
+        """The sid of a message with this body sent to ``to`` since ``since`` (epoch seconds), if any.
+
+        Used before re-sending a part whose first send may have gone out. Raises TwilioTransientError.
+        """
+        params: dict = {"to": to, "limit": 50}
+        if from_:
+            params["from_"] = from_
+        if since > 0:
+            params["date_sent_after"] = datetime.fromtimestamp(since, UTC)
+        try:
+            for message in self.client.messages.list(**params):
+                if message.body == body:
+                    return message.sid
+        except (TwilioException, requests.RequestException) as exc:
+            error = translate(exc, "Twilio list")
+            raise (error if isinstance(error, TwilioTransientError) else TwilioTransientError(str(error))) from exc
+        return None

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from flask import Flask, jsonify, request
 from redis import Redis
 from rq import Queue
-from twilio.request_validator import RequestValidator
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import Settings, load_settings
+from gateway.signatures import RotatingValidator, validator_for
 from workers.jobs import QUEUE_NAME
 from workers.store import ConversationStore, connect_redis
 
@@ -29,7 +30,7 @@ class Gateway:
     redis: Redis
     store: ConversationStore
     queue: Queue
-    validator: RequestValidator
+    validator: RotatingValidator
 
 
 def create_app(test_config: Settings | Mapping[str, str] | None = None) -> Flask:
@@ -49,13 +50,18 @@ def create_app(test_config: Settings | Mapping[str, str] | None = None) -> Flask
         redis=redis,
         store=ConversationStore(redis, dedupe_ttl_seconds=settings.dedupe_ttl_seconds),
         queue=Queue(QUEUE_NAME, connection=redis),
-        validator=RequestValidator(settings.twilio_auth_token),
+        validator=validator_for(settings),
     )
 
-    from gateway import health, twilio_webhooks
+    from gateway import health, observability, twilio_webhooks
 
     app.register_blueprint(twilio_webhooks.bp)
     app.register_blueprint(health.bp)
+    observability.init_app(app)
+    if settings.trusted_proxy_hops:
+        # Behind that many proxies, trust their X-Forwarded-* headers for the client, scheme and host.
+        hops = settings.trusted_proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)
     _register_error_handlers(app)
     return app
 

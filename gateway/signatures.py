@@ -6,6 +6,21 @@ from flask import Request
 from twilio.request_validator import RequestValidator
 
 
+class RotatingValidator:
+    """Accepts a signature made with the current auth token or, during a rotation, the previous one."""
+
+    def __init__(self, token: str, previous_token: str | None = None):
+        self.validators = [RequestValidator(t) for t in (token, previous_token) if t]
+
+    def validate(self, url: str, params, signature: str) -> bool:
+        return any(v.validate(url, params, signature) for v in self.validators)
+
+
+def validator_for(settings) -> RotatingValidator:
+    """The validator for the configured token(s): ``TWILIO_AUTH_TOKEN`` and ``TWILIO_AUTH_TOKEN_PREVIOUS``."""
+    return RotatingValidator(settings.twilio_auth_token, settings.twilio_auth_token_previous)
+
+
 def signed_url(request: Request, public_base_url: str | None) -> str:
     """The URL Twilio signed: the public origin (when configured) + path + raw query string."""
     base = public_base_url or request.host_url.rstrip("/")
@@ -14,7 +29,7 @@ def signed_url(request: Request, public_base_url: str | None) -> str:
     return f"{url}?{query}" if query else url
 
 
-def is_signed_by_twilio(request: Request, validator: RequestValidator, public_base_url: str | None) -> bool:
+def is_signed_by_twilio(request: Request, validator, public_base_url: str | None) -> bool:
     """Whether the request carries a valid signature over its URL and form fields."""
     signature = request.headers.get("X-Twilio-Signature", "")
     if not signature:

@@ -1,0 +1,170 @@
+"""Observability of the processes: JSON-lines logs and the web's ``/metrics``.
+
+``configure_logging`` is called by each process's entry point (``sms-gateway`` commands, and
+``gunicorn.conf.py`` for the web), never at import. Every log line is one JSON object: ``ts``,
+``level``, ``logger``, ``message``, plus the ids found in the message (``message=SM...`` becomes
+``message_sid``) and the RQ job id inside a job. Phone numbers are masked wherever they appear, and a
+``body`` passed in ``extra`` is dropped unless ``LOG_MESSAGE_BODIES`` is on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+from datetime import UTC, datetime
+
+from flask import Blueprint, Flask, Response, g, request
+
+from workers.metrics import metrics
+from workers.redaction import mask_number
+
+_E164 = re.compile(r"(?<![\w+%])(?:\+|%2[Bb])(\d{7,15})(?!\d)")
+_ID_FIELDS = {"message": "message_sid", "conversation": "conversation_id", "chat": "chat_id", "job": "job_id"}
+_ID_PATTERN = re.compile(r"\b(message|conversation|chat|job)=([A-Za-z0-9_.:-]+)")
+_BODY_FIELDS = frozenset({"body", "text", "content"})
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+QUIET_LOGGERS = {"twilio.http_client": logging.WARNING, "urllib3": logging.WARNING}
+
+
+def mask_numbers(text: str) -> str:
+    """Mask every E.164 phone number (also URL-encoded, ``%2B...``) in free text."""
+    return _E164.sub(lambda match: mask_number("+" + match[1]), text)
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line, with phone numbers masked and bodies left out unless asked for."""
+
+    def __init__(self, *args, log_bodies: bool | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if log_bodies is None:
+            log_bodies = os.environ.get("LOG_MESSAGE_BODIES", "").strip().lower() in ("1", "true", "yes", "on")
+        self.log_bodies = log_bodies
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = mask_numbers(record.getMessage())
+        entry: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": message,
+        }
+        for key, value in _ID_PATTERN.findall(message):
+            entry.setdefault(_ID_FIELDS[key], value)
+        job_id = _current_job_id()
+        if job_id:
+            entry.setdefault("job_id", job_id)
+        for key, value in vars(record).items():
+            if key in _RECORD_FIELDS or key.startswith("_") or key in entry:
+                continue
+            if key in _BODY_FIELDS and not self.log_bodies:
+                continue
+            entry[key] = mask_numbers(value) if isinstance(value, str) else _plain(value)
+        if record.exc_info:
+            entry["exc"] = mask_numbers(self.formatException(record.exc_info))
+        elif record.exc_text:
+            entry["exc"] = mask_numbers(record.exc_text)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    return mask_numbers(str(value))
+
+
+def _current_job_id() -> str | None:
+    rq = sys.modules.get("rq")  # only inside worker processes; the web never imports the worker side
+    if rq is None:
+        return None
+    try:
+        job = rq.get_current_job()
+    except Exception:  # outside a job rq may find no connection: no id then
+        return None
+    return job.id if job is not None else None
+
+
+def configure_logging(level: str | int = "INFO", *, log_bodies: bool | None = None, stream=None) -> None:
+    """Send every log record of this process to ``stream`` (stderr) as JSON lines."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonLogFormatter(log_bodies=log_bodies))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name, quiet_level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(quiet_level)
+
+
+# -- metrics on the web side ----------------------------------------------------------------------
+
+bp = Blueprint("observability", __name__)
+
+
+@bp.get("/metrics")
+def metrics_page() -> Response:
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+    metrics()  # make sure this process's metrics exist even before its first message
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    live = CollectorRegistry()
+    live.register(_QueueCollector())
+    return Response(generate_latest(registry) + generate_latest(live), content_type=CONTENT_TYPE_LATEST)
+
+
+class _QueueCollector:
+    """Read at scrape time from Redis: queue depth, failed jobs and live workers."""
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+        from redis.exceptions import RedisError
+        from rq import Worker
+
+        from gateway.context import gateway
+
+        gw = gateway()
+        try:
+            depth = gw.queue.count
+            failed = gw.queue.failed_job_registry.count
+            workers = Worker.count(connection=gw.redis)
+            up = 1
+        except RedisError:
+            depth = failed = workers = 0
+            up = 0
+        yield GaugeMetricFamily("smsgw_redis_up", "Whether Redis answered this scrape", value=up)
+        yield GaugeMetricFamily("smsgw_queue_depth", "Jobs waiting in the queue", value=depth)
+        yield GaugeMetricFamily("smsgw_failed_jobs", "Jobs in the failed-job registry", value=failed)
+        yield GaugeMetricFamily("smsgw_workers", "Workers registered in Redis", value=workers)
+
+
+def _start_timer() -> None:
+    g.smsgw_started = time.perf_counter()
+
+
+def _observe(response: Response) -> Response:
+    started = g.pop("smsgw_started", None)
+    rule = request.url_rule.rule if request.url_rule is not None else None
+    if started is not None and rule is not None and rule.startswith("/twilio/"):
+        m = metrics()
+        m.webhook_seconds.labels(route=rule, status=str(response.status_code)).observe(
+            time.perf_counter() - started)
+        if rule == "/twilio/status" and response.status_code == 200:
+            m.status_callbacks.labels(status=request.form.get("MessageStatus", "")[:32] or "unknown").inc()
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Serve ``/metrics`` and time the Twilio webhooks."""
+    app.register_blueprint(bp)
+    app.before_request(_start_timer)
+    app.after_request(_observe)

@@ -1,0 +1,34 @@
+"""gunicorn's settings file for the web process (gunicorn reads ./gunicorn.conf.py by itself).
+
+The Procfile's command line sets binding, processes, threads and timeouts; this file sets up what
+every web process shares: JSON-lines logs, and a multiprocess directory for the Prometheus metrics
+so that ``/metrics`` sums all gunicorn processes (and the workers, when they share the directory).
+"""
+
+import os
+import tempfile
+
+# Must be in the environment before the app (and prometheus-client) is imported in the processes.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="smsgw-metrics-")
+os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "gateway.observability.JsonLogFormatter"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+    "root": {"level": os.environ.get("LOG_LEVEL", "INFO"), "handlers": ["stderr"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+        "twilio.http_client": {"level": "WARNING"},
+    },
+}
+
+
+def child_exit(server, worker):
+    """Let prometheus-client drop the live gauges of a gunicorn process that exited."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -1,12 +1,194 @@
-"""Shaping the agent's text for SMS: splitting long replies at natural boundaries."""
+"""Shaping the agent's text for SMS: plain text from markdown, GSM-7 characters, segments and splitting.
+
+An SMS is sent in GSM-7 (160 characters in one segment, 153 per segment of a longer message; the
+extension characters ``^{}\\[~]|€`` and form feed take two) unless one character is outside GSM-7,
+which switches the whole message to UCS-2 (70 / 67 UTF-16 code units; an emoji takes two).
+``shape_reply`` turns the agent's messages of one turn into the SMS bodies to send, in order.
+"""
 
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Callable
+from typing import NamedTuple
 
 MAX_SMS_CHARS = 1600  # Twilio refuses a longer Body (error 21617)
 
+GSM7_BASIC = ("@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+              "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà")
+GSM7_EXTENSION = "\f^{}\\[~]|€"  # sent as an escape plus a character: two septets each
+_GSM7 = frozenset(GSM7_BASIC + GSM7_EXTENSION)
+
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+|\n\s*\n|\n")
+
+
+class SegmentInfo(NamedTuple):
+    """How an SMS body travels: its encoding, segment count and length in that encoding's units."""
+
+    encoding: str  # "GSM-7" or "UCS-2"
+    segments: int
+    units: int  # septets (GSM-7) or UTF-16 code units (UCS-2)
+
+
+# -- GSM-7 -------------------------------------------------------------------------------------------
+
+_SPACES = "\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000\t"
+_INVISIBLE = "\u00ad\u200b\u2060\ufeff"  # soft hyphen, zero-width space, word joiner, BOM
+_EQUIVALENTS = {
+    **dict.fromkeys("\u2018\u2019\u201a\u201b\u2032\u2039\u203a\u02bc\u00b4`", "'"),
+    **dict.fromkeys("\u201c\u201d\u201e\u201f\u2033\u00ab\u00bb", '"'),
+    **dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u2043", "-"),
+    **dict.fromkeys("\u2022\u2023\u25e6\u2219\u00b7\u25aa\u25cf", "-"),  # bullets and middle dots
+    **dict.fromkeys(_SPACES, " "),
+    **dict.fromkeys(_INVISIBLE, ""),
+    **dict.fromkeys("\u2028\u2029", "\n"),
+    "\u2026": "...", "\u2044": "/", "\u2215": "/", "\u00d7": "x", "\u02c6": "^", "\u02dc": "~", "\u00a6": "|",
+    "\u2122": "TM", "\u00a9": "(C)", "\u00ae": "(R)", "\u00bd": "1/2", "\u00bc": "1/4", "\u00be": "3/4",
+    "\u2190": "<-", "\u2192": "->", "\u2194": "<->", "\u21d2": "=>", "\u2264": "<=", "\u2265": ">=",
+    "\u2260": "!=", "\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl",
+}
+_GSM7_TABLE = str.maketrans(_EQUIVALENTS)
+
+
+def to_gsm7(text: str) -> str:
+    """Replace typographic characters (curly quotes, dashes, ellipsis, odd spaces, bullets...) with GSM-7 ones.
+
+    Characters with no GSM-7 equivalent (emoji, other scripts, most accented letters) are kept.
+    """
+    # NFC first: a decomposed "é" (e + combining accent) is the GSM-7 "é" once composed.
+    return unicodedata.normalize("NFC", text).replace("\r\n", "\n").translate(_GSM7_TABLE)
+
+
+def is_gsm7(text: str) -> bool:
+    """Whether every character of ``text`` can be sent in GSM-7 (basic or extension table)."""
+    return all(ch in _GSM7 for ch in text)
+
+
+def segment_info(body: str) -> SegmentInfo:
+    """The encoding, segment count and units of ``body`` as an SMS (0 segments for an empty body)."""
+    if is_gsm7(body):
+        costs = [2 if ch in GSM7_EXTENSION else 1 for ch in body]
+        return SegmentInfo("GSM-7", _count_segments(costs, 160, 153), sum(costs))
+    costs = [2 if ord(ch) > 0xFFFF else 1 for ch in body]  # outside the BMP: a UTF-16 surrogate pair
+    return SegmentInfo("UCS-2", _count_segments(costs, 70, 67), sum(costs))
+
+
+def _count_segments(costs: list[int], single: int, per_part: int) -> int:
+    total = sum(costs)
+    if total <= single:
+        return 1 if total else 0
+    # Phones do not split an escape pair or a surrogate pair across segments: fill each part whole.
+    segments, used = 1, 0
+    for cost in costs:
+        if used + cost > per_part:
+            segments, used = segments + 1, 0
+        used += cost
+    return segments
+
+
+# -- markdown ----------------------------------------------------------------------------------------
+
+_FENCE = re.compile(r"^\s*(```|~~~)")
+_RULE = re.compile(r"^\s{0,3}(?:(?:[-*_]\s*){3,}|={3,})\s*$")
+_HEADER = re.compile(r"^\s{0,3}#{1,6}\s+(.*?)(?:\s+#+)?\s*$")
+_QUOTE = re.compile(r"^\s{0,3}(?:>\s?)+")
+_BULLET = re.compile(r"^(\s*)[-*+•]\s+(.*)$")
+_NUMBERED = re.compile(r"^(\s*)(\d{1,9})[.)]\s+(.*)$")
+_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!>~|])")
+_CODE_SPAN = re.compile(r"(`+)(.+?)\1")
+_IMAGE_OR_LINK = re.compile(r"!?\[([^\]]*)\]\(\s*<?([^)\s>]*)>?(?:\s+[\"'(].*?[\"')])?\s*\)")
+_AUTOLINK = re.compile(r"<((?:https?://|mailto:)[^>\s]+|[^@<>\s]+@[^@<>\s]+\.[^@<>\s]+)>")
+_BARE_URL = re.compile(r"\bhttps?://[^\s<>]*[^\s<>.,;:!?)'\"]")
+_REFERENCE_LINK = re.compile(r"\[([^\]]+)\]\[[^\]]*\]")
+_EMPHASIS = (
+    re.compile(r"\*\*\*(?=\S)(.+?)(?<=\S)\*\*\*"),
+    re.compile(r"(?<!\w)___(?=\S)(.+?)(?<=\S)___(?!\w)"),
+    re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*"),
+    re.compile(r"(?<!\w)__(?=\S)(.+?)(?<=\S)__(?!\w)"),
+    re.compile(r"(?<![\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![\w*])"),  # not 2*3*4
+    re.compile(r"(?<!\w)_(?=[^\s_])(.+?)(?<=[^\s_])_(?!\w)"),  # not snake_case_names
+    re.compile(r"~~(?=\S)(.+?)(?<=\S)~~"),
+)
+_HOLD = "\x00{}\x00"  # stands in for text that must come out verbatim (code, escaped characters)
+_HELD = re.compile(r"\x00(\d+)\x00")
+
+
+def markdown_to_sms(text: str) -> str:
+    """Plain SMS text from markdown: bullets as "- ", links as "text (url)", code verbatim, the rest unmarked."""
+    lines: list[str] = []
+    in_fence = False
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        if _FENCE.match(line):
+            in_fence = not in_fence
+            continue
+        lines.append(line.rstrip() if in_fence else _plain_line(line))
+    plain = "\n".join(lines)
+    return re.sub(r"\n{3,}", "\n\n", plain).strip()
+
+
+def _plain_line(line: str) -> str:
+    if _RULE.match(line):
+        return ""
+    if header := _HEADER.match(line):
+        return _plain_inline(header[1])
+    line = _QUOTE.sub("", line)
+    if bullet := _BULLET.match(line):
+        return ("  " if bullet[1] else "") + "- " + _plain_inline(bullet[2])
+    if numbered := _NUMBERED.match(line):
+        return ("  " if numbered[1] else "") + f"{numbered[2]}. " + _plain_inline(numbered[3])
+    return _plain_inline(line.strip())
+
+
+def _plain_inline(text: str) -> str:
+    held: list[str] = []
+
+    def hold(value: str) -> str:
+        held.append(value)
+        return _HOLD.format(len(held) - 1)
+
+    text = _ESCAPE.sub(lambda m: hold(m[1]), text)
+    text = _CODE_SPAN.sub(lambda m: hold(m[2].strip()), text)
+    text = _IMAGE_OR_LINK.sub(lambda m: hold(_link(m[1], m[2])), text)
+    text = _AUTOLINK.sub(lambda m: hold(_link("", m[1])), text)
+    text = _BARE_URL.sub(lambda m: hold(m[0]), text)  # an underscore in a URL is not emphasis
+    text = _REFERENCE_LINK.sub(r"\1", text)
+    for pattern in _EMPHASIS:
+        text = pattern.sub(r"\1", text)
+    # Held text may itself hold text (a link's words with an escape): restore until none is left.
+    while _HELD.search(text):
+        text = _HELD.sub(lambda m: held[int(m[1])], text)
+    return text
+
+
+def _link(label: str, url: str) -> str:
+    address = url.removeprefix("mailto:").removeprefix("tel:")
+    label = label.strip()
+    for pattern in _EMPHASIS:
+        label = pattern.sub(r"\1", label)
+    if not label or label in (url, address) or label == re.sub(r"^https?://", "", address).rstrip("/"):
+        return address
+    return f"{label} ({address})" if address else label
+
+
+# -- splitting ---------------------------------------------------------------------------------------
+
+def shape_reply(messages: list[str], *, max_segments: int | None = None, transliterate: bool = True) -> list[str]:
+    """The SMS bodies for the agent's messages of one turn, in order.
+
+    Each message becomes plain text (and GSM-7 characters when ``transliterate``), then is split at
+    sentence or word boundaries into parts of at most ``max_segments`` segments each (in the part's
+    own encoding; no cap when None) and never over 1600 characters. Blank messages give nothing.
+    """
+    if max_segments is not None and max_segments < 1:
+        raise ValueError("max_segments must be at least 1")
+    parts: list[str] = []
+    for message in messages:
+        text = markdown_to_sms(message)
+        if transliterate:
+            text = to_gsm7(text)
+        parts.extend(_split(text, MAX_SMS_CHARS, _segment_cap(max_segments)))
+    return parts
 
 
 def split_for_sms(text: str, limit: int = MAX_SMS_CHARS) -> list[str]:
@@ -15,16 +197,47 @@ def split_for_sms(text: str, limit: int = MAX_SMS_CHARS) -> list[str]:
     Breaks at paragraph or sentence ends when it can, else at a space, and never inside a word
     unless a single word is longer than ``limit``. Blank text gives no parts.
     """
+    return _split(text, limit, lambda part: True)
+
+
+def replies_to_parts(messages: list[str], limit: int = MAX_SMS_CHARS) -> list[str]:
+    """Turn the agent's messages of one turn into the SMS bodies to send, in order (no other shaping)."""
+    parts: list[str] = []
+    for message in messages:
+        parts.extend(split_for_sms(message, limit))
+    return parts
+
+
+def _segment_cap(max_segments: int | None) -> Callable[[str], bool]:
+    if max_segments is None:
+        return lambda part: True
+    return lambda part: segment_info(part).segments <= max_segments
+
+
+def _split(text: str, max_chars: int, fits: Callable[[str], bool]) -> list[str]:
+    """Parts of ``text`` of at most ``max_chars`` characters for which ``fits`` holds, cut at natural breaks."""
     text = text.strip()
     parts: list[str] = []
     while text:
-        if len(text) <= limit:
+        if len(text) <= max_chars and fits(text):
             parts.append(text)
             break
-        cut = _best_cut(text, limit)
+        cut = _best_cut(text, _longest_fitting_prefix(text, max_chars, fits))
         parts.append(text[:cut].rstrip())
         text = text[cut:].lstrip()
     return [part for part in parts if part]
+
+
+def _longest_fitting_prefix(text: str, max_chars: int, fits: Callable[[str], bool]) -> int:
+    # A longer prefix never takes fewer segments, so the lengths that fit form a range from 1.
+    low, high = 1, min(len(text), max_chars)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(text[:middle]):
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def _best_cut(text: str, limit: int) -> int:
@@ -40,32 +253,3 @@ def _best_cut(text: str, limit: int) -> int:
     if newline > 0:
         return newline + 1
     return limit  # one word longer than a whole SMS: nothing else to do
-
-
-def replies_to_parts(messages: list[str], limit: int = MAX_SMS_CHARS) -> list[str]:
-    """Turn the agent's messages of one turn into the SMS bodies to send, in order."""
-    parts: list[str] = []
-    for message in messages:
-        parts.extend(split_for_sms(message, limit))
-    return parts
-
-
-# Interim versions; the full SMS shaping (markdown, GSM-7, segment caps) replaces these.
-class SegmentInfo(tuple):
-    """(encoding, segments) of one SMS body."""
-
-    encoding = property(lambda self: self[0])
-    segments = property(lambda self: self[1])
-
-
-def segment_info(body: str) -> SegmentInfo:
-    """Rough encoding and segment count of ``body``."""
-    gsm = all(ord(ch) < 128 for ch in body)
-    single, multi = (160, 153) if gsm else (70, 67)
-    count = 1 if len(body) <= single else -(-len(body) // multi)
-    return SegmentInfo(("GSM-7" if gsm else "UCS-2", count))
-
-
-def shape_reply(messages: list[str], *, max_segments: int | None = None, transliterate: bool = True) -> list[str]:
-    """The SMS bodies for the agent's messages of one turn, in order."""
-    return replies_to_parts(messages)

@@ -13,6 +13,7 @@ from werkzeug.datastructures import MultiDict
 from gateway.context import gateway
 from gateway.signatures import is_signed_by_twilio
 from workers.jobs import enqueue_drain
+from workers.metrics import metrics
 from workers.redaction import mask_number
 from workers.store import InboundMessage
 
@@ -93,6 +94,7 @@ def inbound_sms():
     except RedisError as exc:
         log.error("inbound message=%s not accepted: Redis unavailable (%s)", message.sid, type(exc).__name__)
         return _plain(503, "Temporarily unable to accept messages; please retry.")
+    metrics().count_inbound(outcome, message.num_media)
     log.info("inbound message=%s from=%s conversation=%s %s media=%d", message.sid, mask_number(message.from_),
              message.conversation_id, outcome, message.num_media)
     return _twiml()

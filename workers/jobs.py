@@ -14,7 +14,7 @@ from datetime import timedelta
 from redis import Redis
 from rq import Queue, Retry, get_current_job
 
-from workers import flow
+from workers import flow, metrics
 from workers.errors import TransientError
 
 QUEUE_NAME = "sms"
@@ -53,8 +53,8 @@ def build_services(settings, redis: Redis | None = None) -> flow.Services:
     redis = redis or connect_redis(settings.redis_url)
     return flow.Services(
         store=ConversationStore(redis, dedupe_ttl_seconds=settings.dedupe_ttl_seconds),
-        agent=UponAIClient.from_settings(settings),
-        sender=TwilioSender.from_settings(settings),
+        agent=metrics.MeteredClient(UponAIClient.from_settings(settings), "uponai"),
+        sender=metrics.MeteredClient(TwilioSender.from_settings(settings), "twilio"),
         settings=settings,
         jobs=RQJobPort(Queue(QUEUE_NAME, connection=redis), settings),
     )
@@ -86,6 +86,7 @@ def _retry(delay_seconds: float) -> Retry:
     return Retry(max=JOB_RETRY_BACKSTOP, interval=[max(0, math.ceil(delay_seconds))])
 
 
+@metrics.timed_job
 def drain(conversation_id: str):
     """Job: answer the conversation's waiting messages in order."""
     services = current_services()

@@ -14,7 +14,9 @@ message.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -246,13 +248,17 @@ def parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:  # "inf" or "nan" would make a retry that never comes
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # "-0000" dates come back naive: they are UTC, not local time
+        when = when.replace(tzinfo=datetime.UTC)
     return max(0.0, when.timestamp() - time.time())
 
 

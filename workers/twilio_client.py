@@ -22,6 +22,7 @@ from urllib3.exceptions import NewConnectionError
 from workers.errors import TwilioPermanentError, TwilioTransientError
 
 DEFAULT_ORIGIN = "https://api.twilio.com"
+LIBRARY_ERRORS = (TwilioException, requests.RequestException)  # what twilio-python calls can raise
 _TWILIO_ORIGIN = re.compile(r"^https://[a-z0-9.-]+\.twilio\.com(?=/|$)")
 
 

@@ -25,7 +25,8 @@ def signed_url(request: Request, public_base_url: str | None) -> str:
     """The URL Twilio signed: the public origin (when configured) + path + raw query string."""
     base = public_base_url or request.host_url.rstrip("/")
     url = base + request.script_root + request.path
-    query = request.query_string.decode("latin-1")
+    # Twilio signs the URL's text; a raw (unescaped) non-ASCII byte in it is UTF-8, as the validator encodes it.
+    query = request.query_string.decode("utf-8", "replace")
     return f"{url}?{query}" if query else url
 
 

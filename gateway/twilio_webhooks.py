@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import re
 import time
+from urllib.parse import parse_qsl
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Request, Response, request
 from redis.exceptions import RedisError
 from werkzeug.datastructures import MultiDict
 
@@ -25,10 +26,24 @@ MAX_BODY_CHARS = 4096
 MAX_ADDRESS_CHARS = 64
 MAX_MEDIA = 100
 _SID = re.compile(r"^[A-Za-z0-9]{2,64}$")
+FORM_TYPE = "application/x-www-form-urlencoded"
 
 
 class InvalidInbound(ValueError):
     """The webhook's form is not a usable inbound message."""
+
+
+def form_problem(req: Request) -> str | None:
+    """Why the body is not a form Twilio could have sent, or None. Call it before ``req.form`` is read."""
+    if req.mimetype != FORM_TYPE:
+        return f"Content-Type must be {FORM_TYPE}"
+    # Werkzeug quietly keeps undecodable escapes (or drops the whole form): check the raw bytes.
+    # get_data caches them, so the form is still parsed from them afterwards.
+    try:
+        parse_qsl(req.get_data(cache=True).decode("utf-8"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        return "the form is not valid UTF-8"
+    return None
 
 
 def parse_inbound(form: MultiDict) -> InboundMessage:
@@ -77,10 +92,13 @@ def _plain(status: int, message: str) -> Response:
 @bp.post("/sms")
 def inbound_sms():
     gw = gateway()
+    problem = form_problem(request)
     if not is_signed_by_twilio(request, gw.validator, gw.settings.public_base_url):
         log.warning("inbound rejected: invalid or missing X-Twilio-Signature")
         return _plain(403, "Invalid or missing X-Twilio-Signature.")
     try:
+        if problem:
+            raise InvalidInbound(problem)
         message = parse_inbound(request.form)
     except InvalidInbound as exc:
         return _plain(400, f"Bad inbound message: {exc}.")
@@ -103,8 +121,11 @@ def inbound_sms():
 @bp.post("/status")
 def status_callback():
     gw = gateway()
+    problem = form_problem(request)
     if not is_signed_by_twilio(request, gw.validator, gw.settings.public_base_url):
         return _plain(403, "Invalid or missing X-Twilio-Signature.")
+    if problem:
+        return _plain(400, f"Bad status callback: {problem}.")
     sid = request.form.get("MessageSid", "").strip()
     status = request.form.get("MessageStatus", "").strip()[:32]
     if not sid or not status:

@@ -41,7 +41,10 @@ class JsonLogFormatter(logging.Formatter):
     def __init__(self, *args, log_bodies: bool | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if log_bodies is None:
-            log_bodies = os.environ.get("LOG_MESSAGE_BODIES", "").strip().lower() in ("1", "true", "yes", "on")
+            from config.settings import _read_dotenv
+
+            flag = os.environ.get("LOG_MESSAGE_BODIES", _read_dotenv(".env").get("LOG_MESSAGE_BODIES", ""))
+            log_bodies = flag.strip().lower() in ("1", "true", "yes", "on")
         self.log_bodies = log_bodies
 
     def format(self, record: logging.LogRecord) -> str:

@@ -69,6 +69,8 @@ def translate(exc: Exception, what: str) -> TwilioTransientError | TwilioPermane
     if isinstance(exc, requests.RequestException):
         return TwilioTransientError(f"{what}: {type(exc).__name__}", maybe_applied=True)
     status = getattr(exc, "status", None)
+    if status is None and len(exc.args) > 1 and hasattr(exc.args[1], "status_code"):
+        status = exc.args[1].status_code  # list calls raise TwilioException(message, response)
     code = getattr(exc, "code", None)
     detail = getattr(exc, "msg", None) or getattr(exc, "detail", None) or getattr(exc, "title", None) or ""
     message = f"{what}: {status} (code {code}) {detail}".strip()

@@ -9,7 +9,12 @@ import sys
 from config import SettingsError, load_settings
 
 
-def _configure_logging(level: str = "INFO") -> None:
+def _configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
+    if json_lines:  # long-running processes log JSON lines: see gateway/observability.py
+        from gateway.observability import configure_logging
+
+        configure_logging(level)
+        return
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # twilio-python logs every request's headers at INFO: noise, and a risk for personal data.
     logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
@@ -60,12 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-settings", help="load the settings and show them (secrets hidden)")
     check.set_defaults(func=check_settings)
+
+    from gateway import operator_tools
+
+    operator_tools.add_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, json_lines=args.command == "worker")
     try:
         return args.func(args)
     except SettingsError as exc:

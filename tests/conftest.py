@@ -3,6 +3,7 @@ worker processes, and a signed-webhook helper."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -182,8 +183,10 @@ class WorkerPool:
         log_path = self.workdir / f"worker-{len(self.logs)}.log"
         self.logs.append(log_path)
         with open(log_path, "wb") as log_file:
+            # A session of its own, so that the worker and its scheduler child can be killed together.
             process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker"], env=self.env,
-                                       cwd=self.workdir, stdout=log_file, stderr=subprocess.STDOUT)
+                                       cwd=self.workdir, stdout=log_file, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
         self.processes.append(process)
         return process
 
@@ -203,6 +206,11 @@ class WorkerPool:
     def output(self) -> str:
         return "\n".join(path.read_text(errors="replace") for path in self.logs if path.exists())
 
+    def crash(self, process: subprocess.Popen) -> None:
+        """SIGKILL a worker and its scheduler child at once, as when its machine dies."""
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
     def stop(self) -> None:
         for process in self.alive():
             process.send_signal(signal.SIGTERM)
@@ -212,6 +220,8 @@ class WorkerPool:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # whatever it left behind (its scheduler)
 
 
 @pytest.fixture

@@ -53,10 +53,11 @@ def create_app(test_config: Settings | Mapping[str, str] | None = None) -> Flask
         validator=validator_for(settings),
     )
 
-    from gateway import health, observability, twilio_webhooks
+    from gateway import admin, health, observability, twilio_webhooks
 
     app.register_blueprint(twilio_webhooks.bp)
     app.register_blueprint(health.bp)
+    admin.init_app(app)
     observability.init_app(app)
     if settings.trusted_proxy_hops:
         # Behind that many proxies, trust their X-Forwarded-* headers for the client, scheme and host.

@@ -25,12 +25,13 @@ def run_worker(args: argparse.Namespace) -> int:
     from rq.worker import SimpleWorker
 
     from workers import jobs
+    from workers.admin_ops import ADMIN_QUEUE_NAME
     from workers.store import connect_redis
 
     settings = load_settings()
     redis = connect_redis(settings.redis_url)
     jobs.install_services(jobs.build_services(settings, redis))
-    worker = SimpleWorker([jobs.QUEUE_NAME], connection=redis, log_job_description=False,
+    worker = SimpleWorker([ADMIN_QUEUE_NAME, jobs.QUEUE_NAME], connection=redis, log_job_description=False,
                           job_monitoring_interval=5, worker_ttl=60)
     worker.work(with_scheduler=True, burst=args.burst, logging_level=args.log_level,
                 max_jobs=args.max_jobs)
@@ -69,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway import operator_tools
 
     operator_tools.add_commands(sub)
+
+    from gateway import admin_cli
+
+    admin_cli.add_commands(sub)
     return parser
 
 

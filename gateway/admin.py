@@ -1,0 +1,328 @@
+"""The admin API (JSON under ``/admin``) for operators and their tools.
+
+Registered only while ADMIN_API_TOKEN is set, so every ``/admin`` path answers 404 when it is not.
+Each route but ``GET /admin/openapi.json`` needs ``Authorization: Bearer $ADMIN_API_TOKEN`` (compared
+in constant time; 401 otherwise). Every failure answers ``{"error": {"code": ..., "message": ...}}``.
+Local state is read from Redis here; whatever needs UponAI or Twilio runs as a worker job
+(``gateway.admin_jobs``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import uuid
+from typing import Any
+
+from flask import Blueprint, Flask, jsonify, request
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job
+from rq.registry import FailedJobRegistry
+from werkzeug.routing import PathConverter
+
+from gateway import admin_validation as check
+from gateway.admin_jobs import AdminJobs, IdempotencyConflict, Outcome, failure_reason, since_epoch
+from gateway.context import gateway
+from gateway.openapi import admin_openapi
+from workers.admin_ops import ADMIN_QUEUE_NAME
+from workers.jobs import QUEUE_NAME
+from workers.redaction import mask_number
+from workers.store import conversation_id
+
+log = logging.getLogger(__name__)
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+GATEWAY_QUEUES = (QUEUE_NAME, ADMIN_QUEUE_NAME)
+PER_CONVERSATION_JOBS = ("workers.jobs.drain", "workers.jobs.close_idle")
+TIME_FIELDS = ("chat_started_at", "last_activity_at", "last_inbound_at", "last_outbound_at", "opted_out_at")
+
+
+class AnyTextConverter(PathConverter):
+    """Like ``path``, but also matches control characters, so odd input reaches the check (400, not 404)."""
+
+    regex = r"[\s\S]+?"
+    part_isolating = False
+
+
+class AdminProblem(Exception):
+    """Answer the request with this status and error."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+def init_app(app: Flask) -> None:
+    """Turn the admin API on when ADMIN_API_TOKEN is set."""
+    gw = app.extensions["sms_gateway"]
+    if not gw.settings.admin_api_token:
+        return
+    app.extensions["sms_gateway_admin"] = AdminJobs(gw.settings, gw.redis, gw.store)
+    app.url_map.converters["anytext"] = AnyTextConverter
+    app.register_blueprint(bp)
+
+
+def _jobs() -> AdminJobs:
+    from flask import current_app
+
+    return current_app.extensions["sms_gateway_admin"]
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None):
+    return jsonify({"error": {"code": code, "message": message}}), status, headers or {}
+
+
+@bp.errorhandler(AdminProblem)
+def _problem(exc: AdminProblem):
+    return _error(exc.status, exc.code, exc.message, exc.headers)
+
+
+@bp.errorhandler(check.InvalidInput)
+def _invalid(exc: check.InvalidInput):
+    return _error(400, "invalid_request", str(exc))
+
+
+@bp.errorhandler(RedisError)
+def _redis_down(exc: RedisError):
+    log.error("admin %s %s: Redis unavailable (%s)", request.method, request.path, type(exc).__name__)
+    return _error(503, "redis_unavailable", "Redis is unreachable; try again shortly.")
+
+
+@bp.before_request
+def _require_token():
+    if request.endpoint == "admin.openapi":
+        return None
+    expected = gateway().settings.admin_api_token.encode()
+    scheme, _, provided = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(provided.strip().encode(), expected):
+        return _error(401, "unauthorized", "Send Authorization: Bearer <ADMIN_API_TOKEN>.",
+                      {"WWW-Authenticate": 'Bearer realm="sms-gateway admin"'})
+    return None
+
+
+def _json_body() -> Any:
+    if not request.is_json:
+        raise AdminProblem(415, "unsupported_media_type", "Send a JSON object with Content-Type: application/json.")
+    body = request.get_json(silent=True)
+    if body is None:
+        raise AdminProblem(400, "invalid_json", "The body is not valid JSON.")
+    return body
+
+
+def _worker_timeout():
+    seconds = gateway().settings.admin_wait_seconds
+    return _error(504, "worker_timeout", f"No worker took the job within {seconds:g} s, so nothing was done; "
+                                         f"is a worker running on the {ADMIN_QUEUE_NAME} queue?")
+
+
+def _running(outcome: Outcome, **extra: Any):
+    return jsonify({"status": "running", "job_id": outcome.job_id, "job_url": f"/admin/jobs/{outcome.job_id}",
+                    **extra}), 202
+
+
+def _job_error(value: dict[str, Any]):
+    error = value["error"]
+    return _error(int(error.get("status", 502)), error.get("code", "job_failed"), error.get("message", ""))
+
+
+# -- outbound -------------------------------------------------------------------------------------
+
+
+@bp.post("/sms")
+def start_sms():
+    body = _json_body()
+    gw = gateway()
+    outbound = check.outbound_request(body, gw.settings)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        check.idempotency_key(key)
+    cid = conversation_id(outbound["gateway"], outbound["to"])
+
+    def may_start() -> None:
+        if gw.store.conversation(cid).get("opted_out") == "1":
+            raise AdminProblem(409, "opted_out", "The number has opted out (STOP); it must text START first.")
+
+    try:
+        outcome = _jobs().start_outbound(outbound, cid, idempotency_key=key, fingerprint=check.fingerprint(body),
+                                         may_start=may_start)
+    except IdempotencyConflict:
+        raise AdminProblem(422, "idempotency_key_reused",
+                           "This Idempotency-Key was used with a different request body.") from None
+    log.info("admin outbound to=%s conversation=%s %s job=%s", mask_number(outbound["to"]), cid, outcome.state,
+             outcome.job_id)
+    if outcome.state == "not_started":
+        return _worker_timeout()
+    if outcome.state == "running":
+        return _running(outcome, conversation_id=cid)
+    if "error" in outcome.value:
+        return _job_error(outcome.value)
+    return jsonify({"status": "sent", "job_id": outcome.job_id, **outcome.value["ok"]}), 202
+
+
+# -- conversations --------------------------------------------------------------------------------
+
+
+def _conversation_id(number: str) -> tuple[str, str, str]:
+    person = check.phone_number(number, "number")
+    gateway_key = check.conversation_gateway(request.args.get("from"), gateway().settings)
+    return conversation_id(gateway_key, person), person, gateway_key
+
+
+@bp.get("/conversations/<anytext:number>")
+def show_conversation(number: str):
+    cid, person, gateway_key = _conversation_id(number)
+    store = gateway().store
+    state = store.conversation(cid)
+    recent = store.recent_sent(cid)
+    if not state and not recent:
+        raise AdminProblem(404, "conversation_not_found", "No conversation between these numbers is known.")
+    view: dict[str, Any] = {
+        "conversation_id": cid,
+        "person": state.get("person", person),
+        "gateway": state.get("gateway", gateway_key),
+        "messaging_service_sid": state.get("messaging_service_sid"),
+        "chat_id": state.get("chat_id"),
+        "agent_id": state.get("agent_id"),
+        "opted_out": state.get("opted_out") == "1",
+        **{name: since_epoch(state.get(name)) for name in TIME_FIELDS},
+        "waiting_messages": store.inbox_length(cid),
+        "busy": store.lock_holder(cid) is not None,
+        "recent_messages": [_sent_view(row) for row in recent],
+        "chat": None,
+    }
+    if view["chat_id"]:
+        outcome = _jobs().run("workers.admin_ops.get_chat_job", (view["chat_id"],),
+                              description=f"admin: get chat of conversation {cid}", conversation_id=cid)
+        if outcome.state != "done":
+            view["chat_error"] = {"code": "worker_timeout", "message": "No worker answered in time with the chat."}
+        elif "error" in outcome.value:
+            error = outcome.value["error"]
+            view["chat_error"] = {"code": error.get("code", "job_failed"), "message": error.get("message", "")}
+        else:
+            view["chat"] = outcome.value["ok"]
+    return jsonify(view)
+
+
+def _sent_view(row: dict[str, str]) -> dict[str, Any]:
+    segments = row.get("segments")
+    return {
+        "sid": row.get("sid"),
+        "status": row.get("status"),
+        "error_code": row.get("error_code"),
+        "sent_at": since_epoch(row.get("sent_at")),
+        "status_at": since_epoch(row.get("status_at")),
+        "part": row.get("part"),
+        "segments": int(segments) if segments and segments.isdigit() else None,
+        "encoding": row.get("encoding"),
+    }
+
+
+@bp.post("/conversations/<anytext:number>/end")
+def end_conversation(number: str):
+    cid, _, _ = _conversation_id(number)
+    if not gateway().store.conversation(cid):
+        raise AdminProblem(404, "conversation_not_found", "No conversation between these numbers is known.")
+    outcome = _jobs().run("workers.admin_ops.end_conversation_job", (cid, uuid.uuid4().hex),
+                          description=f"admin: end conversation {cid}", conversation_id=cid)
+    if outcome.state == "not_started":
+        return _worker_timeout()
+    if outcome.state == "running":
+        return _running(outcome, conversation_id=cid)
+    if "error" in outcome.value:
+        return _job_error(outcome.value)
+    return jsonify({"status": "ended", **outcome.value["ok"]})
+
+
+# -- UponAI chats ---------------------------------------------------------------------------------
+
+
+@bp.get("/chats")
+def list_chats():
+    limit = check.bounded_int(request.args.get("limit"), "limit", low=1, high=1000, default=None)
+    order = check.sort_order(request.args.get("sort_order"))
+    key = check.pagination_key(request.args.get("pagination_key"))
+    outcome = _jobs().run("workers.admin_ops.list_chats_job", (limit, order, key), description="admin: list chats")
+    if outcome.state != "done":
+        if outcome.state == "running":
+            return _error(504, "worker_timeout", "The worker did not finish listing chats in time; try again.")
+        return _worker_timeout()
+    if "error" in outcome.value:
+        return _job_error(outcome.value)
+    return jsonify(outcome.value["ok"])
+
+
+# -- jobs -----------------------------------------------------------------------------------------
+
+
+@bp.get("/jobs/<job_id>")
+def show_job(job_id: str):
+    view = _jobs().status(check.job_id(job_id))
+    if view is None:
+        raise AdminProblem(404, "job_not_found", "No admin job with this id is known (results are kept a day).")
+    return jsonify(view)
+
+
+@bp.get("/failed")
+def list_failed():
+    limit = check.bounded_int(request.args.get("limit"), "limit", low=1, high=500, default=50)
+    redis = gateway().redis
+    rows: list[dict[str, Any]] = []
+    total = 0
+    for name in GATEWAY_QUEUES:
+        registry = FailedJobRegistry(name, connection=redis)
+        total += registry.count
+        for job_id in registry.get_job_ids(0, limit - 1, desc=True):
+            row = _failed_view(job_id, name, redis)
+            if row is not None:
+                rows.append(row)
+    rows.sort(key=lambda row: row["failed_at"] or "", reverse=True)
+    return jsonify({"jobs": rows[:limit], "total": total})
+
+
+def _failed_view(job_id: str, queue_name: str, redis) -> dict[str, Any] | None:
+    try:
+        job = Job.fetch(job_id, connection=redis)
+    except NoSuchJobError:
+        return None
+    result = job.latest_result()
+    func = job.func_name
+    cid = job.meta.get("conversation_id")
+    if cid is None and func in PER_CONVERSATION_JOBS and job.args:
+        cid = job.args[0]
+    return {
+        "job_id": job.id,
+        "queue": queue_name,
+        "function": func,
+        "description": job.description,
+        "conversation_id": cid,
+        "reason": failure_reason(result.exc_string if result is not None else None),
+        "enqueued_at": job.enqueued_at.strftime("%Y-%m-%dT%H:%M:%SZ") if job.enqueued_at else None,
+        "failed_at": job.ended_at.strftime("%Y-%m-%dT%H:%M:%SZ") if job.ended_at else None,
+    }
+
+
+@bp.post("/failed/<job_id>/requeue")
+def requeue_failed(job_id: str):
+    check.job_id(job_id)
+    redis = gateway().redis
+    for name in GATEWAY_QUEUES:
+        registry = FailedJobRegistry(name, connection=redis)
+        if job_id in registry:
+            try:
+                registry.requeue(job_id)
+            except (InvalidJobOperation, NoSuchJobError):
+                break  # requeued by someone else meanwhile, or expired
+            log.info("admin requeued failed job=%s queue=%s", job_id, name)
+            return jsonify({"status": "queued", "job_id": job_id, "queue": name,
+                            "queue_depth": Queue(name, connection=redis).count})
+    raise AdminProblem(404, "failed_job_not_found", "No failed job with this id is in the gateway's queues.")
+
+
+# -- description ----------------------------------------------------------------------------------
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(admin_openapi())

@@ -1,0 +1,273 @@
+"""Operator commands (``sms-gateway send|show|end|chats|failed|requeue|job``) that call the admin API.
+
+They talk to a running gateway over HTTP (``--url``, default PUBLIC_BASE_URL, else
+``http://127.0.0.1:$PORT``) with the bearer token from ADMIN_API_TOKEN (the environment or ``.env``),
+print a readable summary, or the API's JSON with ``--json``, and exit 1 with the API's error message
+on failure (2 when the command itself is misconfigured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+class CommandError(Exception):
+    """The command could not run (bad setup); exit code 2."""
+
+
+def _setting(name: str) -> str | None:
+    value = os.environ.get(name)
+    if value is None and os.path.exists(".env"):
+        from dotenv import dotenv_values
+
+        value = dotenv_values(".env").get(name)
+    return value.strip() if value and value.strip() else None
+
+
+def _base_url(args: argparse.Namespace) -> str:
+    url = args.url or _setting("PUBLIC_BASE_URL") or f"http://127.0.0.1:{_setting('PORT') or 8000}"
+    return url.rstrip("/")
+
+
+def _call(args: argparse.Namespace, method: str, path: str, *, body: Any = None, params: dict | None = None,
+          headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    token = _setting("ADMIN_API_TOKEN")
+    if not token:
+        raise CommandError("ADMIN_API_TOKEN is not set (the environment or .env)")
+    url = _base_url(args) + path
+    try:
+        response = requests.request(method, url, json=body, params=params,
+                                    headers={"Authorization": f"Bearer {token}", **(headers or {})},
+                                    timeout=(CONNECT_TIMEOUT_SECONDS, args.timeout))
+    except requests.RequestException as exc:
+        raise CommandError(f"cannot reach the gateway at {_base_url(args)}: {type(exc).__name__}") from exc
+    try:
+        data = response.json()
+    except ValueError:
+        data = {"error": {"code": "not_json", "message": f"HTTP {response.status_code}: "
+                                                         f"{response.text.strip()[:200] or 'empty answer'}"}}
+    return response.status_code, data
+
+
+def _number_path(number: str) -> str:
+    return quote(number.strip(), safe="")
+
+
+def _pairs(items: list[str] | None, option: str) -> dict[str, str]:
+    pairs = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise CommandError(f"{option} takes NAME=VALUE, got {item!r}")
+        pairs[name] = value
+    return pairs
+
+
+# -- readable output ------------------------------------------------------------------------------
+
+
+def _rows(pairs: list[tuple[str, Any]]) -> str:
+    width = max(len(name) for name, _ in pairs)
+    return "\n".join(f"  {name.ljust(width)}  {'-' if value in (None, '') else value}" for name, value in pairs)
+
+
+def _print_running(data: dict[str, Any]) -> None:
+    print(f"Still running when the gateway stopped waiting: job {data['job_id']}")
+    print(f"  check it with: sms-gateway job {data['job_id']}")
+
+
+def _show_sent(data: dict[str, Any]) -> None:
+    if data.get("status") == "running":
+        return _print_running(data)
+    print(f"Sent to {data['to']} from {data['from']}")
+    print(_rows([("conversation", data["conversation_id"]), ("chat", data["chat_id"]), ("agent", data.get("agent_id")),
+                 ("messages", ", ".join(data.get("message_sids") or [])),
+                 ("opening", "written by the agent" if data.get("opening_generated") else "as given")]))
+    return None
+
+
+def _show_conversation(data: dict[str, Any]) -> None:
+    print(f"Conversation {data['conversation_id']}: {data['person']} with {data['gateway']}")
+    print(_rows([("chat", data.get("chat_id")), ("agent", data.get("agent_id")),
+                 ("opted out", "yes" if data.get("opted_out") else "no"),
+                 ("chat started", data.get("chat_started_at")), ("last activity", data.get("last_activity_at")),
+                 ("last inbound", data.get("last_inbound_at")), ("last outbound", data.get("last_outbound_at")),
+                 ("waiting", data.get("waiting_messages")), ("busy", "yes" if data.get("busy") else "no")]))
+    recent = data.get("recent_messages") or []
+    if recent:
+        print("Recent messages sent (newest first):")
+        for row in recent:
+            error = f" error {row['error_code']}" if row.get("error_code") else ""
+            print(f"  {row['sid']}  {row.get('status') or '-'}{error}  {row.get('sent_at') or '-'}  "
+                  f"{row.get('part') or ''}")
+    chat = data.get("chat")
+    if chat:
+        print(f"Chat {chat['chat_id']} ({chat.get('status') or 'unknown status'}):")
+        for message in chat.get("messages") or []:
+            print(f"  {message['role']}: {message['content']}")
+    if data.get("chat_error"):
+        print(f"Chat not available: {data['chat_error'].get('message')}")
+
+
+def _show_ended(data: dict[str, Any]) -> None:
+    if data.get("status") == "running":
+        return _print_running(data)
+    if data.get("ended_chat_id"):
+        print(f"Ended chat {data['ended_chat_id']} of conversation {data['conversation_id']}")
+    else:
+        print(f"Conversation {data['conversation_id']} had no ongoing chat")
+    return None
+
+
+def _show_chats(data: dict[str, Any]) -> None:
+    chats = data.get("chats") or []
+    if not chats:
+        print("No chats")
+    for chat in chats:
+        print(f"{chat['chat_id']}  {chat.get('status') or '-'}  {chat.get('agent_id') or '-'}  "
+              f"{chat.get('started_at') or '-'}")
+    if data.get("pagination_key"):
+        print(f"More: sms-gateway chats --pagination-key {data['pagination_key']}")
+
+
+def _show_failed(data: dict[str, Any]) -> None:
+    jobs = data.get("jobs") or []
+    print(f"{data.get('total', len(jobs))} failed job(s)")
+    for job in jobs:
+        print(f"{job['job_id']}  {job['queue']}  conversation {job.get('conversation_id') or '-'}  "
+              f"{job.get('failed_at') or '-'}\n    {job['reason']}")
+    if jobs:
+        print("Run one again with: sms-gateway requeue JOB_ID")
+
+
+def _show_requeued(data: dict[str, Any]) -> None:
+    print(f"Requeued job {data['job_id']} on queue {data['queue']}")
+
+
+def _show_job(data: dict[str, Any]) -> None:
+    print(f"Job {data['job_id']}: {data['status']}")
+    if "ok" in data:
+        print(json.dumps(data["ok"], indent=2))
+    if "error" in data:
+        print(f"  error {data['error'].get('code')}: {data['error'].get('message')}")
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+def _send(args):
+    body: dict[str, Any] = {"to": args.to}
+    if args.message is not None:
+        body["message"] = args.message
+    if args.sender:
+        body["from"] = args.sender
+    if args.agent_id:
+        body["agent_id"] = args.agent_id
+    if args.var:
+        body["dynamic_variables"] = _pairs(args.var, "--var")
+    if args.meta:
+        body["metadata"] = _pairs(args.meta, "--meta")
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
+    return _call(args, "POST", "/admin/sms", body=body, headers=headers), _show_sent
+
+
+def _show(args):
+    params = {"from": args.sender} if args.sender else None
+    return _call(args, "GET", f"/admin/conversations/{_number_path(args.number)}", params=params), _show_conversation
+
+
+def _end(args):
+    params = {"from": args.sender} if args.sender else None
+    return _call(args, "POST", f"/admin/conversations/{_number_path(args.number)}/end", params=params), _show_ended
+
+
+def _chats(args):
+    params = {name: value for name, value in (("limit", args.limit), ("sort_order", args.sort_order),
+                                              ("pagination_key", args.pagination_key)) if value is not None}
+    return _call(args, "GET", "/admin/chats", params=params), _show_chats
+
+
+def _failed(args):
+    return _call(args, "GET", "/admin/failed", params={"limit": args.limit}), _show_failed
+
+
+def _requeue(args):
+    return _call(args, "POST", f"/admin/failed/{quote(args.job_id, safe='')}/requeue"), _show_requeued
+
+
+def _job(args):
+    return _call(args, "GET", f"/admin/jobs/{quote(args.job_id, safe='')}"), _show_job
+
+
+def _runner(command):
+    def run(args: argparse.Namespace) -> int:
+        try:
+            (status, data), show = command(args)
+        except CommandError as exc:
+            print(f"sms-gateway {args.command}: {exc}", file=sys.stderr)
+            return 2
+        if args.json:
+            print(json.dumps(data, indent=2, ensure_ascii=False))
+        if status >= 400 or not isinstance(data, dict):
+            error = data.get("error", {}) if isinstance(data, dict) else {}
+            print(f"sms-gateway {args.command}: {error.get('message', 'failed')} "
+                  f"({error.get('code', 'error')}, HTTP {status})", file=sys.stderr)
+            return 1
+        if not args.json:
+            show(data)
+        return 0
+
+    return run
+
+
+def add_commands(sub) -> None:
+    """Register the admin subcommands on the ``sms-gateway`` parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help="the gateway's origin (default: PUBLIC_BASE_URL, else http://127.0.0.1:$PORT)")
+    common.add_argument("--json", action="store_true", help="print the admin API's JSON answer")
+    common.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the answer (default 120)")
+
+    send = sub.add_parser("send", parents=[common], help="start an outbound conversation (POST /admin/sms)")
+    send.add_argument("to", help="the person's number, E.164, e.g. +14155550100")
+    send.add_argument("-m", "--message", help="the text to send (default: the agent writes the opening)")
+    send.add_argument("--from", dest="sender", help="sending number or Messaging Service sid (default: configured)")
+    send.add_argument("--agent-id", help="the agent of the new chat (default: the number's agent)")
+    send.add_argument("--var", action="append", metavar="NAME=VALUE", help="a dynamic variable for the chat")
+    send.add_argument("--meta", action="append", metavar="NAME=VALUE", help="metadata for the chat")
+    send.add_argument("--idempotency-key", help="re-running with the same key starts one conversation, not two")
+    send.set_defaults(func=_runner(_send))
+
+    for name, command, summary in (("show", _show, "show a conversation and its chat"),
+                                   ("end", _end, "end a conversation's chat now")):
+        parser = sub.add_parser(name, parents=[common], help=summary)
+        parser.add_argument("number", help="the person's number, E.164")
+        parser.add_argument("--from", dest="sender", help="the gateway number or Messaging Service sid "
+                                                          "(default: the configured sender)")
+        parser.set_defaults(func=_runner(command))
+
+    chats = sub.add_parser("chats", parents=[common], help="list UponAI chats")
+    chats.add_argument("--limit", type=int, help="chats per page (1-1000)")
+    chats.add_argument("--sort-order", choices=("ascending", "descending"))
+    chats.add_argument("--pagination-key", help="the key printed by the previous page")
+    chats.set_defaults(func=_runner(_chats))
+
+    failed = sub.add_parser("failed", parents=[common], help="list failed jobs with their reasons")
+    failed.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    failed.set_defaults(func=_runner(_failed))
+
+    requeue = sub.add_parser("requeue", parents=[common], help="run a failed job again")
+    requeue.add_argument("job_id")
+    requeue.set_defaults(func=_runner(_requeue))
+
+    job = sub.add_parser("job", parents=[common], help="show what became of an admin job")
+    job.add_argument("job_id")
+    job.set_defaults(func=_runner(_job))

@@ -1,0 +1,175 @@
+"""Running admin operations on a worker: enqueue on the admin queue, wait for the answer until a deadline.
+
+The web never calls UponAI or Twilio itself. It enqueues a job from ``workers.admin_ops`` on the
+``sms-admin`` queue (workers take it before any drain job) and blocks on the job's result stream
+(``Job.latest_result(timeout=...)``) on a connection of its own, whose socket timeout outlasts the
+wait. At the deadline a job no worker has taken is taken back off the queue (so it never runs
+later, unseen); one that is running is left to finish and can be looked up by its id.
+
+Idempotency keys of ``POST /admin/sms`` live in Redis: ``smsgw:idem:{sha256(key)}`` holds the
+request's fingerprint, its operation id and the latest job id, for ADMIN_IDEMPOTENCY_TTL_SECONDS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.results import Result
+
+from workers.admin_ops import ADMIN_QUEUE_NAME, LOCK_WAIT_SECONDS, outbound_result
+from workers.store import ConversationStore
+
+RESULT_TTL_SECONDS = 24 * 3600
+FAILURE_TTL_SECONDS = 7 * 24 * 3600
+PENDING = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.CREATED)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an admin job ended from the caller's point of view."""
+
+    state: str  # "done", "running" (still working at the deadline) or "not_started" (no worker took it)
+    job_id: str
+    value: dict[str, Any] | None = None  # the job's answer: {"ok": ...} or {"error": {...}}
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different request body."""
+
+
+class AdminJobs:
+    """Enqueues admin jobs and waits for them."""
+
+    def __init__(self, settings, redis: Redis, store: ConversationStore):
+        self.settings = settings
+        self.redis = redis
+        self.store = store
+        self.queue = Queue(ADMIN_QUEUE_NAME, connection=redis)
+        # Blocking reads need a socket timeout longer than the wait (the web's usual one is 2 s).
+        self.waiting = Redis.from_url(settings.redis_url, socket_connect_timeout=1,
+                                      socket_timeout=settings.admin_wait_seconds + 5)
+
+    @property
+    def job_timeout_seconds(self) -> int:
+        return int(2 * self.settings.uponai_read_timeout_seconds + 2 * self.settings.twilio_timeout_seconds
+                   + LOCK_WAIT_SECONDS + 60)
+
+    def enqueue(self, func: str, args: tuple, *, description: str, job_id: str | None = None,
+                conversation_id: str | None = None) -> Job:
+        meta = {"conversation_id": conversation_id} if conversation_id else {}
+        return self.queue.enqueue_call(func, args=args, job_id=job_id or uuid.uuid4().hex, description=description,
+                                       timeout=self.job_timeout_seconds, result_ttl=RESULT_TTL_SECONDS,
+                                       failure_ttl=FAILURE_TTL_SECONDS, meta=meta)
+
+    def run(self, func: str, args: tuple, *, description: str, conversation_id: str | None = None) -> Outcome:
+        """Enqueue an admin job and wait for it until ADMIN_WAIT_SECONDS."""
+        job = self.enqueue(func, args, description=description, conversation_id=conversation_id)
+        return self.wait(job.id)
+
+    def wait(self, job_id: str) -> Outcome:
+        """Wait for the job's answer; at the deadline, take a job no worker has started off the queue."""
+        try:
+            job = Job.fetch(job_id, connection=self.waiting)
+        except NoSuchJobError:
+            return Outcome("not_started", job_id)
+        result = job.latest_result(timeout=max(1, math.ceil(self.settings.admin_wait_seconds)))
+        if result is not None:
+            return Outcome("done", job_id, answer_of(result))
+        if job.get_status() == JobStatus.QUEUED and self.queue.remove(job_id):
+            job.delete(remove_from_queue=False)
+            return Outcome("not_started", job_id)
+        return Outcome("running", job_id)
+
+    def status(self, job_id: str) -> dict[str, Any] | None:
+        """What became of an admin job, or None if it is unknown (or not an admin job)."""
+        try:
+            job = Job.fetch(job_id, connection=self.redis)
+        except NoSuchJobError:
+            return None
+        if job.origin != ADMIN_QUEUE_NAME:
+            return None
+        result = job.latest_result()
+        view: dict[str, Any] = {"job_id": job_id, "status": job.get_status().value,
+                                "description": job.description}
+        if result is not None:
+            view.update(answer_of(result))
+        return view
+
+    # -- idempotent outbound starts ---------------------------------------------------------------
+
+    def _key(self, idempotency_key: str) -> str:
+        return self.store.key("idem", hashlib.sha256(idempotency_key.encode()).hexdigest())
+
+    def start_outbound(self, request: dict[str, Any], cid: str, *, idempotency_key: str | None,
+                       fingerprint: str, may_start) -> Outcome:
+        """Start an outbound conversation once per Idempotency-Key, then wait for it.
+
+        ``may_start()`` is asked before anything new is queued (it raises to refuse). Raises
+        IdempotencyConflict when the key was used with another body.
+        """
+        op_id = uuid.uuid4().hex
+        if idempotency_key is None:
+            may_start()
+            return self._start(op_id, op_id, request, cid)
+        key = self._key(idempotency_key)
+        record = {"fingerprint": fingerprint, "op_id": op_id, "job_id": op_id}
+        ttl = self.settings.admin_idempotency_ttl_seconds
+        if self.redis.set(key, json.dumps(record), nx=True, ex=ttl):
+            may_start()
+            return self._start(op_id, op_id, request, cid)
+        earlier = json.loads(self.redis.get(key) or "{}")
+        if earlier.get("fingerprint") != fingerprint:
+            raise IdempotencyConflict
+        op_id = earlier["op_id"]
+        done = outbound_result(self.store, op_id)
+        if done is not None:
+            return Outcome("done", earlier["job_id"], {"ok": done})
+        try:
+            if Job.fetch(earlier["job_id"], connection=self.redis).get_status() in PENDING:
+                return self.wait(earlier["job_id"])
+        except NoSuchJobError:
+            pass
+        # The earlier attempt ended without a conversation (an error, or no worker took it): resume it.
+        may_start()
+        job_id = uuid.uuid4().hex
+        self.redis.set(key, json.dumps({**earlier, "job_id": job_id}), xx=True, keepttl=True)
+        return self._start(op_id, job_id, request, cid)
+
+    def _start(self, op_id: str, job_id: str, request: dict[str, Any], cid: str) -> Outcome:
+        self.enqueue("workers.admin_ops.start_outbound_job", (op_id, request), job_id=job_id,
+                     description=f"admin: start outbound conversation {cid}", conversation_id=cid)
+        return self.wait(job_id)
+
+
+def answer_of(result: Result) -> dict[str, Any]:
+    """A job's answer from its RQ result: its return value, or an error for a job that raised."""
+    if result.type == Result.Type.SUCCESSFUL and isinstance(result.return_value, dict):
+        return result.return_value
+    return {"error": {"status": 500, "code": "job_failed", "message": failure_reason(result.exc_string)}}
+
+
+def failure_reason(exc_string: str | None) -> str:
+    """The last line of a job's traceback (the exception and its message), or a generic reason."""
+    lines = [line.strip() for line in (exc_string or "").splitlines() if line.strip()]
+    return lines[-1][:500] if lines else "the job failed without an exception (e.g. gave up after its retries)"
+
+
+def since_epoch(value: str | float | None) -> str | None:
+    """An epoch-seconds value as ISO-8601 UTC, or None."""
+    if value in (None, ""):
+        return None
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(value)))
+    except (TypeError, ValueError, OverflowError):
+        return None
+

@@ -1,0 +1,189 @@
+"""Checking the admin API's input: every problem is an InvalidInput naming the field."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+import phonenumbers
+
+MAX_NUMBER_CHARS = 32
+MAX_MESSAGE_CHARS = 1600  # Twilio's limit for one message body
+MAX_VARIABLES = 50
+MAX_VARIABLE_NAME_CHARS = 100
+MAX_VARIABLE_VALUE_CHARS = 2000
+MAX_METADATA_BYTES = 4096
+MAX_PAGINATION_KEY_CHARS = 512
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+RESERVED_VARIABLE = "opening_message"
+OUTBOUND_FIELDS = ("to", "message", "agent_id", "from", "dynamic_variables", "metadata")
+SORT_ORDERS = ("ascending", "descending")
+
+_SERVICE_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
+_AGENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_NUMBER_CHARS = re.compile(r"^\+?[0-9][0-9 ().-]*$")
+_PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
+_WHOLE = re.compile(r"^[0-9]{1,9}$")
+
+
+class InvalidInput(ValueError):
+    """A request field is missing or invalid."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+def phone_number(value: Any, field: str) -> str:
+    """The number in E.164 form; a missing leading ``+`` (lost to URL decoding) is put back."""
+    example = "must be a phone number in E.164 form, e.g. +14155550100"
+    if not isinstance(value, str):
+        raise InvalidInput(field, example)
+    raw = value.strip(" ")  # a "+" in a query string arrives as a space
+    if not raw or len(raw) > MAX_NUMBER_CHARS or not _NUMBER_CHARS.fullmatch(raw):
+        raise InvalidInput(field, example)
+    try:
+        parsed = phonenumbers.parse(raw if raw.startswith("+") else "+" + raw, None)
+    except phonenumbers.NumberParseException:
+        raise InvalidInput(field, example) from None
+    if not phonenumbers.is_valid_number(parsed):
+        raise InvalidInput(field, "is not a valid phone number (checked with the phonenumbers library)")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def sender(value: Any, field: str) -> tuple[str, str | None]:
+    """``(gateway key, messaging service sid or None)`` for a number or a Messaging Service sid."""
+    if isinstance(value, str) and _SERVICE_SID.fullmatch(value.strip()):
+        return value.strip(), value.strip()
+    return phone_number(value, field), None
+
+
+def default_sender(settings) -> tuple[str, str | None]:
+    """The configured sender: TWILIO_FROM_NUMBER (through the Messaging Service if one is set too)."""
+    if settings.twilio_from_number:
+        return settings.twilio_from_number, settings.twilio_messaging_service_sid
+    if settings.twilio_messaging_service_sid:
+        return settings.twilio_messaging_service_sid, settings.twilio_messaging_service_sid
+    raise InvalidInput("from", "is required: neither TWILIO_FROM_NUMBER nor TWILIO_MESSAGING_SERVICE_SID is set")
+
+
+def conversation_gateway(value: str | None, settings) -> str:
+    """The gateway side of a conversation from a ``from`` query value, else the configured sender."""
+    if value is None or value == "":
+        return default_sender(settings)[0]
+    return sender(value, "from")[0]
+
+
+def outbound_request(body: Any, settings) -> dict[str, Any]:
+    """The checked, normalised body of ``POST /admin/sms``."""
+    if not isinstance(body, dict):
+        raise InvalidInput("body", "must be a JSON object")
+    unknown = sorted(str(name) for name in body if name not in OUTBOUND_FIELDS)
+    if unknown:
+        raise InvalidInput(", ".join(unknown)[:200], f"unknown field; the fields are {', '.join(OUTBOUND_FIELDS)}")
+    if "to" not in body:
+        raise InvalidInput("to", "is required")
+    to = phone_number(body["to"], "to")
+    gateway, service = sender(body["from"], "from") if body.get("from") is not None else default_sender(settings)
+    return {
+        "to": to,
+        "gateway": gateway,
+        "messaging_service_sid": service,
+        "message": _message(body.get("message")),
+        "agent_id": _agent_id(body.get("agent_id")),
+        "dynamic_variables": _variables(body.get("dynamic_variables")),
+        "metadata": _metadata(body.get("metadata")),
+    }
+
+
+def _message(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput("message", "must be a string")
+    if not value.strip():
+        raise InvalidInput("message", "must not be blank (leave it out to let the agent write the opening)")
+    if len(value) > MAX_MESSAGE_CHARS:
+        raise InvalidInput("message", f"must be at most {MAX_MESSAGE_CHARS} characters")
+    return value
+
+
+def _agent_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _AGENT_ID.fullmatch(value):
+        raise InvalidInput("agent_id", "must be 1-128 letters, digits or _ . : -")
+    return value
+
+
+def _variables(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput("dynamic_variables", "must be an object of strings")
+    if len(value) > MAX_VARIABLES:
+        raise InvalidInput("dynamic_variables", f"must have at most {MAX_VARIABLES} entries")
+    for name, text in value.items():
+        if not name or len(name) > MAX_VARIABLE_NAME_CHARS:
+            raise InvalidInput("dynamic_variables", f"names must be 1-{MAX_VARIABLE_NAME_CHARS} characters")
+        if name == RESERVED_VARIABLE:
+            raise InvalidInput(f"dynamic_variables.{RESERVED_VARIABLE}", "is set by the gateway from message")
+        if not isinstance(text, str) or len(text) > MAX_VARIABLE_VALUE_CHARS:
+            raise InvalidInput(f"dynamic_variables.{name[:40]}",
+                               f"must be a string of at most {MAX_VARIABLE_VALUE_CHARS} characters")
+    return dict(value)
+
+
+def _metadata(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput("metadata", "must be an object")
+    if len(json.dumps(value, ensure_ascii=False).encode()) > MAX_METADATA_BYTES:
+        raise InvalidInput("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
+    return dict(value)
+
+
+def idempotency_key(value: str) -> str:
+    if not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY_CHARS or not _PRINTABLE.fullmatch(value):
+        raise InvalidInput("Idempotency-Key", f"must be 1-{MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters "
+                                              "without spaces")
+    return value
+
+
+def fingerprint(body: Any) -> str:
+    """A stable digest of a JSON body, to tell a retried request from a different one."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def bounded_int(value: str | None, field: str, *, low: int, high: int, default: int | None) -> int | None:
+    if value is None or value == "":
+        return default
+    if not _WHOLE.fullmatch(value) or not low <= int(value) <= high:
+        raise InvalidInput(field, f"must be a whole number from {low} to {high}")
+    return int(value)
+
+
+def sort_order(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if value not in SORT_ORDERS:
+        raise InvalidInput("sort_order", "must be ascending or descending")
+    return value
+
+
+def pagination_key(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if len(value) > MAX_PAGINATION_KEY_CHARS or not _PRINTABLE.fullmatch(value):
+        raise InvalidInput("pagination_key", f"must be at most {MAX_PAGINATION_KEY_CHARS} printable characters")
+    return value
+
+
+def job_id(value: str) -> str:
+    if not _JOB_ID.fullmatch(value):
+        raise InvalidInput("job_id", "must be 1-64 letters, digits, _ or -")
+    return value

@@ -1,0 +1,284 @@
+"""The OpenAPI 3 description of the admin API, served at ``GET /admin/openapi.json`` (no token needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.admin_validation import (
+    MAX_IDEMPOTENCY_KEY_CHARS,
+    MAX_MESSAGE_CHARS,
+    MAX_PAGINATION_KEY_CHARS,
+    MAX_VARIABLES,
+    SORT_ORDERS,
+)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
+    return {"type": kind, "nullable": True, **extra}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERROR_MEANINGS = {
+    400: "Invalid input; the message names the field.",
+    401: "Missing or wrong bearer token.",
+    404: "Not found.",
+    405: "Method not allowed.",
+    409: "The number has opted out, or the conversation stayed busy.",
+    413: "The body is too large.",
+    415: "The body is not JSON.",
+    422: "The Idempotency-Key was used with a different body.",
+    500: "An admin job failed unexpectedly (see GET /admin/failed).",
+    502: "UponAI or Twilio refused the request.",
+    503: "Redis, UponAI or Twilio is unavailable; try again.",
+    504: "No worker took the job in time; nothing was done.",
+}
+
+_COMMON = (400, 401, 404, 405, 503)
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {
+            "type": "object", "required": ["code", "message"],
+            "properties": {"code": {"type": "string", "example": "invalid_request"},
+                           "message": {"type": "string", "example": "to: must be a phone number in E.164 form"}},
+        }},
+    },
+    "OutboundRequest": {
+        "type": "object",
+        "required": ["to"],
+        "additionalProperties": False,
+        "properties": {
+            "to": {"type": "string", "description": "The person's number, E.164.", "example": "+14155550100"},
+            "message": {"type": "string", "minLength": 1, "maxLength": MAX_MESSAGE_CHARS,
+                        "description": "Sent as written, and given to the new chat as the dynamic variable "
+                                       "`opening_message`. Leave it out to have the agent write the opening."},
+            "agent_id": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$",
+                         "description": "Default: the agent routed to the sending number, else UPONAI_AGENT_ID."},
+            "from": {"type": "string", "description": "Sending number (E.164) or Messaging Service sid (MG...). "
+                                                      "Default: TWILIO_FROM_NUMBER, else "
+                                                      "TWILIO_MESSAGING_SERVICE_SID."},
+            "dynamic_variables": {"type": "object", "maxProperties": MAX_VARIABLES,
+                                  "additionalProperties": {"type": "string"},
+                                  "description": "Handed to the new chat (`opening_message` is reserved)."},
+            "metadata": {"type": "object", "description": "Stored on the new chat (at most 4 KB as JSON); the "
+                                                          "gateway adds channel, conversation_id, direction."},
+        },
+    },
+    "OutboundStarted": {
+        "type": "object",
+        "required": ["status", "job_id", "conversation_id", "chat_id", "to", "from", "message_sids"],
+        "properties": {
+            "status": {"type": "string", "enum": ["sent"]},
+            "job_id": {"type": "string"},
+            "conversation_id": {"type": "string"},
+            "chat_id": {"type": "string"},
+            "agent_id": _nullable("string"),
+            "to": {"type": "string"},
+            "from": {"type": "string"},
+            "message_sids": {"type": "array", "items": {"type": "string"}},
+            "opening_generated": {"type": "boolean"},
+        },
+    },
+    "Running": {
+        "type": "object",
+        "required": ["status", "job_id", "job_url"],
+        "properties": {"status": {"type": "string", "enum": ["running"]}, "job_id": {"type": "string"},
+                       "job_url": {"type": "string"}, "conversation_id": {"type": "string"}},
+    },
+    "SentMessage": {
+        "type": "object",
+        "properties": {
+            "sid": {"type": "string"}, "status": _nullable("string"), "error_code": _nullable("string"),
+            "sent_at": _nullable("string", format="date-time"), "status_at": _nullable("string", format="date-time"),
+            "part": _nullable("string"), "segments": _nullable("integer"), "encoding": _nullable("string"),
+        },
+    },
+    "ChatMessage": {
+        "type": "object",
+        "properties": {"role": {"type": "string"}, "content": {"type": "string"}},
+    },
+    "Chat": {
+        "type": "object",
+        "required": ["chat_id"],
+        "properties": {
+            "chat_id": {"type": "string"}, "agent_id": _nullable("string"), "status": _nullable("string"),
+            "started_at": _nullable("string"), "ended_at": _nullable("string"), "metadata": {"type": "object"},
+            "messages": {"type": "array", "items": _ref("ChatMessage")},
+        },
+    },
+    "Conversation": {
+        "type": "object",
+        "required": ["conversation_id", "person", "gateway", "opted_out", "recent_messages", "chat"],
+        "properties": {
+            "conversation_id": {"type": "string"},
+            "person": {"type": "string"},
+            "gateway": {"type": "string"},
+            "messaging_service_sid": _nullable("string"),
+            "chat_id": _nullable("string"),
+            "agent_id": _nullable("string"),
+            "opted_out": {"type": "boolean"},
+            "chat_started_at": _nullable("string", format="date-time"),
+            "last_activity_at": _nullable("string", format="date-time"),
+            "last_inbound_at": _nullable("string", format="date-time"),
+            "last_outbound_at": _nullable("string", format="date-time"),
+            "opted_out_at": _nullable("string", format="date-time"),
+            "waiting_messages": {"type": "integer"},
+            "busy": {"type": "boolean"},
+            "recent_messages": {"type": "array", "items": _ref("SentMessage")},
+            "chat": {"allOf": [_ref("Chat")], "nullable": True},
+            "chat_error": {"type": "object", "properties": {"code": {"type": "string"},
+                                                            "message": {"type": "string"}}},
+        },
+    },
+    "ConversationEnded": {
+        "type": "object",
+        "required": ["status", "conversation_id", "ended_chat_id"],
+        "properties": {"status": {"type": "string", "enum": ["ended"]}, "conversation_id": {"type": "string"},
+                       "ended_chat_id": _nullable("string")},
+    },
+    "ChatPage": {
+        "type": "object",
+        "required": ["chats", "pagination_key", "has_more"],
+        "properties": {"chats": {"type": "array", "items": _ref("Chat")},
+                       "pagination_key": _nullable("string"), "has_more": {"type": "boolean"}},
+    },
+    "Job": {
+        "type": "object",
+        "required": ["job_id", "status"],
+        "properties": {"job_id": {"type": "string"}, "status": {"type": "string"},
+                       "description": _nullable("string"), "ok": {"type": "object"},
+                       "error": {"type": "object"}},
+    },
+    "FailedJob": {
+        "type": "object",
+        "required": ["job_id", "queue", "reason"],
+        "properties": {
+            "job_id": {"type": "string"}, "queue": {"type": "string"}, "function": _nullable("string"),
+            "description": _nullable("string"), "conversation_id": _nullable("string"), "reason": {"type": "string"},
+            "enqueued_at": _nullable("string", format="date-time"),
+            "failed_at": _nullable("string", format="date-time"),
+        },
+    },
+    "FailedJobs": {
+        "type": "object",
+        "required": ["jobs", "total"],
+        "properties": {"jobs": {"type": "array", "items": _ref("FailedJob")}, "total": {"type": "integer"}},
+    },
+    "Requeued": {
+        "type": "object",
+        "required": ["status", "job_id", "queue"],
+        "properties": {"status": {"type": "string", "enum": ["queued"]}, "job_id": {"type": "string"},
+                       "queue": {"type": "string"}, "queue_depth": {"type": "integer"}},
+    },
+}
+
+
+def _responses(ok: dict[str, Any], *errors: int) -> dict[str, Any]:
+    return {**ok, **{str(status): {"$ref": f"#/components/responses/E{status}"}
+                     for status in sorted({*_COMMON, *errors})}}
+
+
+_NUMBER = {"name": "number", "in": "path", "required": True, "description": "The person's number, E.164.",
+           "schema": {"type": "string", "example": "+14155550100"}}
+_FROM = {"name": "from", "in": "query", "required": False,
+         "description": "The gateway number or Messaging Service sid of the conversation (default: the "
+                        "configured sender). Write + as %2B.", "schema": {"type": "string"}}
+_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+_PATHS: dict[str, Any] = {
+    "/admin/sms": {"post": {
+        "summary": "Start an outbound conversation",
+        "description": "Ends the number's ongoing chat, creates a new one and sends `message` (or an opening "
+                       "line written by the agent). Waits up to ADMIN_WAIT_SECONDS for the worker.",
+        "operationId": "startOutbound",
+        "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                        "description": "A retried request with the same key starts one conversation, not two.",
+                        "schema": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY_CHARS,
+                                   "pattern": "^[\\x21-\\x7e]+$"}}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("OutboundRequest")}}},
+        "responses": _responses({"202": {"description": "Started (`status: sent`), or still running at the "
+                                                        "deadline (`status: running`, poll `job_url`).",
+                                         "content": {"application/json": {"schema": {"oneOf": [
+                                             _ref("OutboundStarted"), _ref("Running")]}}}}},
+                                409, 413, 415, 422, 500, 502, 504),
+    }},
+    "/admin/conversations/{number}": {"get": {
+        "summary": "Show a conversation: local state, recent deliveries and the UponAI chat",
+        "operationId": "showConversation",
+        "parameters": [_NUMBER, _FROM],
+        "responses": _responses({"200": _json(_ref("Conversation"), "The conversation. `chat_error` tells why "
+                                                                    "the chat could not be read.")}),
+    }},
+    "/admin/conversations/{number}/end": {"post": {
+        "summary": "End the conversation's chat now",
+        "operationId": "endConversation",
+        "parameters": [_NUMBER, _FROM],
+        "responses": _responses({"200": _json(_ref("ConversationEnded"), "Ended (ended_chat_id is null when "
+                                                                         "there was no chat)."),
+                                 "202": _json(_ref("Running"), "Still running at the deadline.")},
+                                409, 500, 502, 504),
+    }},
+    "/admin/chats": {"get": {
+        "summary": "List UponAI chats (passed through to UponAI's list chats)",
+        "operationId": "listChats",
+        "parameters": [
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+            {"name": "sort_order", "in": "query", "schema": {"type": "string", "enum": list(SORT_ORDERS)}},
+            {"name": "pagination_key", "in": "query",
+             "schema": {"type": "string", "maxLength": MAX_PAGINATION_KEY_CHARS}},
+        ],
+        "responses": _responses({"200": _json(_ref("ChatPage"), "One page; pass pagination_key back for the "
+                                                                "next.")}, 500, 502, 504),
+    }},
+    "/admin/jobs/{job_id}": {"get": {
+        "summary": "What became of an admin job (after a 202 `running`)",
+        "operationId": "showJob",
+        "parameters": [_JOB_ID],
+        "responses": _responses({"200": _json(_ref("Job"), "The job's status and, once done, `ok` or `error`.")}),
+    }},
+    "/admin/failed": {"get": {
+        "summary": "Failed jobs of the gateway's queues, newest first",
+        "operationId": "listFailed",
+        "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                                   "maximum": 500}}],
+        "responses": _responses({"200": _json(_ref("FailedJobs"), "Failed jobs with reason and conversation.")}),
+    }},
+    "/admin/failed/{job_id}/requeue": {"post": {
+        "summary": "Run a failed job again (its messages are still answered at most once)",
+        "operationId": "requeueFailed",
+        "parameters": [_JOB_ID],
+        "responses": _responses({"200": _json(_ref("Requeued"), "Back on its queue.")}),
+    }},
+    "/admin/openapi.json": {"get": {
+        "summary": "This description", "operationId": "openapi", "security": [],
+        "responses": {"200": {"description": "OpenAPI 3 document", "content": {"application/json": {
+            "schema": {"type": "object"}}}}},
+    }},
+}
+
+
+def admin_openapi() -> dict[str, Any]:
+    """The OpenAPI 3.0 document of the admin API."""
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "SMS gateway admin API", "version": "1",
+                 "description": "Operator API of the SMS gateway. Every failure answers "
+                                "{\"error\": {\"code\", \"message\"}}."},
+        "security": [{"bearer": []}],
+        "paths": _PATHS,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "ADMIN_API_TOKEN"}},
+            "schemas": _SCHEMAS,
+            "responses": {f"E{status}": _json(_ref("Error"), meaning) for status, meaning in _ERROR_MEANINGS.items()},
+        },
+    }

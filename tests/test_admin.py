@@ -1,0 +1,597 @@
+"""The admin API: auth, input checks, outbound starts, conversations, chats, failed jobs, against real workers."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from rq import Queue
+from rq.registry import FailedJobRegistry
+
+from gateway import create_app
+from gateway.sandbox.httpfake import Fault
+from tests.conftest import GATEWAY_NUMBER, post_signed, wait_for
+from workers.admin_ops import ADMIN_QUEUE_NAME
+from workers.store import conversation_id
+
+TOKEN = "admin-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+PERSON = "+14155550100"
+OTHER = "+14155550199"
+SECOND_NUMBER = "+12025550143"
+SERVICE_SID = "MG" + "a" * 32
+OPENING = "[The business is starting this SMS conversation; the person has not written yet. " \
+          "Write your first message to them.]"
+
+
+@pytest.fixture
+def admin_env(env):
+    return {**env, "ADMIN_API_TOKEN": TOKEN, "ADMIN_WAIT_SECONDS": "15"}
+
+
+@pytest.fixture
+def admin(admin_env, redis):
+    return create_app(admin_env).test_client()
+
+
+@pytest.fixture
+def worker(start_workers, redis):
+    return start_workers(1)
+
+
+def conv_key(person: str = PERSON, gateway_number: str = GATEWAY_NUMBER) -> str:
+    return f"smsgw:conv:{conversation_id(gateway_number, person)}"
+
+
+def error_of(response) -> dict:
+    body = response.get_json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message"}, body
+    return body["error"]
+
+
+def send_text(client, body: str, *, from_: str = PERSON):
+    from tests.conftest import inbound_form
+
+    response = post_signed(client, "/twilio/sms", inbound_form(body, from_=from_))
+    assert response.status_code == 200
+
+
+# -- off without a token, 401 without the right one -----------------------------------------------
+
+ROUTES = [
+    ("POST", "/admin/sms", {"to": PERSON, "message": "hi"}),
+    ("GET", f"/admin/conversations/{PERSON}", None),
+    ("POST", f"/admin/conversations/{PERSON}/end", None),
+    ("GET", "/admin/chats", None),
+    ("GET", "/admin/failed", None),
+    ("POST", "/admin/failed/abc123/requeue", None),
+    ("GET", "/admin/jobs/abc123", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [*ROUTES, ("GET", "/admin/openapi.json", None)])
+def test_admin_api_answers_404_while_the_token_is_unset(client, method, path, body):
+    response = client.open(path, method=method, json=body, headers=AUTH)
+    assert response.status_code == 404
+    assert error_of(response)["code"] == "not_found"
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ROUTES)
+@pytest.mark.parametrize("header", [None, "Bearer wrong-token", f"Basic {TOKEN}", f"Bearer {TOKEN}x", "Bearer "])
+def test_every_route_needs_the_token(admin, redis, twilio, uponai, method, path, body, header):
+    headers = {"Authorization": header} if header else {}
+    response = admin.open(path, method=method, json=body, headers=headers)
+    assert response.status_code == 401
+    assert error_of(response)["code"] == "unauthorized"
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert Queue(ADMIN_QUEUE_NAME, connection=redis).count == 0
+    assert twilio.messages == [] and uponai.requests == []
+
+
+def test_openapi_is_served_without_the_token(admin):
+    response = admin.get("/admin/openapi.json")
+    assert response.status_code == 200
+    spec = response.get_json()
+    assert spec["openapi"].startswith("3.")
+    assert {"/admin/sms", "/admin/conversations/{number}", "/admin/conversations/{number}/end", "/admin/chats",
+            "/admin/failed", "/admin/failed/{job_id}/requeue", "/admin/jobs/{job_id}"} <= set(spec["paths"])
+
+
+def test_unknown_admin_paths_and_methods_answer_in_the_error_shape(admin):
+    assert error_of(admin.get("/admin/nothing-here", headers=AUTH))["code"] == "not_found"
+    response = admin.delete("/admin/sms", headers=AUTH)
+    assert response.status_code == 405
+    assert error_of(response)["code"] == "method_not_allowed"
+
+
+# -- outbound -------------------------------------------------------------------------------------
+
+
+def test_outbound_with_a_message_sends_it_and_hands_it_to_the_new_chat(worker, admin, client, uponai, twilio, redis):
+    response = admin.post("/admin/sms", json={"to": PERSON, "message": "Your order has shipped."}, headers=AUTH)
+
+    assert response.status_code == 202, response.get_json()
+    data = response.get_json()
+    assert data["status"] == "sent"
+    assert data["conversation_id"] == conversation_id(GATEWAY_NUMBER, PERSON)
+    assert data["to"] == PERSON and data["from"] == GATEWAY_NUMBER
+    assert data["opening_generated"] is False
+    [sms] = twilio.messages
+    assert (sms.to, sms.from_, sms.body) == (PERSON, GATEWAY_NUMBER, "Your order has shipped.")
+    assert data["message_sids"] == [sms.sid]
+    [create] = uponai.calls("create_chat")
+    sent = create.json()
+    assert sent["agent_id"] == "agent_test"
+    assert sent["uponai_dynamic_variables"] == {"opening_message": "Your order has shipped."}
+    assert sent["metadata"]["direction"] == "outbound"
+    assert uponai.completion_log == []  # the operator's text is not sent to the agent as a user turn
+    assert redis.hget(conv_key(), "chat_id").decode() == data["chat_id"]
+
+    # The person's answer continues in the same chat.
+    send_text(client, "Thanks!")
+    wait_for(lambda: len(twilio.sent_to(PERSON)) == 2, message="the reply to the answer")
+    assert uponai.texts_by_chat() == {data["chat_id"]: ["Thanks!"]}
+
+
+def test_outbound_without_a_message_sends_the_agents_opening(worker, admin, uponai, twilio):
+    uponai.responder = lambda chat, text: ["Hi, this is Acme. How can we help?"] if text == OPENING else ["?"]
+
+    response = admin.post("/admin/sms", json={"to": PERSON}, headers=AUTH)
+
+    assert response.status_code == 202, response.get_json()
+    data = response.get_json()
+    assert data["opening_generated"] is True
+    assert twilio.sent_to(PERSON) == ["Hi, this is Acme. How can we help?"]
+    assert uponai.completion_log == [(data["chat_id"], OPENING)]
+    assert "uponai_dynamic_variables" not in uponai.calls("create_chat")[0].json()
+
+
+def test_outbound_ends_the_ongoing_chat_first(worker, admin, client, uponai, twilio, redis):
+    send_text(client, "hello")
+    wait_for(lambda: twilio.sent_to(PERSON), message="the first reply")
+    old_chat = redis.hget(conv_key(), "chat_id").decode()
+
+    response = admin.post("/admin/sms", json={"to": PERSON, "message": "A new topic"}, headers=AUTH)
+
+    assert response.status_code == 202, response.get_json()
+    new_chat = response.get_json()["chat_id"]
+    assert new_chat != old_chat
+    assert uponai.chats[old_chat].status == "ended"
+    assert [r.path for r in uponai.calls("end_chat")] == [f"/api/chats/{old_chat}/end"]
+    assert redis.hget(conv_key(), "chat_id").decode() == new_chat
+
+
+def test_outbound_passes_agent_variables_and_metadata(worker, admin, uponai, twilio):
+    body = {"to": PERSON, "message": "Hello", "agent_id": "agent_sales", "dynamic_variables": {"name": "Ada"},
+            "metadata": {"campaign": "spring"}}
+    response = admin.post("/admin/sms", json=body, headers=AUTH)
+
+    assert response.status_code == 202, response.get_json()
+    sent = uponai.calls("create_chat")[0].json()
+    assert sent["agent_id"] == "agent_sales"
+    assert sent["uponai_dynamic_variables"] == {"name": "Ada", "opening_message": "Hello"}
+    assert sent["metadata"]["campaign"] == "spring"
+    assert response.get_json()["agent_id"] == "agent_sales"
+
+
+def test_outbound_from_another_number_or_a_messaging_service(worker, admin, twilio, redis):
+    response = admin.post("/admin/sms", json={"to": PERSON, "message": "one", "from": SECOND_NUMBER}, headers=AUTH)
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["conversation_id"] == conversation_id(SECOND_NUMBER, PERSON)
+
+    response = admin.post("/admin/sms", json={"to": OTHER, "message": "two", "from": SERVICE_SID}, headers=AUTH)
+    assert response.status_code == 202, response.get_json()
+
+    first, second = twilio.messages
+    assert (first.from_, first.messaging_service_sid, first.body) == (SECOND_NUMBER, None, "one")
+    assert (second.from_, second.messaging_service_sid, second.body) == (None, SERVICE_SID, "two")
+    assert redis.hget(conv_key(OTHER, SERVICE_SID), "messaging_service_sid").decode() == SERVICE_SID
+
+
+def test_outbound_through_the_configured_messaging_service(start_workers, redis, admin_env, twilio):
+    env = {**admin_env, "TWILIO_FROM_NUMBER": "", "TWILIO_MESSAGING_SERVICE_SID": SERVICE_SID}
+    start_workers(1, TWILIO_FROM_NUMBER="", TWILIO_MESSAGING_SERVICE_SID=SERVICE_SID)
+    response = create_app(env).test_client().post("/admin/sms", json={"to": PERSON, "message": "hi"}, headers=AUTH)
+
+    assert response.status_code == 202, response.get_json()
+    [sms] = twilio.messages
+    assert (sms.from_, sms.messaging_service_sid) == (None, SERVICE_SID)
+
+
+def test_outbound_without_any_sender_configured_is_400(admin_env, redis, twilio):
+    env = {**admin_env, "TWILIO_FROM_NUMBER": ""}
+    response = create_app(env).test_client().post("/admin/sms", json={"to": PERSON, "message": "hi"}, headers=AUTH)
+
+    assert response.status_code == 400
+    assert error_of(response)["message"].startswith("from: is required")
+    assert Queue(ADMIN_QUEUE_NAME, connection=redis).count == 0
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"message": "hi"}, "to"),
+    ({"to": "+1415"}, "to"),
+    ({"to": "hello"}, "to"),
+    ({"to": 14155550100}, "to"),
+    ({"to": "+999123456789"}, "to"),
+    ({"to": "+1" + "5" * 40}, "to"),
+    ({"to": PERSON, "message": ""}, "message"),
+    ({"to": PERSON, "message": "   "}, "message"),
+    ({"to": PERSON, "message": 5}, "message"),
+    ({"to": PERSON, "message": "x" * 1601}, "message"),
+    ({"to": PERSON, "from": "+1"}, "from"),
+    ({"to": PERSON, "from": "MG123"}, "from"),
+    ({"to": PERSON, "agent_id": "../../etc"}, "agent_id"),
+    ({"to": PERSON, "agent_id": ""}, "agent_id"),
+    ({"to": PERSON, "dynamic_variables": ["a"]}, "dynamic_variables"),
+    ({"to": PERSON, "dynamic_variables": {"a": 1}}, "dynamic_variables.a"),
+    ({"to": PERSON, "dynamic_variables": {"opening_message": "x"}}, "dynamic_variables.opening_message"),
+    ({"to": PERSON, "metadata": "x"}, "metadata"),
+    ({"to": PERSON, "metadata": {"big": "x" * 5000}}, "metadata"),
+    ({"to": PERSON, "colour": "blue"}, "colour"),
+    (["to", PERSON], "body"),
+    ("just text", "body"),
+])
+def test_invalid_outbound_input_is_400_naming_the_field(admin, redis, twilio, uponai, body, field):
+    response = admin.post("/admin/sms", json=body, headers=AUTH)
+
+    assert response.status_code == 400, response.get_json()
+    error = error_of(response)
+    assert error["code"] == "invalid_request"
+    assert error["message"].startswith(f"{field}:"), error
+    assert Queue(ADMIN_QUEUE_NAME, connection=redis).count == 0
+    assert twilio.messages == [] and uponai.requests == []
+
+
+def test_outbound_body_must_be_json(admin, redis):
+    response = admin.post("/admin/sms", data="to=+14155550100", headers=AUTH,
+                          content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 415
+    assert error_of(response)["code"] == "unsupported_media_type"
+    response = admin.post("/admin/sms", data="{not json", headers=AUTH, content_type="application/json")
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "invalid_json"
+    response = admin.post("/admin/sms", json={"to": PERSON}, headers={**AUTH, "Idempotency-Key": "has space"})
+    assert response.status_code == 400
+    assert error_of(response)["message"].startswith("Idempotency-Key:")
+
+
+def test_outbound_numbers_are_normalised_to_e164(worker, admin, twilio):
+    response = admin.post("/admin/sms", json={"to": "+1 (415) 555-0100", "message": "hi"}, headers=AUTH)
+    assert response.status_code == 202, response.get_json()
+    assert twilio.messages[0].to == PERSON
+
+
+def test_opted_out_number_is_409_and_nothing_is_sent(worker, admin, redis, uponai, twilio):
+    redis.hset(conv_key(), mapping={"gateway": GATEWAY_NUMBER, "person": PERSON, "opted_out": "1"})
+
+    response = admin.post("/admin/sms", json={"to": PERSON, "message": "hi"}, headers=AUTH)
+
+    assert response.status_code == 409
+    assert error_of(response)["code"] == "opted_out"
+    assert twilio.messages == [] and uponai.calls("create_chat") == []
+
+
+def test_twilio_opt_out_refusal_is_409(worker, admin, twilio, redis):
+    twilio.opted_out.add(PERSON)
+
+    response = admin.post("/admin/sms", json={"to": PERSON, "message": "hi"}, headers=AUTH)
+
+    assert response.status_code == 409, response.get_json()
+    assert "21610" in error_of(response)["message"]
+    assert redis.hget(conv_key(), "opted_out") == b"1"
+
+
+def test_unknown_agent_is_reported_as_uponai_refusal(worker, admin, twilio):
+    response = admin.post("/admin/sms", json={"to": PERSON, "message": "hi", "agent_id": "unknown_agent"},
+                          headers=AUTH)
+    assert response.status_code == 502
+    error = error_of(response)
+    assert error["code"] == "uponai_rejected" and "agent not found" in error["message"]
+    assert twilio.messages == []
+
+
+# -- idempotency ----------------------------------------------------------------------------------
+
+
+def test_retried_request_with_the_same_key_starts_one_conversation(worker, admin, uponai, twilio):
+    body = {"to": PERSON, "message": "Only once"}
+    headers = {**AUTH, "Idempotency-Key": "order-42"}
+
+    first = admin.post("/admin/sms", json=body, headers=headers)
+    second = admin.post("/admin/sms", json=body, headers=headers)
+
+    assert first.status_code == second.status_code == 202
+    assert first.get_json()["chat_id"] == second.get_json()["chat_id"]
+    assert first.get_json()["message_sids"] == second.get_json()["message_sids"]
+    assert twilio.sent_to(PERSON) == ["Only once"]
+    assert len(uponai.calls("create_chat")) == 1
+
+    changed = admin.post("/admin/sms", json={**body, "message": "Something else"}, headers=headers)
+    assert changed.status_code == 422
+    assert error_of(changed)["code"] == "idempotency_key_reused"
+    assert twilio.sent_to(PERSON) == ["Only once"]
+
+
+def test_concurrent_requests_with_the_same_key_start_one_conversation(worker, admin_env, redis, uponai, twilio):
+    app = create_app(admin_env)
+    answers = []
+
+    def post():
+        answers.append(app.test_client().post("/admin/sms", json={"to": PERSON, "message": "Once"},
+                                              headers={**AUTH, "Idempotency-Key": "burst-1"}))
+
+    threads = [threading.Thread(target=post) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert [a.status_code for a in answers] == [202] * 4, [a.get_json() for a in answers]
+    assert len({a.get_json()["chat_id"] for a in answers}) == 1
+    assert twilio.sent_to(PERSON) == ["Once"]
+    assert len(uponai.calls("create_chat")) == 1
+
+
+def test_a_key_whose_attempt_failed_resumes_without_doubling(worker, admin, uponai, twilio):
+    twilio.inject("send", Fault(status=503))
+    headers = {**AUTH, "Idempotency-Key": "retry-me"}
+    body = {"to": PERSON, "message": "Eventually"}
+
+    first = admin.post("/admin/sms", json=body, headers=headers)
+    assert first.status_code == 503
+    assert error_of(first)["code"] == "twilio_unavailable"
+
+    second = admin.post("/admin/sms", json=body, headers=headers)
+    assert second.status_code == 202, second.get_json()
+    assert twilio.sent_to(PERSON) == ["Eventually"]
+    assert len(uponai.calls("create_chat")) == 1  # the chat of the first attempt is reused
+
+
+# -- no worker, slow worker -----------------------------------------------------------------------
+
+
+def test_no_worker_answers_504_and_leaves_nothing_to_run_later(admin_env, redis, twilio, start_workers):
+    admin = create_app({**admin_env, "ADMIN_WAIT_SECONDS": "1"}).test_client()
+
+    response = admin.post("/admin/sms", json={"to": PERSON, "message": "hi"}, headers=AUTH)
+
+    assert response.status_code == 504
+    error = error_of(response)
+    assert error["code"] == "worker_timeout" and ADMIN_QUEUE_NAME in error["message"]
+    assert Queue(ADMIN_QUEUE_NAME, connection=redis).count == 0
+    start_workers(1)
+    response = admin.get("/admin/chats", headers=AUTH)  # a later job runs; the abandoned one does not
+    assert response.status_code == 200
+    assert twilio.messages == []
+
+
+def test_slow_job_answers_202_running_then_the_job_shows_the_result(start_workers, admin_env, redis, uponai,
+                                                                     twilio):
+    start_workers(1, UPONAI_READ_TIMEOUT_SECONDS="10")
+    admin = create_app({**admin_env, "ADMIN_WAIT_SECONDS": "1"}).test_client()
+    release = threading.Event()
+    uponai.responder = lambda chat, text: [release.wait(20) and "Hello from the agent"]
+
+    response = admin.post("/admin/sms", json={"to": PERSON}, headers=AUTH)
+
+    assert response.status_code == 202
+    data = response.get_json()
+    assert data["status"] == "running"
+    release.set()
+    job = wait_for(lambda: (admin.get(data["job_url"], headers=AUTH).get_json() or {}).get("ok"),
+                   message="the job's result")
+    assert job["message_sids"] and twilio.sent_to(PERSON) == ["Hello from the agent"]
+    assert error_of(admin.get("/admin/jobs/not-a-job", headers=AUTH))["code"] == "job_not_found"
+    assert admin.get("/admin/jobs/bad%20id", headers=AUTH).status_code == 400
+
+
+def test_a_text_arriving_during_an_outbound_start_is_answered_after_it(worker, admin, client, uponai, twilio):
+    started = threading.Event()
+    release = threading.Event()
+
+    def agent(chat, text):
+        if text == OPENING:
+            started.set()
+            release.wait(20)
+            return ["Opening line"]
+        return [f"re: {text}"]
+
+    uponai.responder = agent
+    answer = {}
+    thread = threading.Thread(target=lambda: answer.update(r=admin.post("/admin/sms", json={"to": PERSON},
+                                                                       headers=AUTH)))
+    thread.start()
+    assert started.wait(20)
+    send_text(client, "are you there?")
+    release.set()
+    thread.join()
+
+    assert answer["r"].status_code == 202
+    wait_for(lambda: len(twilio.sent_to(PERSON)) == 2, message="the reply to the text")
+    assert twilio.sent_to(PERSON) == ["Opening line", "re: are you there?"]
+    chat_id = answer["r"].get_json()["chat_id"]
+    assert uponai.texts_by_chat() == {chat_id: [OPENING, "are you there?"]}
+
+
+# -- conversations --------------------------------------------------------------------------------
+
+
+def test_show_conversation_has_local_state_deliveries_and_the_chat(worker, admin, client, uponai, twilio):
+    send_text(client, "hello")
+    wait_for(lambda: twilio.sent_to(PERSON), message="reply")
+    sid = twilio.messages[0].sid
+    post_signed(client, "/twilio/status", {"MessageSid": sid, "MessageStatus": "delivered", "To": PERSON,
+                                           "From": GATEWAY_NUMBER, "AccountSid": "AC" + "1" * 32})
+
+    response = admin.get(f"/admin/conversations/{PERSON}", headers=AUTH)
+
+    assert response.status_code == 200, response.get_json()
+    data = response.get_json()
+    assert data["person"] == PERSON and data["gateway"] == GATEWAY_NUMBER and data["opted_out"] is False
+    assert data["last_inbound_at"].endswith("Z") and data["last_outbound_at"]
+    [sent] = data["recent_messages"]
+    assert (sent["sid"], sent["status"]) == (sid, "delivered")
+    assert data["chat"]["chat_id"] == data["chat_id"]
+    assert [m["content"] for m in data["chat"]["messages"]] == ["hello", "You said: hello"]
+    assert "chat_error" not in data
+
+
+def test_show_conversation_still_answers_when_the_chat_cannot_be_read(worker, admin, client, uponai, twilio):
+    send_text(client, "hello")
+    wait_for(lambda: twilio.sent_to(PERSON), message="reply")
+    uponai.inject("get_chat", Fault(status=500))
+
+    response = admin.get(f"/admin/conversations/{PERSON}", headers=AUTH)
+
+    assert response.status_code == 200
+    data = response.get_json()
+    assert data["chat"] is None and data["chat_id"]
+    assert data["chat_error"]["code"] == "uponai_unavailable"
+
+
+def test_show_conversation_of_another_gateway_number_and_unknown_numbers(worker, admin, redis):
+    redis.hset(conv_key(PERSON, SECOND_NUMBER), mapping={"gateway": SECOND_NUMBER, "person": PERSON})
+
+    assert admin.get(f"/admin/conversations/{PERSON}", headers=AUTH).status_code == 404
+    response = admin.get(f"/admin/conversations/{PERSON}?from=%2B12025550143", headers=AUTH)
+    assert response.status_code == 200
+    assert response.get_json()["gateway"] == SECOND_NUMBER
+    assert error_of(admin.get(f"/admin/conversations/{OTHER}", headers=AUTH))["code"] == "conversation_not_found"
+    assert admin.get(f"/admin/conversations/{PERSON}?from=nope", headers=AUTH).status_code == 400
+
+
+@pytest.mark.parametrize("number", ["..%2F..%2Fsms", "../sms", "%2E%2E%2Fadmin", "%2B1415%2F..%2Fx", "abc",
+                                    "+1" + "9" * 5000, "%00", "+14155550100%0A", "+1415555010O",
+                                    "%2B14155550100/extra"])
+def test_path_tricks_in_the_number_are_400(admin, redis, number):
+    for method, path in (("GET", f"/admin/conversations/{number}"),
+                         ("POST", f"/admin/conversations/{number}/end")):
+        response = admin.open(path, method=method, headers=AUTH)
+        assert response.status_code == 400, (method, path, response.status_code)
+        assert error_of(response)["message"].startswith("number:")
+    assert Queue(ADMIN_QUEUE_NAME, connection=redis).count == 0
+
+
+def test_end_conversation_ends_the_chat_and_the_next_text_starts_a_new_one(worker, admin, client, uponai, twilio,
+                                                                          redis):
+    send_text(client, "first")
+    wait_for(lambda: twilio.sent_to(PERSON), message="reply")
+    chat_id = redis.hget(conv_key(), "chat_id").decode()
+
+    response = admin.post(f"/admin/conversations/{PERSON}/end", headers=AUTH)
+
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json() == {"status": "ended", "conversation_id": conversation_id(GATEWAY_NUMBER, PERSON),
+                                   "ended_chat_id": chat_id}
+    assert uponai.chats[chat_id].status == "ended"
+    assert redis.hget(conv_key(), "chat_id") is None
+    again = admin.post(f"/admin/conversations/{PERSON}/end", headers=AUTH)
+    assert again.status_code == 200 and again.get_json()["ended_chat_id"] is None
+
+    send_text(client, "second")
+    wait_for(lambda: len(twilio.sent_to(PERSON)) == 2, message="second reply")
+    assert len(uponai.calls("create_chat")) == 2
+    assert error_of(admin.post(f"/admin/conversations/{OTHER}/end", headers=AUTH))["code"] == \
+        "conversation_not_found"
+
+
+# -- chats ----------------------------------------------------------------------------------------
+
+
+def test_chats_are_listed_page_by_page(worker, admin, client, uponai, twilio):
+    for i in range(3):
+        send_text(client, "hi", from_=f"+1415555010{i}")
+    wait_for(lambda: len(twilio.messages) == 3, message="three replies")
+
+    first = admin.get("/admin/chats?limit=2&sort_order=ascending", headers=AUTH)
+    assert first.status_code == 200, first.get_json()
+    page = first.get_json()
+    assert len(page["chats"]) == 2 and page["has_more"] is True and page["pagination_key"]
+    second = admin.get(f"/admin/chats?limit=2&sort_order=ascending&pagination_key={page['pagination_key']}",
+                       headers=AUTH)
+    rest = second.get_json()
+    assert len(rest["chats"]) == 1 and rest["pagination_key"] is None
+    ids = [c["chat_id"] for c in page["chats"] + rest["chats"]]
+    assert ids == sorted(uponai.chats)
+    query = uponai.calls("list_chats")[0].query
+    assert (query["limit"], query["sortOrder"]) == ("2", "ascending")
+
+
+@pytest.mark.parametrize(("query", "field"), [("limit=0", "limit"), ("limit=1001", "limit"), ("limit=ten", "limit"),
+                                              ("limit=-1", "limit"), ("sort_order=up", "sort_order"),
+                                              ("pagination_key=a%20b", "pagination_key")])
+def test_invalid_chat_listing_parameters_are_400(admin, redis, query, field):
+    response = admin.get(f"/admin/chats?{query}", headers=AUTH)
+    assert response.status_code == 400
+    assert error_of(response)["message"].startswith(f"{field}:")
+
+
+def test_uponai_failure_while_listing_chats_is_reported(worker, admin, uponai):
+    uponai.inject("list_chats", Fault(status=503))
+    response = admin.get("/admin/chats", headers=AUTH)
+    assert response.status_code == 503
+    assert error_of(response)["code"] == "uponai_unavailable"
+
+
+# -- failed jobs ----------------------------------------------------------------------------------
+
+
+def failed_ids(redis) -> list[str]:
+    return FailedJobRegistry("sms", connection=redis).get_job_ids()
+
+
+def test_failed_job_is_listed_with_reason_and_requeued_answers_once(worker, admin, client, uponai, twilio, redis):
+    uponai.inject("complete", *[Fault(status=500)] * 4)  # every attempt (RETRY_INTERVALS_SECONDS has 3 waits)
+    send_text(client, "please answer")
+    wait_for(lambda: failed_ids(redis), message="the drain job to fail")
+    assert twilio.sent_to(PERSON) == [_failure_notice()]
+
+    listing = admin.get("/admin/failed", headers=AUTH)
+    assert listing.status_code == 200
+    [job] = listing.get_json()["jobs"]
+    assert job["conversation_id"] == conversation_id(GATEWAY_NUMBER, PERSON)
+    assert job["queue"] == "sms" and job["function"] == "workers.jobs.drain"
+    assert "500" in job["reason"] and "MessagesFailed" in job["reason"]
+
+    response = admin.post(f"/admin/failed/{job['job_id']}/requeue", headers=AUTH)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["status"] == "queued"
+
+    wait_for(lambda: len(twilio.sent_to(PERSON)) == 2, message="the answer after the requeue")
+    assert twilio.sent_to(PERSON) == [_failure_notice(), "You said: please answer"]
+    assert failed_ids(redis) == []
+    again = admin.post(f"/admin/failed/{job['job_id']}/requeue", headers=AUTH)
+    assert again.status_code == 404 and error_of(again)["code"] == "failed_job_not_found"
+    assert [text for _, text in uponai.completion_log] == ["please answer"]
+
+
+def test_requeued_job_does_not_send_parts_that_went_out_before(worker, admin, client, uponai, twilio, redis):
+    uponai.responder = lambda chat, text: ["part one", "part two"]
+    twilio.inject("send", Fault(), *[Fault(status=503)] * 4)  # part one goes; part two fails every attempt
+    send_text(client, "two parts please")
+    wait_for(lambda: failed_ids(redis), message="the drain job to fail")
+    assert twilio.sent_to(PERSON) == ["part one", _failure_notice()]
+
+    [job] = admin.get("/admin/failed", headers=AUTH).get_json()["jobs"]
+    assert admin.post(f"/admin/failed/{job['job_id']}/requeue", headers=AUTH).status_code == 200
+
+    wait_for(lambda: len(twilio.sent_to(PERSON)) == 3, message="the missing part")
+    wait_for(lambda: not Queue("sms", connection=redis).count, message="the queue to drain")
+    assert twilio.sent_to(PERSON) == ["part one", _failure_notice(), "part two"]
+    assert len(uponai.completion_log) == 1
+
+
+def test_requeue_checks_the_job_id(admin, redis):
+    assert admin.post("/admin/failed/..%2F..%2Fx/requeue", headers=AUTH).status_code in (400, 404)
+    response = admin.post("/admin/failed/bad.id/requeue", headers=AUTH)
+    assert response.status_code == 400 and error_of(response)["message"].startswith("job_id:")
+    response = admin.post("/admin/failed/abcdef/requeue", headers=AUTH)
+    assert response.status_code == 404
+    assert admin.get("/admin/failed?limit=0", headers=AUTH).status_code == 400
+
+
+def _failure_notice() -> str:
+    from config.settings import Settings
+
+    return Settings.__dataclass_fields__["failure_notice_text"].default

@@ -1,0 +1,298 @@
+"""Operator actions that need UponAI or Twilio, run by workers on the high-priority ``sms-admin`` queue.
+
+The web process never calls UponAI or Twilio: the admin API enqueues one of the ``*_job`` functions
+below and waits for its result. Each job wires the worker's collaborators and calls a plain
+operation that takes ``flow.Services``. A job returns ``{"ok": {...}}`` or, for a failure the
+operator should see (opted out, UponAI or Twilio refused or unreachable, conversation busy),
+``{"error": {"status", "code", "message"}}``; anything else raises and lands in RQ's failed registry.
+
+An outbound start holds the conversation's lock, like a drain, so it never interleaves with a turn,
+and records its progress under its operation id (the chat it created, the opening line, each SMS
+part claimed before it is sent), so running it again (an operator's retry with the same
+Idempotency-Key, a requeue) resumes it and sends nothing twice. Keys of its own (under ``smsgw:``)::
+
+    outbound:{op_id}         hash: chat_id, agent_id, result (JSON) of one outbound start
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any
+
+from workers import flow, sms_text
+from workers.errors import (
+    GatewayError,
+    TransientError,
+    TwilioPermanentError,
+    TwilioTransientError,
+    UponAIPermanentError,
+    UponAITransientError,
+)
+from workers.redaction import mask_number
+from workers.store import PROGRESS_TTL_SECONDS, ConversationStore, InboundMessage, conversation_id
+
+log = logging.getLogger(__name__)
+
+ADMIN_QUEUE_NAME = "sms-admin"
+ADMIN_TOKEN_PREFIX = "admin:"  # a drain that meets this lock holder retries shortly (see flow.drain_conversation)
+LOCK_WAIT_SECONDS = 30.0
+LOCK_POLL_SECONDS = 0.1
+OPENING_VARIABLE = "opening_message"
+OPENING_PART = "opening"
+
+
+class AdminError(Exception):
+    """A failure to report to the operator as an HTTP status with a code and a message."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "code": self.code, "message": self.message}
+
+
+def admin_error_from(exc: GatewayError) -> AdminError:
+    """How an UponAI or Twilio failure is reported to the operator."""
+    if isinstance(exc, UponAITransientError):
+        return AdminError(503, "uponai_unavailable", f"UponAI is unavailable, try again: {exc}")
+    if isinstance(exc, UponAIPermanentError):
+        return AdminError(502, "uponai_rejected", f"UponAI refused the request: {exc}")
+    if isinstance(exc, TwilioTransientError):
+        return AdminError(503, "twilio_unavailable", f"Twilio is unavailable, try again: {exc}")
+    if isinstance(exc, TwilioPermanentError):
+        return AdminError(502, "twilio_rejected", f"Twilio refused the message: {exc}")
+    return AdminError(502, "upstream_failed", str(exc))
+
+
+# -- the conversation lock ------------------------------------------------------------------------
+
+
+@contextmanager
+def conversation_lock(services: flow.Services, cid: str, token: str, wait_seconds: float = LOCK_WAIT_SECONDS):
+    """Hold the conversation's drain lock (waiting while a turn runs); hand waiting messages on after.
+
+    Raises AdminError (409 conversation_busy) if the lock stays taken for ``wait_seconds``.
+    """
+    store = services.store
+    deadline = time.monotonic() + wait_seconds
+    while not store.acquire_lock(cid, token, flow.LOCK_TTL_SECONDS):
+        if time.monotonic() > deadline:
+            raise AdminError(409, "conversation_busy",
+                             f"the conversation stayed busy with an agent turn for {wait_seconds:.0f} s; try again")
+        time.sleep(LOCK_POLL_SECONDS)
+    stop = threading.Event()
+    keeper = threading.Thread(target=_keep_lock, args=(store, cid, token, stop), daemon=True)
+    keeper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        keeper.join(timeout=5)
+        store.release_lock(cid, token)
+        # A text that arrived meanwhile had its drain job step aside; make sure one runs.
+        if services.jobs is not None and store.inbox_length(cid):
+            services.jobs.enqueue_drain(cid)
+
+
+def _keep_lock(store: ConversationStore, cid: str, token: str, stop: threading.Event) -> None:
+    while not stop.wait(flow.LOCK_TTL_SECONDS / 3):
+        if not store.refresh_lock(cid, token, flow.LOCK_TTL_SECONDS):
+            log.warning("conversation=%s admin lock lost", cid)
+            return
+
+
+# -- outbound -------------------------------------------------------------------------------------
+
+
+def _op_key(store: ConversationStore, op_id: str) -> str:
+    return store.key("outbound", op_id)
+
+
+def outbound_result(store: ConversationStore, op_id: str) -> dict[str, Any] | None:
+    """The stored result of a finished outbound start, or None."""
+    raw = store.redis.hget(_op_key(store, op_id), "result")
+    return json.loads(raw) if raw is not None else None
+
+
+def _op_fields(store: ConversationStore, op_id: str) -> dict[str, str]:
+    raw = store.redis.hgetall(_op_key(store, op_id))
+    return {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
+            for k, v in raw.items()}
+
+
+def _set_op(store: ConversationStore, op_id: str, **fields: str) -> None:
+    key = _op_key(store, op_id)
+    with store.redis.pipeline() as pipe:
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, PROGRESS_TTL_SECONDS)
+        pipe.execute()
+
+
+def start_outbound(services: flow.Services, op_id: str, request: dict[str, Any]) -> dict[str, Any]:
+    """Start (or resume) an outbound conversation: end the ongoing chat, create one, send the opening.
+
+    ``request`` is validated by the web: ``to``, ``gateway`` (the number or Messaging Service the
+    conversation is keyed on), ``messaging_service_sid``, ``message``, ``agent_id``,
+    ``dynamic_variables``, ``metadata``. Raises AdminError and GatewayError.
+    """
+    store = services.store
+    to, gateway = request["to"], request["gateway"]
+    cid = conversation_id(gateway, to)
+    if (done := outbound_result(store, op_id)) is not None:
+        return done
+    with conversation_lock(services, cid, ADMIN_TOKEN_PREFIX + op_id):
+        if (done := outbound_result(store, op_id)) is not None:
+            return done
+        if store.conversation(cid).get("opted_out") == "1":
+            raise AdminError(409, "opted_out", "the number has opted out (STOP); it must text START first")
+        op = _op_fields(store, op_id)
+        chat_id, agent_id = op.get("chat_id"), op.get("agent_id")
+        if not chat_id:
+            chat_id, agent_id = _new_chat(services, op_id, cid, request)
+        message = InboundMessage(sid=op_id, from_=to, to=gateway,
+                                 messaging_service_sid=request.get("messaging_service_sid") or "")
+        parts = _opening_parts(services, op_id, chat_id, request.get("message"))
+        for index, part in enumerate(parts):
+            flow.send_part(services, message, f"{OPENING_PART}:{index}", part)
+        outcomes = store.progress(op_id).parts
+        sids = [outcomes.get(f"{OPENING_PART}:{index}", "") for index in range(len(parts))]
+        _check_sent(store, cid, sids)
+        _note_activity(services, cid, request)
+        result = {"conversation_id": cid, "chat_id": chat_id, "agent_id": agent_id, "to": to, "from": gateway,
+                  "message_sids": sids, "opening_generated": not request.get("message")}
+        _set_op(store, op_id, result=json.dumps(result))
+    log.info("outbound op=%s conversation=%s to=%s chat=%s parts=%d", op_id, cid, mask_number(to), chat_id,
+             len(parts))
+    return result
+
+
+def _new_chat(services: flow.Services, op_id: str, cid: str, request: dict[str, Any]) -> tuple[str, str]:
+    store = services.store
+    flow.end_chat(services, cid, store.conversation(cid).get("chat_id"))
+    agent_id = request.get("agent_id") or services.settings.agent_for(request["gateway"])
+    variables = dict(request.get("dynamic_variables") or {})
+    if request.get("message"):
+        variables[OPENING_VARIABLE] = request["message"]
+    metadata = {**(request.get("metadata") or {}), "channel": "sms", "conversation_id": cid, "direction": "outbound"}
+    chat = services.agent.create_chat(agent_id=agent_id, metadata=metadata, dynamic_variables=variables or None)
+    _set_op(store, op_id, chat_id=chat.chat_id, agent_id=agent_id)
+    store.set_chat(cid, chat.chat_id, agent_id)
+    fields = {"gateway": request["gateway"], "person": request["to"]}
+    if request.get("messaging_service_sid"):
+        fields["messaging_service_sid"] = request["messaging_service_sid"]
+    store.touch(cid, **fields)
+    log.info("outbound op=%s conversation=%s chat=%s created agent=%s", op_id, cid, chat.chat_id, agent_id)
+    return chat.chat_id, agent_id
+
+
+def _opening_parts(services: flow.Services, op_id: str, chat_id: str, message: str | None) -> list[str]:
+    """The SMS parts of the opening: the operator's message as written, or the agent's first line."""
+    if message:
+        return [message]
+    store, settings = services.store, services.settings
+    progress = store.progress(op_id)
+    if progress.reply_parts is not None:
+        return progress.reply_parts
+    prompt = settings.outbound_opening_prompt
+    agent_messages = None
+    if progress.turn_chat_id == chat_id:
+        # An earlier attempt posted the prompt and then failed: it may have been applied.
+        agent_messages = flow.turn_in_chat(services.agent.get_chat(chat_id), prompt)
+    if agent_messages is None:
+        store.mark_turn_started(op_id, chat_id)
+        agent_messages = services.agent.complete(chat_id, prompt)
+    parts = sms_text.shape_reply([m.content for m in agent_messages], max_segments=settings.sms_max_segments,
+                                 transliterate=settings.sms_transliterate)
+    if not parts:
+        raise AdminError(502, "no_opening", "the agent answered the opening prompt with no text; nothing was sent")
+    store.record_reply(op_id, parts)
+    return parts
+
+
+def _check_sent(store: ConversationStore, cid: str, sids: list[str]) -> None:
+    refused = [sid for sid in sids if sid.startswith("failed:")]
+    if not refused:
+        return
+    code = refused[0].partition(":")[2]
+    if store.conversation(cid).get("opted_out") == "1":
+        raise AdminError(409, "opted_out", f"Twilio refused the message: the number has opted out (code {code})")
+    raise AdminError(502, "twilio_rejected", f"Twilio refused the message (code {code})")
+
+
+def _note_activity(services: flow.Services, cid: str, request: dict[str, Any]) -> None:
+    now = time.time()
+    store = services.store
+    store.touch(cid, last_activity_at=f"{now:.3f}")
+    timeout = services.settings.chat_idle_timeout_seconds
+    if services.jobs is not None and store.claim_idle_check(cid, now + timeout):
+        services.jobs.schedule_idle_check(cid, timeout)
+
+
+# -- other operations -----------------------------------------------------------------------------
+
+
+def end_conversation(services: flow.Services, cid: str, token: str) -> dict[str, Any]:
+    """End the conversation's ongoing chat now; the person's next text starts a new one."""
+    with conversation_lock(services, cid, ADMIN_TOKEN_PREFIX + token):
+        chat_id = services.store.conversation(cid).get("chat_id")
+        flow.end_chat(services, cid, chat_id)
+    log.info("conversation=%s ended by an operator chat=%s", cid, chat_id or "-")
+    return {"conversation_id": cid, "ended_chat_id": chat_id}
+
+
+def get_chat(services: flow.Services, chat_id: str) -> dict[str, Any]:
+    """The UponAI chat, with its messages."""
+    return services.agent.get_chat(chat_id).to_dict()
+
+
+def list_chats(services: flow.Services, limit: int | None, sort_order: str | None,
+               pagination_key: str | None) -> dict[str, Any]:
+    """One page of UponAI's chat listing (messages left out)."""
+    page = services.agent.list_chats(limit=limit, sort_order=sort_order, pagination_key=pagination_key)
+    chats = []
+    for chat in page.chats:
+        row = chat.to_dict()
+        row.pop("messages", None)
+        chats.append(row)
+    return {"chats": chats, "pagination_key": page.pagination_key, "has_more": page.has_more}
+
+
+# -- RQ jobs --------------------------------------------------------------------------------------
+
+
+def _run(operation, *args) -> dict[str, Any]:
+    from workers import jobs
+
+    try:
+        return {"ok": operation(jobs.current_services(), *args)}
+    except AdminError as exc:
+        return {"error": exc.as_dict()}
+    except (TransientError, UponAIPermanentError, TwilioPermanentError) as exc:
+        # Reported to the operator, who is waiting for this answer and can retry; not hidden.
+        log.warning("admin %s failed: %s", operation.__name__, type(exc).__name__)
+        return {"error": admin_error_from(exc).as_dict()}
+
+
+def start_outbound_job(op_id: str, request: dict[str, Any]) -> dict[str, Any]:
+    """Job: start an outbound conversation (see ``start_outbound``)."""
+    return _run(start_outbound, op_id, request)
+
+
+def end_conversation_job(cid: str, token: str) -> dict[str, Any]:
+    """Job: end the conversation's chat."""
+    return _run(end_conversation, cid, token)
+
+
+def get_chat_job(chat_id: str) -> dict[str, Any]:
+    """Job: read an UponAI chat."""
+    return _run(get_chat, chat_id)
+
+
+def list_chats_job(limit: int | None, sort_order: str | None, pagination_key: str | None) -> dict[str, Any]:
+    """Job: list UponAI chats."""
+    return _run(list_chats, limit, sort_order, pagination_key)

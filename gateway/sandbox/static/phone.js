@@ -1,0 +1,125 @@
+// The sandbox phone page: polls the thread and the conversation state, sends texts and starts outbound chats.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let config = null;
+let lastRendered = "";
+
+async function api(path, options = {}) {
+  const response = await fetch(path, {headers: {"Content-Type": "application/json"}, ...options});
+  let body = {};
+  try { body = await response.json(); } catch (e) { /* not JSON */ }
+  return {ok: response.ok, status: response.status, body};
+}
+
+function person() {
+  return $("number").value.trim();
+}
+
+function time(epochSeconds) {
+  return new Date(epochSeconds * 1000).toLocaleTimeString();
+}
+
+function renderThread(messages) {
+  const key = JSON.stringify(messages);
+  if (key === lastRendered) return;
+  lastRendered = key;
+  const thread = $("thread");
+  const atBottom = thread.scrollTop + thread.clientHeight >= thread.scrollHeight - 30;
+  thread.replaceChildren();
+  for (const m of messages) {
+    const bubble = document.createElement("div");
+    bubble.className = `bubble ${m.direction}`;
+    bubble.textContent = (m.body || "") + (m.num_media ? `${m.body ? "\n" : ""}[picture]` : "");
+    if (m.sid) bubble.dataset.sid = m.sid;
+    const meta = document.createElement("div");
+    meta.className = `meta ${m.direction}`;
+    if (m.direction === "in") {
+      meta.textContent = `${time(m.created_at)} · ` + (m.error ? m.error : `webhook ${m.webhook_status}`);
+      if (m.error) meta.classList.add("error");
+    } else if (m.direction === "out") {
+      meta.append(`${time(m.created_at)} · ${m.num_segments} segment${m.num_segments === 1 ? "" : "s"} · `);
+      const status = document.createElement("span");
+      status.className = `status ${m.status}`;
+      status.textContent = m.status;
+      meta.append(status);
+    } else {
+      meta.textContent = `${time(m.created_at)} · answered by Twilio`;
+    }
+    thread.append(bubble, meta);
+  }
+  if (atBottom) thread.scrollTop = thread.scrollHeight;
+}
+
+function renderState(state) {
+  $("state-chat").textContent = state.chat_id || "(none yet)";
+  $("state-optout").textContent = state.opted_out ? "yes (STOP)" : "no";
+  const idle = state.idle_ends_chat_in_seconds;
+  $("state-idle").textContent = idle === null || idle === undefined ? "–" :
+    `chat ends in ${Math.floor(idle / 60)}m ${idle % 60}s without a message`;
+  $("state-waiting").textContent = String(state.waiting_messages);
+  $("state-recent").textContent = state.recent.length ?
+    state.recent.slice(0, 5).map((r) => `${r.sid.slice(0, 8)}…: ${r.status || "?"}`).join("\n") : "–";
+}
+
+async function poll() {
+  if (person()) {
+    const number = encodeURIComponent(person());
+    const [thread, state] = await Promise.all([
+      api(`/api/thread?number=${number}`), api(`/api/conversation?number=${number}`)]);
+    if (thread.ok) renderThread(thread.body.messages);
+    if (state.ok) renderState(state.body);
+  }
+}
+
+async function send(event) {
+  event.preventDefault();
+  const body = $("body").value;
+  const mms = $("mms").checked;
+  $("send-error").textContent = "";
+  const answer = await api("/api/send", {method: "POST", body: JSON.stringify({from: person(), body, mms})});
+  if (answer.ok) {
+    $("body").value = "";
+    $("mms").checked = false;
+  } else {
+    $("send-error").textContent = answer.body.error || `failed (${answer.status})`;
+  }
+  poll();
+}
+
+async function startOutbound() {
+  $("outbound-note").textContent = "Starting…";
+  const answer = await api("/api/outbound", {method: "POST",
+    body: JSON.stringify({to: person(), message: $("outbound-message").value})});
+  if (answer.ok) {
+    $("outbound-note").textContent = "Started: the gateway's first message is on its way.";
+    $("outbound-message").value = "";
+  } else {
+    const error = answer.body.error || (answer.body.answer && answer.body.answer.error) || {};
+    $("outbound-note").textContent = typeof error === "string" ? error : (error.message || `failed (${answer.status})`);
+  }
+  poll();
+}
+
+async function start() {
+  config = (await api("/api/config")).body;
+  $("gateway-number").textContent = config.gateway_number;
+  const saved = window.localStorage.getItem("sandbox-number");
+  $("number").value = saved || config.default_person;
+  $("number").addEventListener("change", () => {
+    window.localStorage.setItem("sandbox-number", person());
+    lastRendered = "";
+    poll();
+  });
+  $("compose").addEventListener("submit", send);
+  $("outbound-start").addEventListener("click", startOutbound);
+  if (!config.outbound.available) {
+    $("outbound-start").disabled = true;
+    $("outbound-message").disabled = true;
+    $("outbound-note").textContent = `Not available: ${config.outbound.reason}.`;
+  }
+  poll();
+  setInterval(poll, 700);
+}
+
+start();

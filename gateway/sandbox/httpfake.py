@@ -112,6 +112,11 @@ class FakeServer:
         with self._lock:
             self._random = (rate, faults, random.Random(seed), operations) if rate > 0 else None
 
+    def calls(self, operation: str) -> list[Request]:
+        """The requests received for ``operation`` so far, in order."""
+        with self._lock:
+            return [r for op, r in self.requests if op == operation]
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()

@@ -74,9 +74,6 @@ class UponAISimulator(FakeServer):
         with self._state:
             return {cid: chat.user_texts() for cid, chat in self.chats.items()}
 
-    def calls(self, operation: str) -> list[Request]:
-        return [r for op, r in list(self.requests) if op == operation]
-
     def end(self, chat_id: str) -> None:
         with self._state:
             self.chats[chat_id].status = "ended"

@@ -22,19 +22,15 @@ def _configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None
 
 def run_worker(args: argparse.Namespace) -> int:
     """Run an RQ worker (with the scheduler) on the gateway's queue."""
-    from rq.worker import SimpleWorker
-
-    from workers import jobs
+    from workers import jobs, worker
     from workers.admin_ops import ADMIN_QUEUE_NAME
     from workers.store import connect_redis
 
     settings = load_settings()
     redis = connect_redis(settings.redis_url)
     jobs.install_services(jobs.build_services(settings, redis))
-    worker = SimpleWorker([ADMIN_QUEUE_NAME, jobs.QUEUE_NAME], connection=redis, log_job_description=False,
-                          job_monitoring_interval=5, worker_ttl=60)
-    worker.work(with_scheduler=True, burst=args.burst, logging_level=args.log_level,
-                max_jobs=args.max_jobs)
+    worker.run(redis, [ADMIN_QUEUE_NAME, jobs.QUEUE_NAME], burst=args.burst, max_jobs=args.max_jobs,
+               logging_level=args.log_level)
     return 0
 
 

@@ -147,6 +147,7 @@ def settings_env(redis_server, uponai_server, twilio_server, **overrides) -> dic
         "TWILIO_FROM_NUMBER": GATEWAY_NUMBER,
         "PUBLIC_BASE_URL": "https://sms.example.com",
         "RETRY_INTERVALS_SECONDS": "0.2,0.4,0.8",
+        "AMBIGUOUS_RETRY_DELAY_SECONDS": "1.5",
     }
     env.update({k: str(v) for k, v in overrides.items()})
     return env

@@ -155,6 +155,10 @@ def drain_conversation(services: Services, cid: str, token: str, *, budget_secon
                     store.release_lock(cid, token)
                     delay = backoff_seconds(attempts, services.settings.retry_intervals_seconds,
                                             exc.retry_after_seconds)
+                    if exc.maybe_applied:
+                        # The request may still be running at UponAI or Twilio: read it back only once it
+                        # has had time to land, or we would miss it and do it twice.
+                        delay = max(delay, services.settings.ambiguous_retry_delay_seconds)
                     raise RetryLater(delay, exc) from exc
                 reasons.append(f"{message.sid}: gave up after {attempts} attempts: {exc}")
                 give_up(services, message, exc)

@@ -11,7 +11,16 @@ from redis import Redis
 from rq import Queue
 
 from gateway import create_app
-from tests.conftest import RedisServer, free_port, inbound_form, new_sid, post_signed, sign
+from tests.conftest import (
+    RedisServer,
+    WorkerPool,
+    free_port,
+    inbound_form,
+    new_sid,
+    post_signed,
+    settings_env,
+    sign,
+)
 from workers.store import ConversationStore, conversation_id
 
 PUBLIC = "https://sms.example.com"
@@ -224,22 +233,38 @@ def test_healthz(client):
     assert response.get_json() == {"status": "ok"}
 
 
-def test_readyz_without_workers_is_503(client, redis, queue):
-    from rq import Worker
+@pytest.fixture
+def private_db(redis_server):
+    """A database of the tests' Redis that no earlier test's worker registered in (readiness counts workers)."""
+    url = redis_server.url.rsplit("/", 1)[0] + "/9"
+    client = Redis.from_url(url)
+    client.flushdb()
+    yield url, client
+    client.flushdb()
+    client.close()
 
-    assert Worker.count(connection=redis) == 0
-    post_signed(client, "/twilio/sms", inbound_form("waiting"))
+
+def test_readyz_without_workers_is_503(env, private_db):
+    url, _ = private_db
+    client = create_app({**env, "REDIS_URL": url}).test_client()
+    assert post_signed(client, "/twilio/sms", inbound_form("waiting")).status_code == 200
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.get_json() == {"status": "degraded", "redis": "ok", "workers": 0, "queue_depth": 1}
 
 
-def test_readyz_with_a_worker_is_200(client, redis, queue, start_workers):
-    start_workers(1)
-    response = client.get("/readyz")
-    assert response.status_code == 200
-    body = response.get_json()
-    assert body["status"] == "ok" and body["workers"] == 1 and body["redis"] == "ok"
+def test_readyz_with_a_worker_is_200(env, private_db, redis_server, uponai_server, twilio_server, tmp_path):
+    url, db = private_db
+    client = create_app({**env, "REDIS_URL": url}).test_client()
+    pool = WorkerPool(settings_env(redis_server, uponai_server, twilio_server, REDIS_URL=url), 1, tmp_path)
+    try:
+        pool.wait_ready(db)
+        response = client.get("/readyz")
+        assert response.status_code == 200
+        assert response.get_json() == {"status": "ok", "redis": "ok", "workers": 1, "queue_depth": 0}
+    finally:
+        pool.stop()
+    assert client.get("/readyz").status_code == 503  # the worker said goodbye when it stopped
 
 
 # -- status callbacks -------------------------------------------------------------------------------------

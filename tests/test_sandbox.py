@@ -1,0 +1,203 @@
+"""The sandbox as the README starts it (``sms-gateway run``: embedded Redis, both simulators, the Procfile's
+processes), used through the phone page in headless Chromium, then stopped with Ctrl-C and started again."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+import requests
+
+from tests.conftest import ROOT, free_port, wait_for
+
+PERSON = "+14155550142"
+SCREENSHOTS = ROOT / "var" / "screenshots"
+
+
+def chromium() -> tuple[str, str]:
+    """(browser, driver) paths; installs Debian's chromium when missing and possible, else skips."""
+    def find():
+        return shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+
+    browser, driver = find()
+    if not (browser and driver) and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"], capture_output=True,
+                       timeout=600, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        browser, driver = find()
+    if not (browser and driver):
+        pytest.skip("headless Chromium is not installed and could not be installed here "
+                    "(apt-get install chromium chromium-driver, as root)")
+    return browser, driver
+
+
+class Sandbox:
+    """``sms-gateway run`` in a child process with a clean environment and its own data directory."""
+
+    def __init__(self, data_dir):
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.output: list[str] = []
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"),
+               "SANDBOX_DATA_DIR": str(data_dir), "PORT": str(self.port), "CHAT_IDLE_TIMEOUT_SECONDS": "900"}
+        self.process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run"], cwd=data_dir, env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        self.phone_url = wait_for(self._phone_url, timeout=90, interval=0.1, message="the sandbox's banner")
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.output.append(line)
+
+    def _phone_url(self):
+        if self.process.poll() is not None:
+            raise AssertionError("sms-gateway run exited:\n" + "".join(self.output))
+        match = re.search(r"phone:\s+(http://127\.0\.0\.1:\d+/)", "".join(self.output))
+        return match[1] if match else None
+
+    def api(self, path: str, **params):
+        return requests.get(self.phone_url + path.lstrip("/"), params=params, timeout=5).json()
+
+    def stop(self) -> int:
+        """Ctrl-C, as a person would; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError("sms-gateway run did not stop on Ctrl-C") from None
+        self.reader.join(timeout=10)
+        self.process.stdout.close()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    chromium()  # skip early, before starting anything, when there is no browser
+    started = Sandbox(tmp_path_factory.mktemp("sandbox"))
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(sandbox):
+    from selenium import webdriver
+
+    binary, driver_path = chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1100,900"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
+    driver.get(sandbox.phone_url)
+    yield driver
+    driver.quit()
+
+
+def use_number(browser, number: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    field = browser.find_element(By.ID, "number")
+    field.clear()
+    field.send_keys(number)
+    browser.execute_script("arguments[0].dispatchEvent(new Event('change'))", field)
+
+
+def text(browser, body: str, *, picture: bool = False) -> None:
+    from selenium.webdriver.common.by import By
+
+    if picture:
+        browser.find_element(By.ID, "mms").click()
+    box = browser.find_element(By.ID, "body")
+    box.send_keys(body)
+    browser.find_element(By.ID, "send").click()
+
+
+def texts(browser, css: str) -> list[str]:
+    """The text of every element matching ``css``, read in one go (the page re-renders as it polls)."""
+    return browser.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]), e => e.textContent)", css)
+
+
+def wait_for_text(browser, css: str, needle: str, timeout: float = 30) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, timeout, poll_frequency=0.1).until(
+        lambda b: any(needle in t for t in texts(b, css)), message=f"{needle!r} in {css}")
+
+
+def test_a_message_typed_in_the_phone_page_is_answered(sandbox, browser, tmp_path):
+
+    use_number(browser, PERSON)
+    text(browser, "Hello from Chromium")
+
+    wait_for_text(browser, "#thread .bubble.out", "You said: Hello from Chromium")
+    wait_for_text(browser, "#thread .status", "delivered")  # the simulator's status callbacks
+    wait_for_text(browser, "#state-recent", "delivered")  # ...as the gateway recorded them
+    assert texts(browser, "#state-chat")[0].startswith("chat_")
+    assert "chat ends in" in texts(browser, "#state-idle")[0]
+    assert texts(browser, "#state-optout") == ["no"]
+
+    shot = tmp_path / "phone-page.png"
+    assert browser.save_screenshot(str(shot))
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, SCREENSHOTS / "phone-page.png")
+    # What the person's phone received, at the simulated Twilio.
+    replies = [m for m in sandbox.api("/api/thread", number=PERSON)["messages"] if m["direction"] == "out"]
+    assert [m["body"] for m in replies] == ["You said: Hello from Chromium"]
+
+
+def test_a_picture_gets_the_text_only_notice(sandbox, browser):
+    use_number(browser, "+14155550143")
+    text(browser, "", picture=True)
+    wait_for_text(browser, "#thread .bubble.out", "pictures and other media can't be read")
+    wait_for_text(browser, "#thread .bubble.in", "[picture]")
+
+
+def test_outbound_conversation_from_the_page(sandbox, browser):
+    from selenium.webdriver.common.by import By
+
+    use_number(browser, "+14155550144")
+    button = browser.find_element(By.ID, "outbound-start")
+    if not button.is_enabled():  # this build has no admin API: the page says so
+        assert "Not available" in browser.find_element(By.ID, "outbound-note").text
+        return
+    browser.find_element(By.ID, "outbound-message").send_keys("Your order is ready")
+    button.click()
+    wait_for_text(browser, "#thread .bubble.out", "Your order is ready")
+    text(browser, "Great, thanks")
+    wait_for_text(browser, "#thread .bubble.out", "You said: Great, thanks")
+
+
+def test_stop_opts_the_number_out(sandbox, browser):
+
+    use_number(browser, "+14155550145")
+    text(browser, "STOP")
+    wait_for_text(browser, "#thread .bubble.twilio", "unsubscribed")
+    wait_for_text(browser, "#state-optout", "yes")
+    assert texts(browser, "#thread .bubble.out") == []
+
+
+def test_ctrl_c_stops_everything_and_data_survives_a_restart(sandbox, browser):
+    chat_before = sandbox.api("/api/conversation", number=PERSON)["chat_id"]
+    metrics = requests.get(f"http://127.0.0.1:{sandbox.port}/metrics", timeout=5).text
+    assert re.search(r'^smsgw_messages_in_total\{kind="sms"\} [1-9]', metrics, re.M)
+
+    assert sandbox.stop() == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{sandbox.port}/healthz", timeout=2)
+
+    again = Sandbox(sandbox.data_dir)
+    try:
+        assert again.api("/api/conversation", number=PERSON)["chat_id"] == chat_before  # Redis kept it
+    finally:
+        assert again.stop() == 0

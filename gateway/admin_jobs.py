@@ -88,6 +88,9 @@ class AdminJobs:
         if job.get_status() == JobStatus.QUEUED and self.queue.remove(job_id):
             job.delete(remove_from_queue=False)
             return Outcome("not_started", job_id)
+        result = job.latest_result()  # it may have finished just now
+        if result is not None:
+            return Outcome("done", job_id, answer_of(result))
         return Outcome("running", job_id)
 
     def status(self, job_id: str) -> dict[str, Any] | None:

@@ -204,7 +204,9 @@ _PATHS: dict[str, Any] = {
                         "description": "A retried request with the same key starts one conversation, not two.",
                         "schema": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY_CHARS,
                                    "pattern": "^[\\x21-\\x7e]+$"}}],
-        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("OutboundRequest")}}},
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": _ref("OutboundRequest"),
+            "example": {"to": "+14155550100", "message": "Your order has shipped."}}}},
         "responses": _responses({"202": {"description": "Started (`status: sent`), or still running at the "
                                                         "deadline (`status: running`, poll `job_url`).",
                                          "content": {"application/json": {"schema": {"oneOf": [

@@ -272,6 +272,18 @@ def test_opted_out_number_is_409_and_nothing_is_sent(worker, admin, redis, upona
     assert twilio.messages == [] and uponai.calls("create_chat") == []
 
 
+def test_a_number_that_texted_stop_is_409(worker, admin, client, redis, twilio):
+    send_text(client, "stop")
+    wait_for(lambda: redis.hget(conv_key(), "opted_out") == b"1", message="the opt-out to be recorded")
+
+    response = admin.post("/admin/sms", json={"to": PERSON, "message": "hi"}, headers=AUTH)
+
+    assert response.status_code == 409
+    assert error_of(response)["code"] == "opted_out"
+    assert twilio.messages == []
+    assert admin.get(f"/admin/conversations/{PERSON}", headers=AUTH).get_json()["opted_out"] is True
+
+
 def test_twilio_opt_out_refusal_is_409(worker, admin, twilio, redis):
     twilio.opted_out.add(PERSON)
 

@@ -1,0 +1,138 @@
+"""Fault injection with real processes: gunicorn web, several RQ workers, flaky fakes, a crash and a Redis restart.
+
+100 conversations x 5 messages go through the Procfile's web process while the fake UponAI and Twilio answer a
+share of calls with 500s, 429s, read timeouts and dropped connections (before and after applying them), one
+worker is SIGKILLed and Redis is restarted. Every inbound message must be answered exactly once, in order
+within its conversation, and reach the agent exactly once.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from gateway.sandbox.httpfake import Fault
+from tests.conftest import GATEWAY_NUMBER, WorkerPool, free_port, inbound_form, settings_env, sign, wait_for
+from tests.test_procfile import Process, procfile_commands
+
+CONVERSATIONS = 100
+MESSAGES_EACH = 5
+PUBLIC = "https://sms.example.com"
+
+UPONAI_FAULTS = [Fault(status=500), Fault(status=503), Fault(status=429, retry_after="1"),
+                 Fault(delay_seconds=2.5), Fault(drop=True), Fault(drop_after_apply=True)]
+TWILIO_FAULTS = [Fault(status=500), Fault(status=429), Fault(delay_seconds=2.5), Fault(drop=True),
+                 Fault(drop_after_apply=True)]
+
+
+def person(i: int) -> str:
+    return f"+1415555{i:04d}"
+
+
+@pytest.fixture
+def web(redis_server, uponai_server, twilio_server, redis, tmp_path):
+    port = free_port()
+    env = {**suite_env(redis_server, uponai_server, twilio_server), "PORT": str(port),
+           "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
+    process = Process("web", procfile_commands()["web"], env, tmp_path)
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), timeout=60, interval=0.2,
+                 message="gunicorn to start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.stop()
+
+
+def suite_env(redis_server, uponai_server, twilio_server) -> dict[str, str]:
+    return settings_env(redis_server, uponai_server, twilio_server, RETRY_INTERVALS_SECONDS="0.3,0.6,1,1,1,1,1,1,1",
+                        AMBIGUOUS_RETRY_DELAY_SECONDS="1.5", RATE_LIMIT_MESSAGES="0")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def deliver(session: requests.Session, base: str, form: dict[str, str]) -> int:
+    """POST like Twilio: retry until the gateway acknowledges (it answers 503 while Redis is away)."""
+    signature = sign(PUBLIC + "/twilio/sms", form)
+    attempts = 0
+    deadline = time.monotonic() + 60
+    while True:
+        attempts += 1
+        try:
+            response = session.post(base + "/twilio/sms", data=form, headers={"X-Twilio-Signature": signature},
+                                    timeout=15)
+            if response.status_code == 200:
+                return attempts
+            assert response.status_code == 503, response.text
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, "the gateway never acknowledged a message"
+        time.sleep(0.1)  # Twilio's retry interval, not synchronisation
+
+
+def test_every_message_answered_exactly_once_in_order_under_faults(web, redis_server, uponai_server,
+                                                                   twilio_server, uponai, twilio, tmp_path):
+    uponai.responder = lambda chat, text: [f"re: {text}"]
+    uponai.set_random_faults(0.15, UPONAI_FAULTS, seed=1, operations={"create_chat", "complete", "get_chat"})
+    twilio.set_random_faults(0.10, TWILIO_FAULTS, seed=2, operations={"send"})
+    pool = WorkerPool(suite_env(redis_server, uponai_server, twilio_server), 2, tmp_path)
+    started = time.monotonic()
+    session = requests.Session()
+    retried_posts = 0
+    try:
+        sent = 0
+        for j in range(MESSAGES_EACH):
+            for i in range(CONVERSATIONS):
+                form = inbound_form(f"c{i} m{j}", from_=person(i))
+                retried_posts += deliver(session, web, form) - 1
+                if i % 10 == 0:
+                    deliver(session, web, form)  # Twilio delivering the same message twice
+                sent += 1
+                if sent == 150:
+                    pool.crash(pool.processes[0])  # a worker dies mid-run...
+                    pool.spawn()  # ...and the platform starts another
+                if sent == 300:
+                    redis_server.stop()
+                    probe = inbound_form("while redis is down", from_=person(0))
+                    response = session.post(web + "/twilio/sms", data=probe,
+                                            headers={"X-Twilio-Signature": sign(PUBLIC + "/twilio/sms", probe)})
+                    assert response.status_code == 503
+                    redis_server.start()
+
+        expected = {person(i): [f"re: c{i} m{j}" for j in range(MESSAGES_EACH)] for i in range(CONVERSATIONS)}
+
+        def all_answered() -> bool:
+            return sum(len(twilio.sent_to(number)) >= MESSAGES_EACH for number in expected) == CONVERSATIONS
+
+        wait_for(all_answered, timeout=240, interval=0.5, message="every message to be answered")
+        elapsed = time.monotonic() - started
+    finally:
+        pool.stop()
+        uponai.clear_faults()
+        twilio.clear_faults()
+
+    bodies = collections.Counter(m.body for m in twilio.messages)
+    duplicates = {body: n for body, n in bodies.items() if n > 1}
+    out_of_order = [number for number, replies in expected.items() if twilio.sent_to(number) != replies]
+    agent_counts = collections.Counter(text for _, text in uponai.completion_log)
+    agent_duplicates = {text: n for text, n in agent_counts.items() if n > 1}
+    lost = [f"c{i} m{j}" for i in range(CONVERSATIONS) for j in range(MESSAGES_EACH)
+            if f"re: c{i} m{j}" not in bodies]
+    print(f"\nfault suite: sent={CONVERSATIONS * MESSAGES_EACH} answered={len(bodies)} "
+          f"duplicates={len(duplicates)} lost={len(lost)} agent_duplicates={len(agent_duplicates)} "
+          f"out_of_order={len(out_of_order)} webhook_retries={retried_posts} "
+          f"uponai_calls={len(uponai.requests)} twilio_calls={len(twilio.requests)} elapsed={elapsed:.1f}s")
+    assert not duplicates, duplicates
+    assert not lost, lost
+    assert not out_of_order, out_of_order[:5]
+    assert not agent_duplicates, agent_duplicates
+    assert set(twilio.sent_to(GATEWAY_NUMBER)) == set()  # nothing sent to the gateway itself

@@ -76,24 +76,26 @@ def web_command(app_spec: str = GATEWAY_APP) -> str:
     raise RuntimeError(f"the Procfile's web line does not serve {GATEWAY_APP}: {line}")
 
 
-def start_web(app_spec: str, port: int, settings: dict[str, str], log: Path) -> subprocess.Popen:
-    """Run the Procfile's web line with bash, as a platform would, with PORT set."""
+def start_web(app_spec: str, port: int, settings: dict[str, str], log: Path,
+              wrapper: tuple[str, ...] = ()) -> subprocess.Popen:
+    """Run the Procfile's web line with bash, as a platform would, with PORT set (under ``wrapper``, a profiler)."""
     env = base_env({**settings, "PORT": str(port)})
     with open(log, "ab") as out:
-        process = subprocess.Popen(["bash", "-c", f"exec {web_command(app_spec)}"], env=env, cwd=ROOT,
+        process = subprocess.Popen([*wrapper, "bash", "-c", f"exec {web_command(app_spec)}"], env=env, cwd=ROOT,
                                    stdout=out, stderr=subprocess.STDOUT)
     wait_for_port(port, process, f"gunicorn ({app_spec})")
     return process
 
 
-def start_workers(count: int, settings: dict[str, str], log_dir: Path) -> list[subprocess.Popen]:
-    """``count`` copies of the Procfile's ``worker`` line."""
+def start_workers(count: int, settings: dict[str, str], log_dir: Path,
+                  wrapper: tuple[str, ...] = ()) -> list[subprocess.Popen]:
+    """``count`` copies of the Procfile's ``worker`` line (under ``wrapper``, a profiler)."""
     line = procfile_commands(ROOT / "Procfile")["worker"]
     processes = []
     for index in range(count):
         with open(log_dir / f"worker-{index}.log", "ab") as out:
-            processes.append(subprocess.Popen(["bash", "-c", f"exec {line}"], env=base_env(settings), cwd=ROOT,
-                                              stdout=out, stderr=subprocess.STDOUT))
+            processes.append(subprocess.Popen([*wrapper, "bash", "-c", f"exec {line}"], env=base_env(settings),
+                                              cwd=ROOT, stdout=out, stderr=subprocess.STDOUT))
     return processes
 
 

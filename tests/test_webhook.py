@@ -8,7 +8,7 @@ import time
 
 import pytest
 from redis import Redis
-from rq import Queue
+from rq import Queue, Worker
 
 from gateway import create_app
 from tests.conftest import (
@@ -20,6 +20,7 @@ from tests.conftest import (
     post_signed,
     settings_env,
     sign,
+    wait_for,
 )
 from workers.store import ConversationStore, conversation_id
 
@@ -259,6 +260,8 @@ def test_readyz_with_a_worker_is_200(env, private_db, redis_server, uponai_serve
     pool = WorkerPool(settings_env(redis_server, uponai_server, twilio_server, REDIS_URL=url), 1, tmp_path)
     try:
         pool.wait_ready(db)
+        # Listening (idle) means its signal handlers are in place, so SIGTERM below is a clean goodbye.
+        wait_for(lambda: [w.get_state() for w in Worker.all(connection=db)] == ["idle"], message="an idle worker")
         response = client.get("/readyz")
         assert response.status_code == 200
         assert response.get_json() == {"status": "ok", "redis": "ok", "workers": 1, "queue_depth": 0}

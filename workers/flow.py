@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 LOCK_TTL_SECONDS = 20.0
 DRAIN_TOKEN_PREFIX = "drain:"
 BUSY_RETRY_SECONDS = 1.0
+MAX_RETRY_AFTER_SECONDS = 600.0  # a server asking for a day's pause must not hold a conversation that long
 OPTED_OUT_CODE = 21610
 
 STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
@@ -93,7 +94,7 @@ def backoff_seconds(attempt: int, intervals: tuple[float, ...], retry_after: flo
     base = intervals[min(attempt - 1, len(intervals) - 1)] if intervals else 1.0
     delay = base * random.uniform(0.8, 1.2)
     if retry_after is not None:
-        delay = max(delay, retry_after)
+        delay = max(delay, min(retry_after, MAX_RETRY_AFTER_SECONDS))
     return delay
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 PREFIX = "smsgw"
@@ -93,7 +94,9 @@ def connect_redis(url: str, *, for_web: bool = False) -> Redis:
     Redis is away; workers ride out a short restart with a few backed-off reconnects.
     """
     if for_web:
-        return Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2, retry=Retry(NoBackoff(), 1))
+        # One quick reconnect for a connection that went stale (Redis restarted), no retry of a timeout.
+        return Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1,
+                              retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
     return Redis.from_url(url, socket_connect_timeout=2, socket_timeout=30, health_check_interval=30,
                           retry=Retry(ExponentialBackoff(cap=2, base=0.1), 5))
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import requests
 from twilio.base.exceptions import TwilioException
@@ -22,6 +21,7 @@ from urllib3.exceptions import NewConnectionError
 from workers.errors import TwilioPermanentError, TwilioTransientError
 
 DEFAULT_ORIGIN = "https://api.twilio.com"
+FIND_SENT_LOOKBACK = 50  # newest messages to a number searched for a part that may have gone out
 LIBRARY_ERRORS = (TwilioException, requests.RequestException)  # what twilio-python calls can raise
 _TWILIO_ORIGIN = re.compile(r"^https://[a-z0-9.-]+\.twilio\.com(?=/|$)")
 
@@ -115,18 +115,16 @@ class TwilioSender:
                            num_segments=int(segments) if segments not in (None, "") else None)
 
     def find_sent(self, *, to: str, body: str, from_: str | None = None, since: float = 0.0) -> str | None:
-        """The sid of a message with this body sent to ``to`` since ``since`` (epoch seconds), if any.
+        """The sid of a message with this body created for ``to`` since ``since`` (epoch seconds), if any.
 
-        Used before re-sending a part whose first send may have gone out. Raises TwilioTransientError.
+        Used before re-sending a part whose first send may have gone out. Lists by ``To`` only: a message
+        sent through a Messaging Service has a From chosen by Twilio, and DateSent stays empty until the
+        carrier takes it, so both are compared here rather than filtered there. Raises TwilioTransientError.
         """
-        params: dict = {"to": to, "limit": 50}
-        if from_:
-            params["from_"] = from_
-        if since > 0:
-            params["date_sent_after"] = datetime.fromtimestamp(since, UTC)
         try:
-            for message in self.client.messages.list(**params):
-                if message.body == body:
+            for message in self.client.messages.list(to=to, limit=FIND_SENT_LOOKBACK):
+                created = message.date_created
+                if message.body == body and (created is None or created.timestamp() >= since):
                     return message.sid
         except (TwilioException, requests.RequestException) as exc:
             error = translate(exc, "Twilio list")

@@ -147,25 +147,15 @@ class UponAIClient:
     def list_chats(self, *, limit: int | None = None, sort_order: str | None = None,
                    pagination_key: str | None = None) -> ChatPage:
         """List chats, newest first unless ``sort_order`` is ``ascending``."""
+        names = ("limit", "sortOrder", "paginationKey") if self.style == "reference" else (
+            "limit", "sort_order", "pagination_key")
+        options = {name: value for name, value in zip(names, (limit, sort_order, pagination_key), strict=True)
+                   if value is not None and value != ""}
         if self.style == "reference":
-            params: dict[str, Any] = {"workspaceId": self.workspace_id}
-            if limit is not None:
-                params["limit"] = limit
-            if sort_order:
-                params["sortOrder"] = sort_order
-            if pagination_key:
-                params["paginationKey"] = pagination_key
-            data = self._call("GET", "/api/chats", params=params)
+            data = self._call("GET", "/api/chats", params={"workspaceId": self.workspace_id, **options})
             items = data.get("data") if isinstance(data, dict) else None
         else:
-            body: dict[str, Any] = {}
-            if limit is not None:
-                body["limit"] = limit
-            if sort_order:
-                body["sort_order"] = sort_order
-            if pagination_key:
-                body["pagination_key"] = pagination_key
-            data = self._call("POST", "/v3/list-chats", json=body)
+            data = self._call("POST", "/v3/list-chats", json=options)
             items = data.get("items") if isinstance(data, dict) else None
         if isinstance(data, list):  # tolerate a bare array
             items, data = data, {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 NAMES = {"bare": "bare Flask (ceiling)", "gateway": "gateway", "naive": "naive inline design"}
@@ -68,24 +69,29 @@ def generator_note(results: dict) -> str:
 
 def markdown(results: dict) -> str:
     lines = [f"# Benchmark ({results['mode']} mode, {results['workers']} worker processes, "
-             f"{results['seconds']:.0f} s)", "", f"Web command (Procfile): `{results['web_command']}`", "",
+             f"{results['seconds']:.0f} s)", "", f"Web command (Procfile): `{results['web_command']}` "
+             "(with ./gunicorn.conf.py, for all three apps)", "",
+             f"Machine: {os.cpu_count()} cores; 1-minute load average before the run "
+             f"{results['load_average_before']:.1f} (anything above 0 is other work competing for the cores).", "",
              "## Targets", "", "| target | measured | |", "|---|---|---|"]
     lines += [f"| {name} | {measured} | {_check(ok)} |" for name, measured, ok in targets(results)]
     lines += ["", generator_note(results), "", "## Webhook acknowledgement latency by offered rate", "",
               "Open loop, fixed rate, signed webhooks, keep-alive connections; the gateway's workers not running.",
               "", "| app | offered req/s | achieved req/s | p50 | p95 | p99 | max | errors |",
               "|---|---|---|---|---|---|---|---|"]
-    for target, sweep in results["sweep"].items():
-        for step in sweep["steps"]:
+    for target in NAMES:
+        for step in results["sweep"][target]["steps"]:
             lines.append(f"| {NAMES[target]} | {step['offered_rps']:.0f} | {step['achieved_rps']:.0f} | "
                          f"{_ms(step['p50_ms'])} | {_ms(step['p95_ms'])} | {_ms(step['p99_ms'])} | "
                          f"{_ms(step['max_ms'])} | {step['errors']} |")
-    lines += ["", "| app | closed-loop req/s | p99 | highest rate with p99 < 100 ms | web CPU per request | "
-              "Redis CPU per request | gunicorn worker RSS MB |", "|---|---|---|---|---|---|---|"]
-    for target, sweep in results["sweep"].items():
+    lines += ["", "| app | closed-loop req/s (rounds) | p99 | highest rate with p99 < 100 ms | web CPU per request "
+              "| Redis CPU per request | gunicorn worker RSS MB |", "|---|---|---|---|---|---|---|"]
+    for target in NAMES:
+        sweep = results["sweep"][target]
         rss = ", ".join(f"{v:.0f}" for v in results["web_rss_mb"].get(target, []))
         probe = sweep["probe"]
-        lines.append(f"| {NAMES[target]} | {probe['achieved_rps']:.0f} | {_ms(probe['p99_ms'])} | "
+        rounds = "/".join(f"{v:.0f}" for v in probe.get("rounds_rps", []))
+        lines.append(f"| {NAMES[target]} | {probe['achieved_rps']:.0f} ({rounds}) | {_ms(probe['p99_ms'])} | "
                      f"{sweep['highest_sustained_rps']:.0f} | {probe['web_cpu_ms_per_request']:.2f} ms | "
                      f"{probe['redis_cpu_ms_per_request']:.3f} ms | {rss} |")
     drain = results["drain"]
@@ -95,7 +101,8 @@ def markdown(results: dict) -> str:
               f"msg/s per worker** ({drain['worker_cpu_ms_per_message']:.1f} ms CPU per message, several messages "
               f"per conversation and drain job; {drain['jobs']} jobs, one per message, done after "
               f"{drain['seconds_until_queue_idle']:.1f} s = {drain['jobs_per_second']:.0f} jobs/s, "
-              f"{drain['worker_cpu_ms_per_job']:.1f} ms CPU per job). Worker RSS MB: "
+              f"{drain['worker_cpu_ms_per_job']:.1f} ms CPU per queued job; RQ counted {drain['jobs_executed']} "
+              f"jobs executed, recovery re-queues included). Worker RSS MB: "
               f"{', '.join(f'{v:.0f}' for v in results['worker_rss_mb_end'])}.", ""]
     lines += ["## End to end (overhead = reply at fake Twilio minus webhook sent minus injected latency)", "",
               "| scenario | design | ack p50 | ack p99 | ack > 1 s | overhead p50 | overhead p99 | answered |",
@@ -130,8 +137,10 @@ def chart(results: dict, path: Path) -> None:
         axis.plot(rates, [s["p99_ms"] for s in steps], "o-", color=colours[target], label=f"{NAMES[target]} p99")
         axis.plot(rates, [s["p50_ms"] for s in steps], "o--", color=colours[target], alpha=0.6,
                   label=f"{NAMES[target]} p50")
-    axis.axhline(100, color="grey", linewidth=0.8, linestyle=":")
-    axis.axhline(15, color="grey", linewidth=0.8, linestyle=":")
+    for level, label in ((100, "100 ms: sustained"), (15, "15 ms: p99 target at 500 req/s")):
+        axis.axhline(level, color="grey", linewidth=0.8, linestyle=":")
+        axis.annotate(label, (0.01, level), xycoords=("axes fraction", "data"), fontsize=7, color="grey",
+                      va="bottom")
     axis.set_yscale("log")
     axis.set_xlabel("offered webhooks per second (open loop)")
     axis.set_ylabel("webhook acknowledgement latency (ms, log)")

@@ -110,6 +110,7 @@ def drain(conversation_id: str):
     return None
 
 
+@metrics.timed_job
 def close_idle(conversation_id: str):
     """Job: end the conversation's chat if it has been idle for CHAT_IDLE_TIMEOUT_SECONDS."""
     services = current_services()

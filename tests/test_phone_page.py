@@ -77,8 +77,10 @@ def test_a_text_is_answered_and_delivery_status_reaches_the_gateway(phone, answe
                      message="status recorded by the gateway")
     assert state["chat_id"] == next(iter(uponai.chats)) and state["opted_out"] is False
     assert 0 < state["idle_ends_chat_in_seconds"] <= 600
-    assert [status for sid, status, answer in twilio.callback_log if sid == reply["sid"] and answer == 200] == [
-        "queued", "sent", "delivered"]
+    # The simulator logs a callback once the gateway's answer is back, a moment after the gateway recorded it.
+    wait_for(lambda: [status for sid, status, answer in twilio.callback_log
+                      if sid == reply["sid"] and answer == 200] == ["queued", "sent", "delivered"],
+             message="the simulator to log all three callbacks answered 200")
 
 
 def test_a_picture_gets_the_mms_notice(phone, answering, served):

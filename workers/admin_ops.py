@@ -2,7 +2,7 @@
 
 The web process never calls UponAI or Twilio: the admin API enqueues one of the ``*_job`` functions
 below and waits for its result. Each job wires the worker's collaborators and calls a plain
-operation that takes ``flow.Services``. A job returns ``{"ok": {...}}`` or, for a failure the
+operation that takes ``workers.services.Services``. A job returns ``{"ok": {...}}`` or, for a failure the
 operator should see (opted out, UponAI or Twilio refused or unreachable, conversation busy),
 ``{"error": {"status", "code", "message"}}``; anything else raises and lands in RQ's failed registry.
 
@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from contextlib import contextmanager
 from typing import Any
 
-from workers import flow, sms_text
+from workers import sms_text
+from workers.chats import end_chat, turn_in_chat
+from workers.delivery import send_part
 from workers.errors import (
     GatewayError,
     TransientError,
@@ -32,13 +33,15 @@ from workers.errors import (
     UponAIPermanentError,
     UponAITransientError,
 )
+from workers.locking import acquire_waiting, holding
 from workers.redaction import mask_number
+from workers.services import Services
 from workers.store import PROGRESS_TTL_SECONDS, ConversationStore, InboundMessage, conversation_id
 
 log = logging.getLogger(__name__)
 
 ADMIN_QUEUE_NAME = "sms-admin"
-ADMIN_TOKEN_PREFIX = "admin:"  # a drain that meets this lock holder retries shortly (see flow.drain_conversation)
+ADMIN_TOKEN_PREFIX = "admin:"  # a drain that meets this lock holder retries shortly (see workers.locking)
 LOCK_WAIT_SECONDS = 30.0
 LOCK_POLL_SECONDS = 0.1
 OPENING_VARIABLE = "opening_message"
@@ -73,37 +76,16 @@ def admin_error_from(exc: GatewayError) -> AdminError:
 
 
 @contextmanager
-def conversation_lock(services: flow.Services, cid: str, token: str, wait_seconds: float = LOCK_WAIT_SECONDS):
-    """Hold the conversation's drain lock (waiting while a turn runs); hand waiting messages on after.
+def conversation_lock(services: Services, cid: str, token: str, wait_seconds: float = LOCK_WAIT_SECONDS):
+    """Hold the conversation's lock (waiting while a turn runs); hand waiting messages on after.
 
     Raises AdminError (409 conversation_busy) if the lock stays taken for ``wait_seconds``.
     """
-    store = services.store
-    deadline = time.monotonic() + wait_seconds
-    while not store.acquire_lock(cid, token, flow.LOCK_TTL_SECONDS):
-        if time.monotonic() > deadline:
-            raise AdminError(409, "conversation_busy",
-                             f"the conversation stayed busy with an agent turn for {wait_seconds:.0f} s; try again")
-        time.sleep(LOCK_POLL_SECONDS)
-    stop = threading.Event()
-    keeper = threading.Thread(target=_keep_lock, args=(store, cid, token, stop), daemon=True)
-    keeper.start()
-    try:
+    if not acquire_waiting(services.store, cid, token, wait_seconds, LOCK_POLL_SECONDS):
+        raise AdminError(409, "conversation_busy",
+                         f"the conversation stayed busy with an agent turn for {wait_seconds:.0f} s; try again")
+    with holding(services.store, services.jobs, cid, token):
         yield
-    finally:
-        stop.set()
-        keeper.join(timeout=5)
-        store.release_lock(cid, token)
-        # A text that arrived meanwhile had its drain job step aside; make sure one runs.
-        if services.jobs is not None and store.inbox_length(cid):
-            services.jobs.enqueue_drain(cid)
-
-
-def _keep_lock(store: ConversationStore, cid: str, token: str, stop: threading.Event) -> None:
-    while not stop.wait(flow.LOCK_TTL_SECONDS / 3):
-        if not store.refresh_lock(cid, token, flow.LOCK_TTL_SECONDS):
-            log.warning("conversation=%s admin lock lost", cid)
-            return
 
 
 # -- outbound -------------------------------------------------------------------------------------
@@ -133,7 +115,7 @@ def _set_op(store: ConversationStore, op_id: str, **fields: str) -> None:
         pipe.execute()
 
 
-def start_outbound(services: flow.Services, op_id: str, request: dict[str, Any]) -> dict[str, Any]:
+def start_outbound(services: Services, op_id: str, request: dict[str, Any]) -> dict[str, Any]:
     """Start (or resume) an outbound conversation: end the ongoing chat, create one, send the opening.
 
     ``request`` is validated by the web: ``to``, ``gateway`` (the number or Messaging Service the
@@ -158,7 +140,7 @@ def start_outbound(services: flow.Services, op_id: str, request: dict[str, Any])
                                  messaging_service_sid=request.get("messaging_service_sid") or "")
         parts = _opening_parts(services, op_id, chat_id, request.get("message"))
         for index, part in enumerate(parts):
-            flow.send_part(services, message, f"{OPENING_PART}:{index}", part)
+            send_part(services, message, f"{OPENING_PART}:{index}", part)
         outcomes = store.progress(op_id).parts
         sids = [outcomes.get(f"{OPENING_PART}:{index}", "") for index in range(len(parts))]
         _check_sent(store, cid, sids)
@@ -171,9 +153,9 @@ def start_outbound(services: flow.Services, op_id: str, request: dict[str, Any])
     return result
 
 
-def _new_chat(services: flow.Services, op_id: str, cid: str, request: dict[str, Any]) -> tuple[str, str]:
+def _new_chat(services: Services, op_id: str, cid: str, request: dict[str, Any]) -> tuple[str, str]:
     store = services.store
-    flow.end_chat(services, cid, store.conversation(cid).get("chat_id"))
+    end_chat(services, cid, store.conversation(cid).get("chat_id"))
     agent_id = request.get("agent_id") or services.settings.agent_for(request["gateway"])
     variables = dict(request.get("dynamic_variables") or {})
     if request.get("message"):
@@ -190,7 +172,7 @@ def _new_chat(services: flow.Services, op_id: str, cid: str, request: dict[str, 
     return chat.chat_id, agent_id
 
 
-def _opening_parts(services: flow.Services, op_id: str, chat_id: str, message: str | None) -> list[str]:
+def _opening_parts(services: Services, op_id: str, chat_id: str, message: str | None) -> list[str]:
     """The SMS parts of the opening: the operator's message as written, or the agent's first line."""
     if message:
         return [message]
@@ -202,7 +184,7 @@ def _opening_parts(services: flow.Services, op_id: str, chat_id: str, message: s
     agent_messages = None
     if progress.turn_chat_id == chat_id:
         # An earlier attempt posted the prompt and then failed: it may have been applied.
-        agent_messages = flow.turn_in_chat(services.agent.get_chat(chat_id), prompt)
+        agent_messages = turn_in_chat(services.agent.get_chat(chat_id), prompt)
     if agent_messages is None:
         store.mark_turn_started(op_id, chat_id)
         agent_messages = services.agent.complete(chat_id, prompt)
@@ -224,7 +206,7 @@ def _check_sent(store: ConversationStore, cid: str, sids: list[str]) -> None:
     raise AdminError(502, "twilio_rejected", f"Twilio refused the message (code {code})")
 
 
-def _note_activity(services: flow.Services, cid: str, request: dict[str, Any]) -> None:
+def _note_activity(services: Services, cid: str, request: dict[str, Any]) -> None:
     now = time.time()
     store = services.store
     store.touch(cid, last_activity_at=f"{now:.3f}")
@@ -236,21 +218,21 @@ def _note_activity(services: flow.Services, cid: str, request: dict[str, Any]) -
 # -- other operations -----------------------------------------------------------------------------
 
 
-def end_conversation(services: flow.Services, cid: str, token: str) -> dict[str, Any]:
+def end_conversation(services: Services, cid: str, token: str) -> dict[str, Any]:
     """End the conversation's ongoing chat now; the person's next text starts a new one."""
     with conversation_lock(services, cid, ADMIN_TOKEN_PREFIX + token):
         chat_id = services.store.conversation(cid).get("chat_id")
-        flow.end_chat(services, cid, chat_id)
+        end_chat(services, cid, chat_id)
     log.info("conversation=%s ended by an operator chat=%s", cid, chat_id or "-")
     return {"conversation_id": cid, "ended_chat_id": chat_id}
 
 
-def get_chat(services: flow.Services, chat_id: str) -> dict[str, Any]:
+def get_chat(services: Services, chat_id: str) -> dict[str, Any]:
     """The UponAI chat, with its messages."""
     return services.agent.get_chat(chat_id).to_dict()
 
 
-def list_chats(services: flow.Services, limit: int | None, sort_order: str | None,
+def list_chats(services: Services, limit: int | None, sort_order: str | None,
                pagination_key: str | None) -> dict[str, Any]:
     """One page of UponAI's chat listing (messages left out)."""
     page = services.agent.list_chats(limit=limit, sort_order=sort_order, pagination_key=pagination_key)

@@ -14,8 +14,9 @@ from datetime import timedelta
 from redis import Redis
 from rq import Queue, Retry, get_current_job
 
-from workers import flow, metrics
+from workers import chats, flow, metrics
 from workers.errors import TransientError
+from workers.services import Services
 
 QUEUE_NAME = "sms"
 # A retry that the flow asks for is counted per message, not per job, so the job's own cap is only
@@ -24,7 +25,7 @@ JOB_RETRY_BACKSTOP = 1000
 FAILURE_TTL_SECONDS = 30 * 24 * 3600
 STALL_AFTER_SECONDS = 20
 
-_services: flow.Services | None = None
+_services: Services | None = None
 
 
 class RQJobPort:
@@ -44,14 +45,14 @@ class RQJobPort:
             result_ttl=0, failure_ttl=FAILURE_TTL_SECONDS)
 
 
-def build_services(settings, redis: Redis | None = None) -> flow.Services:
+def build_services(settings, redis: Redis | None = None) -> Services:
     """Real collaborators for ``settings``."""
     from workers.store import ConversationStore, connect_redis
     from workers.twilio_client import TwilioSender
     from workers.uponai import UponAIClient
 
     redis = redis or connect_redis(settings.redis_url)
-    return flow.Services(
+    return Services(
         store=ConversationStore(redis, dedupe_ttl_seconds=settings.dedupe_ttl_seconds),
         agent=metrics.MeteredClient(UponAIClient.from_settings(settings), "uponai"),
         sender=metrics.MeteredClient(TwilioSender.from_settings(settings), "twilio"),
@@ -60,12 +61,12 @@ def build_services(settings, redis: Redis | None = None) -> flow.Services:
     )
 
 
-def install_services(services: flow.Services) -> None:
+def install_services(services: Services) -> None:
     global _services
     _services = services
 
 
-def current_services() -> flow.Services:
+def current_services() -> Services:
     global _services
     if _services is None:
         from config import load_settings
@@ -117,7 +118,7 @@ def close_idle(conversation_id: str):
     job = get_current_job()
     token = f"idle:{job.id if job else uuid.uuid4().hex}"
     try:
-        again_in = flow.close_if_idle(services, conversation_id, token)
+        again_in = chats.close_if_idle(services, conversation_id, token)
     except TransientError as exc:
         return _retry(flow.backoff_seconds(1, services.settings.retry_intervals_seconds, exc.retry_after_seconds))
     if again_in is not None:
@@ -125,7 +126,7 @@ def close_idle(conversation_id: str):
     return None
 
 
-def recover_stalled(services: flow.Services) -> int:
+def recover_stalled(services: Services) -> int:
     """Queue a drain for every conversation with waiting messages and no job working on it.
 
     Run by the workers' maintenance: it answers what a killed worker left behind.

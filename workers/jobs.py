@@ -17,6 +17,7 @@ from rq import Queue, Retry, get_current_job
 from workers import chats, flow, metrics
 from workers.errors import TransientError
 from workers.services import Services
+from workers.store import ConversationStore
 
 QUEUE_NAME = "sms"
 # A retry that the flow asks for is counted per message, not per job, so the job's own cap is only
@@ -24,6 +25,7 @@ QUEUE_NAME = "sms"
 JOB_RETRY_BACKSTOP = 1000
 FAILURE_TTL_SECONDS = 30 * 24 * 3600
 STALL_AFTER_SECONDS = 20
+QUEUED_JOB_STALE_SECONDS = 300  # a drain job queued this long ago and never started is taken as lost
 
 _services: Services | None = None
 
@@ -47,7 +49,7 @@ class RQJobPort:
 
 def build_services(settings, redis: Redis | None = None) -> Services:
     """Real collaborators for ``settings``."""
-    from workers.store import ConversationStore, connect_redis
+    from workers.store import connect_redis
     from workers.twilio_client import TwilioSender
     from workers.uponai import UponAIClient
 
@@ -97,10 +99,12 @@ def drain(conversation_id: str):
         services.store.restore_dead_letters(job.meta.pop("failed_sids"))
         job.save_meta()
     token = job.id if job else uuid.uuid4().hex
+    services.store.touch(conversation_id, drain_started_at=f"{time.time():.3f}")
     try:
         flow.drain_conversation(services, conversation_id, token,
                                 budget_seconds=drain_budget_seconds(services.settings))
     except flow.RetryLater as exc:
+        services.store.touch(conversation_id, retry_at=f"{time.time() + exc.delay_seconds:.3f}")
         return _retry(exc.delay_seconds)
     except flow.MessagesFailed as exc:
         if job is not None:
@@ -127,18 +131,26 @@ def close_idle(conversation_id: str):
 
 
 def recover_stalled(services: Services) -> int:
-    """Queue a drain for every conversation with waiting messages and no job working on it.
+    """Queue a drain for every conversation with waiting messages and no job working on or waiting for it.
 
-    Run by the workers' maintenance: it answers what a killed worker left behind.
+    Run by the workers' maintenance: it answers what a killed worker left behind. A conversation is
+    left alone while it is locked, while its latest drain job has not started yet (the queue is FIFO,
+    so a later start means every earlier job started too), and while a retry is scheduled.
     """
     store = services.store
+    now = time.time()
     recovered = 0
     for cid in store.active_conversations():
         if store.lock_holder(cid) is not None:
             continue
-        last_inbound = float(store.conversation(cid).get("last_inbound_at") or 0)
-        if time.time() - last_inbound < STALL_AFTER_SECONDS:
-            continue  # its own drain job is probably still waiting in the queue
+        conversation = store.conversation(cid)
+        moments = {name: float(conversation.get(name) or 0)
+                   for name in ("last_inbound_at", "retry_at", "drain_queued_at", "drain_started_at")}
+        if now - moments["last_inbound_at"] < STALL_AFTER_SECONDS or now < moments["retry_at"] + STALL_AFTER_SECONDS:
+            continue
+        waiting = moments["drain_started_at"] < moments["drain_queued_at"]
+        if waiting and now - moments["drain_queued_at"] < QUEUED_JOB_STALE_SECONDS:
+            continue
         if store.inbox_length(cid) == 0:
             store.forget_active(cid)
             continue
@@ -148,13 +160,22 @@ def recover_stalled(services: Services) -> int:
 
 
 def enqueue_drain(queue: Queue, conversation_id: str, settings, *, pipeline=None):
-    """Queue a drain job for the conversation (cheap to repeat: extra jobs find nothing to do)."""
-    return queue.enqueue_call(
+    """Queue a drain job for the conversation (cheap to repeat: extra jobs find nothing to do).
+
+    Notes when it was queued, so the recovery sweep can tell a job still waiting in the queue from one
+    a dead worker took with it.
+    """
+    pipe = pipeline if pipeline is not None else queue.connection.pipeline(transaction=False)
+    job = queue.enqueue_call(
         "workers.jobs.drain",
         args=(conversation_id,),
         description=f"drain conversation {conversation_id}",
         timeout=job_timeout_seconds(settings),
         result_ttl=0,
         failure_ttl=FAILURE_TTL_SECONDS,
-        pipeline=pipeline,
+        pipeline=pipe,
     )
+    pipe.hset(ConversationStore.key("conv", conversation_id), "drain_queued_at", f"{time.time():.3f}")
+    if pipeline is None:
+        pipe.execute()
+    return job

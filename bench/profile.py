@@ -166,14 +166,14 @@ async def profile_worker(bench: Bench, messages: int, out: Path) -> list[str]:
     redis.flushdb()
     web = procs.start_web(TARGETS["gateway"], bench.web_ports["gateway"], bench.settings("gateway"),
                           bench.logs / "web-plain.log")
-    await bench.step("gateway", 300, messages / 300, messages, "u")  # one conversation per message
+    queued = await bench.step("gateway", 300, messages / 300, messages, "u")  # one conversation per message
     procs.stop([web])
-    tokens = set(bench.gateway_acked[-messages:])
+    tokens = {o.token for o in queued.outcomes if o.status == 200 and not o.error}
     before = command_counts(redis)
     worker = procs.start_workers(1, bench.settings("gateway"), bench.logs, wrapper=py_spy(out))[0]
     bench.workers = []
     started = time.monotonic()
-    replies = bench.wait_for_replies(tokens, 300)
+    replies = bench.wait_for_replies(tokens, 120)
     answered_after = time.monotonic() - started
     bench.wait_until_idle(120)
     counts = command_counts(redis) - before
@@ -263,13 +263,36 @@ async def round_trips(bench: Bench, count: int) -> list[str]:
         cli_main(["--log-level", "WARNING", "worker", "--burst"])
     http = bench.fakes_stats()["requests"] - http_before
     answered = len(bench.sent_records()) - sent_before
+    noop = _noop_jobs(redis, settings, cli_main)
     redis.close()
     lines = ["## Redis round trips (in process)", "",
              f"Web: {count - 5} webhooks through the app (Flask test client), each in its own conversation.", ""]
     lines += web.table(count - 5, "webhook")
     lines += [f"Worker: `sms-gateway worker --burst` answered {answered} messages with {http} HTTP requests to the "
               f"fakes ({http / max(1, answered):.1f} per message: create chat, completion, send).", ""]
-    return lines + worker.table(answered, "message")
+    lines += worker.table(answered, "message")
+    jobs, cpu, trips = noop
+    lines += [f"A drain job whose conversation has nothing waiting (what each extra job per message and each recovery "
+              f"re-queue costs): **{1000 * cpu / jobs:.2f} ms CPU and {trips.total / jobs:.1f} Redis round trips per "
+              f"job** ({jobs} jobs, `sms-gateway worker --burst` in this process).", ""]
+    return lines + trips.table(jobs, "empty job")
+
+
+def _noop_jobs(redis: Redis, settings: dict[str, str], cli_main, count: int = 400) -> tuple[int, float, RoundTrips]:
+    """Queue drain jobs for conversations with empty inboxes and time the real worker on them."""
+    from rq import Queue
+
+    from config import load_settings
+    from workers.jobs import QUEUE_NAME, enqueue_drain
+
+    queue = Queue(QUEUE_NAME, connection=redis)
+    loaded = load_settings(settings, dotenv_path=None)
+    for index in range(count):
+        enqueue_drain(queue, f"empty{index:06d}", loaded)
+    started = time.process_time()
+    with RoundTrips() as trips:
+        cli_main(["--log-level", "WARNING", "worker", "--burst"])
+    return count, time.process_time() - started, trips
 
 
 async def main_async(args: argparse.Namespace) -> list[str]:

@@ -59,7 +59,7 @@ class Plan:
     e2e_slow_seconds: float
     drain_timeout_seconds: float
     request_timeout_seconds: float = 30.0
-    stop_above_p99_ms: float = 250.0  # the sweep stops raising the rate for an app past this
+    stop_above_p99_ms: float = 100.0  # the sweep stops raising the rate for an app past this
     conversations: int = 1000
     e2e_conversations: int = 200
 
@@ -67,11 +67,10 @@ class Plan:
     def for_mode(cls, quick: bool) -> Plan:
         if quick:
             return cls(rates=(250, 500, 1000, 2000, 3000), step_seconds=1.0, probe_seconds=0.5, probe_rounds=1,
-                       probe_concurrency=16, e2e_fast_seconds=3.0, e2e_slow_seconds=2.0, drain_timeout_seconds=90,
-                       stop_above_p99_ms=100.0)
-        return cls(rates=(250, 500, 750, 1000, 1500, 2000, 2500, 3000, 4000, 5000), step_seconds=4.0,
-                   probe_seconds=2.0, probe_rounds=3, probe_concurrency=16, e2e_fast_seconds=10.0,
-                   e2e_slow_seconds=6.0, drain_timeout_seconds=240)
+                       probe_concurrency=16, e2e_fast_seconds=3.0, e2e_slow_seconds=2.0, drain_timeout_seconds=90)
+        return cls(rates=(250, 500, 750, 1000, 1500, 2000, 2500, 3000, 4000, 5000), step_seconds=2.0,
+                   probe_seconds=1.0, probe_rounds=3, probe_concurrency=16, e2e_fast_seconds=10.0,
+                   e2e_slow_seconds=6.0, drain_timeout_seconds=240, stop_above_p99_ms=100.0)
 
 
 class Bench:

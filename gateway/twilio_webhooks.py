@@ -103,12 +103,8 @@ def inbound_sms():
     except InvalidInbound as exc:
         return _plain(400, f"Bad inbound message: {exc}.")
     try:
-        outcome = gw.store.accept(message)
-        if outcome != "duplicate":
-            with gw.redis.pipeline(transaction=False) as pipe:
-                enqueue_drain(gw.queue, message.conversation_id, gw.settings, pipeline=pipe)
-                gw.store.mark_queued(message.sid, pipeline=pipe)
-                pipe.execute()
+        outcome = gw.store.accept(message, then=lambda pipe: enqueue_drain(
+            gw.queue, message.conversation_id, gw.settings, pipeline=pipe))
     except RedisError as exc:
         log.error("inbound message=%s not accepted: Redis unavailable (%s)", message.sid, type(exc).__name__)
         return _plain(503, "Temporarily unable to accept messages; please retry.")

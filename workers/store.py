@@ -25,11 +25,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
@@ -37,16 +39,30 @@ PREFIX = "smsgw"
 PROGRESS_TTL_SECONDS = 14 * 24 * 3600
 RECENT_SENT_KEPT = 20
 
+# ARGV[8..] holds the commands that queue the drain job (each as its word count, then its words); they
+# run only for a message not queued before, in the same atomic step that records it.
 _ACCEPT = """
 local state = redis.call('GET', KEYS[1])
 if state == 'queued' then return 0 end
-if state == 'pending' then return 2 end
-redis.call('SET', KEYS[1], 'pending', 'EX', ARGV[2])
-redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('SADD', KEYS[4], ARGV[7])
-redis.call('HSET', KEYS[3], 'gateway', ARGV[3], 'person', ARGV[4], 'last_inbound_at', ARGV[5])
-if ARGV[6] ~= '' then redis.call('HSET', KEYS[3], 'messaging_service_sid', ARGV[6]) end
-return 1
+local result = 2
+if state ~= 'pending' then
+  result = 1
+  redis.call('SET', KEYS[1], 'pending', 'EX', ARGV[2])
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  redis.call('SADD', KEYS[4], ARGV[7])
+  redis.call('HSET', KEYS[3], 'gateway', ARGV[3], 'person', ARGV[4], 'last_inbound_at', ARGV[5])
+  if ARGV[6] ~= '' then redis.call('HSET', KEYS[3], 'messaging_service_sid', ARGV[6]) end
+end
+local i = 8
+if i <= #ARGV then
+  while i <= #ARGV do
+    local n = tonumber(ARGV[i])
+    redis.call(unpack(ARGV, i + 1, i + n))
+    i = i + n + 1
+  end
+  redis.call('SET', KEYS[1], 'queued', 'KEEPTTL')
+end
+return result
 """
 
 _RELEASE_IF_IDLE = """
@@ -165,15 +181,26 @@ class ConversationStore:
 
     # -- web side ---------------------------------------------------------------------------------
 
-    def accept(self, message: InboundMessage) -> str:
-        """Record an inbound message once. Returns "new", "duplicate" or "unqueued" (seen, no job yet)."""
+    def accept(self, message: InboundMessage, *, then: Callable[[Pipeline], object] | None = None) -> str:
+        """Record an inbound message once. Returns "new", "duplicate" or "unqueued" (seen before, no job yet).
+
+        ``then(pipeline)`` queues the drain job on a pipeline that is never sent: its commands are run by
+        the same Lua script, only when the message is not queued yet. One round trip, nothing re-queued
+        for a repeat, and no message recorded without its job.
+        """
         cid = message.conversation_id
-        result = self._accept(
-            keys=[self.key("seen", message.sid), self.key("inbox", cid), self.key("conv", cid), self.key("active")],
-            args=[message.to_json(), self.dedupe_ttl_seconds, message.to, message.from_,
-                  f"{message.received_at:.3f}", message.messaging_service_sid, cid],
-        )
-        return {1: "new", 0: "duplicate", 2: "unqueued"}[int(result)]
+        keys = [self.key("seen", message.sid), self.key("inbox", cid), self.key("conv", cid), self.key("active")]
+        args = [message.to_json(), self.dedupe_ttl_seconds, message.to, message.from_,
+                f"{message.received_at:.3f}", message.messaging_service_sid, cid]
+        if then is not None:
+            recorder = self.redis.pipeline(transaction=False)
+            then(recorder)
+            for command, _options in recorder.command_stack:
+                if command[0] in ("MULTI", "EXEC"):
+                    continue
+                args += [len(command), *command]
+            recorder.reset()
+        return {1: "new", 0: "duplicate", 2: "unqueued"}[int(self._accept(keys=keys, args=args))]
 
     def mark_queued(self, message_sid: str, pipeline=None) -> None:
         (pipeline or self.redis).set(self.key("seen", message_sid), "queued", xx=True, keepttl=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 from bench.loadgen import Outcome, StepResult
 
@@ -35,6 +36,7 @@ def summarize_step(result: StepResult, *, token_in_body: bool = False) -> dict:
         "ok": len(ok),
         "errors": len(outcomes) - len(ok),
         "timeouts": sum(1 for o in outcomes if o.error == "TimeoutError"),
+        "error_kinds": dict(Counter(o.error or f"HTTP {o.status}" for o in outcomes if not is_ok(o, token_in_body))),
         "achieved_rps": len(ok) / span if span > 0 else 0.0,
         "p50_ms": percentile(latencies_ms, 50),
         "p95_ms": percentile(latencies_ms, 95),

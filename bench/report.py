@@ -69,7 +69,8 @@ def generator_note(results: dict) -> str:
 
 def markdown(results: dict) -> str:
     lines = [f"# Benchmark ({results['mode']} mode, {results['workers']} worker processes, "
-             f"{results['seconds']:.0f} s)", "", f"Web command (Procfile): `{results['web_command']}` "
+             f"{results['seconds']:.0f} s)", "", f"Tree: {results.get('commit', 'unknown')}. "
+             f"Web command (Procfile): `{results['web_command']}` "
              "(with ./gunicorn.conf.py, for all three apps)", "",
              f"Machine: {os.cpu_count()} cores; 1-minute load average before the run "
              f"{results['load_average_before']:.1f} (anything above 0 is other work competing for the cores).", "",

@@ -359,7 +359,7 @@ def exactly_once(bench: Bench) -> dict:
 async def run(bench: Bench, quick: bool, load_average: float) -> dict:
     results: dict = {"mode": "quick" if quick else "full", "workers": bench.worker_count,
                      "web_command": procs.web_command(), "plan": bench.plan.__dict__,
-                     "load_average_before": load_average}
+                     "load_average_before": load_average, "commit": _commit()}
     began = time.monotonic()
     print("phase 1: webhook ack sweep (workers not started)", flush=True)
     probed = await probes(bench)
@@ -381,6 +381,17 @@ async def run(bench: Bench, quick: bool, load_average: float) -> dict:
     results["fakes"] = bench.fakes_stats()
     results["seconds"] = time.monotonic() - began
     return results
+
+
+def _commit() -> str:
+    """The measured tree: HEAD, marked when files differ from it (others may be editing the tree)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=procs.ROOT, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + (" + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def main(argv: list[str] | None = None) -> int:

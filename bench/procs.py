@@ -80,6 +80,9 @@ def start_web(app_spec: str, port: int, settings: dict[str, str], log: Path,
               wrapper: tuple[str, ...] = ()) -> subprocess.Popen:
     """Run the Procfile's web line with bash, as a platform would, with PORT set (under ``wrapper``, a profiler)."""
     env = base_env({**settings, "PORT": str(port)})
+    # gunicorn.conf.py would make a metrics directory in /tmp otherwise, left behind after the run.
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(log.parent / f"metrics-{port}"))
+    Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         process = subprocess.Popen([*wrapper, "bash", "-c", f"exec {web_command(app_spec)}"], env=env, cwd=ROOT,
                                    stdout=out, stderr=subprocess.STDOUT)

@@ -108,10 +108,7 @@ class Bench:
         self.infra.append(procs.start_fakes(self.uponai_port, self.twilio_port, self.settings("gateway"),
                                             self.logs / "fakes.log"))
         for name, spec in TARGETS.items():
-            metrics = self.results / f"metrics-{name}"  # what gunicorn.conf.py would make in /tmp otherwise
-            metrics.mkdir(parents=True, exist_ok=True)
-            self.webs[name] = procs.start_web(spec, self.web_ports[name],
-                                              {**self.settings(name), "PROMETHEUS_MULTIPROC_DIR": str(metrics)},
+            self.webs[name] = procs.start_web(spec, self.web_ports[name], self.settings(name),
                                               self.logs / f"web-{name}.log")
 
     def start_workers(self) -> None:

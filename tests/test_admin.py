@@ -433,6 +433,9 @@ def test_show_conversation_has_local_state_deliveries_and_the_chat(worker, admin
     send_text(client, "hello")
     wait_for(lambda: twilio.sent_to(PERSON), message="reply")
     sid = twilio.messages[0].sid
+    # The worker records the sent message just after Twilio accepted it: a callback before that is ignored.
+    wait_for(lambda: client.application.extensions["sms_gateway"].redis.exists(f"smsgw:sent:{sid}"),
+             message="the sent message to be recorded")
     post_signed(client, "/twilio/status", {"MessageSid": sid, "MessageStatus": "delivered", "To": PERSON,
                                            "From": GATEWAY_NUMBER, "AccountSid": "AC" + "1" * 32})
 

@@ -25,7 +25,12 @@ class GatewayWorker(SimpleWorker):
     def run_maintenance_tasks(self):
         super().run_maintenance_tasks()
         try:
-            recovered = jobs.recover_stalled(jobs.current_services())
+            services = jobs.current_services()
+            # One sweep at a time across all workers: the others' would find the same conversations.
+            if not services.store.redis.set(services.store.key("sweep-lock"), self.name, nx=True,
+                                            ex=MAINTENANCE_INTERVAL_SECONDS - 1):
+                return
+            recovered = jobs.recover_stalled(services)
         except RedisError as exc:
             log.warning("recovery sweep skipped: %s", type(exc).__name__)
             return

@@ -40,8 +40,10 @@ def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: floa
 
 def base_env(settings: dict[str, str]) -> dict[str, str]:
     """A clean environment: the venv's bin first on PATH, the project importable, and the settings."""
+    passed = {name: os.environ[name] for name in ("WORKER_THREADS", "WEB_CONCURRENCY", "WEB_THREADS")
+              if name in os.environ}  # tuning knobs a run may set from the shell
     return {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
-            "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "LANG": "C.UTF-8", **settings}
+            "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "LANG": "C.UTF-8", **passed, **settings}
 
 
 def start_redis(directory: Path, port: int) -> subprocess.Popen:

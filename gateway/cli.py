@@ -29,8 +29,8 @@ def run_worker(args: argparse.Namespace) -> int:
     settings = load_settings()
     redis = connect_redis(settings.redis_url)
     jobs.install_services(jobs.build_services(settings, redis))
-    worker.run(redis, [ADMIN_QUEUE_NAME, jobs.QUEUE_NAME], burst=args.burst, max_jobs=args.max_jobs,
-               logging_level=args.log_level)
+    worker.run(redis, [ADMIN_QUEUE_NAME, jobs.QUEUE_NAME], threads=settings.worker_threads, burst=args.burst,
+               max_jobs=args.max_jobs, logging_level=args.log_level)
     return 0
 
 

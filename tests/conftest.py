@@ -148,6 +148,7 @@ def settings_env(redis_server, uponai_server, twilio_server, **overrides) -> dic
         "PUBLIC_BASE_URL": "https://sms.example.com",
         "RETRY_INTERVALS_SECONDS": "0.2,0.4,0.8",
         "AMBIGUOUS_RETRY_DELAY_SECONDS": "1.5",
+        "WORKER_THREADS": "1",  # one RQ worker per process unless a test asks for threads (they stop slower)
     }
     env.update({k: str(v) for k, v in overrides.items()})
     return env

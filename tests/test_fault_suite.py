@@ -50,7 +50,8 @@ def web(redis_server, uponai_server, twilio_server, redis, tmp_path):
 
 def suite_env(redis_server, uponai_server, twilio_server) -> dict[str, str]:
     return settings_env(redis_server, uponai_server, twilio_server, RETRY_INTERVALS_SECONDS="0.3,0.6,1,1,1,1,1,1,1",
-                        AMBIGUOUS_RETRY_DELAY_SECONDS="1.5", RATE_LIMIT_MESSAGES="0")
+                        AMBIGUOUS_RETRY_DELAY_SECONDS="1.5", RATE_LIMIT_MESSAGES="0",
+                        WORKER_THREADS="4")
 
 
 def _answers(url: str) -> bool:

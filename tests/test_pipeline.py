@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 
 from gateway.sandbox.httpfake import Fault
@@ -175,3 +176,25 @@ def test_twilio_rate_limit_is_retried_without_doubling(workers, text_in, uponai,
     wait_for(lambda: twilio.sent_to(PERSON), message="the reply")
     assert twilio.sent_to(PERSON) == ["You said: send me"]
     assert len(uponai.completion_log) == 1
+
+
+def test_one_worker_process_runs_several_turns_at_once_with_threads(start_workers, text_in, uponai, twilio):
+    pool = start_workers(1, WORKER_THREADS=3)
+    release = threading.Event()
+
+    def agent(chat, text):
+        if text == "slow":
+            release.wait(20)  # held until the other conversation has been answered by the same process
+        return [f"re: {text}"]
+
+    uponai.responder = agent
+    text_in("slow", from_=PERSON)
+    wait_for(lambda: uponai.calls("complete"), message="the slow turn to start")
+    text_in("quick", from_=OTHER)
+    wait_for(lambda: twilio.sent_to(OTHER), message="the other conversation answered meanwhile")
+    assert twilio.sent_to(PERSON) == []
+    release.set()
+    wait_for(lambda: twilio.sent_to(PERSON), message="the slow reply")
+
+    pool.processes[0].send_signal(signal.SIGTERM)  # every thread stops, the process exits cleanly
+    assert pool.processes[0].wait(20) == 0

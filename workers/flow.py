@@ -83,6 +83,12 @@ def drain_conversation(services: Services, cid: str, token: str, *, budget_secon
         if holder and not holder.startswith(DRAIN_TOKEN_PREFIX):
             raise RetryLater(BUSY_RETRY_SECONDS, TransientError("conversation busy with another operation"))
         return 0
+    pause = store.conversation(cid)
+    if time.time() < float(pause.get("retry_at") or 0) and pause.get("retry_token") != token:
+        # The conversation is backing off after a failure: only the job scheduled for the retry goes on,
+        # or the backoff (and the wait before reading back an uncertain call) would be skipped.
+        store.release_lock(cid, token)
+        return 0
     failed_sids: list[str] = []
     reasons: list[str] = []
     handled = 0
@@ -105,13 +111,15 @@ def drain_conversation(services: Services, cid: str, token: str, *, budget_secon
                 if attempts < services.settings.max_attempts:
                     log.warning("message=%s conversation=%s attempt=%d transient failure: %s",
                                 message.sid, cid, attempts, exc)
-                    store.release_lock(cid, token)
                     delay = backoff_seconds(attempts, services.settings.retry_intervals_seconds,
                                             exc.retry_after_seconds)
                     if exc.maybe_applied:
                         # The request may still be running at UponAI or Twilio: read it back only once it
                         # has had time to land, or we would miss it and do it twice.
                         delay = max(delay, services.settings.ambiguous_retry_delay_seconds)
+                    # Noted before the lock is let go, so no other drain job slips in ahead of the retry.
+                    store.touch(cid, retry_at=f"{time.time() + delay:.3f}", retry_token=token)
+                    store.release_lock(cid, token)
                     raise RetryLater(delay, exc) from exc
                 reasons.append(f"{message.sid}: gave up after {attempts} attempts: {exc}")
                 give_up(services, message, exc)

@@ -104,7 +104,6 @@ def drain(conversation_id: str):
         flow.drain_conversation(services, conversation_id, token,
                                 budget_seconds=drain_budget_seconds(services.settings))
     except flow.RetryLater as exc:
-        services.store.touch(conversation_id, retry_at=f"{time.time() + exc.delay_seconds:.3f}")
         return _retry(exc.delay_seconds)
     except flow.MessagesFailed as exc:
         if job is not None:

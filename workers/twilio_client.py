@@ -10,7 +10,10 @@ timeout or a connection dropped mid-request is marked ``maybe_applied``: the mes
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import requests
 from twilio.base.exceptions import TwilioException
@@ -80,16 +83,30 @@ def translate(exc: Exception, what: str) -> TwilioTransientError | TwilioPermane
 
 
 class TwilioSender:
-    """Sends SMS through Twilio's REST API."""
+    """Sends SMS through Twilio's REST API; safe to share between threads.
 
-    def __init__(self, client: Client):
-        self.client = client
+    twilio-python's HTTP client keeps the last response on itself and returns it from there, so two
+    threads sharing one client can each read the other's answer: every thread gets its own client.
+    """
+
+    def __init__(self, client: Client | None = None, *, client_factory: Callable[[], Client] | None = None):
+        if (client is None) == (client_factory is None):
+            raise ValueError("give a client or a client factory")
+        self._factory = client_factory or (lambda: client)
+        self._local = threading.local()
+
+    @property
+    def client(self) -> Client:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self._factory()
+        return client
 
     @classmethod
     def from_settings(cls, settings) -> TwilioSender:
-        return cls(build_client(account_sid=settings.twilio_account_sid, auth_token=settings.twilio_auth_token,
-                                api_base_url=settings.twilio_api_base_url,
-                                timeout_seconds=settings.twilio_timeout_seconds))
+        return cls(client_factory=partial(
+            build_client, account_sid=settings.twilio_account_sid, auth_token=settings.twilio_auth_token,
+            api_base_url=settings.twilio_api_base_url, timeout_seconds=settings.twilio_timeout_seconds))
 
     def send(self, *, to: str, body: str, from_: str | None = None, messaging_service_sid: str | None = None,
              status_callback: str | None = None) -> SentMessage:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import email.utils
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,8 +95,21 @@ class UponAIClient:
         self.style = style
         self.workspace_id = workspace_id
         self.timeout = (connect_timeout_seconds, read_timeout_seconds)
-        self.session = session or requests.Session()
-        self.session.headers.update({"Authorization": f"Bearer {api_key}", "Accept": "application/json"})
+        self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
+        self._given_session = session
+        if session is not None:
+            session.headers.update(self._headers)
+        self._local = threading.local()  # requests does not promise a Session is thread-safe: one per thread
+
+    @property
+    def session(self) -> requests.Session:
+        if self._given_session is not None:
+            return self._given_session
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            session.headers.update(self._headers)
+        return session
 
     @classmethod
     def from_settings(cls, settings) -> UponAIClient:

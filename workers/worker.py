@@ -1,12 +1,20 @@
-"""The gateway's RQ worker: RQ's in-process worker plus crash recovery in its maintenance."""
+"""The gateway's RQ worker: RQ's in-process worker, several to a process, plus crash recovery.
+
+An agent turn mostly waits on UponAI, so one process runs ``WORKER_THREADS`` RQ workers: one in the
+main thread (signals, the scheduler) and the rest in threads (timeouts by timer instead of SIGALRM).
+SIGTERM/SIGINT stop them all; each finishes its current job first.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from redis.exceptions import RedisError
-from rq.worker import SimpleWorker
+from rq.exceptions import StopRequested
+from rq.timeouts import TimerDeathPenalty
+from rq.worker import SimpleWorker, WorkerStatus
 
 from workers import jobs
 
@@ -16,11 +24,14 @@ log = logging.getLogger(__name__)
 # for ten minutes; these bring recovery well under a minute and a half.
 MAINTENANCE_INTERVAL_SECONDS = 15
 WORKER_TTL_SECONDS = 35
+THREAD_WORKER_TTL_SECONDS = 17  # RQ waits for a job up to TTL - 15 s: an idle thread sees a stop within 2 s
 JOB_MONITORING_INTERVAL_SECONDS = 5
 
 
 class GatewayWorker(SimpleWorker):
     """Runs jobs in its own process (no fork per job) and re-queues conversations left behind by crashes."""
+
+    stop_event: threading.Event | None = None  # shared by the workers of one process
 
     def run_maintenance_tasks(self):
         super().run_maintenance_tasks()
@@ -37,19 +48,67 @@ class GatewayWorker(SimpleWorker):
         if recovered:
             log.warning("recovery: queued %d conversation(s) left without a worker", recovered)
 
+    def request_stop(self, signum, frame):
+        if self.stop_event is not None:
+            self.stop_event.set()  # the thread workers of this process stop too
+        super().request_stop(signum, frame)
 
-def run(connection, queue_names: list[str], *, burst: bool = False, max_jobs: int | None = None,
-        logging_level: str = "INFO") -> None:
-    """Work until stopped (SIGTERM/SIGINT finish the current job first), starting again after a Redis outage."""
+
+class ThreadWorker(GatewayWorker):
+    """A GatewayWorker in a non-main thread: job timeouts by timer, stops when the process is asked to."""
+
+    death_penalty_class = TimerDeathPenalty
+
+    def _install_signal_handlers(self):
+        pass  # signals belong to the main thread, which sets stop_event
+
+    def heartbeat(self, *args, **kwargs):
+        # RQ calls this between waits for a job and after each job: a safe point to leave.
+        if self.stop_event is not None and self.stop_event.is_set() and self._state != WorkerStatus.BUSY:
+            raise StopRequested()
+        return super().heartbeat(*args, **kwargs)
+
+
+def _work_until_stopped(worker_class: type[GatewayWorker], connection, queue_names: list[str],
+                        stop_event: threading.Event, *, with_scheduler: bool, burst: bool, max_jobs: int | None,
+                        logging_level: str, ttl: int) -> None:
+    """Run one RQ worker until a stop is requested, starting a fresh one after a Redis outage."""
     while True:
-        worker = GatewayWorker(queue_names, connection=connection, log_job_description=False,
-                               maintenance_interval=MAINTENANCE_INTERVAL_SECONDS, worker_ttl=WORKER_TTL_SECONDS,
-                               job_monitoring_interval=JOB_MONITORING_INTERVAL_SECONDS)
+        worker = worker_class(queue_names, connection=connection, log_job_description=False,
+                              maintenance_interval=MAINTENANCE_INTERVAL_SECONDS, worker_ttl=ttl,
+                              job_monitoring_interval=JOB_MONITORING_INTERVAL_SECONDS)
+        worker.stop_event = stop_event
         try:
-            worker.work(with_scheduler=True, burst=burst, max_jobs=max_jobs, logging_level=logging_level)
+            worker.work(with_scheduler=with_scheduler, burst=burst, max_jobs=max_jobs, logging_level=logging_level)
+        except StopRequested:
+            return  # asked to stop while it was starting
         except RedisError as exc:
             log.error("worker stopped by a Redis error (%s); starting again", type(exc).__name__)
-        if burst or max_jobs is not None or worker._shutdown_requested_date is not None:
+        if burst or max_jobs is not None or stop_event.is_set() or worker._shutdown_requested_date is not None:
             return
         log.warning("worker loop ended without a stop request; reconnecting in 1s")
         time.sleep(1)  # back off while Redis comes back
+
+
+def run(connection, queue_names: list[str], *, threads: int = 1, burst: bool = False, max_jobs: int | None = None,
+        logging_level: str = "INFO") -> None:
+    """Work until SIGTERM/SIGINT (each worker finishes its current job first)."""
+    stop_event = threading.Event()
+    if burst or max_jobs is not None:
+        threads = 1
+    siblings = [
+        threading.Thread(target=_work_until_stopped, name=f"rq-worker-{index}", args=(
+            ThreadWorker, connection, queue_names, stop_event),
+            kwargs={"with_scheduler": False, "burst": False, "max_jobs": None, "logging_level": logging_level,
+                    "ttl": THREAD_WORKER_TTL_SECONDS})
+        for index in range(1, threads)
+    ]
+    for thread in siblings:
+        thread.start()
+    try:
+        _work_until_stopped(GatewayWorker, connection, queue_names, stop_event, with_scheduler=True, burst=burst,
+                            max_jobs=max_jobs, logging_level=logging_level, ttl=WORKER_TTL_SECONDS)
+    finally:
+        stop_event.set()
+        for thread in siblings:
+            thread.join()

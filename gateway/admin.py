@@ -111,6 +111,17 @@ def _json_body() -> Any:
     return body
 
 
+def _unfinished(outcome, **context):
+    """The answer for a job that did not end well (no worker took it, still running, or failed), else None."""
+    if outcome.state == "not_started":
+        return _worker_timeout()
+    if outcome.state == "running":
+        return _running(outcome, **context)
+    if "error" in outcome.value:
+        return _job_error(outcome.value)
+    return None
+
+
 def _worker_timeout():
     seconds = gateway().settings.admin_wait_seconds
     return _error(504, "worker_timeout", f"No worker took the job within {seconds:g} s, so nothing was done; "
@@ -152,12 +163,9 @@ def start_sms():
                            "This Idempotency-Key was used with a different request body.") from None
     log.info("admin outbound to=%s conversation=%s %s job=%s", mask_number(outbound["to"]), cid, outcome.state,
              outcome.job_id)
-    if outcome.state == "not_started":
-        return _worker_timeout()
-    if outcome.state == "running":
-        return _running(outcome, conversation_id=cid)
-    if "error" in outcome.value:
-        return _job_error(outcome.value)
+    unfinished = _unfinished(outcome, conversation_id=cid)
+    if unfinished is not None:
+        return unfinished
     return jsonify({"status": "sent", "job_id": outcome.job_id, **outcome.value["ok"]}), 202
 
 
@@ -226,12 +234,9 @@ def end_conversation(number: str):
         raise AdminProblem(404, "conversation_not_found", "No conversation between these numbers is known.")
     outcome = _jobs().run("workers.admin_ops.end_conversation_job", (cid, uuid.uuid4().hex),
                           description=f"admin: end conversation {cid}", conversation_id=cid)
-    if outcome.state == "not_started":
-        return _worker_timeout()
-    if outcome.state == "running":
-        return _running(outcome, conversation_id=cid)
-    if "error" in outcome.value:
-        return _job_error(outcome.value)
+    unfinished = _unfinished(outcome, conversation_id=cid)
+    if unfinished is not None:
+        return unfinished
     return jsonify({"status": "ended", **outcome.value["ok"]})
 
 

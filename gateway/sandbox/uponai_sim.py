@@ -21,6 +21,9 @@ from gateway.sandbox.httpfake import FakeServer, Reply, Request
 
 
 def echo_agent(chat: SimChat, text: str) -> list[str]:
+    """The sandbox's scripted agent: echoes a text; greets when given an instruction in brackets."""
+    if text.startswith("[") and text.endswith("]"):  # e.g. the gateway asking for an opening line
+        return ["Hi! This is the sandbox agent. How can I help you today?"]
     return [f"You said: {text}"]
 
 

@@ -25,7 +25,7 @@ QUEUE_NAME = "sms"
 JOB_RETRY_BACKSTOP = 1000
 FAILURE_TTL_SECONDS = 30 * 24 * 3600
 STALL_AFTER_SECONDS = 20
-QUEUED_JOB_STALE_SECONDS = 300  # a drain job queued this long ago and never started is taken as lost
+QUEUED_JOB_STALE_SECONDS = 60  # a drain job queued this long and not started is taken as lost (a re-queue is harmless)
 
 _services: Services | None = None
 
@@ -99,7 +99,7 @@ def drain(conversation_id: str):
         services.store.restore_dead_letters(job.meta.pop("failed_sids"))
         job.save_meta()
     token = job.id if job else uuid.uuid4().hex
-    services.store.touch(conversation_id, drain_started_at=f"{time.time():.3f}")
+    services.store.clear_drain_pending(conversation_id)
     try:
         flow.drain_conversation(services, conversation_id, token,
                                 budget_seconds=drain_budget_seconds(services.settings))
@@ -133,8 +133,8 @@ def recover_stalled(services: Services) -> int:
     """Queue a drain for every conversation with waiting messages and no job working on or waiting for it.
 
     Run by the workers' maintenance: it answers what a killed worker left behind. A conversation is
-    left alone while it is locked, while its latest drain job has not started yet (the queue is FIFO,
-    so a later start means every earlier job started too), and while a retry is scheduled.
+    left alone while it is locked, while a drain job of it waits in the queue (``drain_pending``, set
+    when one is queued, cleared when one starts), and while a retry is scheduled.
     """
     store = services.store
     now = time.time()
@@ -144,12 +144,11 @@ def recover_stalled(services: Services) -> int:
             continue
         conversation = store.conversation(cid)
         moments = {name: float(conversation.get(name) or 0)
-                   for name in ("last_inbound_at", "retry_at", "drain_queued_at", "drain_started_at")}
+                   for name in ("last_inbound_at", "retry_at", "drain_pending")}
         if now - moments["last_inbound_at"] < STALL_AFTER_SECONDS or now < moments["retry_at"] + STALL_AFTER_SECONDS:
             continue
-        waiting = moments["drain_started_at"] < moments["drain_queued_at"]
-        if waiting and now - moments["drain_queued_at"] < QUEUED_JOB_STALE_SECONDS:
-            continue
+        if moments["drain_pending"] and now - moments["drain_pending"] < QUEUED_JOB_STALE_SECONDS:
+            continue  # its drain job is still waiting in the queue
         if store.inbox_length(cid) == 0:
             store.forget_active(cid)
             continue
@@ -161,8 +160,8 @@ def recover_stalled(services: Services) -> int:
 def enqueue_drain(queue: Queue, conversation_id: str, settings, *, pipeline=None):
     """Queue a drain job for the conversation (cheap to repeat: extra jobs find nothing to do).
 
-    Notes when it was queued, so the recovery sweep can tell a job still waiting in the queue from one
-    a dead worker took with it.
+    Marks the conversation ``drain_pending`` until a drain job starts: texts arriving meanwhile need no
+    job of their own, and the recovery sweep can tell a job still waiting from one a dead worker took.
     """
     pipe = pipeline if pipeline is not None else queue.connection.pipeline(transaction=False)
     job = queue.enqueue_call(
@@ -174,7 +173,7 @@ def enqueue_drain(queue: Queue, conversation_id: str, settings, *, pipeline=None
         failure_ttl=FAILURE_TTL_SECONDS,
         pipeline=pipe,
     )
-    pipe.hset(ConversationStore.key("conv", conversation_id), "drain_queued_at", f"{time.time():.3f}")
+    pipe.hset(ConversationStore.key("conv", conversation_id), "drain_pending", f"{time.time():.3f}")
     if pipeline is None:
         pipe.execute()
     return job

@@ -40,7 +40,8 @@ PROGRESS_TTL_SECONDS = 14 * 24 * 3600
 RECENT_SENT_KEPT = 20
 
 # ARGV[8..] holds the commands that queue the drain job (each as its word count, then its words); they
-# run only for a message not queued before, in the same atomic step that records it.
+# run only for a message not queued before, in the same atomic step that records it, and only when no
+# drain job of the conversation is already waiting in the queue (``drain_pending``).
 _ACCEPT = """
 local state = redis.call('GET', KEYS[1])
 if state == 'queued' then return 0 end
@@ -55,6 +56,8 @@ if state ~= 'pending' then
 end
 local i = 8
 if i <= #ARGV then
+  -- A drain job that is queued and has not started yet will take this message too: no second job.
+  if redis.call('HEXISTS', KEYS[3], 'drain_pending') == 1 then i = #ARGV + 1 end
   while i <= #ARGV do
     local n = tonumber(ARGV[i])
     redis.call(unpack(ARGV, i + 1, i + n))
@@ -269,6 +272,10 @@ class ConversationStore:
 
     def touch(self, cid: str, **fields: Any) -> None:
         self.redis.hset(self.key("conv", cid), mapping={k: str(v) for k, v in fields.items()})
+
+    def clear_drain_pending(self, cid: str) -> None:
+        """A drain job has started: texts arriving from now on need a job of their own."""
+        self.redis.hdel(self.key("conv", cid), "drain_pending")
 
     def set_opted_out(self, cid: str, opted_out: bool) -> None:
         key = self.key("conv", cid)

@@ -111,7 +111,8 @@ def test_metrics_count_webhooks_duplicates_and_status_callbacks(client):
     assert moved("smsgw_status_callbacks_total", status="delivered") == 1
     assert moved("smsgw_webhook_seconds_count", route="/twilio/sms", status="200") == 3
     assert moved("smsgw_webhook_seconds_count", route="/twilio/sms", status="403") == 1
-    assert value(after, "smsgw_queue_depth") >= 2 and value(after, "smsgw_redis_up") == 1
+    # One person's two texts wait for one drain job (the second joins the job still in the queue).
+    assert value(after, "smsgw_queue_depth") >= 1 and value(after, "smsgw_redis_up") == 1
 
 
 # -- gunicorn with several processes and a worker sharing the metrics directory --------------------

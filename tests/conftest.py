@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
+from rq import Queue
 from twilio.request_validator import RequestValidator
 
 from gateway import create_app
@@ -100,6 +101,15 @@ def redis(redis_server):
     client.flushdb()  # the tests' own Redis: every test starts from nothing (no workers run between tests)
     yield client
     client.close()
+
+
+@pytest.fixture
+def queue(redis) -> Queue:
+    """The gateway's RQ queue, empty before and after the test."""
+    queue = Queue("sms", connection=redis)
+    queue.empty()
+    yield queue
+    queue.empty()
 
 
 @pytest.fixture(scope="session")

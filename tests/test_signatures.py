@@ -58,14 +58,6 @@ def test_request_without_a_signature_header_is_not_signed(bare_app):
 
 # -- the webhook refuses unsigned requests, storing and queueing nothing --------------------------------
 
-@pytest.fixture
-def queue(redis) -> Queue:
-    queue = Queue("sms", connection=redis)
-    queue.empty()
-    yield queue
-    queue.empty()
-
-
 def assert_nothing_stored_or_queued(redis, queue: Queue) -> None:
     assert list(redis.scan_iter("smsgw:*")) == []
     assert queue.count == 0

@@ -29,14 +29,6 @@ PERSON = "+14155550100"
 TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 
-@pytest.fixture
-def queue(redis) -> Queue:
-    queue = Queue("sms", connection=redis)
-    queue.empty()
-    yield queue
-    queue.empty()
-
-
 def inbox(redis, form: dict[str, str]) -> list[bytes]:
     return redis.lrange(f"smsgw:inbox:{conversation_id(form['To'], form['From'])}", 0, -1)
 

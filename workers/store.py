@@ -205,11 +205,6 @@ class ConversationStore:
             recorder.reset()
         return {1: "new", 0: "duplicate", 2: "unqueued"}[int(self._accept(keys=keys, args=args))]
 
-    def mark_queued(self, message_sid: str, pipeline=None) -> None:
-        (pipeline or self.redis).set(self.key("seen", message_sid), "queued", xx=True, keepttl=True)
-
-    # -- the drain lock ---------------------------------------------------------------------------
-
     def acquire_lock(self, cid: str, token: str, ttl_seconds: float) -> bool:
         """Take the conversation's lock (or confirm we already hold it)."""
         key = self.key("lock", cid)

@@ -195,6 +195,7 @@ class Settings:
     worker_threads: int = _setting("WORKER_THREADS", _positive_int, 4)
     admin_wait_seconds: float = _setting("ADMIN_WAIT_SECONDS", _positive_float, 20.0)
     admin_idempotency_ttl_seconds: int = _setting("ADMIN_IDEMPOTENCY_TTL_SECONDS", _positive_int, 24 * 3600)
+    data_retention_days: float = _setting("DATA_RETENTION_DAYS", _positive_float, 30.0)
     outbound_opening_prompt: str = _setting(
         "OUTBOUND_OPENING_PROMPT", _text,
         "[The business is starting this SMS conversation; the person has not written yet. "
@@ -213,6 +214,11 @@ class Settings:
     def max_attempts(self) -> int:
         """How many times one inbound message is tried before it is given up."""
         return len(self.retry_intervals_seconds) + 1
+
+    @property
+    def data_retention_seconds(self) -> int:
+        """How long a person's number and words are kept after the conversation's last activity."""
+        return max(1, math.ceil(self.data_retention_days * 24 * 3600))
 
 
 def load_settings(environ: Mapping[str, str] | None = None, *, dotenv_path: str | None = ".env") -> Settings:
@@ -240,9 +246,21 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv_path: str 
     style = values.get("uponai_api_style") if environ.get("UPONAI_API_STYLE", "").strip() else "reference"
     if style == "reference" and not environ.get("UPONAI_WORKSPACE_ID", "").strip():
         problems.append("UPONAI_WORKSPACE_ID is required when UPONAI_API_STYLE is reference")
+    if not problems:
+        problems += _cross_checks(Settings(**values))
     if problems:
         raise SettingsError(problems)
     return Settings(**values)
+
+
+def _cross_checks(settings: Settings) -> list[str]:
+    """Problems with how settings combine."""
+    problems = []
+    if settings.data_retention_seconds <= settings.chat_idle_timeout_seconds:
+        # The conversation record (and the chat id in it) would expire before the idle close ends the chat.
+        problems.append(f"DATA_RETENTION_DAYS={settings.data_retention_days:g} is invalid: it must be longer than "
+                        f"CHAT_IDLE_TIMEOUT_SECONDS={settings.chat_idle_timeout_seconds}")
+    return problems
 
 
 def _hide_password(value: Any) -> Any:

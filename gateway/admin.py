@@ -240,6 +240,17 @@ def end_conversation(number: str):
     return jsonify({"status": "ended", **outcome.value["ok"]})
 
 
+@bp.delete("/conversations/<anytext:number>")
+def erase_conversation(number: str):
+    cid, _, _ = _conversation_id(number)
+    outcome = _jobs().run("workers.admin_ops.erase_conversation_job", (cid, uuid.uuid4().hex),
+                          description=f"admin: erase conversation {cid}", conversation_id=cid)
+    unfinished = _unfinished(outcome, conversation_id=cid)
+    if unfinished is not None:
+        return unfinished
+    return jsonify({"status": "erased", **outcome.value["ok"]})
+
+
 # -- UponAI chats ---------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Operator commands (``sms-gateway send|show|end|chats|failed|requeue|job``) that call the admin API.
+"""Operator commands (``sms-gateway send|show|end|forget|chats|failed|requeue|job``) that call the admin API.
 
 They talk to a running gateway over HTTP (``--url``, default PUBLIC_BASE_URL, else
 ``http://127.0.0.1:$PORT``) with the bearer token from ADMIN_API_TOKEN (the environment or ``.env``),
@@ -128,6 +128,15 @@ def _show_ended(data: dict[str, Any]) -> None:
     return None
 
 
+def _show_erased(data: dict[str, Any]) -> None:
+    if data.get("status") == "running":
+        return _print_running(data)
+    chat = f", ended chat {data['ended_chat_id']}" if data.get("ended_chat_id") else ""
+    print(f"Erased conversation {data['conversation_id']}: {data['keys_deleted']} record(s), "
+          f"{data['jobs_deleted']} job(s){chat}")
+    return None
+
+
 def _show_chats(data: dict[str, Any]) -> None:
     chats = data.get("chats") or []
     if not chats:
@@ -190,6 +199,11 @@ def _end(args):
     return _call(args, "POST", f"/admin/conversations/{_number_path(args.number)}/end", params=params), _show_ended
 
 
+def _forget(args):
+    params = {"from": args.sender} if args.sender else None
+    return _call(args, "DELETE", f"/admin/conversations/{_number_path(args.number)}", params=params), _show_erased
+
+
 def _chats(args):
     params = {name: value for name, value in (("limit", args.limit), ("sort_order", args.sort_order),
                                               ("pagination_key", args.pagination_key)) if value is not None}
@@ -247,7 +261,9 @@ def add_commands(sub) -> None:
     send.set_defaults(func=_runner(_send))
 
     for name, command, summary in (("show", _show, "show a conversation and its chat"),
-                                   ("end", _end, "end a conversation's chat now")):
+                                   ("end", _end, "end a conversation's chat now"),
+                                   ("forget", _forget, "erase a person: end the chat, delete their number and "
+                                                       "words (DELETE /admin/conversations/NUMBER)")):
         parser = sub.add_parser(name, parents=[common], help=summary)
         parser.add_argument("number", help="the person's number, E.164")
         parser.add_argument("--from", dest="sender", help="the gateway number or Messaging Service sid "

@@ -8,6 +8,9 @@ later, unseen); one that is running is left to finish and can be looked up by it
 
 Idempotency keys of ``POST /admin/sms`` live in Redis: ``smsgw:idem:{sha256(key)}`` holds the
 request's fingerprint, its operation id and the latest job id, for ADMIN_IDEMPOTENCY_TTL_SECONDS.
+
+An admin job's arguments and answer can hold a number or words (an outbound start's request, a chat's
+messages), so results and failures are kept no longer than DATA_RETENTION_DAYS, nor the keys.
 """
 
 from __future__ import annotations
@@ -68,8 +71,11 @@ class AdminJobs:
                 conversation_id: str | None = None) -> Job:
         meta = {"conversation_id": conversation_id} if conversation_id else {}
         return self.queue.enqueue_call(func, args=args, job_id=job_id or uuid.uuid4().hex, description=description,
-                                       timeout=self.job_timeout_seconds, result_ttl=RESULT_TTL_SECONDS,
-                                       failure_ttl=FAILURE_TTL_SECONDS, meta=meta)
+                                       timeout=self.job_timeout_seconds, result_ttl=self._kept(RESULT_TTL_SECONDS),
+                                       failure_ttl=self._kept(FAILURE_TTL_SECONDS), meta=meta)
+
+    def _kept(self, seconds: int) -> int:
+        return min(seconds, self.settings.data_retention_seconds)
 
     def run(self, func: str, args: tuple, *, description: str, conversation_id: str | None = None) -> Outcome:
         """Enqueue an admin job and wait for it until ADMIN_WAIT_SECONDS."""
@@ -126,7 +132,7 @@ class AdminJobs:
             return self._start(op_id, op_id, request, cid)
         key = self._key(idempotency_key)
         record = {"fingerprint": fingerprint, "op_id": op_id, "job_id": op_id}
-        ttl = self.settings.admin_idempotency_ttl_seconds
+        ttl = self._kept(self.settings.admin_idempotency_ttl_seconds)
         if self.redis.set(key, json.dumps(record), nx=True, ex=ttl):
             may_start()
             return self._start(op_id, op_id, request, cid)

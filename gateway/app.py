@@ -48,7 +48,8 @@ def create_app(test_config: Settings | Mapping[str, str] | None = None) -> Flask
     app.extensions["sms_gateway"] = Gateway(
         settings=settings,
         redis=redis,
-        store=ConversationStore(redis, dedupe_ttl_seconds=settings.dedupe_ttl_seconds),
+        store=ConversationStore(redis, dedupe_ttl_seconds=settings.dedupe_ttl_seconds,
+                                retention_seconds=settings.data_retention_seconds),
         queue=Queue(QUEUE_NAME, connection=redis),
         validator=validator_for(settings),
     )

@@ -145,6 +145,13 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {"status": {"type": "string", "enum": ["ended"]}, "conversation_id": {"type": "string"},
                        "ended_chat_id": _nullable("string")},
     },
+    "ConversationErased": {
+        "type": "object",
+        "required": ["status", "conversation_id", "ended_chat_id", "keys_deleted", "jobs_deleted"],
+        "properties": {"status": {"type": "string", "enum": ["erased"]}, "conversation_id": {"type": "string"},
+                       "ended_chat_id": _nullable("string"), "keys_deleted": {"type": "integer"},
+                       "jobs_deleted": {"type": "integer"}},
+    },
     "ChatPage": {
         "type": "object",
         "required": ["chats", "pagination_key", "has_more"],
@@ -219,6 +226,15 @@ _PATHS: dict[str, Any] = {
         "parameters": [_NUMBER, _FROM],
         "responses": _responses({"200": _json(_ref("Conversation"), "The conversation. `chat_error` tells why "
                                                                     "the chat could not be read.")}),
+    }, "delete": {
+        "summary": "Erase a person: end the chat at UponAI, delete every record holding the number or words",
+        "description": "Takes the conversation's lock (a running turn finishes first). An opt-out (STOP) is kept "
+                       "under the conversation id, without the number. 404 when nothing is stored (a repeat).",
+        "operationId": "eraseConversation",
+        "parameters": [_NUMBER, _FROM],
+        "responses": _responses({"200": _json(_ref("ConversationErased"), "Erased."),
+                                 "202": _json(_ref("Running"), "Still running at the deadline.")},
+                                409, 500, 502, 504),
     }},
     "/admin/conversations/{number}/end": {"post": {
         "summary": "End the conversation's chat now",

@@ -22,6 +22,11 @@ import time
 from contextlib import contextmanager
 from typing import Any
 
+from rq import get_current_job
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.registry import FailedJobRegistry, FinishedJobRegistry
+
 from workers import sms_text
 from workers.chats import end_chat, turn_in_chat
 from workers.delivery import send_part
@@ -36,7 +41,7 @@ from workers.errors import (
 from workers.locking import acquire_waiting, holding
 from workers.redaction import mask_number
 from workers.services import Services
-from workers.store import PROGRESS_TTL_SECONDS, ConversationStore, InboundMessage, conversation_id
+from workers.store import ConversationStore, InboundMessage, conversation_id
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,7 @@ LOCK_WAIT_SECONDS = 30.0
 LOCK_POLL_SECONDS = 0.1
 OPENING_VARIABLE = "opening_message"
 OPENING_PART = "opening"
+ERASE_JOB = "workers.admin_ops.erase_conversation_job"
 
 
 class AdminError(Exception):
@@ -111,7 +117,7 @@ def _set_op(store: ConversationStore, op_id: str, **fields: str) -> None:
     key = _op_key(store, op_id)
     with store.redis.pipeline() as pipe:
         pipe.hset(key, mapping=fields)
-        pipe.expire(key, PROGRESS_TTL_SECONDS)
+        pipe.expire(key, store.progress_ttl_seconds)
         pipe.execute()
 
 
@@ -227,6 +233,53 @@ def end_conversation(services: Services, cid: str, token: str) -> dict[str, Any]
     return {"conversation_id": cid, "ended_chat_id": chat_id}
 
 
+def erase_conversation(services: Services, cid: str, token: str) -> dict[str, Any]:
+    """Erase a person on request: end the chat at UponAI, delete every key and job holding their number or words.
+
+    Holds the conversation's lock, so a running turn finishes first and no drain works on what is deleted.
+    If UponAI cannot end the chat, nothing is deleted (the operator retries). Raises AdminError 404 when
+    nothing of the conversation is stored (a repeated erase).
+    """
+    store = services.store
+    with conversation_lock(services, cid, ADMIN_TOKEN_PREFIX + token):
+        chat_id = store.conversation(cid).get("chat_id")
+        end_chat(services, cid, chat_id)
+        keys = store.erase(cid)
+        jobs = _erase_jobs(store, cid)
+    if not (keys or jobs or chat_id):
+        raise AdminError(404, "conversation_not_found", "Nothing of this conversation is stored.")
+    # The conversation id only: the number is what is being erased.
+    log.info("conversation=%s erased on request: keys=%d jobs=%d chat=%s", cid, keys, jobs, chat_id or "-")
+    return {"conversation_id": cid, "ended_chat_id": chat_id, "keys_deleted": keys, "jobs_deleted": jobs}
+
+
+def _erase_jobs(store: ConversationStore, cid: str) -> int:
+    """Delete the finished and failed RQ jobs of the conversation (their args, results or errors may hold words)."""
+    from workers.jobs import QUEUE_NAME
+
+    current = get_current_job()
+    redis = store.redis
+    registries = [FailedJobRegistry(QUEUE_NAME, connection=redis),
+                  FailedJobRegistry(ADMIN_QUEUE_NAME, connection=redis),
+                  FinishedJobRegistry(ADMIN_QUEUE_NAME, connection=redis)]
+    deleted = 0
+    for registry in registries:
+        for job_id in registry.get_job_ids():
+            if current is not None and job_id == current.id:
+                continue
+            try:
+                job = Job.fetch(job_id, connection=redis)
+            except NoSuchJobError:
+                registry.remove(job_id)
+                continue
+            if job.func_name == ERASE_JOB:
+                continue  # an earlier erase: it holds the conversation id only
+            if job.meta.get("conversation_id") == cid or (job.origin == QUEUE_NAME and tuple(job.args[:1]) == (cid,)):
+                job.delete()
+                deleted += 1
+    return deleted
+
+
 def get_chat(services: Services, chat_id: str) -> dict[str, Any]:
     """The UponAI chat, with its messages."""
     return services.agent.get_chat(chat_id).to_dict()
@@ -268,6 +321,11 @@ def start_outbound_job(op_id: str, request: dict[str, Any]) -> dict[str, Any]:
 def end_conversation_job(cid: str, token: str) -> dict[str, Any]:
     """Job: end the conversation's chat."""
     return _run(end_conversation, cid, token)
+
+
+def erase_conversation_job(cid: str, token: str) -> dict[str, Any]:
+    """Job: erase a person's conversation (see ``erase_conversation``)."""
+    return _run(erase_conversation, cid, token)
 
 
 def get_chat_job(chat_id: str) -> dict[str, Any]:

@@ -44,7 +44,7 @@ class RQJobPort:
         self.queue.enqueue_in(
             timedelta(seconds=max(1.0, delay_seconds)), "workers.jobs.close_idle", args=(cid,),
             description=f"idle check {cid}", timeout=int(2 * self.settings.uponai_read_timeout_seconds + 60),
-            result_ttl=0, failure_ttl=FAILURE_TTL_SECONDS)
+            result_ttl=0, failure_ttl=failure_ttl_seconds(self.settings))
 
 
 def build_services(settings, redis: Redis | None = None) -> Services:
@@ -55,7 +55,8 @@ def build_services(settings, redis: Redis | None = None) -> Services:
 
     redis = redis or connect_redis(settings.redis_url)
     return Services(
-        store=ConversationStore(redis, dedupe_ttl_seconds=settings.dedupe_ttl_seconds),
+        store=ConversationStore(redis, dedupe_ttl_seconds=settings.dedupe_ttl_seconds,
+                                retention_seconds=settings.data_retention_seconds),
         agent=metrics.MeteredClient(UponAIClient.from_settings(settings), "uponai"),
         sender=metrics.MeteredClient(TwilioSender.from_settings(settings), "twilio"),
         settings=settings,
@@ -79,6 +80,11 @@ def current_services() -> Services:
 
 def job_timeout_seconds(settings) -> int:
     return int(drain_budget_seconds(settings) + 4 * settings.uponai_read_timeout_seconds + 120)
+
+
+def failure_ttl_seconds(settings) -> int:
+    """How long a failed job is kept: its error may quote a number or words, so no longer than retention."""
+    return min(FAILURE_TTL_SECONDS, settings.data_retention_seconds)
 
 
 def drain_budget_seconds(settings) -> float:
@@ -170,7 +176,7 @@ def enqueue_drain(queue: Queue, conversation_id: str, settings, *, pipeline=None
         description=f"drain conversation {conversation_id}",
         timeout=job_timeout_seconds(settings),
         result_ttl=0,
-        failure_ttl=FAILURE_TTL_SECONDS,
+        failure_ttl=failure_ttl_seconds(settings),
         pipeline=pipe,
     )
     pipe.hset(ConversationStore.key("conv", conversation_id), "drain_pending", f"{time.time():.3f}")

@@ -14,6 +14,12 @@ numbers never appear in queue names, job descriptions or logs. Keys (all under `
     dead:{MessageSid}        an inbound message that was given up, kept for a replay
     rate:{cid}:{window}      messages forwarded to the agent in the current rate-limit window
     notice:{kind}:{cid}      marker: a notice of this kind was sent recently (MMS, rate limit)
+    chats:{cid}              set of the UponAI chat ids the conversation has had (to find its records on erase)
+
+Retention: every key that holds a number or words expires. The conversation's own keys (conv, inbox,
+recent, chats) get DATA_RETENTION_DAYS again on each write, so they go that long after the last
+activity; per-message records (msg, sent, dead) expire at most that long after they were written.
+``erase`` removes a conversation at once (see ``workers.admin_ops.erase_conversation``).
 
 Order comes from the inbox: the webhook appends under a Lua script, and only the lock holder reads
 the head, handles it, then removes it. The lock is released only when the inbox is empty (atomically),
@@ -37,6 +43,7 @@ from redis.retry import Retry
 
 PREFIX = "smsgw"
 PROGRESS_TTL_SECONDS = 14 * 24 * 3600
+DEFAULT_RETENTION_SECONDS = 30 * 24 * 3600
 RECENT_SENT_KEPT = 20
 
 # ARGV[8..] holds the commands that queue the drain job (each as its word count, then its words); they
@@ -168,9 +175,12 @@ class Progress:
 class ConversationStore:
     """Every Redis read and write of conversation state goes through here."""
 
-    def __init__(self, redis: Redis, *, dedupe_ttl_seconds: int = 7 * 24 * 3600):
+    def __init__(self, redis: Redis, *, dedupe_ttl_seconds: int = 7 * 24 * 3600,
+                 retention_seconds: int = DEFAULT_RETENTION_SECONDS):
         self.redis = redis
         self.dedupe_ttl_seconds = dedupe_ttl_seconds
+        self.retention_seconds = retention_seconds
+        self.progress_ttl_seconds = min(PROGRESS_TTL_SECONDS, retention_seconds)
         self._accept = redis.register_script(_ACCEPT)
         self._release_if_idle = redis.register_script(_RELEASE_IF_IDLE)
         self._release = redis.register_script(_RELEASE)
@@ -203,7 +213,18 @@ class ConversationStore:
                     continue
                 args += [len(command), *command]
             recorder.reset()
-        return {1: "new", 0: "duplicate", 2: "unqueued"}[int(self._accept(keys=keys, args=args))]
+        outcome = {1: "new", 0: "duplicate", 2: "unqueued"}[int(self._accept(keys=keys, args=args))]
+        if outcome == "new":
+            self._keep(keys[1], keys[2])
+        return outcome
+
+    def _keep(self, *keys: str, pipe: Pipeline | None = None) -> None:
+        """Give the conversation's keys the full retention period again (counted from this activity)."""
+        target = pipe if pipe is not None else self.redis.pipeline(transaction=False)
+        for key in keys:
+            target.expire(key, self.retention_seconds)
+        if pipe is None:
+            target.execute()
 
     def acquire_lock(self, cid: str, token: str, ttl_seconds: float) -> bool:
         """Take the conversation's lock (or confirm we already hold it)."""
@@ -249,8 +270,12 @@ class ConversationStore:
         return {_text(k): _text(v) for k, v in self.redis.hgetall(self.key("conv", cid)).items()}
 
     def set_chat(self, cid: str, chat_id: str, agent_id: str) -> None:
-        self.redis.hset(self.key("conv", cid), mapping={
-            "chat_id": chat_id, "agent_id": agent_id, "chat_started_at": f"{time.time():.3f}"})
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self.key("conv", cid), mapping={
+                "chat_id": chat_id, "agent_id": agent_id, "chat_started_at": f"{time.time():.3f}"})
+            pipe.sadd(self.key("chats", cid), chat_id)
+            self._keep(self.key("conv", cid), self.key("chats", cid), pipe=pipe)
+            pipe.execute()
 
     def forget_chat(self, cid: str, chat_id: str) -> bool:
         """Drop the stored chat id if it is still ``chat_id``."""
@@ -266,7 +291,10 @@ class ConversationStore:
         return True
 
     def touch(self, cid: str, **fields: Any) -> None:
-        self.redis.hset(self.key("conv", cid), mapping={k: str(v) for k, v in fields.items()})
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self.key("conv", cid), mapping={k: str(v) for k, v in fields.items()})
+            self._keep(self.key("conv", cid), self.key("recent", cid), self.key("chats", cid), pipe=pipe)
+            pipe.execute()
 
     def clear_drain_pending(self, cid: str) -> None:
         """A drain job has started: texts arriving from now on need a job of their own."""
@@ -275,7 +303,10 @@ class ConversationStore:
     def set_opted_out(self, cid: str, opted_out: bool) -> None:
         key = self.key("conv", cid)
         if opted_out:
-            self.redis.hset(key, mapping={"opted_out": "1", "opted_out_at": f"{time.time():.3f}"})
+            with self.redis.pipeline() as pipe:
+                pipe.hset(key, mapping={"opted_out": "1", "opted_out_at": f"{time.time():.3f}"})
+                self._keep(key, pipe=pipe)
+                pipe.execute()
         else:
             self.redis.hdel(key, "opted_out", "opted_out_at")
 
@@ -313,7 +344,7 @@ class ConversationStore:
         return bool(self.redis.set(self.key("notice", kind, cid), "1", nx=True, ex=interval_seconds))
 
     def keep_dead_letter(self, message: InboundMessage) -> None:
-        self.redis.set(self.key("dead", message.sid), message.to_json(), ex=PROGRESS_TTL_SECONDS)
+        self.redis.set(self.key("dead", message.sid), message.to_json(), ex=self.progress_ttl_seconds)
 
     def restore_dead_letters(self, sids: list[str]) -> list[str]:
         """Put given-up messages back at the head of their inboxes, oldest first; returns their conversations."""
@@ -326,12 +357,77 @@ class ConversationStore:
             cid = message.conversation_id
             with self.redis.pipeline() as pipe:
                 pipe.lpush(self.key("inbox", cid), _text(raw))
+                self._keep(self.key("inbox", cid), pipe=pipe)
                 pipe.sadd(self.key("active"), cid)
                 pipe.hdel(self.key("msg", sid), "attempts")
                 pipe.delete(self.key("dead", sid))
                 pipe.execute()
             cids.append(cid)
         return cids
+
+    # -- erasing a person on request --------------------------------------------------------------
+
+    def erase(self, cid: str) -> int:
+        """Delete every key of the conversation that holds the person's number or words; returns how many.
+
+        Per-message records are not keyed by conversation, so they are found by one SCAN of the gateway's
+        keys: sent SMS by their conversation id, given-up messages by their numbers, progress records by
+        their message sid or the chat they were answered in, outbound starts and their Idempotency-Key
+        records by their operation id. An opt-out is kept (without the number): see the README.
+        The caller holds the conversation's lock.
+        """
+        state = self.conversation(cid)
+        chats = {_text(c) for c in self.redis.smembers(self.key("chats", cid))}
+        sids = {InboundMessage.from_json(raw).sid for raw in self.redis.lrange(self.key("inbox", cid), 0, -1)}
+        doomed = {self.key(kind, cid) for kind in ("conv", "inbox", "recent", "chats")}
+        doomed.update(_text(k) for k in self.redis.scan_iter(match=self.key("rate", cid, "*"), count=1000))
+        doomed.update(_text(k) for k in self.redis.scan_iter(match=self.key("notice", "*", cid), count=1000))
+        sent = set()
+        for key in self._scan("sent"):
+            found = self.redis.hmget(key, "conversation_id", "inbound_sid")
+            if _text(found[0]) == cid:
+                doomed.add(key)
+                sent.add(key.rpartition(":")[2])
+                if found[1]:
+                    sids.add(_text(found[1]))
+        for key in self._scan("dead"):
+            raw = self.redis.get(key)
+            if raw is not None and InboundMessage.from_json(raw).conversation_id == cid:
+                doomed.add(key)
+                sids.add(key.rpartition(":")[2])
+        ops = set()
+        for key in self._scan("outbound"):
+            op_id = key.rpartition(":")[2]
+            result = json.loads(self.redis.hget(key, "result") or "{}")
+            if op_id in sids or result.get("conversation_id") == cid or _text(self.redis.hget(key, "chat_id")) in chats:
+                doomed.add(key)
+                ops.add(op_id)
+        sids |= ops
+        for key in self._scan("msg"):
+            record = {_text(k): _text(v) for k, v in self.redis.hgetall(key).items()}
+            if (key.rpartition(":")[2] in sids or record.get("turn_chat_id") in chats
+                    or any(k.startswith("part:") and v in sent for k, v in record.items())):
+                doomed.add(key)
+        for key in self._scan("idem"):
+            if json.loads(self.redis.get(key) or "{}").get("op_id") in ops:
+                doomed.add(key)
+        with self.redis.pipeline() as pipe:
+            for key in doomed:
+                pipe.delete(key)
+            pipe.srem(self.key("active"), cid)
+            if state.get("opted_out") == "1":
+                # Carriers require STOP to be honoured: keep only that fact, under the opaque id.
+                pipe.hset(self.key("conv", cid),
+                          mapping={"opted_out": "1", "opted_out_at": state.get("opted_out_at", "")})
+                self._keep(self.key("conv", cid), pipe=pipe)
+            removed = sum(pipe.execute()[:len(doomed)])
+        if state.get("opted_out") == "1" and set(state) <= {"opted_out", "opted_out_at"}:
+            removed -= 1  # only the opt-out was there, and it is kept
+        return removed
+
+    def _scan(self, kind: str):
+        for key in self.redis.scan_iter(match=self.key(kind, "*"), count=1000):
+            yield _text(key)
 
     # -- progress of one inbound message ----------------------------------------------------------
 
@@ -349,7 +445,7 @@ class ConversationStore:
         key = self.key("msg", message_sid)
         with self.redis.pipeline() as pipe:
             pipe.hset(key, mapping=mapping)
-            pipe.expire(key, PROGRESS_TTL_SECONDS)
+            pipe.expire(key, self.progress_ttl_seconds)
             pipe.execute()
 
     def decision(self, message_sid: str, name: str) -> bool | None:
@@ -362,7 +458,7 @@ class ConversationStore:
         with self.redis.pipeline() as pipe:
             pipe.hsetnx(key, f"decision:{name}", "1" if value else "0")
             pipe.hget(key, f"decision:{name}")
-            pipe.expire(key, PROGRESS_TTL_SECONDS)
+            pipe.expire(key, self.progress_ttl_seconds)
             return _text(pipe.execute()[1]) == "1"
 
     def mark_turn_started(self, message_sid: str, chat_id: str) -> None:
@@ -375,7 +471,7 @@ class ConversationStore:
         key = self.key("msg", message_sid)
         with self.redis.pipeline() as pipe:
             pipe.hincrby(key, "attempts", 1)
-            pipe.expire(key, PROGRESS_TTL_SECONDS)
+            pipe.expire(key, self.progress_ttl_seconds)
             return int(pipe.execute()[0])
 
     def claim_part(self, message_sid: str, part: str) -> bool:
@@ -383,7 +479,7 @@ class ConversationStore:
         key = self.key("msg", message_sid)
         with self.redis.pipeline() as pipe:
             pipe.hsetnx(key, f"part:{part}", f"sending:{time.time():.3f}")
-            pipe.expire(key, PROGRESS_TTL_SECONDS)
+            pipe.expire(key, self.progress_ttl_seconds)
             return bool(pipe.execute()[0])
 
     def release_part(self, message_sid: str, part: str) -> None:
@@ -404,10 +500,11 @@ class ConversationStore:
         mapping["status_rank"] = str(STATUS_RANK.get(mapping.get("status", "queued"), 0))
         with self.redis.pipeline() as pipe:
             pipe.hset(key, mapping=mapping)
-            pipe.expire(key, PROGRESS_TTL_SECONDS)
+            pipe.expire(key, self.progress_ttl_seconds)
             pipe.lpush(recent, twilio_sid)
             pipe.ltrim(recent, 0, RECENT_SENT_KEPT - 1)
             pipe.hset(self.key("conv", cid), "last_outbound_at", f"{time.time():.3f}")
+            self._keep(recent, self.key("conv", cid), pipe=pipe)
             pipe.execute()
 
     def record_status(self, twilio_sid: str, status: str, error_code: str = "") -> str | None:

@@ -1,4 +1,4 @@
-"""The operator commands (``sms-gateway send|show|end|chats|failed|requeue``) against a served gateway."""
+"""The operator commands (``sms-gateway send|show|end|forget|chats|failed|requeue``) against a served gateway."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from werkzeug.serving import make_server
 from gateway import create_app
 from gateway.sandbox.httpfake import Fault
 from tests.conftest import GATEWAY_NUMBER, ROOT, free_port, inbound_form, post_signed, wait_for
+from tests.test_retention import WORDS, personal_data
 from workers.store import conversation_id
 
 TOKEN = "cli-admin-token"
@@ -154,3 +155,21 @@ def test_errors_exit_non_zero_with_the_message(cli, twilio):
     bad_var = cli("send", PERSON, "--var", "novalue")
     assert bad_var.returncode == 2 and "--var takes NAME=VALUE" in bad_var.stderr
     assert twilio.messages == []
+
+
+def test_forget_erases_the_person(start_workers, served, cli, uponai, twilio, redis):
+    start_workers(1)
+    _, app = served
+    text_in(app, WORDS)
+    wait_for(lambda: twilio.sent_to(PERSON), message="reply")
+    chat_id = json.loads(cli("show", PERSON, "--json").stdout)["chat_id"]
+
+    forgotten = cli("forget", PERSON)
+
+    assert forgotten.returncode == 0, forgotten.stderr
+    cid = conversation_id(GATEWAY_NUMBER, PERSON)
+    assert f"Erased conversation {cid}" in forgotten.stdout and f"ended chat {chat_id}" in forgotten.stdout
+    assert uponai.chats[chat_id].status == "ended"
+    assert personal_data(redis, PERSON) == []
+    again = cli("forget", PERSON)
+    assert again.returncode == 1 and "conversation_not_found" in again.stderr

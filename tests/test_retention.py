@@ -208,6 +208,27 @@ def test_erase_waits_for_a_running_turn_and_leaves_nothing(start_workers, admin_
     assert personal_data(redis) == []
 
 
+def test_erase_removes_a_given_up_message_and_its_failed_job(start_workers, admin_env, redis, uponai, twilio):
+    from rq.registry import FailedJobRegistry
+
+    from gateway.sandbox.httpfake import Fault
+
+    start_workers(1)
+    client = create_app(admin_env).test_client()
+    uponai.inject("complete", *[Fault(status=500)] * 4)  # every attempt: the message is given up
+    text(client, WORDS)
+    failed = FailedJobRegistry("sms", connection=redis)
+    wait_for(lambda: failed.get_job_ids(), message="the drain job to fail")
+    assert redis.keys("smsgw:dead:*")
+
+    response = client.delete(f"/admin/conversations/{PERSON}", headers=AUTH)
+
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["jobs_deleted"] == 1
+    assert failed.get_job_ids() == [] and redis.keys("smsgw:dead:*") == []
+    assert personal_data(redis) == []
+
+
 def test_erase_keeps_an_opt_out_without_the_number(start_workers, admin_env, redis, uponai, twilio):
     start_workers(1)
     client = create_app(admin_env).test_client()

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import random
+import unicodedata
+from pathlib import Path
+
 import pytest
 
+from tests.conftest import wait_for
 from workers.sms_text import (
     GSM7_BASIC,
     GSM7_EXTENSION,
     MAX_SMS_CHARS,
     SegmentInfo,
+    graphemes,
     is_gsm7,
     markdown_to_sms,
     replies_to_parts,
     segment_info,
     shape_reply,
+    sms_segments,
     split_for_sms,
     to_gsm7,
 )
@@ -241,3 +249,212 @@ def test_replies_to_parts_and_split_for_sms_still_split_by_characters():
     assert [len(p) for p in parts] == [1599, 899]
     assert " ".join(parts) == long_text
     assert split_for_sms("x" * 25, 10) == ["x" * 10, "x" * 10, "x" * 5]
+
+
+# -- Twilio's segment calculator: its published test vectors ------------------------------------------
+
+# Copied as data from TwilioDevEd/message-segment-calculator (npm sms-segments-calculator): the repository
+# paths and commits are in the file. Each case asserts what the calculator's own Jest test asserts.
+VECTORS = json.loads((Path(__file__).parent / "data" / "twilio_segment_vectors.json").read_text(encoding="utf-8"))
+
+
+def _units(text: str, encoding: str) -> int:
+    if encoding == "GSM-7":
+        return sum(2 if ch in GSM7_EXTENSION else 1 for ch in text)
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _calculator_view(body: str, name: str, expected):
+    """What the calculator's property ``name`` would be for ``body``, from the gateway's own functions."""
+    info = segment_info(body)
+    bits = 7 if info.encoding == "GSM-7" else 16
+    if name == "encoding":
+        return info.encoding
+    if name == "segments":
+        return info.segments
+    if name == "messageSize":  # bits, without the User Data Header
+        return info.units * bits
+    if name == "totalSize":  # bits, with a 6-octet User Data Header in each part of a long message
+        return info.units * bits + (48 * info.segments if info.segments > 1 else 0)
+    if name == "characters":
+        return info.units if info.encoding == "GSM-7" else len(graphemes(body))
+    if name == "unicodeScalars":
+        return len(body)
+    if name == "lastSegment":
+        return sms_segments(body)[-1]
+    if name == "nonGsmCharacters":
+        return [g for g in graphemes(body) if not is_gsm7(g)]
+    if name == "firstSegmentUsed":
+        return _units(sms_segments(body)[0], info.encoding)
+    if name == "segmentIndexOfCharacter":
+        owner = [index for index, text in enumerate(sms_segments(body)) for _ in graphemes(text)]
+        return {position: owner[int(position)] for position in expected}
+    raise AssertionError(f"no mapping for the calculator's {name}")
+
+
+def test_the_gsm7_alphabet_is_the_calculators():
+    table = VECTORS["gsm7_table"]
+    assert {chr(int(code, 16)) for code in table["one_septet"]} == set(GSM7_BASIC)
+    assert {chr(int(code, 16)) for code in table["two_septets"]} == set(GSM7_EXTENSION)
+
+
+@pytest.mark.parametrize("case", VECTORS["cases"], ids=lambda case: f"{case['file']}: {case['test']}")
+def test_twilio_segment_calculator_vectors(case):
+    body = case["body"]
+    actual = {name: _calculator_view(body, name, value) for name, value in case["expect"].items()}
+    assert actual == case["expect"]
+    assert "".join(sms_segments(body)) == body
+
+
+# -- our own cases at every boundary (hand-computed the calculator's way) -------------------------------
+
+FLAG_US, FLAG_FR = "\U0001F1FA\U0001F1F8", "\U0001F1EB\U0001F1F7"  # two regional indicators each: 4 units
+FAMILY = "\U0001F468\u200d\U0001F469\u200d\U0001F467\u200d\U0001F466"  # ZWJ sequence: 11 units
+THUMB_DARK = "\U0001F44D\U0001F3FD"  # emoji + skin-tone modifier: 4 units
+KEYCAP_ONE = "1\ufe0f\u20e3"  # digit + VS16 + combining keycap: 3 units
+THAI = "\u0e01\u0e48"  # ko kai + mai ek (a tone mark): 2 units
+ZH = "Ж"  # one UCS-2 unit, never GSM-7
+
+
+def _describe(value) -> str | None:
+    """A short test id: runs of one character as ``char*count``, non-ASCII as code points."""
+    if not isinstance(value, str):
+        return "parts" if isinstance(value, list) else None
+    runs: list[list] = []
+    for cluster in graphemes(value):
+        if runs and runs[-1][0] == cluster:
+            runs[-1][1] += 1
+        else:
+            runs.append([cluster, 1])
+    name = lambda c: c if c.isascii() else "+".join(f"U{ord(ch):X}" for ch in c)  # noqa: E731
+    return " ".join(f"{name(c)}*{n}" if n > 1 else name(c) for c, n in runs)
+
+
+@pytest.mark.parametrize(("body", "segments"), [
+    ("a" * 160, 1), ("a" * 161, 2), ("a" * 306, 2), ("a" * 307, 3),
+    ("a" * 1530, 10), ("a" * 1531, 11),  # 153 * k
+    ("a" * 158 + "€", 1), ("a" * 159 + "€", 2),  # an escape pair at the end of a single segment
+    (ZH * 70, 1), (ZH * 71, 2), (ZH * 134, 2), (ZH * 135, 3), (ZH * 670, 10), (ZH * 671, 11),  # 67 * k
+    (EMOJI * 35, 1), (ZH * 69 + EMOJI, 2),
+    (FLAG_US * 17, 1), (FLAG_US * 18, 2),  # 68 units fit one segment, 72 do not
+    (FLAG_US * 32, 2), (FLAG_US * 33, 3),  # 16 whole flags (64 units) a part: a 17th would straddle
+    (FLAG_US * 160, 10), (FLAG_US * 165, 11),  # 330 units: 10 segments if flags could be cut, 11 as Twilio counts
+    (FAMILY * 6, 1), (FAMILY * 7, 2), (FAMILY * 12, 2), (FAMILY * 13, 3),  # 6 families (66 units) a part
+], ids=_describe)
+def test_segment_counts_at_every_boundary(body, segments):
+    assert segment_info(body).segments == segments
+    assert len(sms_segments(body)) == segments
+    assert "".join(sms_segments(body)) == body
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ("a" * 152 + "€" + "a" * 10, ["a" * 152, "€" + "a" * 10]),  # escape pair at 153/154: moves whole
+    ("a" * 159 + "€", ["a" * 153, "a" * 6 + "€"]),
+    (ZH * 66 + EMOJI + ZH * 10, [ZH * 66, EMOJI + ZH * 10]),  # surrogate pair at 67/68
+    (ZH * 65 + FLAG_US + ZH * 10, [ZH * 65, FLAG_US + ZH * 10]),  # a flag is not cut into two letters
+    (ZH * 60 + FAMILY + ZH * 10, [ZH * 60, FAMILY + ZH * 10]),
+    (ZH * 65 + THUMB_DARK + ZH * 10, [ZH * 65, THUMB_DARK + ZH * 10]),
+    (ZH * 65 + KEYCAP_ONE + ZH * 10, [ZH * 65, KEYCAP_ONE + ZH * 10]),
+    (ZH * 66 + THAI + ZH * 10, [ZH * 66, THAI + ZH * 10]),
+], ids=_describe)
+def test_a_character_straddling_a_segment_boundary_starts_the_next_segment(body, expected):
+    assert sms_segments(body) == expected
+
+
+def test_a_cluster_longer_than_a_segment_is_split_by_code_point_because_it_must_be():
+    zalgo = "e" + "\u0301" * 100  # one grapheme of 101 units
+    assert graphemes(zalgo) == [zalgo]
+    assert sms_segments(zalgo) == [zalgo[:67], zalgo[67:]]
+
+
+# -- splitting replies between characters people see as one ------------------------------------------
+
+def _assert_whole_clusters(text: str, parts: list[str], max_segments: int | None) -> None:
+    visible = [g for g in graphemes(text) if not g.isspace()]
+    assert [g for part in parts for g in graphemes(part) if not g.isspace()] == visible
+    boundaries, offset = set(), 0
+    for cluster in graphemes(text):
+        offset += len(cluster)
+        boundaries.add(offset)
+    position = 0
+    for part in parts:
+        start = text.index(part, position)
+        assert start == 0 or start in boundaries, (part, start)
+        assert start + len(part) in boundaries, (part, start + len(part))
+        position = start + len(part)
+        assert unicodedata.category(part[0]) not in ("Mn", "Mc", "Me"), part
+        assert not part.endswith("\u200d"), part
+        if max_segments is not None:
+            assert segment_info(part).segments <= max_segments, part
+        assert len(part) <= MAX_SMS_CHARS
+
+
+def test_sms_max_segments_holds_by_twilios_count_for_a_reply_of_flags():
+    text = FLAG_US * 165  # 10 segments if a flag could be cut in two, 11 as Twilio counts
+    parts = shape_reply([text], max_segments=10, transliterate=True)
+    assert parts == [FLAG_US * 160, FLAG_US * 5]
+    assert [segment_info(p).segments for p in parts] == [10, 1]
+
+
+def test_flags_are_never_cut_in_half_at_a_part_boundary():
+    text = (FLAG_FR + FLAG_US + "\U0001F1E9\U0001F1EA" + "\U0001F1EE\U0001F1F9") * 20  # 80 flags, no spaces
+    parts = shape_reply([text], max_segments=1, transliterate=True)
+    assert parts[0] == text[:34]  # 17 flags: 68 units, and half an 18th would have fit the 70
+    assert "".join(parts) == text
+    assert [g for p in parts for g in graphemes(p)] == graphemes(text)  # every flag keeps its country
+    _assert_whole_clusters(text, parts, 1)
+
+
+@pytest.mark.parametrize("cluster", [FLAG_US, FAMILY, THUMB_DARK, KEYCAP_ONE, THAI, "e\u0301", "\u0928\u094d\u0926"],
+                         ids=_describe)
+@pytest.mark.parametrize("max_segments", [1, 2, 10])
+def test_every_part_holds_whole_clusters(cluster, max_segments):
+    text = cluster * 400
+    parts = shape_reply([text], max_segments=max_segments, transliterate=False)
+    assert len(parts) > 1
+    assert all(part == cluster * (len(part) // len(cluster)) for part in parts)
+    assert "".join(parts) == text
+    assert all(segment_info(part).segments <= max_segments for part in parts)
+
+
+def test_mixed_text_is_cut_only_between_clusters_and_each_part_fits():
+    pieces = [FLAG_US, FLAG_FR, FAMILY, THUMB_DARK, KEYCAP_ONE, THAI, "e\u0301", EMOJI, "a", "Ж", "€", "{", " "]
+    rng = random.Random(9)  # fixed: the same text on every run
+    for _ in range(30):
+        text = "x" + "".join(rng.choice(pieces) for _ in range(rng.randint(50, 900))) + "x"
+        for max_segments in (1, 3, 10):
+            parts = shape_reply([text], max_segments=max_segments, transliterate=False)
+            _assert_whole_clusters(text, parts, max_segments)
+
+
+def test_split_for_sms_keeps_clusters_whole_too():
+    assert split_for_sms(FLAG_US * 10, 5) == [FLAG_US * 2] * 5
+    assert split_for_sms(FAMILY * 3, 12) == [FAMILY] * 3
+    assert split_for_sms(FLAG_US + FLAG_FR + FLAG_US, 3) == [FLAG_US, FLAG_FR, FLAG_US]  # 3 would cut a flag
+
+
+@pytest.mark.parametrize("end", ["。", "！", "？", "｡", "．"], ids=_describe)
+def test_chinese_and_japanese_sentence_ends_are_places_to_cut(end):
+    sentences = [f"这是第{i}个句子天气很好{end}" for i in range(1, 10)]  # 13 units each, no spaces
+    parts = shape_reply(["".join(sentences)], max_segments=1, transliterate=False)
+    assert parts == ["".join(sentences[0:5]), "".join(sentences[5:9])]  # 5 * 13 = 65 of 70 units
+
+
+def test_a_closing_quote_stays_with_its_sentence():
+    sentences = ["彼は「はい、分かりました。」と言いました。" * 2] * 4  # 21 characters, ends 。 each
+    text = "".join(sentences)
+    parts = shape_reply([text], max_segments=1, transliterate=False)
+    assert all(part.endswith(("。", "」")) for part in parts[:-1])
+    assert not any(part.startswith("」") for part in parts)
+    assert "".join(parts) == text
+
+
+def test_a_reply_reaches_twilio_in_parts_of_at_most_sms_max_segments_by_twilios_count(workers, text_in, twilio):
+    person = "+14155550177"
+    text_in(FLAG_US * 160, from_=person)  # the sandbox agent echoes it: "You said: " and 160 flags
+    wait_for(lambda: "".join(twilio.sent_to(person)).count(FLAG_US) == 160, message="the whole reply")
+    sent = twilio.sent_to(person)
+    # As one body it would be 10 segments if a flag could straddle a boundary, 11 as Twilio's calculator counts;
+    # the flags are one "word", so the cut is at the last space, and 160 whole flags are exactly 10 segments.
+    assert sent == ["You said:", FLAG_US * 160]
+    assert [segment_info(body).segments for body in sent] == [1, 10]  # SMS_MAX_SEGMENTS' default is 10

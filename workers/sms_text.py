@@ -3,6 +3,10 @@
 An SMS is sent in GSM-7 (160 characters in one segment, 153 per segment of a longer message; the
 extension characters ``^{}\\[~]|€`` and form feed take two) unless one character is outside GSM-7,
 which switches the whole message to UCS-2 (70 / 67 UTF-16 code units; an emoji takes two).
+Segments are counted as Twilio's segment calculator counts them (TwilioDevEd/message-segment-calculator):
+a character people see as one (a grapheme cluster: a flag, an emoji with a skin tone, a ZWJ family, a
+keycap, a letter with its combining marks) is never split across segments, so one that would straddle a
+segment boundary starts the next segment. Replies are split into parts only between such characters.
 ``shape_reply`` turns the agent's messages of one turn into the SMS bodies to send, in order.
 """
 
@@ -13,6 +17,8 @@ import unicodedata
 from collections.abc import Callable
 from typing import NamedTuple
 
+import regex
+
 MAX_SMS_CHARS = 1600  # Twilio refuses a longer Body (error 21617)
 
 GSM7_BASIC = ("@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
@@ -20,7 +26,12 @@ GSM7_BASIC = ("@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#�
 GSM7_EXTENSION = "\f^{}\\[~]|€"  # sent as an escape plus a character: two septets each
 _GSM7 = frozenset(GSM7_BASIC + GSM7_EXTENSION)
 
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+|\n\s*\n|\n")
+_GRAPHEME = regex.compile(r"\X")  # an extended grapheme cluster (Unicode UAX #29), as the `regex` module knows it
+# A sentence ends at . ! ? … followed by space, at Chinese/Japanese 。！？ (and the halfwidth/fullwidth
+# stops ｡ ．, written with no space after them), or at a line break; closing quotes and brackets stay with it.
+_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+"
+                           r"|(?<=[。！？｡．])[」』）】〕〉》\"'’”)\]]*+\s*+(?![。！？｡．])"
+                           r"|\n\s*\n|\n")
 
 
 class SegmentInfo(NamedTuple):
@@ -65,25 +76,60 @@ def is_gsm7(text: str) -> bool:
     return all(ch in _GSM7 for ch in text)
 
 
+def graphemes(text: str) -> list[str]:
+    """The characters people see as one (extended grapheme clusters), CR LF as two as Twilio's calculator has it."""
+    clusters: list[str] = []
+    for cluster in _GRAPHEME.findall(text):
+        if cluster == "\r\n":
+            clusters.extend(cluster)
+        else:
+            clusters.append(cluster)
+    return clusters
+
+
 def segment_info(body: str) -> SegmentInfo:
     """The encoding, segment count and units of ``body`` as an SMS (0 segments for an empty body)."""
+    encoding, atoms = _atoms(body)
+    return SegmentInfo(encoding, len(_pack(encoding, atoms)), sum(cost for _, cost in atoms))
+
+
+def sms_segments(body: str) -> list[str]:
+    """The text each segment of ``body`` carries, in order, as Twilio's calculator cuts it."""
+    encoding, atoms = _atoms(body)
+    return ["".join(text for text, _ in segment) for segment in _pack(encoding, atoms)]
+
+
+_SINGLE_AND_PER_PART = {"GSM-7": (160, 153), "UCS-2": (70, 67)}  # units: one-segment message / part of a long one
+
+
+def _atoms(body: str) -> tuple[str, list[tuple[str, int]]]:
+    """The encoding of ``body`` and its indivisible pieces with their cost in that encoding's units."""
     if is_gsm7(body):
-        costs = [2 if ch in GSM7_EXTENSION else 1 for ch in body]
-        return SegmentInfo("GSM-7", _count_segments(costs, 160, 153), sum(costs))
-    costs = [2 if ord(ch) > 0xFFFF else 1 for ch in body]  # outside the BMP: a UTF-16 surrogate pair
-    return SegmentInfo("UCS-2", _count_segments(costs, 70, 67), sum(costs))
+        return "GSM-7", [(ch, 2 if ch in GSM7_EXTENSION else 1) for ch in graphemes(body)]
+    per_part = _SINGLE_AND_PER_PART["UCS-2"][1]
+    atoms: list[tuple[str, int]] = []
+    for cluster in graphemes(body):
+        cost = len(cluster.encode("utf-16-le")) // 2  # a character outside the BMP is a surrogate pair: two
+        if cost <= per_part:
+            atoms.append((cluster, cost))
+        else:  # longer than a whole segment (a pile of combining marks): phones must split it, by code point
+            atoms.extend((ch, 2 if ord(ch) > 0xFFFF else 1) for ch in cluster)
+    return "UCS-2", atoms
 
 
-def _count_segments(costs: list[int], single: int, per_part: int) -> int:
-    total = sum(costs)
-    if total <= single:
-        return 1 if total else 0
-    # Phones do not split an escape pair or a surrogate pair across segments: fill each part whole.
-    segments, used = 1, 0
-    for cost in costs:
-        if used + cost > per_part:
-            segments, used = segments + 1, 0
-        used += cost
+def _pack(encoding: str, atoms: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
+    """Atoms into segments: all in one if they fit, else each segment filled with whole atoms in order."""
+    single, per_part = _SINGLE_AND_PER_PART[encoding]
+    if sum(cost for _, cost in atoms) <= single:
+        return [atoms] if atoms else []
+    segments: list[list[tuple[str, int]]] = [[]]
+    used = 0
+    for atom in atoms:
+        if used + atom[1] > per_part:  # it would straddle the boundary: it starts the next segment
+            segments.append([])
+            used = 0
+        segments[-1].append(atom)
+        used += atom[1]
     return segments
 
 
@@ -177,8 +223,9 @@ def shape_reply(messages: list[str], *, max_segments: int | None = None, transli
     """The SMS bodies for the agent's messages of one turn, in order.
 
     Each message becomes plain text (and GSM-7 characters when ``transliterate``), then is split at
-    sentence or word boundaries into parts of at most ``max_segments`` segments each (in the part's
-    own encoding; no cap when None) and never over 1600 characters. Blank messages give nothing.
+    sentence or word boundaries, and only between characters people see as one, into parts of at most
+    ``max_segments`` segments each as Twilio counts them (in the part's own encoding; no cap when None)
+    and never over 1600 characters. Blank messages give nothing.
     """
     if max_segments is not None and max_segments < 1:
         raise ValueError("max_segments must be at least 1")
@@ -195,7 +242,8 @@ def split_for_sms(text: str, limit: int = MAX_SMS_CHARS) -> list[str]:
     """Split ``text`` into parts of at most ``limit`` characters, in order.
 
     Breaks at paragraph or sentence ends when it can, else at a space, and never inside a word
-    unless a single word is longer than ``limit``. Blank text gives no parts.
+    unless a single word is longer than ``limit``, nor inside a character people see as one.
+    Blank text gives no parts.
     """
     return _split(text, limit, lambda part: True)
 
@@ -216,40 +264,62 @@ def _segment_cap(max_segments: int | None) -> Callable[[str], bool]:
 
 def _split(text: str, max_chars: int, fits: Callable[[str], bool]) -> list[str]:
     """Parts of ``text`` of at most ``max_chars`` characters for which ``fits`` holds, cut at natural breaks."""
-    text = text.strip()
+    text = _strip(text)
     parts: list[str] = []
     while text:
         if len(text) <= max_chars and fits(text):
             parts.append(text)
             break
-        cut = _best_cut(text, _longest_fitting_prefix(text, max_chars, fits))
-        parts.append(text[:cut].rstrip())
-        text = text[cut:].lstrip()
+        cuts = _cuts(text)
+        cut = _best_cut(text, _longest_fitting_prefix(text, cuts, max_chars, fits), cuts)
+        parts.append(_strip(text[:cut]))
+        text = _strip(text[cut:])
     return [part for part in parts if part]
 
 
-def _longest_fitting_prefix(text: str, max_chars: int, fits: Callable[[str], bool]) -> int:
-    # A longer prefix never takes fewer segments, so the lengths that fit form a range from 1.
-    low, high = 1, min(len(text), max_chars)
+def _cuts(text: str) -> list[int]:
+    """The offsets where ``text`` may be cut without splitting a character people see as one, ascending."""
+    offsets, offset = [], 0
+    for piece, _ in _atoms(text)[1]:
+        offset += len(piece)
+        offsets.append(offset)
+    return offsets
+
+
+def _strip(text: str) -> str:
+    """``text`` without leading and trailing whitespace, leaving a mark combined with a space in place."""
+    clusters = graphemes(text)
+    start, end = 0, len(clusters)
+    while start < end and clusters[start].isspace():
+        start += 1
+    while end > start and clusters[end - 1].isspace():
+        end -= 1
+    return "".join(clusters[start:end])
+
+
+def _longest_fitting_prefix(text: str, cuts: list[int], max_chars: int, fits: Callable[[str], bool]) -> int:
+    # A longer prefix never takes fewer segments, so the cuts that fit form a range from the first.
+    low, high = 0, len(cuts) - 1
     while low < high:
         middle = (low + high + 1) // 2
-        if fits(text[:middle]):
+        if cuts[middle] <= max_chars and fits(text[: cuts[middle]]):
             low = middle
         else:
             high = middle - 1
-    return low
+    return cuts[low] if cuts[low] <= max_chars else max_chars  # one character longer than a part: cut it
 
 
-def _best_cut(text: str, limit: int) -> int:
+def _best_cut(text: str, limit: int, cuts: list[int]) -> int:
+    allowed = set(cuts)
     window = text[: limit + 1]
-    sentence_cuts = [m.end() for m in _SENTENCE_END.finditer(window) if m.end() <= limit]
+    sentence_cuts = [m.end() for m in _SENTENCE_END.finditer(window) if m.end() <= limit and m.end() in allowed]
     # Prefer a sentence end, unless it would leave a part much shorter than it could be.
     if sentence_cuts and sentence_cuts[-1] >= limit // 2:
         return sentence_cuts[-1]
-    space = window.rfind(" ", 0, limit + 1)
-    if space > 0:
-        return space + 1
-    newline = window.rfind("\n", 0, limit + 1)
-    if newline > 0:
-        return newline + 1
-    return limit  # one word longer than a whole SMS: nothing else to do
+    for separator in (" ", "\n"):
+        position = window.rfind(separator, 0, limit + 1)  # a space just after the limit ends the part too
+        while position > 0 and position + 1 not in allowed:
+            position = window.rfind(separator, 0, position)
+        if position > 0:
+            return position + 1
+    return limit  # one word longer than a whole SMS: cut between characters

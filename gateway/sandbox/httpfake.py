@@ -1,8 +1,10 @@
 """A small threaded HTTP server for local fakes, with fault injection.
 
 Faults are queued per operation name (``inject``) or drawn at random (``set_random_faults``):
-an HTTP status with an error body, a delay before answering, or a dropped connection either before
-or after the operation takes effect.
+an HTTP status with an error body, a delay before answering, a dropped connection either before
+or after the operation takes effect, or (``apply_first``) the operation applied and then answered
+with the fault's status and body instead of its own, such as a 200 whose body is not what the API
+documents.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ class Fault:
     drop: bool = False  # close the connection without an answer, without applying
     drop_after_apply: bool = False  # apply the operation, then close without an answer
     retry_after: str | None = None
-    body: Any = None
+    body: Any = None  # the answer's body (bytes or str as written, anything else as JSON); None: an error body
+    apply_first: bool = False  # with ``status``: apply the operation, then answer ``status`` and ``body``
 
 
 @dataclass
@@ -163,6 +166,9 @@ class FakeServer:
                 reply = Reply(404, {"status": "error", "message": f"no route for {request.method} {request.path}"})
             elif fault and fault.drop:
                 raise _Dropped
+            elif fault and fault.status and fault.apply_first:
+                action()
+                reply = Reply(fault.status, fault.body)
             elif fault and fault.status:
                 headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
                 reply = Reply(fault.status, fault.body if fault.body is not None else self.error_body(fault.status),

@@ -3,7 +3,12 @@
 REST (HTTP Basic auth with the account sid and auth token, Twilio's error bodies and codes):
 Messages (send: 21617 body too long, 21610 opted out, 21211 invalid To; list), the Account,
 IncomingPhoneNumbers (list, fetch, update SmsUrl/SmsMethod/StatusCallback) and Messaging Services
-(``/v1/Services``, their phone numbers). Faults are injected on the operation ``send``.
+(``/v1/Services``, their phone numbers). Faults are injected on the operation ``send``;
+``MALFORMED_SEND_ANSWERS`` are 200s that accept the message but answer a body twilio-python cannot
+read as one (``inject_malformed_send`` queues them). Like Twilio, a send through a Messaging Service
+with a ``From`` goes out from that number; with the service alone the service picks a number of its
+pool (the first here) and the answer has ``from: null`` and status ``accepted``. Listed messages carry
+``date_created`` at Twilio's one-second resolution.
 
 Webhooks, as Twilio makes them: ``deliver_inbound`` posts a signed inbound message to the number's
 SMS URL (or its Messaging Service's request URL when the service overrides the number), and with
@@ -19,13 +24,30 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
 
-from gateway.sandbox.httpfake import FakeServer, Reply, Request
+from gateway.sandbox.httpfake import FakeServer, Fault, Reply, Request
 from gateway.sandbox.twilio_webhook_sim import WebhookCaller
 
 _E164 = re.compile(r"^(\w+:)?\+[1-9]\d{6,14}$")
 _ACCOUNT = r"/2010-04-01/Accounts/([^/.]+)"
+
+# 200 answers to a send that Twilio (or a proxy in front of it) could give after accepting the message,
+# none of which is a message resource: bytes and str go out as written, anything else as JSON.
+MALFORMED_SEND_ANSWERS: dict[str, object] = {
+    "empty": b"",
+    "html": "<html><body><h1>200 OK</h1></body></html>",
+    "empty_object": {},
+    "no_sid": {"status": "queued", "body": "", "num_segments": "1", "error_code": None},
+    "null": "null",
+}
+
+
+def _rfc2822(epoch_seconds: float) -> str:
+    """A time as Twilio writes ``date_created``: RFC 2822, whole seconds (the fraction is dropped)."""
+    return format_datetime(datetime.fromtimestamp(int(epoch_seconds), UTC))
 
 
 @dataclass
@@ -147,6 +169,10 @@ class TwilioSimulator(FakeServer, WebhookCaller):
         with self._state:
             return [m.body for m in self.messages if m.to == number]
 
+    def inject_malformed_send(self, kind: str, *, applied: bool = True, times: int = 1) -> None:
+        """Answer the next ``times`` sends with the malformed 200 ``kind``, having sent the message or not."""
+        self.inject("send", *[Fault(status=200, body=MALFORMED_SEND_ANSWERS[kind], apply_first=applied)] * times)
+
     def error_body(self, status: int) -> Any:
         code = 20429 if status == 429 else 20500
         return {"code": code, "message": f"injected {status}", "more_info": "", "status": status}
@@ -233,8 +259,16 @@ class TwilioSimulator(FakeServer, WebhookCaller):
                      if (not to or m.to == to) and (not sender or m.from_ == sender)]
         items = [{"sid": m.sid, "account_sid": self.account_sid, "to": m.to, "from": m.from_, "body": m.body,
                   "status": m.status, "messaging_service_sid": m.messaging_service_sid,
-                  "num_segments": str(m.num_segments), "direction": "outbound-api"} for m in found]
+                  "num_segments": str(m.num_segments), "direction": "outbound-api",
+                  "date_created": _rfc2822(m.created_at), "date_updated": _rfc2822(m.created_at)} for m in found]
         return Reply(200, _page("messages", items, request.path))
+
+    def _pool_number(self, service_sid: str | None) -> str | None:
+        """The number a Messaging Service picks when it is given no ``From``: here, the first of its pool."""
+        service = self.services.get(service_sid or "")
+        if service is None:
+            return None
+        return next((self.numbers[sid].phone_number for sid in service.number_sids if sid in self.numbers), None)
 
     def _send(self, request: Request) -> Reply:
         from workers.sms_text import segment_info
@@ -256,15 +290,18 @@ class TwilioSimulator(FakeServer, WebhookCaller):
         if to in self.opted_out:
             return Reply(400, {"code": 21610, "message": "Attempt to send to unsubscribed recipient",
                                "status": 400})
-        message = SimMessage(sid="SM" + uuid.uuid4().hex, to=to, from_=sender, messaging_service_sid=service,
-                             body=body, status_callback=form.get("StatusCallback") or None, created_at=time.time(),
+        status = "accepted" if service else "queued"  # Twilio's initial status with and without a service
+        message = SimMessage(sid="SM" + uuid.uuid4().hex, to=to, from_=sender or self._pool_number(service),
+                             messaging_service_sid=service, body=body, status=status,
+                             status_callback=form.get("StatusCallback") or None, created_at=time.time(),
                              num_segments=segment_info(body).segments)
         with self._state:
             self.messages.append(message)
         self.schedule_status_callbacks(message)
         return Reply(201, {
             "sid": message.sid, "account_sid": self.account_sid, "to": to, "from": sender,
-            "messaging_service_sid": service, "body": body, "status": "queued",
+            "messaging_service_sid": service, "body": body, "status": status,
+            "date_created": _rfc2822(message.created_at), "date_updated": _rfc2822(message.created_at),
             "num_segments": str(message.num_segments), "num_media": "0", "direction": "outbound-api",
             "api_version": "2010-04-01", "price": None, "error_code": None, "error_message": None,
             "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{message.sid}.json",

@@ -197,6 +197,19 @@ def test_outbound_through_the_configured_messaging_service(start_workers, redis,
     assert response.status_code == 202, response.get_json()
     [sms] = twilio.messages
     assert (sms.from_, sms.messaging_service_sid) == (None, SERVICE_SID)
+    assert "From" not in twilio.calls("send")[0].form()  # the service alone: Twilio picks the number
+
+
+def test_outbound_from_the_configured_number_goes_through_the_configured_service(start_workers, redis, admin_env,
+                                                                                 twilio):
+    env = {**admin_env, "TWILIO_MESSAGING_SERVICE_SID": SERVICE_SID}
+    start_workers(1, TWILIO_MESSAGING_SERVICE_SID=SERVICE_SID)
+    response = create_app(env).test_client().post("/admin/sms", json={"to": PERSON, "message": "hi"}, headers=AUTH)
+
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["conversation_id"] == conversation_id(GATEWAY_NUMBER, PERSON)
+    form = twilio.calls("send")[0].form()
+    assert (form["From"], form["MessagingServiceSid"]) == (GATEWAY_NUMBER, SERVICE_SID)
 
 
 def test_outbound_without_any_sender_configured_is_400(admin_env, redis, twilio):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+from prometheus_client import REGISTRY
 
 from gateway.sandbox.httpfake import Fault
+from gateway.sandbox.twilio_sim import MALFORMED_SEND_ANSWERS
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, GATEWAY_NUMBER, free_port, wait_for
-from workers.errors import TwilioPermanentError, TwilioTransientError
+from workers.errors import TwilioMalformedAnswerError, TwilioPermanentError, TwilioTransientError
+from workers.metrics import MeteredClient
 from workers.twilio_client import SentMessage, TwilioSender, build_client
 
 PERSON = "+14155550100"
@@ -38,15 +43,30 @@ def test_sends_from_a_number_with_a_status_callback(sender, twilio):
     assert request.form() == {"To": PERSON, "Body": "Hello there", "From": GATEWAY_NUMBER, "StatusCallback": CALLBACK}
 
 
-def test_sends_through_a_messaging_service_without_a_callback(sender, twilio):
-    sender.send(to=PERSON, body="Via the service", from_=GATEWAY_NUMBER, messaging_service_sid=SERVICE_SID)
+def test_sends_through_a_messaging_service_from_the_given_number(sender, twilio):
+    # Twilio's facts: with MessagingServiceSid and From, the message comes from that number of the pool.
+    twilio.add_service("pool", phone_numbers=("+15005550001", GATEWAY_NUMBER))
+    service_sid = next(iter(twilio.services))
+    sent = sender.send(to=PERSON, body="Via the service", from_=GATEWAY_NUMBER, messaging_service_sid=service_sid)
 
     (message,) = twilio.messages
-    assert message.messaging_service_sid == SERVICE_SID
-    assert message.from_ is None  # the service picks the sender
+    assert (message.messaging_service_sid, message.from_) == (service_sid, GATEWAY_NUMBER)
     assert message.status_callback is None
+    assert sent.status == "accepted"  # Twilio's initial status of a message created with a Messaging Service
     (_, request), = [(op, r) for op, r in twilio.requests if op == "send"]
-    assert "StatusCallback" not in request.form()
+    assert request.form() == {"To": PERSON, "Body": "Via the service", "From": GATEWAY_NUMBER,
+                              "MessagingServiceSid": service_sid}
+
+
+def test_through_a_messaging_service_alone_twilio_picks_the_number(sender, twilio):
+    twilio.add_service("pool", phone_numbers=("+15005550001", GATEWAY_NUMBER))
+    service_sid = next(iter(twilio.services))
+    sender.send(to=PERSON, body="Picked by the service", messaging_service_sid=service_sid)
+
+    (message,) = twilio.messages
+    assert message.from_ == "+15005550001"  # the simulator's pick: the first number of the pool
+    (_, request), = [(op, r) for op, r in twilio.requests if op == "send"]
+    assert request.form() == {"To": PERSON, "Body": "Picked by the service", "MessagingServiceSid": service_sid}
 
 
 def test_segments_reported_by_twilio_are_kept(sender):
@@ -134,9 +154,67 @@ def test_dropped_connection_is_transient_and_may_have_gone(sender, twilio):
     assert twilio.sent_to(PERSON) == ["maybe"]
 
 
+@pytest.mark.parametrize("kind", sorted(MALFORMED_SEND_ANSWERS))
+@pytest.mark.parametrize("applied", [True, False], ids=["applied", "not-applied"])
+def test_a_200_that_is_not_a_message_is_transient_and_may_have_gone(sender, twilio, kind, applied):
+    twilio.inject_malformed_send(kind, applied=applied)
+    with pytest.raises(TwilioMalformedAnswerError) as caught:
+        sender.send(to=PERSON, body="malformed", from_=GATEWAY_NUMBER)
+    assert isinstance(caught.value, TwilioTransientError)
+    assert caught.value.maybe_applied is True  # Twilio said 2xx: the message may well have gone
+    assert caught.value.kind == "malformed"
+    assert twilio.sent_to(PERSON) == (["malformed"] if applied else [])
+
+
+def test_a_malformed_200_is_counted_as_its_own_kind_of_twilio_error(sender, twilio):
+    def count() -> float:
+        labels = {"operation": "send", "code": "malformed"}
+        return REGISTRY.get_sample_value("smsgw_twilio_errors_total", labels) or 0.0
+
+    before = count()
+    twilio.inject_malformed_send("null", applied=False)
+    with pytest.raises(TwilioMalformedAnswerError):
+        MeteredClient(sender, "twilio").send(to=PERSON, body="counted", from_=GATEWAY_NUMBER)
+    assert count() == before + 1
+
+
+def test_a_sid_that_is_not_a_message_sid_is_malformed(sender, twilio):
+    twilio.inject("send", Fault(status=200, body={"sid": "SM-not-a-sid", "status": "queued"}, apply_first=True))
+    with pytest.raises(TwilioMalformedAnswerError, match="without a message sid"):
+        sender.send(to=PERSON, body="odd sid", from_=GATEWAY_NUMBER)
+
+
 def test_find_sent_finds_a_message_that_went_out(sender, twilio):
     sent = sender.send(to=PERSON, body="part one", from_=GATEWAY_NUMBER)
     sender.send(to=PERSON, body="part two", from_=GATEWAY_NUMBER)
     assert sender.find_sent(to=PERSON, body="part one", from_=GATEWAY_NUMBER) == sent.sid
     assert sender.find_sent(to=PERSON, body="never sent", from_=GATEWAY_NUMBER) is None
     assert sender.find_sent(to="+14155550199", body="part one") is None
+
+
+def test_find_sent_matches_the_sender_the_time_and_skips_known_sids(sender, twilio):
+    started = time.time()
+    first = sender.send(to=PERSON, body="OK", from_=GATEWAY_NUMBER)
+    assert sender.find_sent(to=PERSON, body="OK", from_="+15005550001") is None  # another gateway number
+    assert sender.find_sent(to=PERSON, body="OK", from_=GATEWAY_NUMBER, exclude={first.sid}) is None
+    assert sender.find_sent(to=PERSON, body="OK", from_=GATEWAY_NUMBER, since=started + 5) is None
+    # date_created has whole seconds: a message created in this second is found from the second's start.
+    assert sender.find_sent(to=PERSON, body="OK", from_=GATEWAY_NUMBER, since=int(started)) == first.sid
+    second = sender.send(to=PERSON, body="OK", from_=GATEWAY_NUMBER)
+    assert sender.find_sent(to=PERSON, body="OK", from_=GATEWAY_NUMBER, exclude={first.sid}) == second.sid
+
+
+def test_find_sent_through_a_service_alone_matches_the_service(sender, twilio):
+    twilio.add_service("pool", phone_numbers=(GATEWAY_NUMBER,))
+    service_sid = next(iter(twilio.services))
+    sent = sender.send(to=PERSON, body="hello", messaging_service_sid=service_sid)
+    sender.send(to=PERSON, body="hello", from_="+15005550001")  # the same text from outside the service
+    assert sender.find_sent(to=PERSON, body="hello", messaging_service_sid=service_sid) == sent.sid
+    assert sender.find_sent(to=PERSON, body="hello", messaging_service_sid=SERVICE_SID) is None
+
+
+@pytest.mark.parametrize("body", ["<html>ok</html>", "null"])
+def test_an_unreadable_list_is_transient(sender, twilio, body):
+    twilio.inject("list_messages", Fault(status=200, body=body, apply_first=True))
+    with pytest.raises(TwilioMalformedAnswerError):  # transient: the look-up is tried again later
+        sender.find_sent(to=PERSON, body="x", from_=GATEWAY_NUMBER)

@@ -1,4 +1,11 @@
-"""Sending the gateway's SMS: each part exactly once, whatever happened to earlier attempts."""
+"""Sending the gateway's SMS: each part exactly once, whatever happened to earlier attempts.
+
+A part is claimed (``sending:<claim time>``) before its first send. A send that may have gone out (a
+read timeout, a dropped connection, a 2xx without a message) leaves it ``uncertain:<claim time>``; the
+next attempt first looks for it at Twilio, matching what identifies this part: the person, the body,
+the sender, a creation time no earlier than this part's claim, and none of the conversation's messages
+already accounted for (so an identical earlier reply is never taken for it).
+"""
 
 from __future__ import annotations
 
@@ -14,32 +21,50 @@ from workers.store import InboundMessage
 log = logging.getLogger(__name__)
 
 OPTED_OUT_CODE = 21610
+# Twilio's date_created drops the fraction of a second (up to 1 s early), and our clock may run ahead of
+# Twilio's: a message sent just after the claim can look created before it. 5 s covers the 1 s truncation
+# plus 4 s of drift, far more than NTP-synced hosts show; a wider window costs little, since messages already
+# recorded for the conversation are excluded by sid, and only an identical message sent within it but never
+# recorded (a crash between send and record) could still be taken for this part.
+CLAIM_CLOCK_MARGIN_SECONDS = 5.0
+
+
+def sender_number(message: InboundMessage) -> str | None:
+    """The number the reply goes out from: the one the person texted; None for a conversation keyed on a service."""
+    if message.messaging_service_sid and message.to == message.messaging_service_sid:
+        return None  # an outbound start through a Messaging Service alone: Twilio picks the number
+    return message.to
 
 
 def send_part(services: Services, message: InboundMessage, part: str, body: str) -> None:
     """Send one SMS of the answer to ``message`` exactly once, whatever happened to earlier attempts."""
     store = services.store
     sender = services.sender
-    if not store.claim_part(message.sid, part):
+    from_, service = sender_number(message), message.messaging_service_sid or None
+    claimed_at = time.time()
+    if not store.claim_part(message.sid, part, claimed_at):
         state = store.progress(message.sid).parts.get(part, "")
         if not state.startswith(("sending", "uncertain")):
             return  # sent (a Twilio sid) or refused for good
         # An earlier attempt may have sent it (a crash or timeout mid-send): ask Twilio before sending again.
-        since = float(state.partition(":")[2] or 0) - 60
-        found = sender.find_sent(to=message.from_, body=body, from_=message.to, since=since)
+        claimed_at = float(state.partition(":")[2] or 0)
+        found = sender.find_sent(to=message.from_, body=body, from_=from_, messaging_service_sid=service,
+                                 since=claimed_at - CLAIM_CLOCK_MARGIN_SECONDS, exclude=_known_sids(services, message))
         if found:
             store.settle_part(message.sid, part, found)
+            _record(services, message, part, body, found, status=None)
             log.info("message=%s part=%s found at Twilio, not sent again", message.sid, part)
             return
-        store.settle_part(message.sid, part, f"sending:{time.time():.3f}")
+        # Not found: send again, keeping the first claim's time, so a later look-up still covers that attempt.
+        store.settle_part(message.sid, part, f"sending:{claimed_at:.3f}")
     settings = services.settings
     callback = f"{settings.public_base_url}/twilio/status" if settings.public_base_url else None
     try:
-        sent = sender.send(to=message.from_, body=body, from_=message.to,
-                           messaging_service_sid=message.messaging_service_sid or None, status_callback=callback)
+        sent = sender.send(to=message.from_, body=body, from_=from_, messaging_service_sid=service,
+                           status_callback=callback)
     except TransientError as exc:
         if exc.maybe_applied:
-            store.settle_part(message.sid, part, f"uncertain:{time.time():.3f}")
+            store.settle_part(message.sid, part, f"uncertain:{claimed_at:.3f}")
         else:
             store.release_part(message.sid, part)
         raise
@@ -51,9 +76,20 @@ def send_part(services: Services, message: InboundMessage, part: str, body: str)
             store.set_opted_out(message.conversation_id, True)
         return
     store.settle_part(message.sid, part, sent.sid)
+    _record(services, message, part, body, sent.sid, status=sent.status)
+
+
+def _known_sids(services: Services, message: InboundMessage) -> set[str]:
+    """Twilio sids already accounted for: the conversation's recent SMS and this message's sent parts."""
+    recent = {row["sid"] for row in services.store.recent_sent(message.conversation_id)}
+    parts = services.store.progress(message.sid).parts.values()
+    return recent | {state for state in parts if state.startswith(("SM", "MM"))}
+
+
+def _record(services: Services, message: InboundMessage, part: str, body: str, sid: str, status: str | None) -> None:
     shape = sms_text.segment_info(body)
-    store.record_sent(message.conversation_id, sent.sid, status=sent.status, segments=shape.segments,
-                      encoding=shape.encoding, inbound_sid=message.sid, part=part)
+    services.store.record_sent(message.conversation_id, sid, status=status, segments=shape.segments,
+                               encoding=shape.encoding, inbound_sid=message.sid, part=part)
 
 
 def give_up(services: Services, message: InboundMessage, exc: Exception) -> None:

@@ -6,6 +6,7 @@ The UponAI client and the Twilio sender translate their library's errors into th
     ├── TransientError              retry later (connection errors, timeouts, 429, 5xx)
     │   ├── UponAITransientError
     │   └── TwilioTransientError
+    │       └── TwilioMalformedAnswerError  a 2xx to a send that is not a message (it may have gone)
     └── PermanentError              do not retry (4xx other than 429)
         ├── UponAIPermanentError
         │   └── ChatNotFoundError   the chat id is unknown (422) or not usable any more
@@ -57,6 +58,12 @@ class ChatNotFoundError(UponAIPermanentError):
 
 class TwilioTransientError(TransientError):
     """Twilio was unreachable, slow, rate limiting (20429) or failing (5xx)."""
+
+
+class TwilioMalformedAnswerError(TwilioTransientError):
+    """Twilio answered a send with 2xx but no readable message (no JSON, no ``sid``): it may have gone."""
+
+    kind = "malformed"  # the metrics label for it (its HTTP status says success)
 
 
 class TwilioPermanentError(PermanentError):

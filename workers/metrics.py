@@ -86,7 +86,7 @@ def metrics() -> GatewayMetrics:
 
 def error_code(exc: BaseException) -> str:
     """A low-cardinality label for a failed call: Twilio's error code, the HTTP status, or the failure kind."""
-    code = getattr(exc, "code", None) or getattr(exc, "status", None)
+    code = getattr(exc, "kind", None) or getattr(exc, "code", None) or getattr(exc, "status", None)
     if code:
         return str(code)
     text = str(exc).lower()

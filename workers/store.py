@@ -474,11 +474,11 @@ class ConversationStore:
             pipe.expire(key, self.progress_ttl_seconds)
             return int(pipe.execute()[0])
 
-    def claim_part(self, message_sid: str, part: str) -> bool:
-        """Claim the right to send one part; False if it was sent (or attempted) already."""
+    def claim_part(self, message_sid: str, part: str, claimed_at: float | None = None) -> bool:
+        """Claim the right to send one part (``sending:<claimed_at>``); False if it was sent (or attempted) already."""
         key = self.key("msg", message_sid)
         with self.redis.pipeline() as pipe:
-            pipe.hsetnx(key, f"part:{part}", f"sending:{time.time():.3f}")
+            pipe.hsetnx(key, f"part:{part}", f"sending:{time.time() if claimed_at is None else claimed_at:.3f}")
             pipe.expire(key, self.progress_ttl_seconds)
             return bool(pipe.execute()[0])
 

@@ -5,14 +5,16 @@
 ``workers.errors``: 429 (20429) and 5xx, connection errors and timeouts become
 ``TwilioTransientError``; other 4xx become ``TwilioPermanentError`` with Twilio's error code. A read
 timeout or a connection dropped mid-request is marked ``maybe_applied``: the message may have gone.
+So is a 2xx whose body is not a message with a sid (``TwilioMalformedAnswerError``): Twilio said yes.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 
 import requests
@@ -21,11 +23,16 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 from urllib3.exceptions import NewConnectionError
 
-from workers.errors import TwilioPermanentError, TwilioTransientError
+from workers.errors import TwilioMalformedAnswerError, TwilioPermanentError, TwilioTransientError
 
 DEFAULT_ORIGIN = "https://api.twilio.com"
 FIND_SENT_LOOKBACK = 50  # newest messages to a number searched for a part that may have gone out
-LIBRARY_ERRORS = (TwilioException, requests.RequestException)  # what twilio-python calls can raise
+# twilio-python reads a 2xx answer with ``json.loads`` and builds the resource with ``payload.get(...)``, so an
+# answer that is not a JSON object (HTML, ``null``, a number) escapes as one of these rather than a TwilioException.
+UNREADABLE_ANSWER_ERRORS = (ValueError, AttributeError, TypeError)
+# What twilio-python calls can raise: its own errors, requests' under it, and an unreadable answer.
+LIBRARY_ERRORS = (TwilioException, requests.RequestException, *UNREADABLE_ANSWER_ERRORS)
+MESSAGE_SID = re.compile(r"^(SM|MM)[0-9a-fA-F]{32}$")  # Twilio's OpenAPI pattern for a Message sid
 _TWILIO_ORIGIN = re.compile(r"^https://[a-z0-9.-]+\.twilio\.com(?=/|$)")
 
 
@@ -61,6 +68,10 @@ def build_client(*, account_sid: str, auth_token: str, api_base_url: str = DEFAU
 
 def translate(exc: Exception, what: str) -> TwilioTransientError | TwilioPermanentError:
     """Map an exception raised by twilio-python (or requests under it) to the project's own."""
+    if isinstance(exc, UNREADABLE_ANSWER_ERRORS):
+        # Twilio (or something in between) said 2xx: whatever was asked may have been done.
+        return TwilioMalformedAnswerError(f"{what}: 2xx answer that is not the resource ({type(exc).__name__})",
+                                          maybe_applied=True)
     if isinstance(exc, requests.ConnectTimeout):
         return TwilioTransientError(f"{what}: connect timeout")
     if isinstance(exc, requests.ReadTimeout):
@@ -110,40 +121,59 @@ class TwilioSender:
 
     def send(self, *, to: str, body: str, from_: str | None = None, messaging_service_sid: str | None = None,
              status_callback: str | None = None) -> SentMessage:
-        """Send one SMS from ``from_`` or through ``messaging_service_sid``.
+        """Send one SMS from ``from_``, through ``messaging_service_sid``, or both (that number, with the service).
 
-        Raises TwilioTransientError (retry; check ``maybe_applied``) or TwilioPermanentError.
+        With the service alone Twilio picks the sender from the service's pool. Raises TwilioTransientError
+        (retry; check ``maybe_applied``; TwilioMalformedAnswerError for a 2xx without a message) or
+        TwilioPermanentError.
         """
         if not (from_ or messaging_service_sid):
             raise TwilioPermanentError("no sender: set a From number or a Messaging Service")
         params: dict = {"to": to, "body": body}
         if messaging_service_sid:
             params["messaging_service_sid"] = messaging_service_sid
-        else:
+        if from_:
             params["from_"] = from_
         if status_callback:
             params["status_callback"] = status_callback
         try:
             message = self.client.messages.create(**params)
-        except (TwilioException, requests.RequestException) as exc:
+        except LIBRARY_ERRORS as exc:
             raise translate(exc, "Twilio send") from exc
+        if not isinstance(message.sid, str) or not MESSAGE_SID.match(message.sid):
+            raise TwilioMalformedAnswerError("Twilio send: 2xx answer without a message sid", maybe_applied=True)
         segments = message.num_segments
-        return SentMessage(sid=message.sid, status=message.status,
-                           num_segments=int(segments) if segments not in (None, "") else None)
+        return SentMessage(sid=message.sid, status=message.status if isinstance(message.status, str) else None,
+                           num_segments=int(segments) if str(segments).isdigit() else None)
 
-    def find_sent(self, *, to: str, body: str, from_: str | None = None, since: float = 0.0) -> str | None:
-        """The sid of a message with this body created for ``to`` since ``since`` (epoch seconds), if any.
+    def find_sent(self, *, to: str, body: str, from_: str | None = None, messaging_service_sid: str | None = None,
+                  since: float = 0.0, exclude: Collection[str] = ()) -> str | None:
+        """The sid of a message with this body from this sender to ``to``, created since ``since`` (epoch s).
 
-        Used before re-sending a part whose first send may have gone out. Lists by ``To`` only: a message
-        sent through a Messaging Service has a From chosen by Twilio, and DateSent stays empty until the
-        carrier takes it, so both are compared here rather than filtered there. Raises TwilioTransientError.
+        Used before re-sending a part whose first send may have gone out. The sender is the number
+        ``from_`` (listed by it at Twilio) or, without one, the Messaging Service that picked the number.
+        Sids in ``exclude`` (messages already accounted for, such as an identical earlier reply) never
+        match. DateSent stays empty until the carrier takes a message, so the creation time is compared
+        here. Raises TwilioTransientError.
         """
+        filters = {"to": to, "from_": from_} if from_ else {"to": to}
         try:
-            for message in self.client.messages.list(to=to, limit=FIND_SENT_LOOKBACK):
-                created = message.date_created
-                if message.body == body and (created is None or created.timestamp() >= since):
-                    return message.sid
-        except (TwilioException, requests.RequestException) as exc:
+            for message in self.client.messages.list(**filters, limit=FIND_SENT_LOOKBACK):
+                if not self._is_match(message, body, from_, messaging_service_sid, since) or message.sid in exclude:
+                    continue
+                return message.sid
+        except LIBRARY_ERRORS as exc:
             error = translate(exc, "Twilio list")
             raise (error if isinstance(error, TwilioTransientError) else TwilioTransientError(str(error))) from exc
         return None
+
+    @staticmethod
+    def _is_match(message, body: str, from_: str | None, messaging_service_sid: str | None, since: float) -> bool:
+        if message.body != body:
+            return False
+        if from_ and message.from_ != from_:
+            return False
+        if not from_ and messaging_service_sid and message.messaging_service_sid != messaging_service_sid:
+            return False
+        created = message.date_created
+        return not isinstance(created, datetime) or created.timestamp() >= since

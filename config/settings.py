@@ -38,6 +38,18 @@ def _secret(value: str) -> str:
     return value
 
 
+MIN_ADMIN_TOKEN_CHARS = 16
+
+
+def _admin_token(value: str) -> str:
+    value = _secret(value)
+    # A short token can be guessed by anyone who can reach /admin; refuse it before the API is served.
+    if len(value) < MIN_ADMIN_TOKEN_CHARS:
+        raise ValueError(f"must be at least {MIN_ADMIN_TOKEN_CHARS} characters; use a long random token, e.g. "
+                         "the output of: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return value
+
+
 def _url(value: str) -> str:
     value = value.strip().rstrip("/")
     parts = urlsplit(value)
@@ -165,7 +177,7 @@ class Settings:
     twilio_timeout_seconds: float = _setting("TWILIO_TIMEOUT_SECONDS", _positive_float, 15.0)
     public_base_url: str | None = _setting("PUBLIC_BASE_URL", _url)
     trusted_proxy_hops: int = _setting("TRUSTED_PROXY_HOPS", _non_negative_int, 0)
-    admin_api_token: str | None = _setting("ADMIN_API_TOKEN", _secret, secret=True)
+    admin_api_token: str | None = _setting("ADMIN_API_TOKEN", _admin_token, secret=True)
     chat_idle_timeout_seconds: int = _setting("CHAT_IDLE_TIMEOUT_SECONDS", _positive_int, 3600)
     port: int = _setting("PORT", _port, 8000)
     retry_intervals_seconds: tuple[float, ...] = _setting(
@@ -194,6 +206,7 @@ class Settings:
     ambiguous_retry_delay_seconds: float = _setting("AMBIGUOUS_RETRY_DELAY_SECONDS", _positive_float, 15.0)
     worker_threads: int = _setting("WORKER_THREADS", _positive_int, 4)
     admin_wait_seconds: float = _setting("ADMIN_WAIT_SECONDS", _positive_float, 20.0)
+    admin_max_waiting: int = _setting("ADMIN_MAX_WAITING", _non_negative_int, 2)
     admin_idempotency_ttl_seconds: int = _setting("ADMIN_IDEMPOTENCY_TTL_SECONDS", _positive_int, 24 * 3600)
     data_retention_days: float = _setting("DATA_RETENTION_DAYS", _positive_float, 30.0)
     outbound_opening_prompt: str = _setting(

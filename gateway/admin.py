@@ -23,7 +23,15 @@ from rq.registry import FailedJobRegistry
 from werkzeug.routing import PathConverter
 
 from gateway import admin_validation as check
-from gateway.admin_jobs import AdminJobs, IdempotencyConflict, Outcome, failure_reason, since_epoch
+from gateway.admin_jobs import (
+    AdminBusy,
+    AdminJobs,
+    IdempotencyBusy,
+    IdempotencyConflict,
+    Outcome,
+    failure_reason,
+    since_epoch,
+)
 from gateway.context import gateway
 from gateway.openapi import admin_openapi
 from workers.admin_ops import ADMIN_QUEUE_NAME
@@ -84,6 +92,13 @@ def _invalid(exc: check.InvalidInput):
     return _error(400, "invalid_request", str(exc))
 
 
+@bp.errorhandler(AdminBusy)
+def _busy(exc: AdminBusy):
+    places = gateway().settings.admin_max_waiting
+    return _error(503, "admin_busy", f"{places} admin request(s) are already waiting for a worker in this web "
+                                     "process (ADMIN_MAX_WAITING); try again shortly.", {"Retry-After": "1"})
+
+
 @bp.errorhandler(RedisError)
 def _redis_down(exc: RedisError):
     log.error("admin %s %s: Redis unavailable (%s)", request.method, request.path, type(exc).__name__)
@@ -105,17 +120,17 @@ def _require_token():
 def _json_body() -> Any:
     if not request.is_json:
         raise AdminProblem(415, "unsupported_media_type", "Send a JSON object with Content-Type: application/json.")
-    body = request.get_json(silent=True)
-    if body is None:
-        raise AdminProblem(400, "invalid_json", "The body is not valid JSON.")
-    return body
+    try:
+        return check.json_body(request.get_data(cache=False))
+    except check.InvalidJson as exc:
+        raise AdminProblem(400, "invalid_json", f"The body is not valid JSON: {exc}") from None
 
 
 def _unfinished(outcome, **context):
     """The answer for a job that did not end well (no worker took it, still running, or failed), else None."""
     if outcome.state == "not_started":
         return _worker_timeout()
-    if outcome.state == "running":
+    if outcome.state in ("running", "queued"):
         return _running(outcome, **context)
     if "error" in outcome.value:
         return _job_error(outcome.value)
@@ -129,7 +144,8 @@ def _worker_timeout():
 
 
 def _running(outcome: Outcome, **extra: Any):
-    return jsonify({"status": "running", "job_id": outcome.job_id, "job_url": f"/admin/jobs/{outcome.job_id}",
+    """202 for a job still running at the deadline, or queued without waiting (every place to wait was taken)."""
+    return jsonify({"status": outcome.state, "job_id": outcome.job_id, "job_url": f"/admin/jobs/{outcome.job_id}",
                     **extra}), 202
 
 
@@ -161,6 +177,9 @@ def start_sms():
     except IdempotencyConflict:
         raise AdminProblem(422, "idempotency_key_reused",
                            "This Idempotency-Key was used with a different request body.") from None
+    except IdempotencyBusy:
+        raise AdminProblem(409, "idempotency_key_busy",
+                           "Requests with this Idempotency-Key kept racing; retry with the same key.") from None
     log.info("admin outbound to=%s conversation=%s %s job=%s", mask_number(outbound["to"]), cid, outcome.state,
              outcome.job_id)
     unfinished = _unfinished(outcome, conversation_id=cid)
@@ -201,9 +220,15 @@ def show_conversation(number: str):
         "chat": None,
     }
     if view["chat_id"]:
-        outcome = _jobs().run("workers.admin_ops.get_chat_job", (view["chat_id"],),
-                              description=f"admin: get chat of conversation {cid}", conversation_id=cid)
-        if outcome.state != "done":
+        try:
+            outcome = _jobs().run("workers.admin_ops.get_chat_job", (view["chat_id"],),
+                                  description=f"admin: get chat of conversation {cid}", conversation_id=cid)
+        except AdminBusy:
+            outcome = None
+        if outcome is None:
+            view["chat_error"] = {"code": "admin_busy", "message": "Too many admin requests are waiting for a "
+                                                                   "worker; the chat was not read."}
+        elif outcome.state != "done":
             view["chat_error"] = {"code": "worker_timeout", "message": "No worker answered in time with the chat."}
         elif "error" in outcome.value:
             error = outcome.value["error"]
@@ -233,7 +258,7 @@ def end_conversation(number: str):
     if not gateway().store.conversation(cid):
         raise AdminProblem(404, "conversation_not_found", "No conversation between these numbers is known.")
     outcome = _jobs().run("workers.admin_ops.end_conversation_job", (cid, uuid.uuid4().hex),
-                          description=f"admin: end conversation {cid}", conversation_id=cid)
+                          description=f"admin: end conversation {cid}", conversation_id=cid, queue_when_busy=True)
     unfinished = _unfinished(outcome, conversation_id=cid)
     if unfinished is not None:
         return unfinished

@@ -7,7 +7,11 @@ wait. At the deadline a job no worker has taken is taken back off the queue (so 
 later, unseen); one that is running is left to finish and can be looked up by its id.
 
 Idempotency keys of ``POST /admin/sms`` live in Redis: ``smsgw:idem:{sha256(key)}`` holds the
-request's fingerprint, its operation id and the latest job id, for ADMIN_IDEMPOTENCY_TTL_SECONDS.
+request's fingerprint, its operation id and the latest job id, for ADMIN_IDEMPOTENCY_TTL_SECONDS. The
+record and its job are written in one transaction, so concurrent requests with one key share one job.
+
+At most ADMIN_MAX_WAITING requests per web process wait at once (each holds a web thread, which
+Twilio's webhooks need); past that, a change is queued and answered at once with its job id.
 
 An admin job's arguments and answer can hold a number or words (an outbound start's request, a chat's
 messages), so results and failures are kept no longer than DATA_RETENTION_DAYS, nor the keys.
@@ -18,14 +22,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import WatchError
 from rq import Queue
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.results import Result
 
@@ -34,6 +42,7 @@ from workers.store import ConversationStore
 
 RESULT_TTL_SECONDS = 24 * 3600
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
+CLAIM_ATTEMPTS = 5  # each failed claim means another request claimed the key meanwhile
 PENDING = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.CREATED)
 
 
@@ -41,13 +50,23 @@ PENDING = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.D
 class Outcome:
     """How an admin job ended from the caller's point of view."""
 
-    state: str  # "done", "running" (still working at the deadline) or "not_started" (no worker took it)
+    # "done", "running" (still working at the deadline), "not_started" (no worker took it, it was taken back),
+    # or "queued" (no place was free to wait: queued, not waited for)
+    state: str
     job_id: str
     value: dict[str, Any] | None = None  # the job's answer: {"ok": ...} or {"error": {...}}
 
 
 class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before with a different request body."""
+
+
+class IdempotencyBusy(Exception):
+    """The Idempotency-Key's record kept changing under concurrent requests; the caller may retry."""
+
+
+class AdminBusy(Exception):
+    """Every place to wait for a worker in this process is taken (ADMIN_MAX_WAITING)."""
 
 
 class AdminJobs:
@@ -58,6 +77,7 @@ class AdminJobs:
         self.redis = redis
         self.store = store
         self.queue = Queue(ADMIN_QUEUE_NAME, connection=redis)
+        self._places = threading.Semaphore(settings.admin_max_waiting)
         # Blocking reads need a socket timeout longer than the wait (the web's usual one is 2 s).
         self.waiting = Redis.from_url(settings.redis_url, socket_connect_timeout=1,
                                       socket_timeout=settings.admin_wait_seconds + 5)
@@ -77,10 +97,31 @@ class AdminJobs:
     def _kept(self, seconds: int) -> int:
         return min(seconds, self.settings.data_retention_seconds)
 
-    def run(self, func: str, args: tuple, *, description: str, conversation_id: str | None = None) -> Outcome:
-        """Enqueue an admin job and wait for it until ADMIN_WAIT_SECONDS."""
-        job = self.enqueue(func, args, description=description, conversation_id=conversation_id)
-        return self.wait(job.id)
+    @contextmanager
+    def waiting_place(self) -> Iterator[bool]:
+        """Hold one of this process's ADMIN_MAX_WAITING places to wait for a worker, if one is free (True).
+
+        Waiting holds a web thread; the bound keeps threads free for Twilio's webhooks.
+        """
+        taken = self._places.acquire(blocking=False)
+        try:
+            yield taken
+        finally:
+            if taken:
+                self._places.release()
+
+    def run(self, func: str, args: tuple, *, description: str, conversation_id: str | None = None,
+            queue_when_busy: bool = False) -> Outcome:
+        """Enqueue an admin job and wait for it until ADMIN_WAIT_SECONDS.
+
+        With no place free to wait, the job is queued unwaited (``queued``) if ``queue_when_busy``,
+        else nothing is queued and AdminBusy is raised.
+        """
+        with self.waiting_place() as may_wait:
+            if not may_wait and not queue_when_busy:
+                raise AdminBusy
+            job = self.enqueue(func, args, description=description, conversation_id=conversation_id)
+            return self.wait(job.id) if may_wait else Outcome("queued", job.id)
 
     def wait(self, job_id: str) -> Outcome:
         """Wait for the job's answer; at the deadline, take a job no worker has started off the queue."""
@@ -91,12 +132,14 @@ class AdminJobs:
         result = job.latest_result(timeout=max(1, math.ceil(self.settings.admin_wait_seconds)))
         if result is not None:
             return Outcome("done", job_id, answer_of(result))
-        if job.get_status() == JobStatus.QUEUED and self.queue.remove(job_id):
+        if _status(job) == JobStatus.QUEUED and self.queue.remove(job_id):
             job.delete(remove_from_queue=False)
             return Outcome("not_started", job_id)
         result = job.latest_result()  # it may have finished just now
         if result is not None:
             return Outcome("done", job_id, answer_of(result))
+        if _status(job) is None:  # another request waiting for it took it off the queue
+            return Outcome("not_started", job_id)
         return Outcome("running", job_id)
 
     def status(self, job_id: str) -> dict[str, Any] | None:
@@ -121,43 +164,89 @@ class AdminJobs:
 
     def start_outbound(self, request: dict[str, Any], cid: str, *, idempotency_key: str | None,
                        fingerprint: str, may_start) -> Outcome:
-        """Start an outbound conversation once per Idempotency-Key, then wait for it.
+        """Start an outbound conversation once per Idempotency-Key, then wait for it (if a place to wait is free).
 
         ``may_start()`` is asked before anything new is queued (it raises to refuse). Raises
         IdempotencyConflict when the key was used with another body.
         """
-        op_id = uuid.uuid4().hex
-        if idempotency_key is None:
-            may_start()
-            return self._start(op_id, op_id, request, cid)
-        key = self._key(idempotency_key)
-        record = {"fingerprint": fingerprint, "op_id": op_id, "job_id": op_id}
-        ttl = self._kept(self.settings.admin_idempotency_ttl_seconds)
-        if self.redis.set(key, json.dumps(record), nx=True, ex=ttl):
-            may_start()
-            return self._start(op_id, op_id, request, cid)
-        earlier = json.loads(self.redis.get(key) or "{}")
-        if earlier.get("fingerprint") != fingerprint:
-            raise IdempotencyConflict
-        op_id = earlier["op_id"]
-        done = outbound_result(self.store, op_id)
-        if done is not None:
-            return Outcome("done", earlier["job_id"], {"ok": done})
-        try:
-            if Job.fetch(earlier["job_id"], connection=self.redis).get_status() in PENDING:
-                return self.wait(earlier["job_id"])
-        except NoSuchJobError:
-            pass
-        # The earlier attempt ended without a conversation (an error, or no worker took it): resume it.
-        may_start()
-        job_id = uuid.uuid4().hex
-        self.redis.set(key, json.dumps({**earlier, "job_id": job_id}), xx=True, keepttl=True)
-        return self._start(op_id, job_id, request, cid)
+        with self.waiting_place() as may_wait:
+            if idempotency_key is None:
+                may_start()
+                job_id = uuid.uuid4().hex
+                self.queue.enqueue_job(self._outbound_job(job_id, job_id, request, cid))
+            else:
+                claimed = self._claim(self._key(idempotency_key), request, cid, fingerprint, may_start)
+                if isinstance(claimed, Outcome):
+                    return claimed
+                job_id = claimed
+            return self.wait(job_id) if may_wait else Outcome("queued", job_id)
 
-    def _start(self, op_id: str, job_id: str, request: dict[str, Any], cid: str) -> Outcome:
-        self.enqueue("workers.admin_ops.start_outbound_job", (op_id, request), job_id=job_id,
-                     description=f"admin: start outbound conversation {cid}", conversation_id=cid)
-        return self.wait(job_id)
+    def _claim(self, key: str, request: dict[str, Any], cid: str, fingerprint: str, may_start) -> Outcome | str:
+        """The id of the one job that carries out this key's request (queued now if there is none), or its result.
+
+        The key's record and its job are written in one transaction that fails if the record changed
+        meanwhile: of concurrent requests, one queues the job and the others find it and wait for it.
+        """
+        for _ in range(CLAIM_ATTEMPTS):
+            raw = self.redis.get(key)
+            if raw is None:
+                op_id = uuid.uuid4().hex
+                record = {"fingerprint": fingerprint, "op_id": op_id, "job_id": op_id}
+            else:
+                earlier = json.loads(raw)
+                if earlier.get("fingerprint") != fingerprint:
+                    raise IdempotencyConflict
+                if (done := self._done(earlier)) is not None:
+                    return done
+                if self._pending(earlier["job_id"]):
+                    return earlier["job_id"]
+                if (done := self._done(earlier)) is not None:  # it finished just now
+                    return done
+                # The earlier attempt ended without a conversation (an error, or no worker took it): resume it.
+                record = {**earlier, "job_id": uuid.uuid4().hex}
+            may_start()
+            if self._swap(key, raw, record, self._outbound_job(record["op_id"], record["job_id"], request, cid)):
+                return record["job_id"]
+        raise IdempotencyBusy
+
+    def _done(self, record: dict[str, Any]) -> Outcome | None:
+        done = outbound_result(self.store, record["op_id"])
+        return Outcome("done", record["job_id"], {"ok": done}) if done is not None else None
+
+    def _pending(self, job_id: str) -> bool:
+        return _status(Job(job_id, connection=self.redis)) in PENDING
+
+    def _swap(self, key: str, expected: bytes | None, record: dict[str, Any], job: Job) -> bool:
+        """Write the key's record and queue its job together, if the record is still ``expected``."""
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                if pipe.get(key) != expected:
+                    return False
+                pipe.multi()
+                if expected is None:
+                    pipe.set(key, json.dumps(record), ex=self._kept(self.settings.admin_idempotency_ttl_seconds))
+                else:
+                    pipe.set(key, json.dumps(record), keepttl=True)
+                self.queue.enqueue_job(job, pipeline=pipe)
+                pipe.execute()
+                return True
+            except WatchError:
+                return False
+
+    def _outbound_job(self, op_id: str, job_id: str, request: dict[str, Any], cid: str) -> Job:
+        return self.queue.create_job("workers.admin_ops.start_outbound_job", args=(op_id, request), job_id=job_id,
+                                     description=f"admin: start outbound conversation {cid}",
+                                     timeout=self.job_timeout_seconds, result_ttl=self._kept(RESULT_TTL_SECONDS),
+                                     failure_ttl=self._kept(FAILURE_TTL_SECONDS), meta={"conversation_id": cid})
+
+
+def _status(job: Job) -> JobStatus | None:
+    """The job's status, or None once it is gone (deleted, or expired)."""
+    try:
+        return job.get_status()
+    except InvalidJobOperation:
+        return None
 
 
 def answer_of(result: Result) -> dict[str, Any]:

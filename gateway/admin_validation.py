@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from typing import Any
 
@@ -17,6 +18,7 @@ MAX_VARIABLE_VALUE_CHARS = 2000
 MAX_METADATA_BYTES = 4096
 MAX_PAGINATION_KEY_CHARS = 512
 MAX_IDEMPOTENCY_KEY_CHARS = 255
+MAX_JSON_DEPTH = 32  # arrays and objects inside each other; a real request needs a handful
 RESERVED_VARIABLE = "opening_message"
 OUTBOUND_FIELDS = ("to", "message", "agent_id", "from", "dynamic_variables", "metadata")
 SORT_ORDERS = ("ascending", "descending")
@@ -29,12 +31,56 @@ _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
 _WHOLE = re.compile(r"^[0-9]{1,9}$")
 
 
+class InvalidJson(ValueError):
+    """The body is not JSON the admin API accepts; the message says why."""
+
+
 class InvalidInput(ValueError):
     """A request field is missing or invalid."""
 
     def __init__(self, field: str, problem: str):
         super().__init__(f"{field}: {problem}")
         self.field = field
+
+
+def json_body(data: bytes) -> Any:
+    """The parsed body: strict JSON (no NaN or Infinity, no number too large for a float), nested at most
+    MAX_JSON_DEPTH deep. Raises InvalidJson."""
+    try:
+        body = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise InvalidJson(f"it is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, and the refusals above
+        raise InvalidJson(str(exc)[:200]) from None
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise InvalidJson(f"it is nested more than {MAX_JSON_DEPTH} levels deep")
+    return body
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"the number {text[:40]} is too large")
+    return number
+
+
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects are nested in ``value`` (without recursion: the input is untrusted)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_JSON_DEPTH:
+            return deepest
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def phone_number(value: Any, field: str) -> str:
@@ -142,7 +188,13 @@ def _metadata(value: Any) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise InvalidInput("metadata", "must be an object")
-    if len(json.dumps(value, ensure_ascii=False).encode()) > MAX_METADATA_BYTES:
+    try:
+        # UponAI gets it as JSON: what strict JSON cannot carry (NaN, Infinity) is refused here, before the
+        # worker ends the person's chat to start the new one.
+        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+    except (ValueError, TypeError, RecursionError):
+        raise InvalidInput("metadata", "must be plain JSON (no NaN or Infinity)") from None
+    if len(encoded) > MAX_METADATA_BYTES:
         raise InvalidInput("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
     return dict(value)
 

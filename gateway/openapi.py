@@ -36,7 +36,8 @@ _ERROR_MEANINGS = {
     422: "The Idempotency-Key was used with a different body.",
     500: "An admin job failed unexpectedly (see GET /admin/failed).",
     502: "UponAI or Twilio refused the request.",
-    503: "Redis, UponAI or Twilio is unavailable; try again.",
+    503: "Redis, UponAI or Twilio is unavailable, or ADMIN_MAX_WAITING requests already wait (admin_busy); "
+         "try again.",
     504: "No worker took the job in time; nothing was done.",
 }
 
@@ -91,7 +92,7 @@ _SCHEMAS: dict[str, Any] = {
     "Running": {
         "type": "object",
         "required": ["status", "job_id", "job_url"],
-        "properties": {"status": {"type": "string", "enum": ["running"]}, "job_id": {"type": "string"},
+        "properties": {"status": {"type": "string", "enum": ["running", "queued"]}, "job_id": {"type": "string"},
                        "job_url": {"type": "string"}, "conversation_id": {"type": "string"}},
     },
     "SentMessage": {
@@ -214,8 +215,9 @@ _PATHS: dict[str, Any] = {
         "requestBody": {"required": True, "content": {"application/json": {
             "schema": _ref("OutboundRequest"),
             "example": {"to": "+14155550100", "message": "Your order has shipped."}}}},
-        "responses": _responses({"202": {"description": "Started (`status: sent`), or still running at the "
-                                                        "deadline (`status: running`, poll `job_url`).",
+        "responses": _responses({"202": {"description": "Started (`status: sent`), still running at the "
+                                                        "deadline (`status: running`), or queued without waiting "
+                                                        "(`status: queued`); poll `job_url`.",
                                          "content": {"application/json": {"schema": {"oneOf": [
                                              _ref("OutboundStarted"), _ref("Running")]}}}}},
                                 409, 413, 415, 422, 500, 502, 504),
@@ -242,7 +244,8 @@ _PATHS: dict[str, Any] = {
         "parameters": [_NUMBER, _FROM],
         "responses": _responses({"200": _json(_ref("ConversationEnded"), "Ended (ended_chat_id is null when "
                                                                          "there was no chat)."),
-                                 "202": _json(_ref("Running"), "Still running at the deadline.")},
+                                 "202": _json(_ref("Running"), "Still running at the deadline, or queued "
+                                                               "without waiting.")},
                                 409, 500, 502, 504),
     }},
     "/admin/chats": {"get": {

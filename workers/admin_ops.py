@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from contextlib import contextmanager
 from typing import Any
 
@@ -131,9 +132,12 @@ def start_outbound(services: Services, op_id: str, request: dict[str, Any]) -> d
     store = services.store
     to, gateway = request["to"], request["gateway"]
     cid = conversation_id(gateway, to)
+    _check_metadata(request.get("metadata"))
     if (done := outbound_result(store, op_id)) is not None:
         return done
-    with conversation_lock(services, cid, ADMIN_TOKEN_PREFIX + op_id):
+    # A token of this run's own: two runs of one operation (concurrent retries) take turns, and the
+    # second finds the first one's result instead of working beside it.
+    with conversation_lock(services, cid, f"{ADMIN_TOKEN_PREFIX}{op_id}:{uuid.uuid4().hex}"):
         if (done := outbound_result(store, op_id)) is not None:
             return done
         if store.conversation(cid).get("opted_out") == "1":
@@ -157,6 +161,14 @@ def start_outbound(services: Services, op_id: str, request: dict[str, Any]) -> d
     log.info("outbound op=%s conversation=%s to=%s chat=%s parts=%d", op_id, cid, mask_number(to), chat_id,
              len(parts))
     return result
+
+
+def _check_metadata(metadata: dict[str, Any] | None) -> None:
+    """Refuse metadata UponAI cannot be sent (the web checks it too) before the person's chat is ended."""
+    try:
+        json.dumps(metadata or {}, allow_nan=False)
+    except (ValueError, TypeError):
+        raise AdminError(400, "invalid_request", "metadata: must be plain JSON (no NaN or Infinity)") from None
 
 
 def _new_chat(services: Services, op_id: str, cid: str, request: dict[str, Any]) -> tuple[str, str]:

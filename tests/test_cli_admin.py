@@ -18,7 +18,7 @@ from tests.conftest import GATEWAY_NUMBER, ROOT, free_port, inbound_form, post_s
 from tests.test_retention import WORDS, personal_data
 from workers.store import conversation_id
 
-TOKEN = "cli-admin-token"
+TOKEN = "cli-admin-token-0123"
 PERSON = "+14155550100"
 
 

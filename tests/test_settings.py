@@ -160,6 +160,16 @@ def test_an_invalid_secret_is_named_but_never_shown(name):
     assert "s3cret" not in repr(caught.value)
 
 
+@pytest.mark.parametrize("short", ["x", "hunter2", "fifteen-chars-1"])
+def test_a_short_admin_token_is_refused_at_start_up(short):
+    with pytest.raises(SettingsError) as caught:
+        load_settings(minimal(ADMIN_API_TOKEN=short), dotenv_path=None)
+    [problem] = caught.value.problems
+    assert problem.startswith("ADMIN_API_TOKEN=(hidden) is invalid: must be at least 16 characters")
+    assert short not in str(caught.value).replace("ADMIN_API_TOKEN", "")
+    assert load_settings(minimal(ADMIN_API_TOKEN="sixteen-chars-12"), dotenv_path=None).admin_api_token
+
+
 def test_dotenv_supplies_what_the_environment_lacks(tmp_path, monkeypatch):
     dotenv = tmp_path / ".env"
     lines = [f"{name}={value}" for name, value in minimal(PORT="9100", UPONAI_AGENT_ID="from_dotenv").items()]

@@ -13,6 +13,12 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="smsgw-metrics-")
 os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
+# gunicorn would take X-Forwarded-Proto from 127.0.0.1 (its default), even with TRUSTED_PROXY_HOPS=0. The
+# app alone decides which forwarded headers to believe (ProxyFix, TRUSTED_PROXY_HOPS deep; see gateway.app),
+# so gunicorn believes none, from any address (this also overrides a FORWARDED_ALLOW_IPS variable).
+forwarded_allow_ips = ""
+secure_scheme_headers: dict[str, str] = {}
+
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,

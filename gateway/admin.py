@@ -101,7 +101,8 @@ def _busy(exc: AdminBusy):
 
 @bp.errorhandler(RedisError)
 def _redis_down(exc: RedisError):
-    log.error("admin %s %s: Redis unavailable (%s)", request.method, request.path, type(exc).__name__)
+    route = request.url_rule.rule if request.url_rule is not None else "-"  # the path may hold a number
+    log.error("admin %s %s: Redis unavailable (%s)", request.method, route, type(exc).__name__)
     return _error(503, "redis_unavailable", "Redis is unreachable; try again shortly.")
 
 

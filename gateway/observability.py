@@ -30,9 +30,22 @@ _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) 
 QUIET_LOGGERS = {"twilio.http_client": logging.WARNING, "urllib3": logging.WARNING}
 
 
+# A number without its "+" as a URL path segment or query value (``/admin/conversations/14155550100``,
+# ``?from=(202)%20555-0143``), as gunicorn's access lines and request paths show it.
+_URL_NUMBER = re.compile(r"(/|[?&][\w.-]{1,40}=)((?:[0-9().+-]|%20|%28|%29)+)(?=$|[/?&#;\s\"'])")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")  # an API version such as /2010-04-01/ is not a number
+
+
 def mask_numbers(text: str) -> str:
-    """Mask every E.164 phone number (also URL-encoded, ``%2B...``) in free text."""
-    return _E164.sub(lambda match: mask_number("+" + match[1]), text)
+    """Mask every E.164 phone number (also URL-encoded, ``%2B...``) in free text, and numbers in URLs."""
+    return _URL_NUMBER.sub(_mask_url_number, _E164.sub(lambda match: mask_number("+" + match[1]), text))
+
+
+def _mask_url_number(match: re.Match) -> str:
+    digits = re.sub(r"%2[0-9]|\D", "", match[2])
+    if not 7 <= len(digits) <= 15 or _DATE.fullmatch(match[2]):
+        return match[0]
+    return match[1] + mask_number("+" + digits)
 
 
 class JsonLogFormatter(logging.Formatter):

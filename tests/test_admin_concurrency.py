@@ -119,3 +119,21 @@ def test_with_no_place_to_wait_changes_are_queued_and_reads_refused(start_worker
     ended = admin.post(f"/admin/conversations/{person}/end", headers=AUTH)
     assert ended.status_code == 202 and ended.get_json()["status"] == "queued"
     wait_for(lambda: uponai.chats[job["chat_id"]].status == "ended", message="the queued end to run")
+
+
+def test_two_runs_of_one_outbound_start_at_once_send_once(start_workers, redis, uponai, twilio):
+    from tests.conftest import GATEWAY_NUMBER
+
+    start_workers(2)
+    request = {"to": "+14155550100", "gateway": GATEWAY_NUMBER, "messaging_service_sid": None, "message": "Once",
+               "agent_id": None, "dynamic_variables": {}, "metadata": {}}
+    queue = Queue(ADMIN_QUEUE_NAME, connection=redis)
+    uponai.latency_seconds = 0.3  # the first run is still creating the chat when the second one starts
+
+    # The same operation queued twice (a requeue of a job that is still running, say).
+    jobs = [queue.enqueue("workers.admin_ops.start_outbound_job", "op-1", request) for _ in range(2)]
+
+    results = [wait_for(lambda job=job: job.latest_result(), message="both runs to end") for job in jobs]
+    wait_for(lambda: idle(redis), message="no admin job left queued or running")
+    assert results[0].return_value == results[1].return_value and "ok" in results[0].return_value
+    assert twilio.sent_to("+14155550100") == ["Once"] and len(uponai.calls("create_chat")) == 1

@@ -270,7 +270,8 @@ def end_conversation(number: str):
 def erase_conversation(number: str):
     cid, _, _ = _conversation_id(number)
     outcome = _jobs().run("workers.admin_ops.erase_conversation_job", (cid, uuid.uuid4().hex),
-                          description=f"admin: erase conversation {cid}", conversation_id=cid)
+                          description=f"admin: erase conversation {cid}", conversation_id=cid,
+                          queue_when_busy=True)
     unfinished = _unfinished(outcome, conversation_id=cid)
     if unfinished is not None:
         return unfinished

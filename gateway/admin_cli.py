@@ -81,12 +81,15 @@ def _rows(pairs: list[tuple[str, Any]]) -> str:
 
 
 def _print_running(data: dict[str, Any]) -> None:
-    print(f"Still running when the gateway stopped waiting: job {data['job_id']}")
+    if data.get("status") == "queued":  # every place to wait for a worker was taken (ADMIN_MAX_WAITING)
+        print(f"Queued without waiting (the gateway is busy); it runs when a worker takes it: job {data['job_id']}")
+    else:
+        print(f"Still running when the gateway stopped waiting: job {data['job_id']}")
     print(f"  check it with: sms-gateway job {data['job_id']}")
 
 
 def _show_sent(data: dict[str, Any]) -> None:
-    if data.get("status") == "running":
+    if data.get("status") in ("running", "queued"):
         return _print_running(data)
     print(f"Sent to {data['to']} from {data['from']}")
     print(_rows([("conversation", data["conversation_id"]), ("chat", data["chat_id"]), ("agent", data.get("agent_id")),
@@ -119,7 +122,7 @@ def _show_conversation(data: dict[str, Any]) -> None:
 
 
 def _show_ended(data: dict[str, Any]) -> None:
-    if data.get("status") == "running":
+    if data.get("status") in ("running", "queued"):
         return _print_running(data)
     if data.get("ended_chat_id"):
         print(f"Ended chat {data['ended_chat_id']} of conversation {data['conversation_id']}")
@@ -129,7 +132,7 @@ def _show_ended(data: dict[str, Any]) -> None:
 
 
 def _show_erased(data: dict[str, Any]) -> None:
-    if data.get("status") == "running":
+    if data.get("status") in ("running", "queued"):
         return _print_running(data)
     chat = f", ended chat {data['ended_chat_id']}" if data.get("ended_chat_id") else ""
     print(f"Erased conversation {data['conversation_id']}: {data['keys_deleted']} record(s), "

@@ -235,7 +235,8 @@ _PATHS: dict[str, Any] = {
         "operationId": "eraseConversation",
         "parameters": [_NUMBER, _FROM],
         "responses": _responses({"200": _json(_ref("ConversationErased"), "Erased."),
-                                 "202": _json(_ref("Running"), "Still running at the deadline.")},
+                                 "202": _json(_ref("Running"), "Still running at the deadline, or queued "
+                                                               "without waiting.")},
                                 409, 500, 502, 504),
     }},
     "/admin/conversations/{number}/end": {"post": {

@@ -9,6 +9,7 @@ import sys
 import threading
 
 import pytest
+from rq import Queue
 from rq.registry import FailedJobRegistry
 from werkzeug.serving import make_server
 
@@ -62,6 +63,19 @@ def test_send_with_a_message_prints_the_conversation(start_workers, cli, uponai,
     assert twilio.sent_to(PERSON) == ["Your table is ready"]
     variables = uponai.calls("create_chat")[0].json()["uponai_dynamic_variables"]
     assert variables == {"name": "Ada", "opening_message": "Your table is ready"}
+
+
+def test_send_while_the_gateway_is_busy_prints_the_queued_job(served, cli, twilio, redis):
+    _, app = served
+    jobs = app.extensions["sms_gateway_admin"]
+    with jobs.waiting_place() as first, jobs.waiting_place() as second:  # ADMIN_MAX_WAITING (2) taken
+        assert first and second
+        result = cli("send", PERSON, "--message", "Later")
+
+    assert result.returncode == 0, result.stderr
+    assert "Queued without waiting" in result.stdout
+    [job_id] = Queue("sms-admin", connection=redis).job_ids
+    assert f"sms-gateway job {job_id}" in result.stdout and twilio.messages == []
 
 
 def test_send_without_a_message_as_json(start_workers, cli, uponai, twilio):

@@ -8,8 +8,9 @@ import time
 import pytest
 
 from gateway.sandbox.httpfake import Fault
+from gateway.sandbox.uponai_sim import MALFORMED_SHAPES
 from tests.conftest import UPONAI_KEY, free_port, wait_for
-from workers.errors import ChatNotFoundError, UponAIPermanentError, UponAITransientError
+from workers.errors import ChatNotFoundError, MalformedAnswerError, UponAIPermanentError, UponAITransientError
 from workers.uponai import Chat, ChatMessage, UponAIClient, parse_chat, parse_messages, parse_retry_after
 
 WORKSPACE = 7  # the simulator's, from conftest
@@ -184,7 +185,7 @@ def test_parse_messages_keeps_text_and_ignores_what_it_does_not_know():
         ChatMessage("user", "hello"),
         ChatMessage("agent", "alias"),
         ChatMessage("agent", "reference style item"),
-        ChatMessage("tool_call_invocation", "calling a tool"),
+        ChatMessage("unknown", "calling a tool"),  # a call that names no function: text, speaker unknown
         ChatMessage("agent", "last"),
     ]
     assert parse_messages(None) == [] and parse_messages({"role": "agent"}) == [] and parse_messages("x") == []
@@ -192,15 +193,69 @@ def test_parse_messages_keeps_text_and_ignores_what_it_does_not_know():
 
 def test_complete_keeps_only_agent_messages_of_a_mixed_turn(agent, uponai):
     chat = agent.create_chat()
-    uponai.inject("complete", Fault(status=201, body={"messages": MIXED_ITEMS, "extra": True}))
-    assert [m.content for m in agent.complete(chat.chat_id, "x")] == ["Hi", "alias", "reference style item", "last"]
+    items = [i for i in MIXED_ITEMS if isinstance(i, dict) and i != {"role": "agent", "content": None}]
+    uponai.inject("complete", Fault(status=201, body={"messages": items, "extra": True}))
+    assert [m.content for m in agent.complete(chat.chat_id, "x")] == [
+        "Hi", "alias", "reference style item", "calling a tool", "last"]
 
 
-def test_complete_with_an_empty_or_odd_turn_gives_no_messages(agent, uponai):
+def test_complete_with_a_well_formed_turn_without_text_gives_no_messages(agent, uponai):
     chat = agent.create_chat()
-    for body in ({"messages": []}, {}, {"messages": None}, [], ""):
+    for body in ({"messages": []}, {"messages": [{"role": "agent", "content": "  "}]},
+                 {"messages": [{"role": "node_transition", "new_node_id": "n"}]},
+                 {"messages": [{"content": None, "tool_calls": [{"function": {"name": "book", "arguments": "{}"}}]}]}):
         uponai.inject("complete", Fault(status=201, body=body))
         assert agent.complete(chat.chat_id, "x") == []
+
+
+# The reference's own completion example, verbatim (documentation.uponai.com/api-reference/chats/
+# create-chat-completion, "UponAI Platform API" 2026-04-20): no role, and "tool_calls": [{}].
+UPONAI_COMPLETION_EXAMPLE = {"messages": [{"content": "<string>", "name": "<string>", "tool_calls": [{}]}]}
+
+
+def test_the_references_own_completion_example_is_agent_text(agent, uponai):
+    chat = agent.create_chat()
+    uponai.inject("complete", Fault(status=201, body=UPONAI_COMPLETION_EXAMPLE))
+    assert agent.complete(chat.chat_id, "x") == [ChatMessage("agent", "<string>")]
+
+
+@pytest.mark.parametrize("body", [b"", {}, [], "null", "\"text\"", {"messages": None}, {"messages": "hi"},
+                                  {"messages": {"content": "hi"}}, {"messages": ["hi"]},
+                                  {"messages": [{"role": "agent"}]}, {"messages": [{"name": "agent"}]},
+                                  {"messages": [{"content": 42, "tool_calls": [{}]}]},
+                                  "<html><body>502 Bad Gateway</body></html>"])
+def test_a_malformed_completion_answer_is_a_failed_call_that_may_have_been_applied(agent, uponai, body):
+    chat = agent.create_chat()
+    uponai.inject("complete", Fault(status=201, body=body))
+    with pytest.raises(MalformedAnswerError) as caught:
+        agent.complete(chat.chat_id, "x")
+    assert isinstance(caught.value, UponAITransientError)
+    assert caught.value.maybe_applied is True
+
+
+@pytest.mark.parametrize("shape", MALFORMED_SHAPES)
+def test_the_simulator_answers_each_malformed_shape_on_demand(agent, uponai, shape):
+    chat = agent.create_chat()
+    uponai.answer_malformed("complete", shape)
+    with pytest.raises(MalformedAnswerError):
+        agent.complete(chat.chat_id, "applied anyway")
+    assert uponai.completion_log == [(chat.chat_id, "applied anyway")]  # applied, only the answer was broken
+    uponai.answer_malformed("complete", shape, applied=False)
+    with pytest.raises(MalformedAnswerError):
+        agent.complete(chat.chat_id, "not applied")
+    assert len(uponai.completion_log) == 1
+    assert agent.complete(chat.chat_id, "fine") == [ChatMessage("agent", "You said: fine")]
+
+
+@pytest.mark.parametrize("operation", ["create_chat", "get_chat", "list_chats"])
+@pytest.mark.parametrize("shape", ["empty", "json_null", "html", "empty_object"])
+def test_malformed_answers_to_the_other_operations_are_failed_calls(agent, uponai, operation, shape):
+    chat = agent.create_chat()
+    uponai.answer_malformed(operation, shape)
+    call = {"create_chat": agent.create_chat, "get_chat": lambda: agent.get_chat(chat.chat_id),
+            "list_chats": agent.list_chats}[operation]
+    with pytest.raises(MalformedAnswerError):
+        call()
 
 
 def test_parse_chat_of_each_style_and_of_a_transcript_only_chat():
@@ -229,6 +284,14 @@ def test_parse_chat_of_each_style_and_of_a_transcript_only_chat():
     assert transcript_only.messages == (ChatMessage("user", "hi"), ChatMessage("agent", "hello\nHours: 9-5"),
                                         ChatMessage("user", "thanks"))
     assert transcript_only.is_ended
+
+
+def test_parse_chat_takes_speakers_from_the_transcript_when_items_have_no_role():
+    chat = parse_chat({"chatId": "c1", "status": "ongoing", "transcript": "User: hi\nAgent: hello",
+                       "messages": [{"content": "hi"}, {"content": "hello", "name": "Sales bot", "tool_calls": [{}]}]})
+    assert chat.messages == (ChatMessage("user", "hi"), ChatMessage("agent", "hello"))
+    no_transcript = parse_chat({"chatId": "c1", "messages": [{"content": "hi"}, {"content": "hello"}]})
+    assert no_transcript.messages == (ChatMessage("unknown", "hi"), ChatMessage("unknown", "hello"))
 
 
 def test_parse_chat_without_an_id_is_a_transient_error():
@@ -316,6 +379,17 @@ def test_parse_retry_after():
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
     in_a_minute = email.utils.formatdate(time.time() + 60)  # "-0000": UTC, not local time
     assert 50 < parse_retry_after(in_a_minute.replace("+0000", "-0000")) <= 60
+
+
+@pytest.mark.parametrize(("status", "maybe_applied"), [(408, False), (409, True)])
+def test_408_and_409_are_transient_as_the_vendor_sdks_retry_them(agent, uponai, status, maybe_applied):
+    chat = agent.create_chat()
+    uponai.inject("complete", Fault(status=status, retry_after="2"))
+    with pytest.raises(UponAITransientError) as caught:
+        agent.complete(chat.chat_id, "x")
+    assert caught.value.status == status
+    assert caught.value.retry_after_seconds == 2.0
+    assert caught.value.maybe_applied is maybe_applied  # 409 may clash with our own earlier call still running
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])

@@ -7,9 +7,10 @@ import time
 
 from workers.errors import ChatNotFoundError, UponAIPermanentError
 from workers.locking import LOCK_TTL_SECONDS, holding
+from workers.metrics import metrics
 from workers.services import Services
 from workers.store import InboundMessage
-from workers.uponai import Chat, ChatMessage, UponAIClient
+from workers.uponai import UNKNOWN_ROLE, Chat, ChatMessage, UponAIClient
 
 log = logging.getLogger(__name__)
 
@@ -32,27 +33,49 @@ def ensure_chat(services: Services, message: InboundMessage) -> str:
 
 def run_turn(services: Services, message: InboundMessage, earlier_turn_chat_id: str | None) -> list[ChatMessage]:
     """One agent turn for the message's text; never posts the same text twice to one chat."""
+    replies = _turn(services, message, earlier_turn_chat_id)
+    if not any(m.content.strip() for m in replies):
+        # Well-formed but silent (no agent text, or only tool calls): the person gets nothing, so say so.
+        services.store.note_empty_turn(message.conversation_id)
+        metrics().uponai_empty_turns.inc()
+        log.warning("message=%s conversation=%s the agent's turn had no text; nothing to send",
+                    message.sid, message.conversation_id)
+    return replies
+
+
+def _turn(services: Services, message: InboundMessage, earlier_turn_chat_id: str | None) -> list[ChatMessage]:
     agent = services.agent
     text = message.body.strip()
     chat_id = ensure_chat(services, message)
     if earlier_turn_chat_id == chat_id:
         # An earlier attempt posted this text and then failed: it may have been applied.
-        found = turn_in_chat(agent.get_chat(chat_id), text)
+        try:
+            chat = agent.get_chat(chat_id)
+        except ChatNotFoundError:
+            chat = None
+        found = turn_in_chat(chat, text) if chat is not None else None
         if found is not None:
             log.info("message=%s chat=%s turn found in chat, not posted again", message.sid, chat_id)
             return found
+        if chat is None or chat.is_ended:
+            # Gone (422) or ended without our turn: it was not applied there, so answer in a new chat.
+            return _answer_in_new_chat(services, message, chat_id, text)
     services.store.mark_turn_started(message.sid, chat_id)
     try:
         return agent.complete(chat_id, text)
     except UponAIPermanentError as exc:
         if not _chat_is_gone(agent, chat_id, exc):
             raise
-    # The chat ended (the agent's auto-close, or elsewhere): answer in a new one, once.
-    log.info("message=%s chat=%s has ended; starting a new chat", message.sid, chat_id)
-    services.store.forget_chat(message.conversation_id, chat_id)
+    return _answer_in_new_chat(services, message, chat_id, text)
+
+
+def _answer_in_new_chat(services: Services, message: InboundMessage, old_chat_id: str, text: str) -> list[ChatMessage]:
+    """The chat ended (the agent's auto-close, or elsewhere): answer in a new one, once."""
+    log.info("message=%s chat=%s has ended; starting a new chat", message.sid, old_chat_id)
+    services.store.forget_chat(message.conversation_id, old_chat_id)
     chat_id = ensure_chat(services, message)
     services.store.mark_turn_started(message.sid, chat_id)
-    return agent.complete(chat_id, text)
+    return services.agent.complete(chat_id, text)
 
 
 def _chat_is_gone(agent: UponAIClient, chat_id: str, exc: UponAIPermanentError) -> bool:
@@ -66,12 +89,24 @@ def _chat_is_gone(agent: UponAIClient, chat_id: str, exc: UponAIPermanentError) 
 
 
 def turn_in_chat(chat: Chat, text: str) -> list[ChatMessage] | None:
-    """The agent messages answering ``text`` if it is the chat's last user message, else None."""
+    """The agent messages answering ``text`` if it is the chat's last user message, else None.
+
+    When the chat's items carry no roles (the reference style may list the person's message without
+    one, and its transcript has no ``User:`` lines), the person's turn is found by its text instead.
+    """
     messages = list(chat.messages)
-    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
-    if last_user is None or messages[last_user].content.strip() != text:
-        return None
-    return [m for m in messages[last_user + 1:] if m.is_agent]
+    users = [i for i, m in enumerate(messages) if m.role == "user"]
+    if users:
+        last = users[-1]
+        if messages[last].content.strip() != text:
+            return None
+    else:
+        last = max((i for i, m in enumerate(messages) if m.role == UNKNOWN_ROLE and m.content.strip() == text),
+                   default=None)
+        if last is None:
+            return None
+    return [ChatMessage(role="agent", content=m.content) for m in messages[last + 1:]
+            if m.role in ("agent", UNKNOWN_ROLE)]
 
 
 def end_chat(services: Services, cid: str, chat_id: str | None) -> None:

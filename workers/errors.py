@@ -3,8 +3,9 @@
 The UponAI client and the Twilio sender translate their library's errors into these, once::
 
     GatewayError
-    ├── TransientError              retry later (connection errors, timeouts, 429, 5xx)
+    ├── TransientError              retry later (connection errors, timeouts, 408, 409, 429, 5xx)
     │   ├── UponAITransientError
+    │   │   └── MalformedAnswerError  a 2xx whose body is not the documented JSON
     │   └── TwilioTransientError
     │       └── TwilioMalformedAnswerError  a 2xx to a send that is not a message (it may have gone)
     └── PermanentError              do not retry (4xx other than 429)
@@ -45,7 +46,13 @@ class PermanentError(GatewayError):
 
 
 class UponAITransientError(TransientError):
-    """UponAI was unreachable, slow, rate limiting or failing (5xx)."""
+    """UponAI was unreachable, slow, rate limiting, failing (408, 409, 5xx) or answered nonsense."""
+
+
+class MalformedAnswerError(UponAITransientError):
+    """UponAI answered 2xx with a body that is not the documented JSON (empty, ``{}``, HTML, wrong types)."""
+
+    kind = "malformed"  # the metrics label for it (its HTTP status says success)
 
 
 class UponAIPermanentError(PermanentError):

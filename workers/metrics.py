@@ -51,6 +51,8 @@ class GatewayMetrics:
         self.uponai_errors = Counter(
             "smsgw_uponai_errors", "Failed UponAI API calls by HTTP status or failure kind", ["operation", "code"],
             **kwargs)
+        self.uponai_empty_turns = Counter(
+            "smsgw_uponai_empty_turns", "Agent turns that were well-formed but held no text to send", **kwargs)
         self.twilio_seconds = Histogram(
             "smsgw_twilio_seconds", "Latency of Twilio API calls", ["operation"], buckets=SLOW_BUCKETS, **kwargs)
         self.twilio_errors = Counter(
@@ -85,7 +87,7 @@ def metrics() -> GatewayMetrics:
 
 
 def error_code(exc: BaseException) -> str:
-    """A low-cardinality label for a failed call: Twilio's error code, the HTTP status, or the failure kind."""
+    """A low-cardinality label for a failed call: its kind (``malformed``), Twilio's error code, the HTTP status..."""
     code = getattr(exc, "kind", None) or getattr(exc, "code", None) or getattr(exc, "status", None)
     if code:
         return str(code)

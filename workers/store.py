@@ -296,6 +296,14 @@ class ConversationStore:
             self._keep(self.key("conv", cid), self.key("recent", cid), self.key("chats", cid), pipe=pipe)
             pipe.execute()
 
+    def note_empty_turn(self, cid: str) -> None:
+        """Count an agent turn that had no text (shown in the conversation view)."""
+        key = self.key("conv", cid)
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(key, "empty_turns", 1)
+            pipe.hset(key, "last_empty_turn_at", f"{time.time():.3f}")
+            pipe.execute()
+
     def clear_drain_pending(self, cid: str) -> None:
         """A drain job has started: texts arriving from now on need a job of their own."""
         self.redis.hdel(self.key("conv", cid), "drain_pending")

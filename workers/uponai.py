@@ -6,10 +6,12 @@ UponAI documents its chat API in two styles that disagree on paths and field nam
 and returns one normalised model (``Chat``, ``ChatMessage``, ``ChatPage``). Responses are parsed
 leniently: unknown fields and message roles are ignored.
 
-Errors are translated once into ``workers.errors``: connection errors, timeouts, 429 and 5xx become
-``UponAITransientError`` (with Retry-After and whether the call may have been applied); other 4xx
-become ``UponAIPermanentError`` (``ChatNotFoundError`` for an unknown chat id), keeping the server's
-message.
+Errors are translated once into ``workers.errors``: connection errors, timeouts, 408, 409, 429 and 5xx
+become ``UponAITransientError`` (with Retry-After and whether the call may have been applied), as the
+vendor SDKs retry them; other 4xx become ``UponAIPermanentError`` (``ChatNotFoundError`` for an unknown
+chat id), keeping the server's message. A 2xx whose body is not the documented JSON (empty, ``{}``,
+``null``, HTML, ``messages`` not a list, an agent item without ``content``) is a ``MalformedAnswerError``:
+a failed call, never an empty answer.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from typing import Any
 import requests
 from urllib3.exceptions import NewConnectionError
 
-from workers.errors import ChatNotFoundError, UponAIPermanentError, UponAITransientError
+from workers.errors import ChatNotFoundError, MalformedAnswerError, UponAIPermanentError, UponAITransientError
 
 AGENT_ROLES = frozenset({"agent", "assistant"})
+UNKNOWN_ROLE = "unknown"  # a chat object's item with no role and no speaker name: the person's or the agent's
 ENDED_STATUSES = frozenset({"ended", "error"})
 
 
@@ -146,8 +149,7 @@ class UponAIClient:
         else:
             data = self._call("POST", "/create-chat-completion",
                               json={"chat_id": chat_id, "content": content}, chat_id=chat_id)
-        items = data.get("messages") if isinstance(data, dict) else None
-        return [m for m in parse_messages(items) if m.is_agent]
+        return parse_completion(data)
 
     def get_chat(self, chat_id: str) -> Chat:
         """Read a chat back, with its messages so far."""
@@ -171,8 +173,10 @@ class UponAIClient:
         else:
             data = self._call("POST", "/v3/list-chats", json=options)
             items = data.get("items") if isinstance(data, dict) else None
-        if isinstance(data, list):  # tolerate a bare array
+        if isinstance(data, list):  # tolerate a bare array (the old GET /list-chat answered one)
             items, data = data, {}
+        if not isinstance(items, list):
+            raise MalformedAnswerError("UponAI chat listing has no list of chats")
         chats = tuple(parse_chat(item) for item in (items or []) if isinstance(item, dict))
         key = data.get("pagination_key") or data.get("paginationKey") or None
         has_more = bool(data.get("has_more", key is not None))
@@ -206,17 +210,17 @@ class UponAIClient:
         status = response.status_code
         if 200 <= status < 300:
             if status == 204 or not response.content:
-                return {}
+                return None  # right for end chat; every other operation refuses it as malformed
             try:
                 return response.json()
             except ValueError as exc:
-                raise UponAITransientError(f"{what}: answered {status} with a body that is not JSON",
+                raise MalformedAnswerError(f"{what}: answered {status} with a body that is not JSON",
                                            status=status, maybe_applied=True) from exc
         message = f"{what}: {status} {_error_message(response)}"
-        if status == 429:
+        if status in (408, 429):  # the request was not taken in (408: the server gave up waiting for it)
             raise UponAITransientError(message, status=status,
                                        retry_after_seconds=parse_retry_after(response.headers.get("Retry-After")))
-        if status >= 500:
+        if status == 409 or status >= 500:  # 409: clashed with a request still running, perhaps our own
             raise UponAITransientError(message, status=status, maybe_applied=True,
                                        retry_after_seconds=parse_retry_after(response.headers.get("Retry-After")))
         if status == 422 and chat_id is not None:
@@ -266,17 +270,37 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _role(item: dict[str, Any]) -> str:
+def _names_a_function(item: dict[str, Any]) -> bool:
+    """Whether the item calls a tool: a ``tool_calls`` entry that names a function (``[{}]`` does not)."""
+    calls = item.get("tool_calls")
+    for call in calls if isinstance(calls, list) else []:
+        if not isinstance(call, dict):
+            continue
+        function = call.get("function")
+        name = function.get("name") if isinstance(function, dict) else call.get("name")
+        if isinstance(name, str) and name.strip():
+            return True
+    return False
+
+
+def _role(item: dict[str, Any], roleless: str) -> str:
+    """Who said the item; ``roleless`` for an item with neither a role nor a speaker name."""
     role = item.get("role")
     if role is None:
-        # The reference style documents items as {content, name, tool_calls}: no role means the agent.
-        return "agent" if not item.get("tool_calls") else "tool_call_invocation"
+        # The reference style documents items as {content, name, tool_calls}, its own example holding
+        # ``"tool_calls": [{}]``: only a call that names a function makes the item a tool call.
+        if _names_a_function(item):
+            return "tool_call_invocation"
+        name = str(item.get("name") or "").lower()
+        if name in AGENT_ROLES or name == "user":
+            return "agent" if name in AGENT_ROLES else "user"
+        return roleless
     role = str(role).lower()
     return "agent" if role in AGENT_ROLES else role
 
 
-def parse_messages(items: Any) -> list[ChatMessage]:
-    """Normalise a list of message items of either style; items without text are dropped."""
+def parse_messages(items: Any, *, roleless: str = UNKNOWN_ROLE) -> list[ChatMessage]:
+    """Normalise a list of message items of either style, leniently; items without text are dropped."""
     messages = []
     for item in items if isinstance(items, list) else []:
         if not isinstance(item, dict):
@@ -284,8 +308,35 @@ def parse_messages(items: Any) -> list[ChatMessage]:
         content = item.get("content")
         if not isinstance(content, str) or not content.strip():
             continue
-        messages.append(ChatMessage(role=_role(item), content=content))
+        messages.append(ChatMessage(role=_role(item, roleless), content=content))
     return messages
+
+
+def parse_completion(data: Any) -> list[ChatMessage]:
+    """The agent's text messages of one completion answer, in order (empty when the turn had no text).
+
+    Raises MalformedAnswerError when the answer is not the documented ``{"messages": [...]}``: it may
+    have been applied (UponAI answered 2xx), so a retry reads the chat back before posting again.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+        raise MalformedAnswerError("UponAI completion answer has no list of messages", maybe_applied=True)
+    replies = []
+    for item in data["messages"]:
+        if not isinstance(item, dict):
+            raise MalformedAnswerError("UponAI completion answer holds a message that is not an object",
+                                       maybe_applied=True)
+        # A completion holds only the agent's new messages, so an item with no role is the agent's.
+        if _role(item, "agent") != "agent":
+            continue
+        content = item.get("content")
+        if not isinstance(content, str):
+            if _names_a_function(item):  # an agent item that only calls a tool
+                continue
+            raise MalformedAnswerError("UponAI completion answer holds an agent message without text content",
+                                       maybe_applied=True)
+        if content.strip():
+            replies.append(ChatMessage(role="agent", content=content))
+    return replies
 
 
 def _parse_transcript(transcript: Any) -> list[ChatMessage]:
@@ -308,10 +359,10 @@ def _parse_transcript(transcript: Any) -> list[ChatMessage]:
 def parse_chat(data: Any) -> Chat:
     """Build a Chat from a chat object of either style."""
     if not isinstance(data, dict):
-        raise UponAITransientError("UponAI answered with something that is not a chat object", maybe_applied=True)
+        raise MalformedAnswerError("UponAI answered with something that is not a chat object", maybe_applied=True)
     chat_id = data.get("chat_id") or data.get("chatId") or data.get("id")
     if not chat_id:
-        raise UponAITransientError("UponAI chat object has no chat id", maybe_applied=True)
+        raise MalformedAnswerError("UponAI chat object has no chat id", maybe_applied=True)
     messages: list[ChatMessage] = []
     for key in ("message_with_tool_calls", "messages"):
         if isinstance(data.get(key), list):
@@ -319,6 +370,11 @@ def parse_chat(data: Any) -> Chat:
             break
     else:
         messages = _parse_transcript(data.get("transcript"))
+    if any(m.role == UNKNOWN_ROLE for m in messages):
+        # Items without a role (the reference style's): the transcript's "User:"/"Agent:" lines say who spoke.
+        spoken = _parse_transcript(data.get("transcript"))
+        if any(m.role == "user" for m in spoken):
+            messages = spoken
     metadata = data.get("metadata")
     return Chat(
         chat_id=str(chat_id),

@@ -3,7 +3,8 @@
 ``reference`` paths live under ``/api/chats``; ``guide`` paths are ``/create-chat`` and friends. Both
 share one set of chats. The agent answers through ``responder(chat, text) -> list of replies``; the
 default echoes the text. Faults can be injected per operation: ``create_chat``, ``complete``,
-``get_chat``, ``list_chats``, ``end_chat``.
+``get_chat``, ``list_chats``, ``end_chat``; ``answer_malformed`` makes the next calls of an operation
+answer success with a body that is not the documented JSON (``MALFORMED_SHAPES``), applied or not.
 """
 
 from __future__ import annotations
@@ -18,6 +19,32 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.sandbox.httpfake import FakeServer, Reply, Request
+
+
+def _malformed(name: str, status: int) -> Reply:
+    """A success answer whose body is not the documented JSON (as a broken proxy or release might send)."""
+    bodies: dict[str, Any] = {
+        "empty": None,  # no body at all
+        "empty_object": {},
+        "json_null": "null",
+        "messages_not_a_list": {"messages": {"content": "hi", "name": "agent"}},
+        "items_without_content": {"messages": [{"name": "agent", "tool_calls": []}]},
+        "items_not_objects": {"messages": ["hi"]},
+    }
+    if name == "html":
+        return Reply(status, "<html><body><h1>502 Bad Gateway</h1></body></html>", {"Content-Type": "text/html"})
+    return Reply(status, bodies[name])
+
+
+MALFORMED_SHAPES = ("empty", "empty_object", "json_null", "messages_not_a_list", "items_without_content",
+                    "items_not_objects", "html")
+
+
+def _reference_item(chat: SimChat, message: dict[str, Any]) -> dict[str, Any]:
+    """A message as the reference style documents it: ``{content, name, tool_calls}``, no role."""
+    if message["role"] == "agent":  # the reference's own example: "tool_calls": [{}]
+        return {"content": message["content"], "name": chat.agent_id, "tool_calls": [{}]}
+    return {"content": message["content"]}
 
 
 def echo_agent(chat: SimChat, text: str) -> list[str]:
@@ -61,6 +88,7 @@ class UponAISimulator(FakeServer):
         self.completion_log: list[tuple[str, str]] = []  # (chat_id, text) in the order applied
         self._ids = itertools.count(1)
         self._state = threading.Lock()
+        self._malformed: dict[str, list[tuple[str, bool]]] = {}
 
     def reset(self) -> None:
         with self._state:
@@ -70,6 +98,20 @@ class UponAISimulator(FakeServer):
         self.responder = echo_agent
         self.latency_seconds = 0.0
         self.clear_faults()
+        with self._state:
+            self._malformed.clear()
+
+    def answer_malformed(self, operation: str, *shapes: str, applied: bool = True) -> None:
+        """Answer the next calls of ``operation`` with these ``MALFORMED_SHAPES``, one per call.
+
+        With ``applied`` the operation takes effect first (a completion is in the chat), as when the
+        service worked and only its answer was mangled on the way back.
+        """
+        unknown = set(shapes) - set(MALFORMED_SHAPES)
+        if unknown:
+            raise ValueError(f"unknown malformed shapes {sorted(unknown)}")
+        with self._state:
+            self._malformed.setdefault(operation, []).extend((shape, applied) for shape in shapes)
 
     # -- helpers for tests ------------------------------------------------------------------------
 
@@ -85,6 +127,21 @@ class UponAISimulator(FakeServer):
     # -- routing ----------------------------------------------------------------------------------
 
     def route(self, request: Request):
+        operation, action = self._route(request)
+        with self._state:
+            queued = self._malformed.get(operation) if action is not None else None
+            shape, applied = queued.pop(0) if queued else (None, False)
+        if shape is None:
+            return operation, action
+
+        def malformed() -> Reply:
+            if applied:
+                action()
+            return _malformed(shape, 201 if operation in ("create_chat", "complete") else 200)
+
+        return operation, malformed
+
+    def _route(self, request: Request):
         if request.headers.get("authorization") != f"Bearer {self.api_key}":
             return "auth", lambda: Reply(401, {"status": "error", "message": "Invalid API key"})
         m, p = request.method, request.path
@@ -155,7 +212,7 @@ class UponAISimulator(FakeServer):
         with self._state:
             items = [chat.add("agent", text) for text in replies]
         if style == "reference":
-            items = [{"content": i["content"], "name": "agent", "tool_calls": []} for i in items]
+            items = [_reference_item(chat, i) for i in items]
         return Reply(201, {"messages": items})
 
     def _get(self, chat_id: str, request: Request, style: str) -> Reply:
@@ -209,7 +266,7 @@ class UponAISimulator(FakeServer):
                     "type": "api_chat", "metadata": chat.metadata, "startedAt": iso,
                     "endedAt": None if chat.ended_ms is None else
                     time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(chat.ended_ms / 1000)),
-                    "transcript": transcript, "messages": [dict(m) for m in chat.messages],
+                    "transcript": transcript, "messages": [_reference_item(chat, m) for m in chat.messages],
                     "someFutureField": {"ignored": True}}
         return {"chat_id": chat.chat_id, "agent_id": chat.agent_id, "chat_status": chat.status,
                 "chat_type": "api_chat", "start_timestamp": chat.created_ms, "end_timestamp": chat.ended_ms,

@@ -44,7 +44,8 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 GATEWAY_QUEUES = (QUEUE_NAME, ADMIN_QUEUE_NAME)
 PER_CONVERSATION_JOBS = ("workers.jobs.drain", "workers.jobs.close_idle")
-TIME_FIELDS = ("chat_started_at", "last_activity_at", "last_inbound_at", "last_outbound_at", "opted_out_at")
+TIME_FIELDS = ("chat_started_at", "last_activity_at", "last_inbound_at", "last_outbound_at", "opted_out_at",
+               "last_empty_turn_at")
 
 
 class AnyTextConverter(PathConverter):
@@ -215,6 +216,7 @@ def show_conversation(number: str):
         "agent_id": state.get("agent_id"),
         "opted_out": state.get("opted_out") == "1",
         **{name: since_epoch(state.get(name)) for name in TIME_FIELDS},
+        "empty_turns": int(state.get("empty_turns") or 0),  # agent turns with no text: nothing was sent
         "waiting_messages": store.inbox_length(cid),
         "busy": store.lock_holder(cid) is not None,
         "recent_messages": [_sent_view(row) for row in recent],

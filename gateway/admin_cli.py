@@ -104,7 +104,8 @@ def _show_conversation(data: dict[str, Any]) -> None:
                  ("opted out", "yes" if data.get("opted_out") else "no"),
                  ("chat started", data.get("chat_started_at")), ("last activity", data.get("last_activity_at")),
                  ("last inbound", data.get("last_inbound_at")), ("last outbound", data.get("last_outbound_at")),
-                 ("waiting", data.get("waiting_messages")), ("busy", "yes" if data.get("busy") else "no")]))
+                 ("waiting", data.get("waiting_messages")), ("busy", "yes" if data.get("busy") else "no"),
+                 ("empty agent turns", data.get("empty_turns")), ("last empty turn", data.get("last_empty_turn_at"))]))
     recent = data.get("recent_messages") or []
     if recent:
         print("Recent messages sent (newest first):")

@@ -132,6 +132,8 @@ _SCHEMAS: dict[str, Any] = {
             "last_inbound_at": _nullable("string", format="date-time"),
             "last_outbound_at": _nullable("string", format="date-time"),
             "opted_out_at": _nullable("string", format="date-time"),
+            "last_empty_turn_at": _nullable("string", format="date-time"),
+            "empty_turns": {"type": "integer"},
             "waiting_messages": {"type": "integer"},
             "busy": {"type": "boolean"},
             "recent_messages": {"type": "array", "items": _ref("SentMessage")},

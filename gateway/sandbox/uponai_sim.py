@@ -232,9 +232,14 @@ class UponAISimulator(FakeServer):
         key = params.get("paginationKey" if style == "reference" else "pagination_key")
         with self._state:
             chats = sorted(self.chats.values(), key=lambda c: c.chat_id, reverse=order == "descending")
+        skip = params.get("skip") if style == "guide" else None
+        if key and skip is not None:
+            return Reply(400, {"status": "error", "message": "pagination_key and skip cannot be used together"})
         if key:
             ids = [c.chat_id for c in chats]
             chats = chats[ids.index(key) + 1:] if key in ids else []
+        elif skip is not None:
+            chats = chats[int(skip):]
         page, rest = chats[:limit], chats[limit:]
         next_key = page[-1].chat_id if rest and page else None
         rendered = [self._render(c, style) for c in page]

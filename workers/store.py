@@ -302,6 +302,7 @@ class ConversationStore:
         with self.redis.pipeline() as pipe:
             pipe.hincrby(key, "empty_turns", 1)
             pipe.hset(key, "last_empty_turn_at", f"{time.time():.3f}")
+            self._keep(key, pipe=pipe)  # the conversation's hash expires like every key holding a number
             pipe.execute()
 
     def clear_drain_pending(self, cid: str) -> None:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import phonenumbers
+
 API_STYLES = ("reference", "guide")
 
 
@@ -139,6 +141,13 @@ def _keyword(value: str) -> str:
     return word
 
 
+def _phone_region(value: str) -> str:
+    region = value.strip().upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError("must be a two-letter ISO 3166 region code that the phonenumbers library knows, e.g. US, GB")
+    return region
+
+
 def _flag(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -180,6 +189,7 @@ class Settings:
     admin_api_token: str | None = _setting("ADMIN_API_TOKEN", _admin_token, secret=True)
     chat_idle_timeout_seconds: int = _setting("CHAT_IDLE_TIMEOUT_SECONDS", _positive_int, 3600)
     port: int = _setting("PORT", _port, 8000)
+    default_phone_region: str | None = _setting("DEFAULT_PHONE_REGION", _phone_region)
     retry_intervals_seconds: tuple[float, ...] = _setting(
         "RETRY_INTERVALS_SECONDS", _seconds_list, (2.0, 10.0, 30.0, 60.0, 120.0))
     dedupe_ttl_seconds: int = _setting("DEDUPE_TTL_SECONDS", _positive_int, 7 * 24 * 3600)

@@ -194,7 +194,7 @@ def start_sms():
 
 
 def _conversation_id(number: str) -> tuple[str, str, str]:
-    person = check.phone_number(number, "number")
+    person = check.phone_number(number, "number", gateway().settings.default_phone_region)
     gateway_key = check.conversation_gateway(request.args.get("from"), gateway().settings)
     return conversation_id(gateway_key, person), person, gateway_key
 

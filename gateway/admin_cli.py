@@ -18,6 +18,8 @@ from urllib.parse import quote
 import requests
 
 CONNECT_TIMEOUT_SECONDS = 5.0
+NUMBER_HELP = ("the person's number with + and country code, e.g. '+1 415 555 0100' (national numbers only "
+               "when the gateway sets DEFAULT_PHONE_REGION)")
 
 
 class CommandError(Exception):
@@ -59,7 +61,8 @@ def _call(args: argparse.Namespace, method: str, path: str, *, body: Any = None,
 
 
 def _number_path(number: str) -> str:
-    return quote(number.strip(), safe="")
+    # Passed as typed: the gateway reads it (gateway.phone_numbers), so the console and the API agree.
+    return quote(number, safe="")
 
 
 def _pairs(items: list[str] | None, option: str) -> dict[str, str]:
@@ -255,7 +258,7 @@ def add_commands(sub) -> None:
     common.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the answer (default 120)")
 
     send = sub.add_parser("send", parents=[common], help="start an outbound conversation (POST /admin/sms)")
-    send.add_argument("to", help="the person's number, E.164, e.g. +14155550100")
+    send.add_argument("to", help=NUMBER_HELP)
     send.add_argument("-m", "--message", help="the text to send (default: the agent writes the opening)")
     send.add_argument("--from", dest="sender", help="sending number or Messaging Service sid (default: configured)")
     send.add_argument("--agent-id", help="the agent of the new chat (default: the number's agent)")
@@ -269,7 +272,7 @@ def add_commands(sub) -> None:
                                    ("forget", _forget, "erase a person: end the chat, delete their number and "
                                                        "words (DELETE /admin/conversations/NUMBER)")):
         parser = sub.add_parser(name, parents=[common], help=summary)
-        parser.add_argument("number", help="the person's number, E.164")
+        parser.add_argument("number", help=NUMBER_HELP)
         parser.add_argument("--from", dest="sender", help="the gateway number or Messaging Service sid "
                                                           "(default: the configured sender)")
         parser.set_defaults(func=_runner(command))

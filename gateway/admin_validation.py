@@ -8,9 +8,8 @@ import math
 import re
 from typing import Any
 
-import phonenumbers
+from gateway.phone_numbers import NumberError, read_number
 
-MAX_NUMBER_CHARS = 32
 MAX_MESSAGE_CHARS = 1600  # Twilio's limit for one message body
 MAX_VARIABLES = 50
 MAX_VARIABLE_NAME_CHARS = 100
@@ -26,7 +25,6 @@ SORT_ORDERS = ("ascending", "descending")
 _SERVICE_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
 _AGENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_NUMBER_CHARS = re.compile(r"^\+?[0-9][0-9 ().-]*$")
 _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
 _WHOLE = re.compile(r"^[0-9]{1,9}$")
 
@@ -83,28 +81,19 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def phone_number(value: Any, field: str) -> str:
-    """The number in E.164 form; a missing leading ``+`` (lost to URL decoding) is put back."""
-    example = "must be a phone number in E.164 form, e.g. +14155550100"
-    if not isinstance(value, str):
-        raise InvalidInput(field, example)
-    raw = value.strip(" ")  # a "+" in a query string arrives as a space
-    if not raw or len(raw) > MAX_NUMBER_CHARS or not _NUMBER_CHARS.fullmatch(raw):
-        raise InvalidInput(field, example)
+def phone_number(value: Any, field: str, default_region: str | None) -> str:
+    """The number in E.164 form, read by the one rule of gateway.phone_numbers (national only with a region)."""
     try:
-        parsed = phonenumbers.parse(raw if raw.startswith("+") else "+" + raw, None)
-    except phonenumbers.NumberParseException:
-        raise InvalidInput(field, example) from None
-    if not phonenumbers.is_valid_number(parsed):
-        raise InvalidInput(field, "is not a valid phone number (checked with the phonenumbers library)")
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+        return read_number(value, default_region)
+    except NumberError as exc:
+        raise InvalidInput(field, str(exc)) from None
 
 
-def sender(value: Any, field: str) -> tuple[str, str | None]:
+def sender(value: Any, field: str, default_region: str | None) -> tuple[str, str | None]:
     """``(gateway key, messaging service sid or None)`` for a number or a Messaging Service sid."""
     if isinstance(value, str) and _SERVICE_SID.fullmatch(value.strip()):
         return value.strip(), value.strip()
-    return phone_number(value, field), None
+    return phone_number(value, field, default_region), None
 
 
 def default_sender(settings) -> tuple[str, str | None]:
@@ -120,7 +109,9 @@ def conversation_gateway(value: str | None, settings) -> str:
     """The gateway side of a conversation from a ``from`` query value, else the configured sender."""
     if value is None or value == "":
         return default_sender(settings)[0]
-    return sender(value, "from")[0]
+    if value[:1] == " " and value[1:2].isdigit():  # an unencoded + in a query string arrives as a space
+        value = "+" + value[1:]
+    return sender(value, "from", settings.default_phone_region)[0]
 
 
 def outbound_request(body: Any, settings) -> dict[str, Any]:
@@ -132,8 +123,10 @@ def outbound_request(body: Any, settings) -> dict[str, Any]:
         raise InvalidInput(", ".join(unknown)[:200], f"unknown field; the fields are {', '.join(OUTBOUND_FIELDS)}")
     if "to" not in body:
         raise InvalidInput("to", "is required")
-    to = phone_number(body["to"], "to")
-    gateway, service = sender(body["from"], "from") if body.get("from") is not None else default_sender(settings)
+    region = settings.default_phone_region
+    to = phone_number(body["to"], "to", region)
+    gateway, service = (sender(body["from"], "from", region) if body.get("from") is not None
+                        else default_sender(settings))
     return {
         "to": to,
         "gateway": gateway,

@@ -12,6 +12,9 @@ from gateway.admin_validation import (
     SORT_ORDERS,
 )
 
+_NUMBER_TEXT = ("The person's number with + and country code; spaces, dashes, dots and brackets are dropped. "
+                "A number without + is read in DEFAULT_PHONE_REGION, and refused when that is not set.")
+
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -50,7 +53,9 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {"error": {
             "type": "object", "required": ["code", "message"],
             "properties": {"code": {"type": "string", "example": "invalid_request"},
-                           "message": {"type": "string", "example": "to: must be a phone number in E.164 form"}},
+                           "message": {"type": "string", "example": "to: has no country code: write the number in "
+                                                                     "international format with + and country code, "
+                                                                     "e.g. +14155550123, or set DEFAULT_PHONE_REGION"}},
         }},
     },
     "OutboundRequest": {
@@ -58,13 +63,13 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["to"],
         "additionalProperties": False,
         "properties": {
-            "to": {"type": "string", "description": "The person's number, E.164.", "example": "+14155550100"},
+            "to": {"type": "string", "description": _NUMBER_TEXT, "example": "+1 (415) 555-0100"},
             "message": {"type": "string", "minLength": 1, "maxLength": MAX_MESSAGE_CHARS,
                         "description": "Sent as written, and given to the new chat as the dynamic variable "
                                        "`opening_message`. Leave it out to have the agent write the opening."},
             "agent_id": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$",
                          "description": "Default: the agent routed to the sending number, else UPONAI_AGENT_ID."},
-            "from": {"type": "string", "description": "Sending number (E.164) or Messaging Service sid (MG...). "
+            "from": {"type": "string", "description": "Sending number (read like to) or Messaging Service sid (MG...). "
                                                       "Default: TWILIO_FROM_NUMBER, else "
                                                       "TWILIO_MESSAGING_SERVICE_SID."},
             "dynamic_variables": {"type": "object", "maxProperties": MAX_VARIABLES,
@@ -197,7 +202,7 @@ def _responses(ok: dict[str, Any], *errors: int) -> dict[str, Any]:
                      for status in sorted({*_COMMON, *errors})}}
 
 
-_NUMBER = {"name": "number", "in": "path", "required": True, "description": "The person's number, E.164.",
+_NUMBER = {"name": "number", "in": "path", "required": True, "description": _NUMBER_TEXT,
            "schema": {"type": "string", "example": "+14155550100"}}
 _FROM = {"name": "from", "in": "query", "required": False,
          "description": "The gateway number or Messaging Service sid of the conversation (default: the "

@@ -177,7 +177,8 @@ def run(environ: dict[str, str] | None = None) -> int:
             phone = PhoneServer(create_phone_app(
                 twilio=twilio_sim, gateway_url=local_url, gateway_number=env["TWILIO_FROM_NUMBER"],
                 redis_url=env["REDIS_URL"], admin_token=env.get("ADMIN_API_TOKEN"),
-                idle_timeout_seconds=settings.chat_idle_timeout_seconds), _free_port(8100)).start()
+                idle_timeout_seconds=settings.chat_idle_timeout_seconds,
+                default_phone_region=settings.default_phone_region), _free_port(8100)).start()
             servers.append(phone)
             phone_url = phone.url
         write_settings_file(env, data_dir / "sandbox" / "sandbox.env")

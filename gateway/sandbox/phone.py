@@ -19,6 +19,7 @@ import requests
 from flask import Flask, jsonify, request, send_from_directory
 from werkzeug.serving import make_server
 
+from gateway.phone_numbers import NumberError, read_number
 from gateway.sandbox.twilio_sim import TwilioSimulator
 from workers.store import ConversationStore, connect_redis, conversation_id
 
@@ -27,8 +28,9 @@ DEFAULT_PERSON = "+14155550123"
 
 
 def create_phone_app(*, twilio: TwilioSimulator, gateway_url: str, gateway_number: str, redis_url: str,
-                     admin_token: str | None, idle_timeout_seconds: int) -> Flask:
-    """The phone page and its JSON API."""
+                     admin_token: str | None, idle_timeout_seconds: int, default_phone_region: str | None = None
+                     ) -> Flask:
+    """The phone page and its JSON API; numbers are read as the admin API reads them (DEFAULT_PHONE_REGION)."""
     app = Flask(__name__, static_folder=None)
     store = ConversationStore(connect_redis(redis_url, for_web=True))
     http = requests.Session()
@@ -53,6 +55,13 @@ def create_phone_app(*, twilio: TwilioSimulator, gateway_url: str, gateway_numbe
                 outbound_probe.update(available=True, reason="")
         return outbound_probe
 
+    @app.errorhandler(NumberError)
+    def bad_number(exc: NumberError):
+        return jsonify({"error": f"Your number {exc}."}), 400
+
+    def person_of(value: object) -> str:
+        return read_number(value, default_phone_region)
+
     @app.get("/")
     def page():
         return send_from_directory(STATIC, "phone.html")
@@ -69,24 +78,22 @@ def create_phone_app(*, twilio: TwilioSimulator, gateway_url: str, gateway_numbe
     @app.post("/api/send")
     def send():
         data = request.get_json(silent=True) or {}
-        person, body = str(data.get("from", "")).strip(), str(data.get("body", ""))
-        if not person.startswith("+") or not person[1:].isdigit():
-            return jsonify({"error": "Your number must be in E.164 form, e.g. +14155550123."}), 400
+        person, body = person_of(data.get("from", "")), str(data.get("body", ""))
         if not body.strip() and not data.get("mms"):
             return jsonify({"error": "Type a message (or attach a picture)."}), 400
         media = (f"{twilio.url}/sandbox/media/sample.png",) if data.get("mms") else ()
         record = twilio.deliver_inbound(person, gateway_number, body, media)
-        return jsonify({"sid": record.sid, "webhook_status": record.webhook_status, "error": record.error}), \
+        return jsonify({"sid": record.sid, "from": person, "webhook_status": record.webhook_status,
+                        "error": record.error}), \
             200 if not record.error else 502
 
     @app.get("/api/thread")
     def thread():
-        return jsonify({"messages": twilio.thread(request.args.get("number", ""))})
+        return jsonify({"messages": twilio.thread(person_of(request.args.get("number", "")))})
 
     @app.get("/api/conversation")
     def conversation():
-        person = request.args.get("number", "")
-        cid = conversation_id(gateway_number, person)
+        cid = conversation_id(gateway_number, person_of(request.args.get("number", "")))
         state = store.conversation(cid)
         last = float(state.get("last_activity_at") or state.get("last_inbound_at") or 0)
         idle_in = max(0, int(last + idle_timeout_seconds - time.time())) if state.get("chat_id") and last else None
@@ -99,11 +106,11 @@ def create_phone_app(*, twilio: TwilioSimulator, gateway_url: str, gateway_numbe
 
     @app.post("/api/outbound")
     def outbound():
+        data = request.get_json(silent=True) or {}
+        payload = {"to": person_of(data.get("to", ""))}
         status = outbound_status()
         if not status.get("available"):
             return jsonify({"error": f"Outbound is not available: {status.get('reason')}."}), 409
-        data = request.get_json(silent=True) or {}
-        payload = {"to": str(data.get("to", ""))}
         if str(data.get("message", "")).strip():
             payload["message"] = str(data["message"])
         try:

@@ -67,6 +67,8 @@ async function poll() {
     const number = encodeURIComponent(person());
     const [thread, state] = await Promise.all([
       api(`/api/thread?number=${number}`), api(`/api/conversation?number=${number}`)]);
+    // The backend reads the number as the admin API does and says what is wrong with it.
+    $("number-error").textContent = thread.status === 400 ? (thread.body.error || "") : "";
     if (thread.ok) renderThread(thread.body.messages);
     if (state.ok) renderState(state.body);
   }
@@ -81,6 +83,10 @@ async function send(event) {
   if (answer.ok) {
     $("body").value = "";
     $("mms").checked = false;
+    if (answer.body.from && answer.body.from !== person()) {
+      $("number").value = answer.body.from;  // as the gateway reads it: E.164
+      window.localStorage.setItem("sandbox-number", answer.body.from);
+    }
   } else {
     $("send-error").textContent = answer.body.error || `failed (${answer.status})`;
   }

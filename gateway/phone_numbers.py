@@ -1,0 +1,70 @@
+"""Reading a phone number a person typed: the one rule of the admin API, the console and the phone page.
+
+A number is international only when it says so, with ``+`` and a country code; spaces, dashes, dots and
+brackets are allowed and dropped. Without ``+`` it is read as dialled in DEFAULT_PHONE_REGION (national
+formats and that region's own international prefix, e.g. 00 in Germany, 011 in the US), and refused
+when no region is set: ``2015551234`` is a US number, and putting a ``+`` in front of it texts Egypt.
+Letters, extensions, non-ASCII digits and control characters are refused rather than guessed at,
+although phonenumbers would read some of them (``1-800-FLOWERS``, ``x12``, Arabic-Indic digits).
+"""
+
+from __future__ import annotations
+
+import re
+
+import phonenumbers
+
+MAX_NUMBER_CHARS = 32
+EXAMPLE = "+14155550123"
+NO_COUNTRY = (f"write the number in international format with + and country code, e.g. {EXAMPLE}, "
+              "or set DEFAULT_PHONE_REGION")
+# [0-9] and not \d: \d also matches other scripts' digits, which phonenumbers would quietly read as 0-9.
+_TYPED = re.compile(r"\+?[0-9 ().-]*")
+_DIGIT = re.compile(r"[0-9]")
+
+
+class NumberError(ValueError):
+    """The text is not a number the gateway will text; the message says why (without the number)."""
+
+
+def read_number(text: object, default_region: str | None = None) -> str:
+    """The E.164 form of ``text``; national numbers are read in ``default_region`` or refused.
+
+    Raises NumberError.
+    """
+    if not isinstance(text, str):
+        raise NumberError(f"must be a phone number written as text, e.g. {EXAMPLE}")
+    typed = text.strip(" ")
+    if not typed:
+        raise NumberError(f"is empty: {NO_COUNTRY}")
+    if len(typed) > MAX_NUMBER_CHARS:
+        raise NumberError(f"is too long (at most {MAX_NUMBER_CHARS} characters)")
+    if not _TYPED.fullmatch(typed):
+        raise NumberError("may hold only the digits 0-9, a leading +, spaces, dashes, dots and brackets "
+                          "(no letters, extensions or other characters)")
+    if not _DIGIT.search(typed):
+        raise NumberError(f"has no digits: {NO_COUNTRY}")
+    international = typed.startswith("+")
+    if not international and default_region is None:
+        hint = " (put + in place of the international prefix 00)" if typed.startswith("00") else ""
+        raise NumberError(f"has no country code{hint}: {NO_COUNTRY}")
+    region = None if international else default_region
+    try:
+        number = phonenumbers.parse(typed, region)
+    except phonenumbers.NumberParseException as exc:
+        raise NumberError(_parse_problem(exc.error_type, region)) from None
+    if number.extension or not phonenumbers.is_valid_number(number):
+        where = f" as dialled in {region}; write an international number with + and country code" if region else ""
+        raise NumberError(f"is not a valid phone number{where} (checked with the phonenumbers library)")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _parse_problem(error_type: int, region: str | None) -> str:
+    if error_type == phonenumbers.NumberParseException.INVALID_COUNTRY_CODE:
+        return "has no known country code after the +" if region is None else NO_COUNTRY
+    if error_type == phonenumbers.NumberParseException.TOO_LONG:
+        return "is too long to be a phone number"
+    if error_type in (phonenumbers.NumberParseException.TOO_SHORT_NSN,
+                      phonenumbers.NumberParseException.TOO_SHORT_AFTER_IDD):
+        return "is too short to be a phone number"
+    return "is not a phone number"

@@ -7,6 +7,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+import phonenumbers
 import pytest
 
 from config import Settings, SettingsError, load_settings
@@ -99,12 +100,22 @@ def test_blank_values_count_as_missing():
     ("RETRY_INTERVALS_SECONDS", "1,nan", "comma-separated"),
     ("LOG_MESSAGE_BODIES", "maybe", "true or false"),
     ("UPONAI_API_STYLE", "openapi", "reference, guide"),
+    ("DEFAULT_PHONE_REGION", "USA", "ISO 3166"),
+    ("DEFAULT_PHONE_REGION", "XX", "ISO 3166"),
+    ("DEFAULT_PHONE_REGION", "001", "ISO 3166"),  # phonenumbers' non-geographic entity, not a region
 ])
 def test_an_invalid_value_is_named_with_the_reason(name, value, reason):
     problems = problems_of(minimal(**{name: value}))
     assert len(problems) == 1, problems
     assert problems[0].startswith(f"{name}={value!r} is invalid")
     assert reason in problems[0]
+
+
+def test_default_phone_region_is_any_region_phonenumbers_supports():
+    assert load_settings(minimal(), dotenv_path=None).default_phone_region is None
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        assert load_settings(minimal(DEFAULT_PHONE_REGION=region), dotenv_path=None).default_phone_region == region
+    assert load_settings(minimal(DEFAULT_PHONE_REGION=" gb "), dotenv_path=None).default_phone_region == "GB"
 
 
 def test_every_invalid_and_missing_variable_is_reported_together():

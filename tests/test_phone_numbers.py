@@ -286,12 +286,12 @@ def test_the_api_the_console_and_the_phone_page_give_the_same_verdict(surfaces, 
         code, _, err = run("send", text, "--message", "hi")
         assert code == 1 and f"to: {value} (invalid_request, HTTP 400)" in err
         if text:  # an empty path segment is another route
-            shown = api.get(path, headers=AUTH)
-            assert (shown.status_code, shown.get_json()["error"]["message"]) == (400, f"number: {value}")
-            code, _, err = run("show", text)
-            assert code == 1 and f"number: {value} (invalid_request, HTTP 400)" in err
-            code, _, err = run("end", text)
-            assert code == 1 and f"number: {value} (invalid_request, HTTP 400)" in err
+            for method, route in (("GET", path), ("POST", f"{path}/end"), ("DELETE", path)):
+                shown = api.open(route, method=method, headers=AUTH)
+                assert (shown.status_code, shown.get_json()["error"]["message"]) == (400, f"number: {value}")
+            for command in ("show", "end", "forget"):
+                code, _, err = run(command, text)
+                assert code == 1 and f"number: {value} (invalid_request, HTTP 400)" in err, command
         for answer in (phone.post("/api/send", json={"from": text, "body": "hi"}),
                        phone.post("/api/outbound", json={"to": text, "message": "hi"}),
                        phone.get("/api/conversation", query_string={"number": text}),

@@ -15,6 +15,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from config import Settings, load_settings
 from gateway.signatures import RotatingValidator, validator_for
 from workers.jobs import QUEUE_NAME
+from workers.metrics import metrics
 from workers.store import ConversationStore, connect_redis
 
 MAX_REQUEST_BYTES = 64 * 1024  # Twilio's largest webhook (1600 chars, 10 media URLs) is far smaller
@@ -65,6 +66,7 @@ def create_app(test_config: Settings | Mapping[str, str] | None = None) -> Flask
         hops = settings.trusted_proxy_hops
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)
     _register_error_handlers(app)
+    metrics()  # built before the first request: gunicorn's threads would race to build them
     return app
 
 

@@ -22,11 +22,12 @@ def _configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None
 
 def run_worker(args: argparse.Namespace) -> int:
     """Run an RQ worker (with the scheduler) on the gateway's queue."""
-    from workers import jobs, worker
+    from workers import jobs, metrics, worker
     from workers.admin_ops import ADMIN_QUEUE_NAME
     from workers.store import connect_redis
 
     settings = load_settings()
+    metrics.metrics()  # built before any job runs (the worker's threads would race to build them)
     redis = connect_redis(settings.redis_url)
     jobs.install_services(jobs.build_services(settings, redis))
     worker.run(redis, [ADMIN_QUEUE_NAME, jobs.QUEUE_NAME], threads=settings.worker_threads, burst=args.burst,

@@ -8,6 +8,8 @@ import json
 import logging
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -150,6 +152,22 @@ def gunicorn_web(env, redis, tmp_path):
 def post_to(url: str, path: str, form: dict) -> requests.Response:
     signature = sign("https://sms.example.com" + path, form)
     return requests.post(url + path, data=form, headers={"X-Twilio-Signature": signature}, timeout=5)
+
+
+def test_first_webhooks_of_a_fresh_gunicorn_all_succeed_under_concurrency(gunicorn_web, redis):
+    """Issue 10.9: the first requests of each web process used to race to build its metrics (500s)."""
+    url, _metrics_dir, web_log = gunicorn_web
+    forms = [inbound_form(f"first {i}", from_=f"+1415555{i:04d}") for i in range(12)]
+    start = threading.Barrier(len(forms))
+
+    def post(form):
+        start.wait(10)
+        return post_to(url, "/twilio/sms", form).status_code
+
+    with ThreadPoolExecutor(len(forms)) as pool:
+        statuses = list(pool.map(post, forms))
+    assert statuses == [200] * len(forms), web_log.read_text()
+    assert "DuplicateTimeseries" not in web_log.read_text()
 
 
 def test_metrics_sum_gunicorn_processes_and_workers_and_logs_stay_clean(gunicorn_web, start_workers, uponai,

@@ -1,6 +1,8 @@
 """Prometheus metrics shared by the web and worker processes, and the wrappers that feed them.
 
-Metrics are made on first use in each process (``metrics()``), never at import. With
+Metrics are made once per process, never at import: each process builds them before it serves
+(``create_app``, the worker's start), and ``metrics()`` builds them under a lock if not (two threads
+racing to make them would register every metric twice: prometheus-client's DuplicateTimeseries). With
 ``PROMETHEUS_MULTIPROC_DIR`` set in the environment before the process starts, prometheus-client
 writes every process's values to files in that directory, so one ``/metrics`` scrape of any gunicorn
 process sums the web processes and the workers that share the directory (one host). Workers on other
@@ -10,6 +12,7 @@ hosts keep their own directory; see the README's "Observability".
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from typing import Any
 
@@ -76,13 +79,16 @@ class GatewayMetrics:
 
 
 _metrics: GatewayMetrics | None = None
+_metrics_lock = threading.Lock()
 
 
 def metrics() -> GatewayMetrics:
-    """This process's metrics, made on first use."""
+    """This process's metrics, made on first use (once, whatever the number of threads asking)."""
     global _metrics
     if _metrics is None:
-        _metrics = GatewayMetrics()
+        with _metrics_lock:
+            if _metrics is None:
+                _metrics = GatewayMetrics()
     return _metrics
 
 

@@ -57,14 +57,15 @@ def check_redis(settings: Settings) -> Check:
 
 def check_workers(settings: Settings) -> Check:
     from redis.exceptions import RedisError
-    from rq import Queue, Worker
+    from rq import Queue
 
     from workers.jobs import QUEUE_NAME
     from workers.store import connect_redis
+    from workers.worker import live_workers
 
     client = connect_redis(settings.redis_url, for_web=True)
     try:
-        count = Worker.count(connection=client)
+        count = len(live_workers(client))
         depth = Queue(QUEUE_NAME, connection=client).count
     except RedisError:
         raise Skip("Redis is not reachable") from None

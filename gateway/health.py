@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 from redis.exceptions import RedisError
-from rq import Worker
 
 from gateway.context import gateway
+from workers.worker import live_workers
 
 bp = Blueprint("health", __name__)
 
@@ -22,7 +22,7 @@ def readyz():
     try:
         gw.redis.ping()
         depth = gw.queue.count
-        workers = Worker.count(connection=gw.redis)
+        workers = len(live_workers(gw.redis))
     except RedisError as exc:
         return jsonify({"status": "unavailable", "redis": f"unreachable ({type(exc).__name__})"}), 503
     ready = workers > 0

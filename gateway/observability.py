@@ -144,15 +144,15 @@ class _QueueCollector:
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
         from redis.exceptions import RedisError
-        from rq import Worker
 
         from gateway.context import gateway
+        from workers.worker import live_workers
 
         gw = gateway()
         try:
             depth = gw.queue.count
             failed = gw.queue.failed_job_registry.count
-            workers = Worker.count(connection=gw.redis)
+            workers = len(live_workers(gw.redis))
             up = 1
         except RedisError:
             depth = failed = workers = 0
@@ -160,7 +160,7 @@ class _QueueCollector:
         yield GaugeMetricFamily("smsgw_redis_up", "Whether Redis answered this scrape", value=up)
         yield GaugeMetricFamily("smsgw_queue_depth", "Jobs waiting in the queue", value=depth)
         yield GaugeMetricFamily("smsgw_failed_jobs", "Jobs in the failed-job registry", value=failed)
-        yield GaugeMetricFamily("smsgw_workers", "Workers registered in Redis", value=workers)
+        yield GaugeMetricFamily("smsgw_workers", "Workers whose heartbeat is recent", value=workers)
 
 
 def _start_timer() -> None:

@@ -3,6 +3,11 @@
 An agent turn mostly waits on UponAI, so one process runs ``WORKER_THREADS`` RQ workers: one in the
 main thread (signals, the scheduler) and the rest in threads (timeouts by timer instead of SIGALRM).
 SIGTERM/SIGINT stop them all; each finishes its current job first.
+
+A worker is alive while its heartbeat is recent (``live_workers``): RQ keeps a killed worker's
+registry entry for minutes, so readiness and the ``smsgw_workers`` gauge look at the heartbeat, which
+each worker renews at least every ``WORKER_TTL_SECONDS - 15`` s while it waits for a job and every
+``JOB_MONITORING_INTERVAL_SECONDS`` while it runs one.
 """
 
 from __future__ import annotations
@@ -10,8 +15,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
+from redis import Redis
 from redis.exceptions import RedisError
+from rq import Worker
 from rq.exceptions import StopRequested
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker, WorkerStatus
@@ -48,6 +56,27 @@ class GatewayWorker(SimpleWorker):
         if recovered:
             log.warning("recovery: queued %d conversation(s) left without a worker", recovered)
 
+    def execute_job(self, job, queue):
+        # A SimpleWorker runs the job in its own thread and sends no heartbeat until it ends (a turn can
+        # take minutes): a companion thread keeps it, so a live worker never looks like a dead one.
+        finished = threading.Event()
+        beats = threading.Thread(target=self._beat_until, args=(finished, self.get_heartbeat_ttl(job)),
+                                 name=f"{self.name}-heartbeat", daemon=True)
+        beats.start()
+        try:
+            return super().execute_job(job, queue)
+        finally:
+            finished.set()
+            beats.join()
+
+    def _beat_until(self, finished: threading.Event, ttl_seconds: int) -> None:
+        while not finished.wait(JOB_MONITORING_INTERVAL_SECONDS):
+            try:
+                # GatewayWorker's heartbeat, not ThreadWorker's: its stop check belongs to the worker's own loop.
+                GatewayWorker.heartbeat(self, ttl_seconds)
+            except RedisError as exc:
+                log.warning("worker heartbeat during a job failed: %s", type(exc).__name__)
+
     def request_stop(self, signum, frame):
         if self.stop_event is not None:
             self.stop_event.set()  # the thread workers of this process stop too
@@ -67,6 +96,13 @@ class ThreadWorker(GatewayWorker):
         if self.stop_event is not None and self.stop_event.is_set() and self._state != WorkerStatus.BUSY:
             raise StopRequested()
         return super().heartbeat(*args, **kwargs)
+
+
+def live_workers(connection: Redis) -> list[Worker]:
+    """The registered workers whose heartbeat is recent (a killed worker's entry outlives it by minutes)."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=WORKER_TTL_SECONDS)
+    return [worker for worker in Worker.all(connection=connection)
+            if worker.last_heartbeat is not None and worker.last_heartbeat >= cutoff]
 
 
 def _work_until_stopped(worker_class: type[GatewayWorker], connection, queue_names: list[str],

@@ -113,6 +113,13 @@ return redis.call('HGET', KEYS[1], 'conversation_id')
 """
 
 
+_FORGET_CHAT = """
+if redis.call('HGET', KEYS[1], 'chat_id') ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[1], 'chat_id', 'agent_id', 'chat_started_at')
+return 1
+"""
+
+
 def connect_redis(url: str, *, for_web: bool = False) -> Redis:
     """A Redis client with explicit timeouts.
 
@@ -187,6 +194,7 @@ class ConversationStore:
         self._refresh = redis.register_script(_REFRESH)
         self._pop_head = redis.register_script(_POP_HEAD)
         self._record_status = redis.register_script(_RECORD_STATUS)
+        self._forget_chat = redis.register_script(_FORGET_CHAT)
 
     @staticmethod
     def key(*parts: str) -> str:
@@ -279,16 +287,8 @@ class ConversationStore:
 
     def forget_chat(self, cid: str, chat_id: str) -> bool:
         """Drop the stored chat id if it is still ``chat_id``."""
-        key = self.key("conv", cid)
-        with self.redis.pipeline() as pipe:
-            pipe.watch(key)
-            if _text(pipe.hget(key, "chat_id")) != chat_id:
-                pipe.unwatch()
-                return False
-            pipe.multi()
-            pipe.hdel(key, "chat_id", "agent_id", "chat_started_at")
-            pipe.execute()
-        return True
+        # One script, not WATCH/MULTI: a text accepted meanwhile writes the same hash, and must not fail this.
+        return self._forget_chat(keys=[self.key("conv", cid)], args=[chat_id]) == 1
 
     def touch(self, cid: str, **fields: Any) -> None:
         with self.redis.pipeline() as pipe:

@@ -1,0 +1,64 @@
+"""The conversation store under concurrency: a text accepted mid-write never makes a write fail."""
+
+from __future__ import annotations
+
+from redis import ConnectionPool, Redis
+from redis.client import Pipeline
+
+from tests.conftest import GATEWAY_NUMBER, new_sid
+from workers.store import ConversationStore, InboundMessage, conversation_id
+
+PERSON = "+14155550188"
+CID = conversation_id(GATEWAY_NUMBER, PERSON)
+
+
+class _TextArrivesBeforeEachTransaction(Pipeline):
+    """A pipeline that lets a text be accepted (from another connection) just before its MULTI."""
+
+    arrive = staticmethod(lambda: None)
+
+    def multi(self):
+        self.arrive()
+        return super().multi()
+
+
+class RedisWithArrivingTexts(Redis):
+    """A real Redis client whose transactions each meet an inbound text in the window WATCH..EXEC."""
+
+    def __init__(self, url: str, arrive):
+        super().__init__(connection_pool=ConnectionPool.from_url(url))
+        self.arrive = arrive
+
+    def pipeline(self, transaction=True, shard_hint=None):
+        pipe = _TextArrivesBeforeEachTransaction(self.connection_pool, self.response_callbacks, transaction,
+                                                 shard_hint)
+        pipe.arrive = self.arrive
+        return pipe
+
+
+def test_forgetting_a_chat_while_a_text_arrives_does_not_fail(redis, redis_server):
+    webhook_side = ConversationStore(redis)
+    arrived: list[str] = []
+
+    def text_arrives():
+        message = InboundMessage(sid=new_sid(), from_=PERSON, to=GATEWAY_NUMBER, body="are you there?")
+        arrived.append(webhook_side.accept(message))
+
+    client = RedisWithArrivingTexts(redis_server.url, text_arrives)
+    try:
+        check_forget_chat(ConversationStore(client), arrived)
+    finally:
+        client.connection_pool.disconnect()
+
+
+def check_forget_chat(worker_side: ConversationStore, arrived: list[str]) -> None:
+    worker_side.set_chat(CID, "chat_1", "agent_test")
+
+    assert worker_side.forget_chat(CID, "chat_1") is True  # used to raise WatchError
+    state = worker_side.conversation(CID)
+    assert "chat_id" not in state and "agent_id" not in state
+    assert worker_side.inbox_length(CID) == len(arrived) and all(outcome == "new" for outcome in arrived)
+
+    worker_side.set_chat(CID, "chat_2", "agent_test")
+    assert worker_side.forget_chat(CID, "chat_1") is False  # a newer chat is left alone
+    assert worker_side.conversation(CID)["chat_id"] == "chat_2"

@@ -30,8 +30,11 @@ def run_worker(args: argparse.Namespace) -> int:
     metrics.metrics()  # built before any job runs (the worker's threads would race to build them)
     redis = connect_redis(settings.redis_url)
     jobs.install_services(jobs.build_services(settings, redis))
-    worker.run(redis, [ADMIN_QUEUE_NAME, jobs.QUEUE_NAME], threads=settings.worker_threads, burst=args.burst,
-               max_jobs=args.max_jobs, logging_level=args.log_level)
+    try:
+        worker.run(redis, [ADMIN_QUEUE_NAME, jobs.QUEUE_NAME], threads=settings.worker_threads, burst=args.burst,
+                   max_jobs=args.max_jobs, logging_level=args.log_level)
+    except KeyboardInterrupt:  # Ctrl-C before RQ's own handler is in place (e.g. while waiting for Redis)
+        return 130
     return 0
 
 

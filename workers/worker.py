@@ -25,6 +25,7 @@ from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker, WorkerStatus
 
 from workers import jobs
+from workers.startup import exit_children_with_this_process, redis_address, redis_failure, wait_for_redis
 
 log = logging.getLogger(__name__)
 
@@ -108,28 +109,36 @@ def live_workers(connection: Redis) -> list[Worker]:
 def _work_until_stopped(worker_class: type[GatewayWorker], connection, queue_names: list[str],
                         stop_event: threading.Event, *, with_scheduler: bool, burst: bool, max_jobs: int | None,
                         logging_level: str, ttl: int) -> None:
-    """Run one RQ worker until a stop is requested, starting a fresh one after a Redis outage."""
-    while True:
-        worker = worker_class(queue_names, connection=connection, log_job_description=False,
-                              maintenance_interval=MAINTENANCE_INTERVAL_SECONDS, worker_ttl=ttl,
-                              job_monitoring_interval=JOB_MONITORING_INTERVAL_SECONDS)
-        worker.stop_event = stop_event
+    """Run one RQ worker until a stop is requested, starting a fresh one once Redis is back after an outage."""
+    announce = worker_class is GatewayWorker  # one line per outage from the main worker, not one per thread
+    while wait_for_redis(connection, stop_event, announce=announce):
+        stopping = False
         try:
+            worker = worker_class(queue_names, connection=connection, log_job_description=False,
+                                  maintenance_interval=MAINTENANCE_INTERVAL_SECONDS, worker_ttl=ttl,
+                                  job_monitoring_interval=JOB_MONITORING_INTERVAL_SECONDS)
+            worker.stop_event = stop_event
             worker.work(with_scheduler=with_scheduler, burst=burst, max_jobs=max_jobs, logging_level=logging_level)
+            stopping = worker._shutdown_requested_date is not None
         except StopRequested:
             return  # asked to stop while it was starting
         except RedisError as exc:
-            log.error("worker stopped by a Redis error (%s); starting again", type(exc).__name__)
-        if burst or max_jobs is not None or stop_event.is_set() or worker._shutdown_requested_date is not None:
+            if announce:
+                log.error("worker stopped by a Redis error at %s (%s); starting again once it answers",
+                          redis_address(connection), redis_failure(exc))
+        if burst or max_jobs is not None or stop_event.is_set() or stopping:
             return
-        log.warning("worker loop ended without a stop request; reconnecting in 1s")
-        time.sleep(1)  # back off while Redis comes back
+        log.warning("worker loop ended without a stop request; starting again in 1 s")
+        time.sleep(1)
 
 
 def run(connection, queue_names: list[str], *, threads: int = 1, burst: bool = False, max_jobs: int | None = None,
         logging_level: str = "INFO") -> None:
     """Work until SIGTERM/SIGINT (each worker finishes its current job first)."""
     stop_event = threading.Event()
+    exit_children_with_this_process()  # RQ's scheduler child must not outlive this process and keep its lock
+    if not wait_for_redis(connection, stop_event):
+        return
     if burst or max_jobs is not None:
         threads = 1
     siblings = [

@@ -1,0 +1,101 @@
+"""The worker process: it waits for Redis with one clear line, and its scheduler child dies with it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from redis import Redis
+from rq import Worker
+from rq.scheduler import RQScheduler
+
+from gateway.sandbox.httpfake import Fault
+from tests.conftest import ROOT, RedisServer, free_port, settings_env, wait_for
+
+PERSON = "+14155550199"
+
+
+def scheduler_pid(redis) -> int | None:
+    """The pid of the scheduler holding the lock of the ``sms`` queue (RQ's public scheduler records)."""
+    name = redis.get(RQScheduler.get_locking_key("sms"))
+    if name is None:
+        return None
+    try:
+        return RQScheduler.fetch(name.decode(), connection=redis).pid or None
+    except Exception:  # the lock was just taken: its holder has not written its record yet
+        return None
+
+
+def is_running(pid: int) -> bool:
+    """Whether the process exists and is not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_killed_workers_scheduler_exits_and_a_new_workers_scheduler_takes_over(start_workers, redis, text_in,
+                                                                                 uponai, twilio):
+    pool = start_workers(1)
+    first = wait_for(lambda: scheduler_pid(redis), message="the first worker's scheduler")
+    assert first != pool.processes[0].pid  # RQ runs it in a child process
+
+    os.kill(pool.processes[0].pid, signal.SIGKILL)  # the worker only, not its process group
+    pool.processes[0].wait(10)
+    wait_for(lambda: not is_running(first), timeout=15, message="the orphaned scheduler to exit")
+
+    pool.spawn()
+    second = wait_for(lambda: (pid := scheduler_pid(redis)) not in (None, first) and is_running(pid) and pid,
+                      timeout=30, message="the new worker's scheduler to take the lock")
+    assert second != first
+
+    # A retry is a scheduled job: only a running scheduler puts it back on the queue.
+    uponai.inject("complete", Fault(status=500))
+    text_in("are you still there?", from_=PERSON)
+    wait_for(lambda: twilio.sent_to(PERSON), timeout=30, message="the answer after a scheduled retry")
+    assert twilio.sent_to(PERSON) == ["You said: are you still there?"]
+    assert len(uponai.calls("complete")) == 2
+
+
+def test_worker_started_while_redis_is_away_says_so_in_one_line_and_starts_when_it_answers(
+        redis_server, uponai_server, twilio_server, tmp_path):
+    port = free_port()
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
+           **settings_env(redis_server, uponai_server, twilio_server, REDIS_URL=f"redis://127.0.0.1:{port}/0")}
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log_file:
+        worker = subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker"], env=env, cwd=tmp_path,
+                                  stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    server = RedisServer(tmp_path)
+    server.port = port
+    try:
+        expected = f"Redis at 127.0.0.1:{port} not reachable: connection refused; retrying in"
+        wait_for(lambda: log_path.read_text().count(expected) >= 2, timeout=30,
+                 message="the worker to say twice that Redis is not reachable")
+        assert worker.poll() is None, "the worker gave up instead of retrying"
+        output = log_path.read_text()
+        assert "Traceback" not in output
+        assert len(output.splitlines()) == output.count(expected), output  # one line per attempt, nothing else
+
+        server.start()
+        with Redis(port=port) as direct:
+            wait_for(lambda: Worker.count(connection=direct) == 1, timeout=45, message="the worker to register")
+        assert "Traceback" not in log_path.read_text()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+        server.stop()

@@ -1,0 +1,100 @@
+"""What a worker process does before and around its RQ workers: wait for Redis, and tie its children to it.
+
+A worker that starts while Redis is away says so in one line (where Redis is, why it is not reachable)
+and tries again with a growing pause, instead of dying with a traceback. RQ runs its scheduler in a
+child process; ``exit_children_with_this_process`` makes every child forked from here end when this
+process dies, even by SIGKILL, so that a dead worker's scheduler does not keep the scheduler lock.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq.exceptions import StopRequested
+
+log = logging.getLogger(__name__)
+
+REDIS_RETRY_SECONDS = (1, 2, 4, 8, 15)  # pauses between attempts to reach Redis; the last one repeats
+PR_SET_PDEATHSIG = 1  # linux/prctl.h: the signal a process gets when its parent dies
+PARENT_POLL_SECONDS = 1.0  # elsewhere, a child checks this often whether its parent is still there
+
+_hooks_registered = False
+_forking_pid = 0  # set just before each fork: in the child, the pid of the process that forked it
+
+
+def redis_address(connection: Redis) -> str:
+    """Where the client looks for Redis: ``host:port`` or a socket path."""
+    kwargs = connection.connection_pool.connection_kwargs
+    return str(kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}")
+
+
+def redis_failure(exc: BaseException) -> str:
+    """The cause of a Redis error in a few words ("connection refused", "name or service not known")."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror.lower()
+        if isinstance(cause, TimeoutError):
+            return "timed out"
+        cause = cause.__cause__ or cause.__context__
+    return str(exc) or type(exc).__name__
+
+
+def wait_for_redis(connection: Redis, stop_event: threading.Event, *, announce: bool = True) -> bool:
+    """Block until Redis answers a PING (True) or a stop is requested (False); one log line per failed try."""
+    attempt = 0
+    try:
+        while not stop_event.is_set():
+            try:
+                connection.ping()
+            except RedisError as exc:
+                pause = REDIS_RETRY_SECONDS[min(attempt, len(REDIS_RETRY_SECONDS) - 1)]
+                if announce:
+                    log.error("Redis at %s not reachable: %s; retrying in %d s", redis_address(connection),
+                              redis_failure(exc), pause)
+                attempt += 1
+                stop_event.wait(pause)
+                continue
+            if attempt and announce:
+                log.warning("Redis at %s answers again", redis_address(connection))
+            return True
+    except StopRequested:  # raised by the signal handler of an earlier RQ worker of this process
+        pass
+    return False
+
+
+def exit_children_with_this_process() -> None:
+    """Make every child forked from now on (RQ's scheduler) get SIGTERM when its parent dies."""
+    global _hooks_registered
+    if not _hooks_registered:
+        os.register_at_fork(before=_note_forking_process, after_in_child=_follow_parent)
+        _hooks_registered = True
+
+
+def _note_forking_process() -> None:
+    global _forking_pid
+    _forking_pid = os.getpid()
+
+
+def _follow_parent() -> None:
+    parent_pid = _forking_pid
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0:
+            if os.getppid() != parent_pid:  # the parent died before the request took effect
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        threading.Event().wait(PARENT_POLL_SECONDS)
+    os.kill(os.getpid(), signal.SIGTERM)

@@ -33,6 +33,7 @@ from gateway.admin_jobs import (
     since_epoch,
 )
 from gateway.context import gateway
+from gateway.failed_jobs import messages_view
 from gateway.openapi import admin_openapi
 from workers.admin_ops import ADMIN_QUEUE_NAME
 from workers.jobs import QUEUE_NAME
@@ -345,6 +346,7 @@ def _failed_view(job_id: str, queue_name: str, redis) -> dict[str, Any] | None:
         "reason": failure_reason(result.exc_string if result is not None else None),
         "enqueued_at": job.enqueued_at.strftime("%Y-%m-%dT%H:%M:%SZ") if job.enqueued_at else None,
         "failed_at": job.ended_at.strftime("%Y-%m-%dT%H:%M:%SZ") if job.ended_at else None,
+        **messages_view(gateway().store, job),
     }
 
 

@@ -155,13 +155,21 @@ def _show_chats(data: dict[str, Any]) -> None:
         print(f"More: sms-gateway chats --pagination-key {data['pagination_key']}")
 
 
+_MESSAGES_STATE = {"given_up": "messages given up (the person got the failure notice): requeue to answer them",
+                   "waiting": "messages still waiting: a worker answers them, nothing to do",
+                   "answered": "messages answered after all: nothing to do"}
+
+
 def _show_failed(data: dict[str, Any]) -> None:
     jobs = data.get("jobs") or []
-    print(f"{data.get('total', len(jobs))} failed job(s)")
+    needed = sum(1 for job in jobs if job.get("needs_operator", True))
+    print(f"{data.get('total', len(jobs))} failed job(s); listed here and needing an operator: {needed}")
     for job in jobs:
         print(f"{job['job_id']}  {job['queue']}  conversation {job.get('conversation_id') or '-'}  "
               f"{job.get('failed_at') or '-'}\n    {job['reason']}")
-    if jobs:
+        if job.get("messages") in _MESSAGES_STATE:
+            print(f"    {_MESSAGES_STATE[job['messages']]}")
+    if needed:
         print("Run one again with: sms-gateway requeue JOB_ID")
 
 

@@ -181,6 +181,12 @@ _SCHEMAS: dict[str, Any] = {
             "description": _nullable("string"), "conversation_id": _nullable("string"), "reason": {"type": "string"},
             "enqueued_at": _nullable("string", format="date-time"),
             "failed_at": _nullable("string", format="date-time"),
+            "messages": _nullable("string", enum=["given_up", "waiting", "answered", None],
+                                  description="What became of the messages of a drain job: given up (the failure "
+                                              "notice was sent; a requeue answers them), still waiting for a "
+                                              "worker, or answered after all. Null for other jobs."),
+            "needs_operator": {"type": "boolean",
+                               "description": "False when nothing is left to do (messages waiting or answered)."},
         },
     },
     "FailedJobs": {

@@ -140,6 +140,7 @@ def test_failed_and_requeue(start_workers, served, cli, uponai, twilio, redis):
     job_id = FailedJobRegistry("sms", connection=redis).get_job_ids()[0]
     assert job_id in listed.stdout and conversation_id(GATEWAY_NUMBER, PERSON) in listed.stdout
     assert "MessagesFailed" in listed.stdout
+    assert "needing an operator: 1" in listed.stdout and "requeue to answer them" in listed.stdout
 
     requeued = cli("requeue", job_id)
     assert requeued.returncode == 0, requeued.stderr

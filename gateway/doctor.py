@@ -17,7 +17,7 @@ from config import Settings, SettingsError, load_settings
 from workers.errors import GatewayError, PermanentError
 
 # A status callback for this sid is harmless: no message the gateway sent has it, so nothing is stored.
-SELF_TEST_SID = "SM" + "d0c70r" + "0" * 26
+SELF_TEST_SID = "SM" + "d0c70" + "0" * 27  # a well-formed sid (SM + 32 hex digits) Twilio never issued
 
 
 @dataclass

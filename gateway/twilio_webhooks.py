@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from urllib.parse import parse_qsl
 
@@ -11,6 +10,7 @@ from flask import Blueprint, Request, Response, request
 from redis.exceptions import RedisError
 from werkzeug.datastructures import MultiDict
 
+from gateway import twilio_fields as fields
 from gateway.context import gateway
 from gateway.signatures import is_signed_by_twilio
 from workers.jobs import enqueue_drain
@@ -23,9 +23,7 @@ bp = Blueprint("twilio", __name__, url_prefix="/twilio")
 
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 MAX_BODY_CHARS = 4096
-MAX_ADDRESS_CHARS = 64
 MAX_MEDIA = 100
-_SID = re.compile(r"^[A-Za-z0-9]{2,64}$")
 FORM_TYPE = "application/x-www-form-urlencoded"
 
 
@@ -46,35 +44,50 @@ def form_problem(req: Request) -> str | None:
     return None
 
 
+IDENTIFYING_FIELDS = ("MessageSid", "AccountSid", "MessagingServiceSid", "From", "To", "Body", "NumMedia",
+                      "OptOutType")
+
+
 def parse_inbound(form: MultiDict) -> InboundMessage:
-    """Build an InboundMessage from Twilio's form fields. Raises InvalidInbound saying what is wrong."""
+    """Build an InboundMessage from Twilio's form fields. Raises InvalidInbound saying what is wrong.
+
+    Every field that identifies a message is held to the format Twilio sends (see ``twilio_fields``): a
+    signed form re-cut so that a value swallows its neighbour's name is refused, not taken as a new message.
+    """
     problems = [f"{name} is missing" for name in ("MessageSid", "From", "To") if not form.get(name, "").strip()]
     if problems:
         raise InvalidInbound("; ".join(problems))
-    sid = form["MessageSid"].strip()
-    if not _SID.match(sid):
-        raise InvalidInbound("MessageSid is not a Twilio message sid")
+    # Twilio never repeats a field; a repeated one is how a re-cut form would choose which value we read.
+    problems = [f"{name} appears more than once" for name in IDENTIFYING_FIELDS if len(form.getlist(name)) > 1]
+    sid = form["MessageSid"]
+    if not fields.MESSAGE_SID.fullmatch(sid):
+        problems.append("MessageSid is not a Twilio message sid (SM or MM and 32 hex digits)")
+    for name, pattern, shape in (("AccountSid", fields.ACCOUNT_SID, "AC"),
+                                 ("MessagingServiceSid", fields.SERVICE_SID, "MG")):
+        if name in form and not pattern.fullmatch(form[name]):
+            problems.append(f"{name} is not a Twilio sid ({shape} and 32 hex digits)")
     for name in ("From", "To"):
-        if len(form[name]) > MAX_ADDRESS_CHARS:
-            raise InvalidInbound(f"{name} is longer than {MAX_ADDRESS_CHARS} characters")
+        if problem := fields.address_problem(form[name]):
+            problems.append(f"{name} {problem}")
     body = form.get("Body", "")
     if len(body) > MAX_BODY_CHARS:
-        raise InvalidInbound(f"Body is longer than {MAX_BODY_CHARS} characters")
-    try:
-        num_media = int(form.get("NumMedia", "0") or 0)
-    except ValueError:
-        raise InvalidInbound("NumMedia is not a number") from None
-    if not 0 <= num_media <= MAX_MEDIA:
-        raise InvalidInbound(f"NumMedia must be between 0 and {MAX_MEDIA}")
-    media_types = tuple(form.get(f"MediaContentType{i}", "")[:100] for i in range(min(num_media, 10)))
+        problems.append(f"Body is longer than {MAX_BODY_CHARS} characters")
+    num_media = form.get("NumMedia", "") or "0"
+    if not fields.NUM_MEDIA.fullmatch(num_media):
+        problems.append("NumMedia is not a number")
+    elif int(num_media) > MAX_MEDIA:
+        problems.append(f"NumMedia must be between 0 and {MAX_MEDIA}")
+    if problems:
+        raise InvalidInbound("; ".join(problems))
+    media_types = tuple(form.get(f"MediaContentType{i}", "")[:100] for i in range(min(int(num_media), 10)))
     return InboundMessage(
         sid=sid,
-        from_=form["From"].strip(),
-        to=form["To"].strip(),
+        from_=form["From"],
+        to=form["To"],
         body=body,
-        account_sid=form.get("AccountSid", "")[:64],
-        messaging_service_sid=form.get("MessagingServiceSid", "")[:64],
-        num_media=num_media,
+        account_sid=form.get("AccountSid", ""),
+        messaging_service_sid=form.get("MessagingServiceSid", ""),
+        num_media=int(num_media),
         media_types=media_types,
         opt_out_type=form.get("OptOutType", "")[:16].upper(),
         received_at=time.time(),
@@ -102,12 +115,25 @@ def inbound_sms():
         message = parse_inbound(request.form)
     except InvalidInbound as exc:
         return _plain(400, f"Bad inbound message: {exc}.")
+    unanswerable = fields.unanswerable(message.from_, fields.own_numbers(gw.settings.own_numbers()))
     try:
-        outcome = gw.store.accept(message, then=lambda pipe: enqueue_drain(
-            gw.queue, message.conversation_id, gw.settings, pipeline=pipe))
+        outcome = gw.store.accept(message, signature=request.headers.get("X-Twilio-Signature", ""),
+                                  skip=unanswerable is not None, then=lambda pipe: enqueue_drain(
+                                      gw.queue, message.conversation_id, gw.settings, pipeline=pipe))
     except RedisError as exc:
         log.error("inbound message=%s not accepted: Redis unavailable (%s)", message.sid, type(exc).__name__)
         return _plain(503, "Temporarily unable to accept messages; please retry.")
+    if outcome == "replay":
+        metrics().count_not_forwarded("replayed_signature")
+        log.warning("inbound message=%s refused: its signature was first accepted with another message "
+                    "(a re-cut replay of a signed webhook)", message.sid)
+        return _plain(400, "Bad inbound message: this signature belongs to another message.")
+    if outcome == "skipped":
+        reason = unanswerable or "own_number"
+        metrics().count_not_forwarded(reason)
+        log.info("inbound message=%s from=%s conversation=%s not forwarded: no reply can reach the sender (%s)",
+                 message.sid, mask_number(message.from_), message.conversation_id, reason)
+        return _twiml()
     metrics().count_inbound(outcome, message.num_media)
     log.info("inbound message=%s from=%s conversation=%s %s media=%d", message.sid, mask_number(message.from_),
              message.conversation_id, outcome, message.num_media)
@@ -122,12 +148,23 @@ def status_callback():
         return _plain(403, "Invalid or missing X-Twilio-Signature.")
     if problem:
         return _plain(400, f"Bad status callback: {problem}.")
-    sid = request.form.get("MessageSid", "").strip()
-    status = request.form.get("MessageStatus", "").strip()[:32]
-    if not sid or not status:
+    form = request.form
+    sid = form.get("MessageSid", "")
+    status = form.get("MessageStatus", "")
+    error_code = form.get("ErrorCode", "")
+    if not sid.strip() or not status.strip():
         return _plain(400, "Bad status callback: MessageSid and MessageStatus are required.")
+    # Held to Twilio's formats like the inbound webhook, so a re-cut callback cannot move a status or error code.
+    if not fields.MESSAGE_SID.fullmatch(sid) or len(form.getlist("MessageSid")) > 1:
+        return _plain(400, "Bad status callback: MessageSid is not a Twilio message sid (SM or MM and 32 hex digits).")
+    if not fields.MESSAGE_STATUS.fullmatch(status) or len(form.getlist("MessageStatus")) > 1:
+        return _plain(400, "Bad status callback: MessageStatus is not a Twilio message status.")
+    if not fields.ERROR_CODE.fullmatch(error_code) or len(form.getlist("ErrorCode")) > 1:
+        return _plain(400, "Bad status callback: ErrorCode is not a Twilio error code.")
+    if "AccountSid" in form and not fields.ACCOUNT_SID.fullmatch(form["AccountSid"]):
+        return _plain(400, "Bad status callback: AccountSid is not a Twilio sid (AC and 32 hex digits).")
     try:
-        cid = gw.store.record_status(sid, status, request.form.get("ErrorCode", "").strip()[:16])
+        cid = gw.store.record_status(sid, status, error_code)
     except RedisError:
         return _plain(503, "Temporarily unable to record status; please retry.")
     log.info("status message=%s status=%s conversation=%s", sid, status, cid or "unknown")

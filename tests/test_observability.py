@@ -97,7 +97,7 @@ def test_metrics_count_webhooks_duplicates_and_status_callbacks(client):
     for _ in range(2):
         assert post_signed(client, "/twilio/sms", form).status_code == 200
     post_signed(client, "/twilio/sms", inbound_form("", from_=PERSON, NumMedia="1", MediaUrl0="https://x/y.png"))
-    post_signed(client, "/twilio/status", {"MessageSid": "SMunknown", "MessageStatus": "delivered"})
+    post_signed(client, "/twilio/status", {"MessageSid": "SM" + "0" * 32, "MessageStatus": "delivered"})
     client.post("/twilio/sms", data=inbound_form("forged"))  # unsigned: 403
 
     page = client.get("/metrics")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from urllib.parse import urlencode
+
 import pytest
 from flask import Flask, request
 from rq import Queue
 from twilio.request_validator import RequestValidator
+from werkzeug.datastructures import MultiDict
 
 from gateway import create_app
 from gateway.signatures import is_signed_by_twilio, signed_url
@@ -157,3 +161,162 @@ def test_previous_auth_token_is_accepted_during_a_rotation(env, redis, queue):
     assert post_signed(client, "/twilio/sms", inbound_form("bad", from_="+14155550103"),
                        token="other-token").status_code == 403
     assert queue.count == 2  # one drain job for each of the two accepted conversations
+
+
+# -- a signed form re-cut: text moved between a value and the next name signs the same ----------------------
+
+def signed_text(fields: list[tuple[str, str]]) -> str:
+    return "".join(name + value for name, value in fields)
+
+
+READ_FIELDS = ("MessageSid", "AccountSid", "MessagingServiceSid", "From", "To", "Body", "NumMedia", "OptOutType",
+               *(f"MediaContentType{i}" for i in range(10)))  # what the webhook reads; the rest it ignores
+
+
+def recuts(form: dict[str, str], url: str) -> list[list[tuple[str, str]]]:
+    """Every re-arrangement of ``form`` in one region that keeps its signature, the original left out.
+
+    The signed text is the sorted names and values joined with no separator. Cutting it again: any one
+    cut moved anywhere between its neighbours (a value's suffix into the next name, a name's prefix into
+    the previous value), any run of whole fields merged into a value, a merge with one cut moved, and any
+    two neighbouring cuts moved at once. A cut keeps the signature when the fields stay in the validator's
+    order (names sorted, a repeated name's values sorted and distinct). Variants that differ only in fields
+    the webhook ignores are answered alike: one of each is kept, checked with twilio's own validator.
+    """
+    original = sorted(form.items())
+    tokens = [part for pair in original for part in pair]
+    text = "".join(tokens)
+    cuts, position = [], 0
+    for token in tokens[:-1]:
+        position += len(token)
+        cuts.append(position)
+    found: dict[tuple, list[tuple[str, str]]] = {}
+    for first in range(len(cuts)):
+        for last in range(first, len(cuts)):
+            low = cuts[first - 1] if first else 0
+            high = cuts[last + 1] if last + 1 < len(cuts) else len(text)
+            removed = last - first + 1
+            if removed % 2:
+                replacements = [(p,) for p in range(low, high + 1)]
+            else:
+                replacements = [()]
+                if removed == 2:
+                    replacements += [(p, q) for p in range(low, high + 1) for q in range(p, high + 1)]
+            for new in replacements:
+                bounds = [0, *cuts[:first], *new, *cuts[last + 1:], len(text)]
+                parts = [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+                fields = list(zip(parts[0::2], parts[1::2], strict=True))
+                if fields == original or not _in_signing_order(fields):
+                    continue
+                found.setdefault(tuple(pair for pair in fields if pair[0] in READ_FIELDS), fields)
+    validator, signature = RequestValidator(AUTH_TOKEN), sign(url, form)
+    assert all(validator.validate(url, MultiDict(fields), signature) for fields in found.values())
+    return list(found.values())
+
+
+def _in_signing_order(fields: list[tuple[str, str]]) -> bool:
+    return bool(fields[0][0]) and all(
+        name and (name, value) > (prev_name, prev_value) if name == prev_name else name > prev_name
+        for (prev_name, prev_value), (name, value) in zip(fields, fields[1:], strict=False))
+
+
+def post_fields(client, fields: list[tuple[str, str]], signature: str):
+    body = urlencode(fields)
+    return client.post("/twilio/sms", data=body, content_type="application/x-www-form-urlencoded",
+                        headers={"X-Twilio-Signature": signature})
+
+
+def queued_messages(redis) -> list[dict]:
+    return [json.loads(raw) for key in redis.scan_iter("smsgw:inbox:*") for raw in redis.lrange(key, 0, -1)]
+
+
+REAL_LOOKING = {  # the fields and shapes of a real inbound SMS (Twilio's webhook-request docs), our numbers
+    "ToCountry": "US", "ToState": "CA", "SmsMessageSid": "SMb711289e438f577f230f5837e9c74a08", "NumMedia": "0",
+    "ToCity": "BERKELEY", "FromZip": "94110", "SmsSid": "SMb711289e438f577f230f5837e9c74a08", "FromState": "CA",
+    "SmsStatus": "received", "FromCity": "SAN FRANCISCO", "Body": "Hello THERE, is the shop open?",
+    "FromCountry": "US", "To": "+15005550006", "MessagingServiceSid": "MG790b6bd09f119b54ffb7f03b8841b1c9",
+    "ToZip": "94704", "NumSegments": "1", "MessageSid": "SMb711289e438f577f230f5837e9c74a08",
+    "AccountSid": "AC" + "1" * 32, "From": "+14155550100", "ApiVersion": "2010-04-01",
+}
+MMS_OPT_OUT = {  # a picture with an opt-out word: MM sid, media fields, OptOutType
+    "MessageSid": "MM" + "4e" * 16, "SmsMessageSid": "MM" + "4e" * 16, "SmsSid": "MM" + "4e" * 16,
+    "AccountSid": "AC" + "1" * 32, "From": "+447700900123", "To": "+15005550006", "Body": "STOP",
+    "NumMedia": "1", "MediaUrl0": "https://api.twilio.com/2010-04-01/Accounts/AC/Messages/MM/Media/ME1",
+    "MediaContentType0": "image/jpeg", "OptOutType": "STOP", "NumSegments": "1", "SmsStatus": "received",
+    "ApiVersion": "2010-04-01",
+}
+
+
+@pytest.mark.parametrize("form", [REAL_LOOKING, MMS_OPT_OUT], ids=["sms", "mms-opt-out"])
+@pytest.mark.parametrize("original_first", [True, False], ids=["original-first", "recuts-first"])
+def test_no_recut_of_a_signed_webhook_is_queued_as_another_message(client, redis, queue, form, original_first):
+    url = "https://sms.example.com/twilio/sms"
+    signature = sign(url, form)
+    variants = recuts(form, url)
+    assert len(variants) > 50  # the generator does find re-cuts that Twilio's validator accepts
+    if original_first:
+        assert post_signed(client, "/twilio/sms", form).status_code == 200
+    for fields in variants:
+        response = post_fields(client, fields, signature)
+        assert response.status_code in (200, 400), (fields, response.get_data(as_text=True))
+    if not original_first:
+        assert post_signed(client, "/twilio/sms", form).status_code == 200
+
+    messages = queued_messages(redis)
+    assert len(messages) == 1, [m["sid"] for m in messages]
+    assert queue.count == 1
+    assert len(list(redis.scan_iter("smsgw:seen:*"))) == 1
+    # The one message queued is the real one, whichever arrived first.
+    kept = messages[0]
+    assert (kept["sid"], kept["from_"], kept["to"], kept["body"], kept["num_media"], kept["opt_out_type"]) == (
+        form["MessageSid"], form["From"], form["To"], form["Body"], int(form["NumMedia"]), form.get("OptOutType", ""))
+    assert kept["messaging_service_sid"] == form.get("MessagingServiceSid", "")
+
+
+def test_a_body_written_to_look_like_fields_cannot_be_replayed_as_a_message_to_someone_else(client, redis, queue):
+    # A person writes a text that spells out fields: re-cut, the captured webhook reads as a new message
+    # (its own sid, formats all valid) from a victim's number. Formats alone cannot see it; the signature can.
+    fake_sid, victim = "SM" + "ab" * 16, "+14155550199"
+    body = f"hiFrom{victim}MessageSid{fake_sid}NumMedia0To+15005550006ToZip"
+    form = inbound_form(body, from_="+14155550100")
+    url = "https://sms.example.com/twilio/sms"
+    assert post_signed(client, "/twilio/sms", form).status_code == 200
+
+    rest = signed_text(sorted(form.items()))
+    rest = rest[rest.index("From+14155550100"):]
+    forged = [("AccountSid", form["AccountSid"]), ("ApiVersion", form["ApiVersion"]), ("Body", "hi"),
+              ("From", victim), ("MessageSid", fake_sid), ("NumMedia", "0"), ("To", "+15005550006"), ("ToZip", rest)]
+    assert signed_text(forged) == signed_text(sorted(form.items()))
+    signature = sign(url, form)
+    assert RequestValidator(AUTH_TOKEN).validate(url, MultiDict(forged), signature)
+
+    response = post_fields(client, forged, signature)
+    assert response.status_code == 400
+    assert "signature belongs to another message" in response.get_data(as_text=True)
+    assert [m["sid"] for m in queued_messages(redis)] == [form["MessageSid"]]
+    assert queue.count == 1
+
+
+def test_twilio_retrying_the_same_webhook_is_still_a_duplicate_not_a_replay(client, redis, queue):
+    form = inbound_form("again")
+    assert post_signed(client, "/twilio/sms", form).status_code == 200
+    response = post_signed(client, "/twilio/sms", form)
+    assert response.status_code == 200 and len(queued_messages(redis)) == 1
+
+
+# -- status callbacks are held to Twilio's formats too -------------------------------------------------------
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ({"MessageSid": "SM" + "a" * 32 + "MessageStatusdelivered"}, "MessageSid is not a Twilio message sid"),
+    ({"MessageSid": "SMunknown"}, "MessageSid is not a Twilio message sid"),
+    ({"MessageStatus": "sentSmsSid"}, "MessageStatus is not a Twilio message status"),
+    ({"ErrorCode": "30003From+14155550100"}, "ErrorCode is not a Twilio error code"),
+    ({"AccountSid": "AC" + "1" * 32 + "ErrorCode"}, "AccountSid is not a Twilio sid"),
+])
+def test_status_callback_fields_out_of_shape_are_400(client, redis, overrides, expected):
+    form = {"MessageSid": "SM" + "a" * 32, "MessageStatus": "delivered", "AccountSid": "AC" + "1" * 32,
+            "ErrorCode": "", **overrides}
+    response = post_signed(client, "/twilio/status", form)
+    assert response.status_code == 400
+    assert expected in response.get_data(as_text=True)
+    assert list(redis.scan_iter("smsgw:*")) == []

@@ -9,9 +9,12 @@ import time
 import pytest
 from redis import Redis
 from rq import Queue, Worker
+from twilio.request_validator import RequestValidator
+from werkzeug.datastructures import MultiDict
 
 from gateway import create_app
 from tests.conftest import (
+    AUTH_TOKEN,
     RedisServer,
     WorkerPool,
     free_port,
@@ -67,6 +70,33 @@ def test_duplicate_message_sid_is_acknowledged_and_stored_once(client, redis, qu
     assert queue.count == 1
 
 
+@pytest.mark.parametrize("address", ["+14155550100", "whatsapp:+14155550100", "messenger:1234567890123456"])
+def test_phone_numbers_and_channel_addresses_are_accepted(client, redis, queue, address):
+    form = inbound_form("hi", from_=address)
+    assert post_signed(client, "/twilio/sms", form).status_code == 200
+    assert len(inbox(redis, form)) == 1 and queue.count == 1
+
+
+def test_message_service_and_mms_sids_in_their_real_shapes_are_accepted(client, redis, queue):
+    # Twilio's own shapes: MM for a message with media, MG for a Messaging Service, hex in either case.
+    form = inbound_form("look", sid="MM" + "A0b1" * 8, MessagingServiceSid="MG" + "9f" * 16, NumMedia="1",
+                        MediaUrl0="https://api.twilio.com/x.png", MediaContentType0="image/png")
+    assert post_signed(client, "/twilio/sms", form).status_code == 200
+    assert json.loads(inbox(redis, form)[0])["messaging_service_sid"] == "MG" + "9f" * 16
+
+
+def test_a_repeated_identifying_field_is_400(client, redis, queue):
+    # Twilio never repeats a field; the validator signs repeated values sorted, so the order we would read is free.
+    form = inbound_form("hi")
+    data = [*form.items(), ("From", "+14155550199")]
+    signed = MultiDict(data)
+    response = client.post("/twilio/sms", data=signed, headers={
+        "X-Twilio-Signature": RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC + "/twilio/sms", signed)})
+    assert response.status_code == 400
+    assert "From appears more than once" in response.get_data(as_text=True)
+    assert_nothing_stored_or_queued(redis, queue)
+
+
 def test_unknown_fields_are_ignored(client, redis, queue):
     form = inbound_form("hi", FromCity="SAN FRANCISCO", ToCountry="US", SomeFieldTwilioAddsLater="x")
     assert post_signed(client, "/twilio/sms", form).status_code == 200
@@ -99,9 +129,22 @@ def test_blank_required_field_is_400(client, redis, queue):
 
 @pytest.mark.parametrize(("overrides", "expected"), [
     ({"NumMedia": "two"}, "NumMedia is not a number"),
-    ({"NumMedia": "-1"}, "NumMedia must be between 0 and 100"),
+    ({"NumMedia": "-1"}, "NumMedia is not a number"),
+    ({"NumMedia": "1_0"}, "NumMedia is not a number"),  # int() would read 10
+    ({"NumMedia": "0NumSegments1"}, "NumMedia is not a number"),
     ({"NumMedia": "101"}, "NumMedia must be between 0 and 100"),
     ({"MessageSid": "SM not/a/sid"}, "MessageSid is not a Twilio message sid"),
+    # A value that swallowed the next field's name (signs like the original form): refused, never a new message.
+    ({"MessageSid": "SM" + "0f" * 16 + "NumMedia0"}, "MessageSid is not a Twilio message sid"),
+    ({"MessageSid": "SM" + "0f" * 15}, "MessageSid is not a Twilio message sid"),  # 30 hex digits: too short
+    ({"MessageSid": "SM" + "0f" * 16 + "\n"}, "MessageSid is not a Twilio message sid"),
+    ({"MessageSid": "CA" + "0f" * 16}, "MessageSid is not a Twilio message sid"),
+    ({"AccountSid": "AC" + "1" * 32 + "ApiVersion2010-04-01"}, "AccountSid is not a Twilio sid"),
+    ({"AccountSid": ""}, "AccountSid is not a Twilio sid"),
+    ({"MessagingServiceSid": "MG" + "2" * 32 + "NumMedia0"}, "MessagingServiceSid is not a Twilio sid"),
+    ({"From": "+14155550100MessageSidSM" + "0f" * 16}, "From is not an E.164 number"),
+    ({"To": "+15005550006ToCityBERKELEY"}, "To is not an E.164 number"),
+    ({"From": "whatsapp:+1415555010O"}, "From is not an E.164 number"),
     ({"From": "+1" + "5" * 70}, "From is longer than 64 characters"),
     ({"Body": "x" * 4097}, "Body is longer than 4096 characters"),
 ])

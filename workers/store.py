@@ -3,7 +3,10 @@
 A conversation is the pair (gateway number, person's number), keyed by an opaque id so that phone
 numbers never appear in queue names, job descriptions or logs. Keys (all under ``smsgw:``)::
 
-    seen:{MessageSid}        dedupe marker: "pending" until a drain job is queued, then "queued"
+    seen:{MessageSid}        dedupe marker: "pending" until a drain job is queued, then "queued" ("skipped":
+                             a sender no reply can reach)
+    signature:{hash}         the MessageSid a webhook signature was first accepted with (re-cut replays)
+    numbers                  set of the gateway's own numbers: every To of a signed inbound text
     conv:{cid}               hash: gateway, person, messaging_service_sid, chat_id, agent_id, ...
     inbox:{cid}              list of inbound messages (JSON), oldest first; the head stays until done
     lock:{cid}               token of the one drain job working on the conversation (expires)
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -46,12 +50,26 @@ PROGRESS_TTL_SECONDS = 14 * 24 * 3600
 DEFAULT_RETENTION_SECONDS = 30 * 24 * 3600
 RECENT_SENT_KEPT = 20
 
-# ARGV[8..] holds the commands that queue the drain job (each as its word count, then its words); they
+# ARGV[12..] holds the commands that queue the drain job (each as its word count, then its words); they
 # run only for a message not queued before, in the same atomic step that records it, and only when no
 # drain job of the conversation is already waiting in the queue (``drain_pending``).
+# KEYS[5] maps the webhook's signature to its message: a signed form re-cut into another message (text
+# moved between a value and the next name signs the same) carries the same signature with another sid.
+# KEYS[6] is the set of the gateway's numbers (every To of a signed inbound): texts from them, or from
+# senders the web found unanswerable (ARGV[11] = '1'), are recorded as seen and never queued.
 _ACCEPT = """
+local signed = redis.call('GET', KEYS[5])
+if signed and signed ~= ARGV[8] then return 3 end
 local state = redis.call('GET', KEYS[1])
-if state == 'queued' then return 0 end
+if state == 'queued' or state == 'skipped' then return 0 end
+if not signed then redis.call('SET', KEYS[5], ARGV[8], 'EX', ARGV[2]) end
+if not state then
+  redis.call('SADD', KEYS[6], ARGV[9])
+  if ARGV[11] == '1' or redis.call('SISMEMBER', KEYS[6], ARGV[10]) == 1 then
+    redis.call('SET', KEYS[1], 'skipped', 'EX', ARGV[2])
+    return 4
+  end
+end
 local result = 2
 if state ~= 'pending' then
   result = 1
@@ -61,7 +79,7 @@ if state ~= 'pending' then
   redis.call('HSET', KEYS[3], 'gateway', ARGV[3], 'person', ARGV[4], 'last_inbound_at', ARGV[5])
   if ARGV[6] ~= '' then redis.call('HSET', KEYS[3], 'messaging_service_sid', ARGV[6]) end
 end
-local i = 8
+local i = 12
 if i <= #ARGV then
   -- A drain job that is queued and has not started yet will take this message too: no second job.
   if redis.call('HEXISTS', KEYS[3], 'drain_pending') == 1 then i = #ARGV + 1 end
@@ -202,17 +220,23 @@ class ConversationStore:
 
     # -- web side ---------------------------------------------------------------------------------
 
-    def accept(self, message: InboundMessage, *, then: Callable[[Pipeline], object] | None = None) -> str:
-        """Record an inbound message once. Returns "new", "duplicate" or "unqueued" (seen before, no job yet).
+    def accept(self, message: InboundMessage, *, then: Callable[[Pipeline], object] | None = None,
+               signature: str = "", skip: bool = False) -> str:
+        """Record an inbound message once. Returns "new", "duplicate", "unqueued" (seen before, no job yet),
+        "replay" (``signature`` was used by another message) or "skipped" (a sender no reply can reach:
+        ``skip``, or one of the gateway's own numbers; recorded as seen, never queued).
 
         ``then(pipeline)`` queues the drain job on a pipeline that is never sent: its commands are run by
         the same Lua script, only when the message is not queued yet. One round trip, nothing re-queued
         for a repeat, and no message recorded without its job.
         """
         cid = message.conversation_id
-        keys = [self.key("seen", message.sid), self.key("inbox", cid), self.key("conv", cid), self.key("active")]
+        signed = hashlib.sha256(signature.encode()).hexdigest()[:32] if signature else f"sid-{message.sid}"
+        keys = [self.key("seen", message.sid), self.key("inbox", cid), self.key("conv", cid), self.key("active"),
+                self.key("signature", signed), self.key("numbers")]
         args = [message.to_json(), self.dedupe_ttl_seconds, message.to, message.from_,
-                f"{message.received_at:.3f}", message.messaging_service_sid, cid]
+                f"{message.received_at:.3f}", message.messaging_service_sid, cid, message.sid,
+                bare_address(message.to), bare_address(message.from_), "1" if skip else "0"]
         if then is not None:
             recorder = self.redis.pipeline(transaction=False)
             then(recorder)
@@ -221,7 +245,8 @@ class ConversationStore:
                     continue
                 args += [len(command), *command]
             recorder.reset()
-        outcome = {1: "new", 0: "duplicate", 2: "unqueued"}[int(self._accept(keys=keys, args=args))]
+        outcomes = {1: "new", 0: "duplicate", 2: "unqueued", 3: "replay", 4: "skipped"}
+        outcome = outcomes[int(self._accept(keys=keys, args=args))]
         if outcome == "new":
             self._keep(keys[1], keys[2])
         return outcome
@@ -233,6 +258,10 @@ class ConversationStore:
             target.expire(key, self.retention_seconds)
         if pipe is None:
             target.execute()
+
+    def gateway_numbers(self) -> list[str]:
+        """Every number that has been the To of a signed inbound text (bare, without a channel prefix)."""
+        return sorted(_text(n) for n in self.redis.smembers(self.key("numbers")))
 
     def acquire_lock(self, cid: str, token: str, ttl_seconds: float) -> bool:
         """Take the conversation's lock (or confirm we already hold it)."""
@@ -318,6 +347,27 @@ class ConversationStore:
                 pipe.execute()
         else:
             self.redis.hdel(key, "opted_out", "opted_out_at")
+
+    # -- loop breaker: a conversation that answers faster than a person types -------------------------
+
+    def count_quick_text(self, cid: str, quick: bool) -> int:
+        """Count one more text that came right after our reply (``quick``), or start over; returns the run."""
+        key = self.key("conv", cid)
+        if not quick:
+            self.redis.hdel(key, "loop_streak")
+            return 0
+        return int(self.redis.hincrby(key, "loop_streak", 1))
+
+    def open_loop_breaker(self, cid: str, until: float) -> None:
+        self.redis.hset(self.key("conv", cid), mapping={"loop_breaker_until": f"{until:.3f}",
+                                                        "loop_breaker_at": f"{time.time():.3f}", "loop_streak": "0"})
+
+    def count_held(self, cid: str) -> None:
+        """One more text kept but not forwarded while the breaker is open."""
+        self.redis.hincrby(self.key("conv", cid), "loop_held", 1)
+
+    def close_loop_breaker(self, cid: str) -> None:
+        self.redis.hdel(self.key("conv", cid), "loop_breaker_until", "loop_streak")
 
     def active_conversations(self) -> list[str]:
         return sorted(_text(c) for c in self.redis.smembers(self.key("active")))
@@ -538,6 +588,15 @@ class ConversationStore:
             rows = pipe.execute()
         return [{"sid": sid, **{_text(k): _text(v) for k, v in row.items()}}
                 for sid, row in zip(sids, rows, strict=True)]
+
+
+CHANNEL_ADDRESS = re.compile(r"([a-z][a-z0-9-]*):(.+)")  # whatsapp:+1..., messenger:1234..., rcs:...
+
+
+def bare_address(address: str) -> str:
+    """``whatsapp:+1415...`` -> ``+1415...``: one number on any channel."""
+    match = CHANNEL_ADDRESS.fullmatch(address)
+    return match[2] if match else address
 
 
 def _text(value: bytes | str | None) -> str | None:

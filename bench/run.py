@@ -100,6 +100,7 @@ class Bench:
             "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
             "TWILIO_API_BASE_URL": f"http://127.0.0.1:{self.twilio_port}", "TWILIO_FROM_NUMBER": GATEWAY_NUMBER,
             "PUBLIC_BASE_URL": f"http://127.0.0.1:{self.web_ports[target]}",
+            "LOOP_BREAKER_REPLIES": "0",  # the load texts faster than a person: the loop breaker would hold it
         }
 
     def start(self) -> None:

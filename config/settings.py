@@ -134,6 +134,13 @@ def _agent_routes(value: str) -> dict[str, str]:
     return routes
 
 
+def _numbers(value: str) -> tuple[str, ...]:
+    numbers = tuple(item.strip() for item in value.replace(";", ",").split(",") if item.strip())
+    if any(any(ch.isspace() for ch in number) for number in numbers):
+        raise ValueError("must be a comma-separated list such as +15005550006,+15005550007")
+    return numbers
+
+
 def _keyword(value: str) -> str:
     word = value.strip().upper()
     if not word or any(ch.isspace() for ch in word):
@@ -219,6 +226,10 @@ class Settings:
     admin_max_waiting: int = _setting("ADMIN_MAX_WAITING", _non_negative_int, 2)
     admin_idempotency_ttl_seconds: int = _setting("ADMIN_IDEMPOTENCY_TTL_SECONDS", _positive_int, 24 * 3600)
     data_retention_days: float = _setting("DATA_RETENTION_DAYS", _positive_float, 30.0)
+    gateway_numbers: tuple[str, ...] = _setting("GATEWAY_NUMBERS", _numbers, ())
+    loop_breaker_replies: int = _setting("LOOP_BREAKER_REPLIES", _non_negative_int, 5)
+    loop_breaker_seconds: float = _setting("LOOP_BREAKER_SECONDS", _positive_float, 5.0)
+    loop_breaker_cooldown_seconds: int = _setting("LOOP_BREAKER_COOLDOWN_SECONDS", _positive_int, 3600)
     outbound_opening_prompt: str = _setting(
         "OUTBOUND_OPENING_PROMPT", _text,
         "[The business is starting this SMS conversation; the person has not written yet. "
@@ -227,6 +238,10 @@ class Settings:
     def agent_for(self, gateway_number: str) -> str:
         """The agent that answers texts to ``gateway_number``."""
         return self.uponai_agent_routes.get(gateway_number, self.uponai_agent_id)
+
+    def own_numbers(self) -> tuple[str, ...]:
+        """The gateway's numbers known from settings: ``TWILIO_FROM_NUMBER``, the routed ones, ``GATEWAY_NUMBERS``."""
+        return (*filter(None, [self.twilio_from_number]), *self.uponai_agent_routes, *self.gateway_numbers)
 
     def __repr__(self) -> str:
         # Secrets are left out; a password inside a URL (REDIS_URL often has one) is masked.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -220,6 +221,7 @@ def show_conversation(number: str):
         "empty_turns": int(state.get("empty_turns") or 0),  # agent turns with no text: nothing was sent
         "waiting_messages": store.inbox_length(cid),
         "busy": store.lock_holder(cid) is not None,
+        "loop_breaker": _loop_breaker_view(state),
         "recent_messages": [_sent_view(row) for row in recent],
         "chat": None,
     }
@@ -240,6 +242,15 @@ def show_conversation(number: str):
         else:
             view["chat"] = outcome.value["ok"]
     return jsonify(view)
+
+
+def _loop_breaker_view(state: dict[str, str]) -> dict[str, Any] | None:
+    """The loop breaker's state: None until it first opens."""
+    if not state.get("loop_breaker_at"):
+        return None
+    until = float(state.get("loop_breaker_until") or 0)
+    return {"open": time.time() < until, "opened_at": since_epoch(state["loop_breaker_at"]),
+            "until": since_epoch(until) if until else None, "held_messages": int(state.get("loop_held") or 0)}
 
 
 def _sent_view(row: dict[str, str]) -> dict[str, Any]:

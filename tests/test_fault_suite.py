@@ -51,6 +51,7 @@ def web(redis_server, uponai_server, twilio_server, redis, tmp_path):
 def suite_env(redis_server, uponai_server, twilio_server) -> dict[str, str]:
     return settings_env(redis_server, uponai_server, twilio_server, RETRY_INTERVALS_SECONDS="0.3,0.6,1,1,1,1,1,1,1",
                         AMBIGUOUS_RETRY_DELAY_SECONDS="1.5", RATE_LIMIT_MESSAGES="0",
+                        LOOP_BREAKER_REPLIES="0",  # its people text faster than a person types
                         WORKER_THREADS="4")
 
 

@@ -241,6 +241,7 @@ def end_conversation(services: Services, cid: str, token: str) -> dict[str, Any]
     with conversation_lock(services, cid, ADMIN_TOKEN_PREFIX + token):
         chat_id = services.store.conversation(cid).get("chat_id")
         end_chat(services, cid, chat_id)
+        services.store.close_loop_breaker(cid)  # an operator who ends the conversation lets it talk again
     log.info("conversation=%s ended by an operator chat=%s", cid, chat_id or "-")
     return {"conversation_id": cid, "ended_chat_id": chat_id}
 

@@ -31,6 +31,7 @@ from workers.delivery import give_up, send_part
 from workers.errors import PermanentError, TransientError
 from workers.keywords import keyword_of
 from workers.locking import DRAIN_TOKEN_PREFIX, LOCK_TTL_SECONDS, LockKeeper
+from workers.metrics import metrics
 from workers.services import Services
 from workers.store import ConversationStore, InboundMessage
 
@@ -156,6 +157,12 @@ def handle_message(services: Services, message: InboundMessage) -> None:
     if conversation.get("opted_out") == "1":
         log.info("message=%s conversation=%s ignored: opted out", message.sid, cid)
         return
+    if _decide(store, message.sid, "loop_held", lambda: _loop_breaker_open(services, message, conversation)):
+        # Kept in the conversation's count, not forwarded and not answered: nothing goes back into the loop.
+        store.count_held(cid)
+        metrics().loop_held.inc()
+        log.info("message=%s conversation=%s not forwarded: loop breaker open", message.sid, cid)
+        return
     if keyword == "RESET":
         end_chat(services, cid, conversation.get("chat_id"))
         send_part(services, message, "reset", settings.reset_confirmation_text)
@@ -195,6 +202,31 @@ def _decide(store: ConversationStore, sid: str, name: str, decide) -> bool:
     if earlier is not None:
         return earlier
     return store.record_decision(sid, name, bool(decide()))
+
+
+def _loop_breaker_open(services: Services, message: InboundMessage, conversation: dict[str, str]) -> bool:
+    """Whether this text is held by the loop breaker (opening it on the K-th quick text in a row).
+
+    A text is quick when it arrived within ``LOOP_BREAKER_SECONDS`` after our previous reply in the
+    conversation: a person reads and types slower than that; another bot, or our own number through a
+    carrier, does not. A text sent before our reply went out does not count (and starts the run over).
+    """
+    settings, store = services.settings, services.store
+    cid = message.conversation_id
+    if settings.loop_breaker_replies <= 0:
+        return False
+    if time.time() < float(conversation.get("loop_breaker_until") or 0):
+        return True
+    since_reply = message.received_at - float(conversation.get("last_outbound_at") or 0)
+    quick = 0 <= since_reply <= settings.loop_breaker_seconds
+    if store.count_quick_text(cid, quick) < settings.loop_breaker_replies:
+        return False
+    store.open_loop_breaker(cid, time.time() + settings.loop_breaker_cooldown_seconds)
+    metrics().loop_breaker_trips.inc()
+    log.warning("conversation=%s loop breaker open for %d s: %d texts in a row came within %.0f s of our reply",
+                cid, settings.loop_breaker_cooldown_seconds, settings.loop_breaker_replies,
+                settings.loop_breaker_seconds)
+    return True
 
 
 def _within_rate(services: Services, cid: str) -> bool:

@@ -37,6 +37,14 @@ class GatewayMetrics:
             "smsgw_messages_in", "Inbound messages accepted and queued", ["kind"], **kwargs)
         self.duplicates_dropped = Counter(
             "smsgw_duplicates_dropped", "Inbound webhooks dropped as repeats of a MessageSid", **kwargs)
+        self.not_forwarded = Counter(
+            "smsgw_inbound_not_forwarded", "Signed inbound webhooks not forwarded to the agent, by reason "
+            "(alphanumeric, short_code, own_number, replayed_signature)", ["reason"], **kwargs)
+        self.loop_breaker_trips = Counter(
+            "smsgw_loop_breaker_trips", "Conversations stopped because they answered faster than a person types",
+            **kwargs)
+        self.loop_held = Counter(
+            "smsgw_loop_held_messages", "Inbound texts kept but not forwarded while a loop breaker is open", **kwargs)
         self.status_callbacks = Counter(
             "smsgw_status_callbacks", "Delivery status callbacks received", ["status"], **kwargs)
         self.messages_out = Counter(
@@ -68,6 +76,9 @@ class GatewayMetrics:
             self.duplicates_dropped.inc()
         else:
             self.messages_in.labels(kind="mms" if num_media else "sms").inc()
+
+    def count_not_forwarded(self, reason: str) -> None:
+        self.not_forwarded.labels(reason=reason).inc()
 
     def count_sent(self, body: str, num_segments: int | None) -> None:
         """Count one SMS Twilio accepted, and its segments by encoding."""

@@ -180,3 +180,13 @@ def test_a_person_who_writes_before_our_reply_arrives_does_not_trip_it(start_wor
     assert len(twilio.sent_to(PERSON)) == 5
     view = loop_client.get(f"/admin/conversations/{PERSON}", headers=AUTH).get_json()
     assert view["loop_breaker"] is None
+
+
+def test_gateway_numbers_setting_is_checked(env):
+    from config import SettingsError, load_settings
+
+    assert load_settings({**env, "GATEWAY_NUMBERS": "+15005550008; +15005550009"}, dotenv_path=None
+                         ).gateway_numbers == ("+15005550008", "+15005550009")
+    with pytest.raises(SettingsError, match="GATEWAY_NUMBERS"):
+        load_settings({**env, "GATEWAY_NUMBERS": "+1 500 555 0008"}, dotenv_path=None)
+    assert load_settings(env, dotenv_path=None).loop_breaker_replies == 5

@@ -2,7 +2,7 @@
 
 ``drain_conversation`` is run by one job at a time per conversation (a Redis lock) and handles the
 conversation's inbox head first, so the agent sees messages in arrival order. For each message it
-applies keywords (STOP/START/HELP families, the reset word), ensures an UponAI chat, runs one agent
+applies keywords (STOP/START/HELP families, the reset word) and the loop breaker, ensures an UponAI chat, runs one agent
 turn, and sends the reply parts, recording progress in Redis so that a job that runs again resumes
 instead of repeating:
 

@@ -6,7 +6,8 @@ numbers never appear in queue names, job descriptions or logs. Keys (all under `
     seen:{MessageSid}        dedupe marker: "pending" until a drain job is queued, then "queued" ("skipped":
                              a sender no reply can reach)
     signature:{hash}         the MessageSid a webhook signature was first accepted with (re-cut replays)
-    numbers                  set of the gateway's own numbers: every To of a signed inbound text
+    numbers                  set of the gateway's own numbers: every To of a signed inbound text (expires
+                             DEDUPE_TTL_SECONDS after the last inbound text)
     conv:{cid}               hash: gateway, person, messaging_service_sid, chat_id, agent_id, ...
     inbox:{cid}              list of inbound messages (JSON), oldest first; the head stays until done
     lock:{cid}               token of the one drain job working on the conversation (expires)
@@ -55,7 +56,8 @@ RECENT_SENT_KEPT = 20
 # drain job of the conversation is already waiting in the queue (``drain_pending``).
 # KEYS[5] maps the webhook's signature to its message: a signed form re-cut into another message (text
 # moved between a value and the next name signs the same) carries the same signature with another sid.
-# KEYS[6] is the set of the gateway's numbers (every To of a signed inbound): texts from them, or from
+# KEYS[6] is the set of the gateway's numbers (every To of a signed inbound, kept while texts keep coming
+# in: it expires DEDUPE_TTL_SECONDS after the last one, like every key): texts from them, or from
 # senders the web found unanswerable (ARGV[11] = '1'), are recorded as seen and never queued.
 _ACCEPT = """
 local signed = redis.call('GET', KEYS[5])
@@ -65,6 +67,7 @@ if state == 'queued' or state == 'skipped' then return 0 end
 if not signed then redis.call('SET', KEYS[5], ARGV[8], 'EX', ARGV[2]) end
 if not state then
   redis.call('SADD', KEYS[6], ARGV[9])
+  redis.call('EXPIRE', KEYS[6], ARGV[2])
   if ARGV[11] == '1' or redis.call('SISMEMBER', KEYS[6], ARGV[10]) == 1 then
     redis.call('SET', KEYS[1], 'skipped', 'EX', ARGV[2])
     return 4

@@ -21,9 +21,9 @@ import requests
 from twilio.base.exceptions import TwilioException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
-from urllib3.exceptions import NewConnectionError
 
 from workers.errors import TwilioMalformedAnswerError, TwilioPermanentError, TwilioTransientError
+from workers.request_failures import describe_failure
 
 DEFAULT_ORIGIN = "https://api.twilio.com"
 FIND_SENT_LOOKBACK = 50  # newest messages to a number searched for a part that may have gone out
@@ -72,16 +72,9 @@ def translate(exc: Exception, what: str) -> TwilioTransientError | TwilioPermane
         # Twilio (or something in between) said 2xx: whatever was asked may have been done.
         return TwilioMalformedAnswerError(f"{what}: 2xx answer that is not the resource ({type(exc).__name__})",
                                           maybe_applied=True)
-    if isinstance(exc, requests.ConnectTimeout):
-        return TwilioTransientError(f"{what}: connect timeout")
-    if isinstance(exc, requests.ReadTimeout):
-        return TwilioTransientError(f"{what}: read timeout", maybe_applied=True)
-    if isinstance(exc, requests.ConnectionError):
-        reason = getattr(exc.args[0], "reason", None) if exc.args else None
-        return TwilioTransientError(f"{what}: connection failed",
-                                    maybe_applied=not isinstance(reason, NewConnectionError))
     if isinstance(exc, requests.RequestException):
-        return TwilioTransientError(f"{what}: {type(exc).__name__}", maybe_applied=True)
+        reason, maybe_applied = describe_failure(exc)
+        return TwilioTransientError(f"{what}: {reason}", maybe_applied=maybe_applied)
     status = getattr(exc, "status", None)
     if status is None and len(exc.args) > 1 and hasattr(exc.args[1], "status_code"):
         status = exc.args[1].status_code  # list calls raise TwilioException(message, response)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from gateway.sandbox.launcher import procfile_commands, redis_server_binary
+from sandbox.launcher import procfile_commands, redis_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 GATEWAY_APP = "gateway:create_app()"

@@ -16,7 +16,7 @@ Each profile is summarised (CPU samples by package and the top functions, self a
 ``profile-worker.txt``) for a flamegraph tool.
 3. Round trips, in this process: the gateway app (Flask test client) takes signed webhooks and the
    real ``sms-gateway worker --burst`` answers them, while every Redis round trip (one
-   ``send_packed_command``) is counted and attributed to the innermost gateway/workers function (and
+   ``send_packed_command``) is counted and attributed to the innermost gateway/workers/core function (and
    the RQ function under it) that made it.
 """
 
@@ -48,10 +48,11 @@ PACKAGES = [  # (label, pattern in a frame's file path), first match wins
     ("requests+urllib3", "/urllib3/"), ("http.client", "http/client.py"), ("werkzeug", "/werkzeug/"),
     ("flask", "/flask/"), ("gunicorn", "/gunicorn/"), ("prometheus_client", "/prometheus_client/"),
     ("logging", "logging/"), ("json", "json/"), ("gateway (ours)", "/gateway/"), ("workers (ours)", "/workers/"),
-    ("config (ours)", "/config/"), ("socket/selectors", "socket.py"), ("socket/selectors", "selectors.py"),
+    ("core (ours)", "/core/"), ("cli (ours)", "/cli/"), ("config (ours)", "/config/"),
+    ("socket/selectors", "socket.py"), ("socket/selectors", "selectors.py"),
     ("threading", "threading.py"), ("email/http parsing", "/email/"), ("uuid", "uuid.py"),
 ]
-OUTER_LOOPS = ("gateway.cli", "workers.worker")  # frames that hold the whole worker loop: not the caller
+OUTER_LOOPS = ("cli.main", "workers.worker")  # frames that hold the whole worker loop: not the caller
 FRAME = re.compile(r"^(?P<func>.+?) \((?P<file>.+?)(?::(?P<line>\d+))?\)$")
 
 
@@ -222,7 +223,7 @@ class RoundTrips:
         frame = sys._getframe(2)
         while frame is not None and ours is None:
             module = frame.f_globals.get("__name__", "")
-            if module.startswith(("workers.", "gateway.")) and module not in OUTER_LOOPS:
+            if module.startswith(("workers.", "gateway.", "core.", "cli.")) and module not in OUTER_LOOPS:
                 ours = f"{module.split('.')[-1]}.{frame.f_code.co_name}"
             elif module.startswith("rq.") and rq_inner is None:
                 rq_inner = frame.f_code.co_name
@@ -240,8 +241,8 @@ class RoundTrips:
 
 async def round_trips(bench: Bench, count: int) -> list[str]:
     """Webhooks through the app in this process, then the real worker command in burst mode, counted."""
+    from cli.main import main as cli_main
     from gateway import create_app
-    from gateway.cli import main as cli_main
 
     redis = Redis(port=bench.redis_port)
     redis.flushdb()
@@ -283,7 +284,7 @@ def _noop_jobs(redis: Redis, settings: dict[str, str], cli_main, count: int = 40
     from rq import Queue
 
     from config import load_settings
-    from workers.jobs import QUEUE_NAME, enqueue_drain
+    from core.queues import QUEUE_NAME, enqueue_drain
 
     queue = Queue(QUEUE_NAME, connection=redis)
     loaded = load_settings(settings, dotenv_path=None)

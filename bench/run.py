@@ -133,7 +133,7 @@ class Bench:
         from rq import Queue
         from rq.registry import StartedJobRegistry
 
-        from workers.jobs import QUEUE_NAME
+        from core.queues import QUEUE_NAME
 
         with Redis(port=self.redis_port) as redis:
             queue = Queue(QUEUE_NAME, connection=redis)

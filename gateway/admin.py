@@ -23,6 +23,9 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 from werkzeug.routing import PathConverter
 
+from core.model import conversation_id
+from core.queues import ADMIN_QUEUE_NAME, CLOSE_IDLE_JOB, DRAIN_JOB, QUEUE_NAME
+from core.redaction import mask_number
 from gateway import admin_validation as check
 from gateway.admin_jobs import (
     AdminBusy,
@@ -36,16 +39,12 @@ from gateway.admin_jobs import (
 from gateway.context import gateway
 from gateway.failed_jobs import messages_view
 from gateway.openapi import admin_openapi
-from workers.admin_ops import ADMIN_QUEUE_NAME
-from workers.jobs import QUEUE_NAME
-from workers.redaction import mask_number
-from workers.store import conversation_id
 
 log = logging.getLogger(__name__)
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 GATEWAY_QUEUES = (QUEUE_NAME, ADMIN_QUEUE_NAME)
-PER_CONVERSATION_JOBS = ("workers.jobs.drain", "workers.jobs.close_idle")
+PER_CONVERSATION_JOBS = (DRAIN_JOB, CLOSE_IDLE_JOB)
 TIME_FIELDS = ("chat_started_at", "last_activity_at", "last_inbound_at", "last_outbound_at", "opted_out_at",
                "last_empty_turn_at")
 

@@ -1,9 +1,9 @@
 """Running admin operations on a worker: enqueue on the admin queue, wait for the answer until a deadline.
 
-The web never calls UponAI or Twilio itself. It enqueues a job from ``workers.admin_ops`` on the
-``sms-admin`` queue (workers take it before any drain job) and blocks on the job's result stream
-(``Job.latest_result(timeout=...)``) on a connection of its own, whose socket timeout outlasts the
-wait. At the deadline a job no worker has taken is taken back off the queue (so it never runs
+The web never calls UponAI or Twilio itself. It enqueues a job of ``workers.admin_ops`` (named by its path:
+``core.queues``) on the ``sms-admin`` queue (workers take it before any drain job) and blocks on the
+job's result stream (``Job.latest_result(timeout=...)``) on a connection of its own, whose socket
+timeout outlasts the wait. At the deadline a job no worker has taken is taken back off the queue (so it never runs
 later, unseen); one that is running is left to finish and can be looked up by its id.
 
 Idempotency keys of ``POST /admin/sms`` live in Redis: ``smsgw:idem:{sha256(key)}`` holds the
@@ -37,11 +37,9 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.results import Result
 
-from workers.admin_ops import ADMIN_QUEUE_NAME, LOCK_WAIT_SECONDS, outbound_result
-from workers.store import ConversationStore
+from core.queues import ADMIN_QUEUE_NAME, enqueue_admin_job, outbound_result, outbound_start_job
+from core.store import ConversationStore
 
-RESULT_TTL_SECONDS = 24 * 3600
-FAILURE_TTL_SECONDS = 7 * 24 * 3600
 CLAIM_ATTEMPTS = 5  # each failed claim means another request claimed the key meanwhile
 PENDING = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.CREATED)
 
@@ -82,17 +80,10 @@ class AdminJobs:
         self.waiting = Redis.from_url(settings.redis_url, socket_connect_timeout=1,
                                       socket_timeout=settings.admin_wait_seconds + 5)
 
-    @property
-    def job_timeout_seconds(self) -> int:
-        return int(2 * self.settings.uponai_read_timeout_seconds + 2 * self.settings.twilio_timeout_seconds
-                   + LOCK_WAIT_SECONDS + 60)
-
     def enqueue(self, func: str, args: tuple, *, description: str, job_id: str | None = None,
                 conversation_id: str | None = None) -> Job:
-        meta = {"conversation_id": conversation_id} if conversation_id else {}
-        return self.queue.enqueue_call(func, args=args, job_id=job_id or uuid.uuid4().hex, description=description,
-                                       timeout=self.job_timeout_seconds, result_ttl=self._kept(RESULT_TTL_SECONDS),
-                                       failure_ttl=self._kept(FAILURE_TTL_SECONDS), meta=meta)
+        return enqueue_admin_job(self.queue, self.settings, func, args, description=description, job_id=job_id,
+                                 conversation_id=conversation_id)
 
     def _kept(self, seconds: int) -> int:
         return min(seconds, self.settings.data_retention_seconds)
@@ -235,10 +226,7 @@ class AdminJobs:
                 return False
 
     def _outbound_job(self, op_id: str, job_id: str, request: dict[str, Any], cid: str) -> Job:
-        return self.queue.create_job("workers.admin_ops.start_outbound_job", args=(op_id, request), job_id=job_id,
-                                     description=f"admin: start outbound conversation {cid}",
-                                     timeout=self.job_timeout_seconds, result_ttl=self._kept(RESULT_TTL_SECONDS),
-                                     failure_ttl=self._kept(FAILURE_TTL_SECONDS), meta={"conversation_id": cid})
+        return outbound_start_job(self.queue, self.settings, op_id, job_id, request, cid)
 
 
 def _status(job: Job) -> JobStatus | None:

@@ -8,7 +8,7 @@ import math
 import re
 from typing import Any
 
-from gateway.phone_numbers import NumberError, read_number
+from core.phone_numbers import NumberError, read_number
 
 MAX_MESSAGE_CHARS = 1600  # Twilio's limit for one message body
 MAX_VARIABLES = 50
@@ -82,7 +82,7 @@ def _depth(value: Any) -> int:
 
 
 def phone_number(value: Any, field: str, default_region: str | None) -> str:
-    """The number in E.164 form, read by the one rule of gateway.phone_numbers (national only with a region)."""
+    """The number in E.164 form, read by the one rule of core.phone_numbers (national only with a region)."""
     try:
         return read_number(value, default_region)
     except NumberError as exc:

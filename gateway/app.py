@@ -4,34 +4,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from flask import Flask, jsonify, request
-from redis import Redis
 from rq import Queue
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import Settings, load_settings
-from gateway.signatures import RotatingValidator, validator_for
-from workers.jobs import QUEUE_NAME
-from workers.metrics import metrics
-from workers.store import ConversationStore, connect_redis
+from core.metrics import metrics
+from core.queues import QUEUE_NAME
+from core.redis import connect_redis
+from core.store import ConversationStore
+from gateway import admin, health, observability, twilio_webhooks
+from gateway.context import Gateway
+from gateway.signatures import validator_for
 
 MAX_REQUEST_BYTES = 64 * 1024  # Twilio's largest webhook (1600 chars, 10 media URLs) is far smaller
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Gateway:
-    """What the views share: settings and the Redis-backed collaborators."""
-
-    settings: Settings
-    redis: Redis
-    store: ConversationStore
-    queue: Queue
-    validator: RotatingValidator
 
 
 def create_app(test_config: Settings | Mapping[str, str] | None = None) -> Flask:
@@ -54,8 +44,6 @@ def create_app(test_config: Settings | Mapping[str, str] | None = None) -> Flask
         queue=Queue(QUEUE_NAME, connection=redis),
         validator=validator_for(settings),
     )
-
-    from gateway import admin, health, observability, twilio_webhooks
 
     app.register_blueprint(twilio_webhooks.bp)
     app.register_blueprint(health.bp)

@@ -1,10 +1,27 @@
-"""Access to the app's shared collaborators from views."""
+"""What the views share (settings and the Redis-backed collaborators), and their access to it."""
 
 from __future__ import annotations
 
-from flask import current_app
+from dataclasses import dataclass
 
-from gateway.app import Gateway
+from flask import current_app
+from redis import Redis
+from rq import Queue
+
+from config import Settings
+from core.store import ConversationStore
+from gateway.signatures import RotatingValidator
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """What the views share: settings and the Redis-backed collaborators."""
+
+    settings: Settings
+    redis: Redis
+    store: ConversationStore
+    queue: Queue
+    validator: RotatingValidator
 
 
 def gateway() -> Gateway:

@@ -13,9 +13,8 @@ from typing import Any
 
 from rq.job import Job
 
-from workers.store import ConversationStore
-
-DRAIN_JOB = "workers.jobs.drain"
+from core.queues import DRAIN_JOB
+from core.store import ConversationStore
 
 GIVEN_UP = "given_up"  # the person got the failure notice; a requeue answers them
 WAITING = "waiting"  # still in the conversation's inbox: a worker answers them (the sweep queues it)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 from redis.exceptions import RedisError
 
+from core.queues import live_workers
 from gateway.context import gateway
-from workers.worker import live_workers
 
 bp = Blueprint("health", __name__)
 

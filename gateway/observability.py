@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Flask, Response, g, request
 
-from workers.metrics import metrics
-from workers.redaction import mask_number
+from core.metrics import metrics
+from core.redaction import mask_number
 
 _E164 = re.compile(r"(?<![\w+%])(?:\+|%2[Bb])(\d{7,15})(?!\d)")
 _ID_FIELDS = {"message": "message_sid", "conversation": "conversation_id", "chat": "chat_id", "job": "job_id"}
@@ -145,8 +145,8 @@ class _QueueCollector:
         from prometheus_client.core import GaugeMetricFamily
         from redis.exceptions import RedisError
 
+        from core.queues import live_workers
         from gateway.context import gateway
-        from workers.worker import live_workers
 
         gw = gateway()
         try:

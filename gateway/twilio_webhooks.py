@@ -10,13 +10,13 @@ from flask import Blueprint, Request, Response, request
 from redis.exceptions import RedisError
 from werkzeug.datastructures import MultiDict
 
+from core.metrics import metrics
+from core.model import InboundMessage
+from core.queues import enqueue_drain
+from core.redaction import mask_number
 from gateway import twilio_fields as fields
 from gateway.context import gateway
 from gateway.signatures import is_signed_by_twilio
-from workers.jobs import enqueue_drain
-from workers.metrics import metrics
-from workers.redaction import mask_number
-from workers.store import InboundMessage
 
 log = logging.getLogger(__name__)
 bp = Blueprint("twilio", __name__, url_prefix="/twilio")

@@ -19,9 +19,9 @@ from rq import Queue
 from twilio.request_validator import RequestValidator
 
 from gateway import create_app
-from gateway.sandbox.launcher import redis_server_binary
-from gateway.sandbox.twilio_sim import TwilioSimulator
-from gateway.sandbox.uponai_sim import UponAISimulator
+from sandbox.launcher import redis_server_binary
+from sandbox.twilio_sim import TwilioSimulator
+from sandbox.uponai_sim import UponAISimulator
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT_SID = "AC" + "1" * 32
@@ -195,7 +195,7 @@ class WorkerPool:
         self.logs.append(log_path)
         with open(log_path, "wb") as log_file:
             # A session of its own, so that the worker and its scheduler child can be killed together.
-            process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker"], env=self.env,
+            process = subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=self.env,
                                        cwd=self.workdir, stdout=log_file, stderr=subprocess.STDOUT,
                                        start_new_session=True)
         self.processes.append(process)

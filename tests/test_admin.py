@@ -8,11 +8,11 @@ import pytest
 from rq import Queue
 from rq.registry import FailedJobRegistry
 
+from core.model import conversation_id
+from core.queues import ADMIN_QUEUE_NAME
 from gateway import create_app
-from gateway.sandbox.httpfake import Fault
+from sandbox.httpfake import Fault
 from tests.conftest import GATEWAY_NUMBER, post_signed, wait_for
-from workers.admin_ops import ADMIN_QUEUE_NAME
-from workers.store import conversation_id
 
 TOKEN = "admin-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

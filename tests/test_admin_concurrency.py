@@ -8,10 +8,9 @@ import pytest
 from rq import Queue
 from rq.registry import StartedJobRegistry
 
+from core.queues import ADMIN_QUEUE_NAME, QUEUE_NAME
 from gateway import create_app
 from tests.conftest import wait_for
-from workers.admin_ops import ADMIN_QUEUE_NAME
-from workers.jobs import QUEUE_NAME
 
 TOKEN = "admin-concurrency-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

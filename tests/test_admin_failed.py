@@ -9,7 +9,7 @@ import pytest
 from rq.registry import StartedJobRegistry
 
 from gateway import create_app
-from gateway.sandbox.httpfake import Fault
+from sandbox.httpfake import Fault
 from tests.conftest import inbound_form, post_signed, wait_for
 
 TOKEN = "admin-test-token"

@@ -13,11 +13,11 @@ from rq import Queue
 from rq.registry import FailedJobRegistry
 from werkzeug.serving import make_server
 
+from core.model import conversation_id
 from gateway import create_app
-from gateway.sandbox.httpfake import Fault
+from sandbox.httpfake import Fault
 from tests.conftest import GATEWAY_NUMBER, ROOT, free_port, inbound_form, post_signed, wait_for
 from tests.test_retention import WORDS, personal_data
-from workers.store import conversation_id
 
 TOKEN = "cli-admin-token-0123"
 PERSON = "+14155550100"
@@ -43,7 +43,7 @@ def cli(served, tmp_path):
         env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT)}
         if token is not None:
             env["ADMIN_API_TOKEN"] = token
-        command = [sys.executable, "-m", "gateway.cli", *args] + (["--url", url] if url else [])
+        command = [sys.executable, "-m", "cli", *args] + (["--url", url] if url else [])
         return subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
 
     return run

@@ -8,10 +8,10 @@ import pytest
 from rq import Queue
 from rq.job import Job
 
-from gateway.sandbox.httpfake import Fault
-from gateway.sandbox.twilio_sim import MALFORMED_SEND_ANSWERS, SimMessage
+from core.model import conversation_id
+from sandbox.httpfake import Fault
+from sandbox.twilio_sim import MALFORMED_SEND_ANSWERS, SimMessage
 from tests.conftest import GATEWAY_NUMBER, wait_for
-from workers.store import conversation_id
 
 PERSON = "+14155550177"
 OTHER_POOL_NUMBER = "+15005550001"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from gateway.sandbox.httpfake import Fault
+from sandbox.httpfake import Fault
 from tests.conftest import GATEWAY_NUMBER, WorkerPool, free_port, inbound_form, settings_env, sign, wait_for
 from tests.test_procfile import Process, procfile_commands
 

@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 from rq import Worker
 
+from core.queues import WORKER_TTL_SECONDS
 from tests.conftest import wait_for
 from tests.test_observability import samples, value
-from workers.worker import JOB_MONITORING_INTERVAL_SECONDS, WORKER_TTL_SECONDS
+from workers.worker import JOB_MONITORING_INTERVAL_SECONDS
 
 PERSON = "+14155550177"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from rq import Queue
 
-from gateway.sandbox.httpfake import Fault
+from core.model import conversation_id
+from sandbox.httpfake import Fault
 from tests.conftest import GATEWAY_NUMBER, wait_for
-from workers.store import conversation_id
 
 PERSON = "+14155550123"
 CID = conversation_id(GATEWAY_NUMBER, PERSON)

@@ -9,9 +9,9 @@ import pytest
 from rq import Queue
 from rq.registry import StartedJobRegistry
 
+from core.model import conversation_id
 from gateway import create_app
 from tests.conftest import GATEWAY_NUMBER, inbound_form, post_signed, wait_for
-from workers.store import conversation_id
 
 PERSON = "+14155550100"
 SECOND_NUMBER = "+15005550007"  # another number of the account, pointed at the gateway

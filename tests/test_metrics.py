@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 RACE = """
 import sys, threading
 sys.setswitchinterval(1e-6)
-from workers.metrics import metrics
+from core.metrics import metrics
 threads_count = 16
 barrier = threading.Barrier(threads_count)
 built, errors = [], []

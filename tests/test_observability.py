@@ -16,7 +16,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.observability import JsonLogFormatter, configure_logging, mask_numbers
-from gateway.sandbox.httpfake import Fault
+from sandbox.httpfake import Fault
 from tests.conftest import ROOT, free_port, inbound_form, post_signed, sign, wait_for
 
 PERSON = "+14155550163"

@@ -8,10 +8,10 @@ import threading
 import pytest
 from werkzeug.serving import make_server
 
+from cli.configure import configure_twilio
+from cli.doctor import SELF_TEST_SID, run_doctor
+from cli.main import main
 from gateway import create_app
-from gateway.cli import main
-from gateway.doctor import SELF_TEST_SID, run_doctor
-from gateway.operator_tools import configure_twilio
 from tests.conftest import GATEWAY_NUMBER, free_port
 
 OLD_URL = "https://old.example.com/sms"

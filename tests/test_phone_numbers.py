@@ -9,7 +9,7 @@ upgrade that changes a country's plan changes the data with it; the examples the
 321 -> Belgium, 353 -> Ireland) are asserted so that a computation gone wrong cannot pass as an empty list.
 
 The same verdict is then asked of the three surfaces that take a number from a person: the admin API
-(Flask test client), the console commands (``gateway.cli.main`` against the served admin API) and the
+(Flask test client), the console commands (``cli.main.main`` against the served admin API) and the
 sandbox phone page's backend.
 """
 
@@ -24,13 +24,13 @@ import pytest
 from rq import Queue
 from werkzeug.serving import make_server
 
+from cli.main import main as console
+from core.model import conversation_id
+from core.phone_numbers import MAX_NUMBER_CHARS, NumberError, read_number
+from core.queues import ADMIN_QUEUE_NAME
 from gateway import create_app
-from gateway.cli import main as console
-from gateway.phone_numbers import MAX_NUMBER_CHARS, NumberError, read_number
-from gateway.sandbox.phone import create_phone_app
+from sandbox.phone import create_phone_app
 from tests.conftest import GATEWAY_NUMBER, free_port
-from workers.admin_ops import ADMIN_QUEUE_NAME
-from workers.store import conversation_id
 
 TOKEN = "phone-numbers-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

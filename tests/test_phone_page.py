@@ -9,7 +9,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from gateway import create_app
-from gateway.sandbox.phone import create_phone_app
+from sandbox.phone import create_phone_app
 from tests.conftest import GATEWAY_NUMBER, free_port, wait_for
 
 PERSON = "+14155550177"

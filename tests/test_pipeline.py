@@ -5,9 +5,9 @@ from __future__ import annotations
 import signal
 import threading
 
-from gateway.sandbox.httpfake import Fault
+from core.model import conversation_id
+from sandbox.httpfake import Fault
 from tests.conftest import GATEWAY_NUMBER, inbound_form, post_signed, wait_for
-from workers.store import conversation_id
 
 PERSON = "+14155550100"
 OTHER = "+14155550199"

@@ -8,9 +8,9 @@ import threading
 from rq import Queue
 from rq.job import Job
 
-from gateway.sandbox.httpfake import Fault
+from core.model import conversation_id
+from sandbox.httpfake import Fault
 from tests.conftest import GATEWAY_NUMBER, inbound_form, post_signed, wait_for
-from workers.store import conversation_id
 
 PERSON = "+14155550142"
 CID = conversation_id(GATEWAY_NUMBER, PERSON)

@@ -16,9 +16,9 @@ import zlib
 import pytest
 from redis import Redis
 
+from core.model import conversation_id
 from gateway import create_app
 from tests.conftest import GATEWAY_NUMBER, inbound_form, post_signed, wait_for
-from workers.store import conversation_id
 
 TOKEN = "retention-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -194,7 +194,7 @@ def test_delete_erases_the_person_and_ends_the_chat(start_workers, admin_env, re
 
 
 def test_erase_waits_for_a_running_turn_and_leaves_nothing(start_workers, admin_env, redis, uponai, twilio):
-    from gateway.sandbox.httpfake import Fault
+    from sandbox.httpfake import Fault
 
     start_workers(2)
     client = create_app(admin_env).test_client()
@@ -212,7 +212,7 @@ def test_erase_waits_for_a_running_turn_and_leaves_nothing(start_workers, admin_
 def test_erase_removes_a_given_up_message_and_its_failed_job(start_workers, admin_env, redis, uponai, twilio):
     from rq.registry import FailedJobRegistry
 
-    from gateway.sandbox.httpfake import Fault
+    from sandbox.httpfake import Fault
 
     start_workers(1)
     client = create_app(admin_env).test_client()

@@ -45,7 +45,7 @@ class Sandbox:
         self.output: list[str] = []
         env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"),
                "SANDBOX_DATA_DIR": str(data_dir), "PORT": str(self.port), "CHAT_IDLE_TIMEOUT_SECONDS": "900"}
-        self.process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run"], cwd=data_dir, env=env,
+        self.process = subprocess.Popen([sys.executable, "-m", "cli", "run"], cwd=data_dir, env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()

@@ -5,8 +5,9 @@ from __future__ import annotations
 from redis import ConnectionPool, Redis
 from redis.client import Pipeline
 
+from core.model import InboundMessage, conversation_id
+from core.store import ConversationStore
 from tests.conftest import GATEWAY_NUMBER, new_sid
-from workers.store import ConversationStore, InboundMessage, conversation_id
 
 PERSON = "+14155550188"
 CID = conversation_id(GATEWAY_NUMBER, PERSON)

@@ -7,11 +7,11 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway.sandbox.httpfake import Fault
-from gateway.sandbox.twilio_sim import MALFORMED_SEND_ANSWERS
+from sandbox.httpfake import Fault
+from sandbox.twilio_sim import MALFORMED_SEND_ANSWERS
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, GATEWAY_NUMBER, free_port, wait_for
 from workers.errors import TwilioMalformedAnswerError, TwilioPermanentError, TwilioTransientError
-from workers.metrics import MeteredClient
+from workers.metering import MeteredClient
 from workers.twilio_client import SentMessage, TwilioSender, build_client
 
 PERSON = "+14155550100"

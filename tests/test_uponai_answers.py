@@ -13,11 +13,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from rq import Queue
 
+from core.model import conversation_id
+from core.store import ConversationStore
 from gateway import create_app
-from gateway.sandbox.httpfake import Fault
-from gateway.sandbox.uponai_sim import MALFORMED_SHAPES
+from sandbox.httpfake import Fault
+from sandbox.uponai_sim import MALFORMED_SHAPES
 from tests.conftest import GATEWAY_NUMBER, wait_for
-from workers.store import ConversationStore, conversation_id
 
 PERSON = "+14155550177"
 ADMIN_TOKEN = "admin-test-token-for-uponai-answers"

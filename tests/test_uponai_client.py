@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from gateway.sandbox.httpfake import Fault
-from gateway.sandbox.uponai_sim import MALFORMED_SHAPES
+from sandbox.httpfake import Fault
+from sandbox.uponai_sim import MALFORMED_SHAPES
 from tests.conftest import UPONAI_KEY, free_port, wait_for
 from workers.errors import ChatNotFoundError, MalformedAnswerError, UponAIPermanentError, UponAITransientError
 from workers.uponai import Chat, ChatMessage, UponAIClient, parse_chat, parse_messages, parse_retry_after

@@ -13,7 +13,7 @@ import pytest
 from retell import Retell
 from retell.types import ChatCreateChatCompletionResponse, ChatListResponse, ChatResponse
 
-from gateway.sandbox.httpfake import Fault
+from sandbox.httpfake import Fault
 from tests.conftest import UPONAI_KEY
 from workers.chats import turn_in_chat
 from workers.errors import ChatNotFoundError, UponAIPermanentError, UponAITransientError

@@ -14,9 +14,9 @@ from pathlib import Path
 import requests
 from rq import Queue
 
+from core.queues import ADMIN_QUEUE_NAME
 from tests.conftest import ROOT, free_port, inbound_form, settings_env, sign, wait_for
 from tests.test_procfile import procfile_commands
-from workers.admin_ops import ADMIN_QUEUE_NAME
 
 TOKEN = "web-process-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -90,8 +90,8 @@ def test_a_signed_webhook_is_answered_while_admin_requests_wait_for_a_missing_wo
 
 
 def _cid(person: str) -> str:
+    from core.model import conversation_id
     from tests.conftest import GATEWAY_NUMBER
-    from workers.store import conversation_id
 
     return conversation_id(GATEWAY_NUMBER, person)
 

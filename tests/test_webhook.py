@@ -12,6 +12,8 @@ from rq import Queue, Worker
 from twilio.request_validator import RequestValidator
 from werkzeug.datastructures import MultiDict
 
+from core.model import conversation_id
+from core.store import ConversationStore
 from gateway import create_app
 from tests.conftest import (
     AUTH_TOKEN,
@@ -25,7 +27,6 @@ from tests.conftest import (
     sign,
     wait_for,
 )
-from workers.store import ConversationStore, conversation_id
 
 PUBLIC = "https://sms.example.com"
 PERSON = "+14155550100"

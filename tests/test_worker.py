@@ -12,7 +12,7 @@ from redis import Redis
 from rq import Worker
 from rq.scheduler import RQScheduler
 
-from gateway.sandbox.httpfake import Fault
+from sandbox.httpfake import Fault
 from tests.conftest import ROOT, RedisServer, free_port, settings_env, wait_for
 
 PERSON = "+14155550199"
@@ -74,7 +74,7 @@ def test_worker_started_while_redis_is_away_says_so_in_one_line_and_starts_when_
            **settings_env(redis_server, uponai_server, twilio_server, REDIS_URL=f"redis://127.0.0.1:{port}/0")}
     log_path = tmp_path / "worker.log"
     with open(log_path, "wb") as log_file:
-        worker = subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker"], env=env, cwd=tmp_path,
+        worker = subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=env, cwd=tmp_path,
                                   stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     server = RedisServer(tmp_path)
     server.port = port

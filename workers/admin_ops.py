@@ -28,6 +28,10 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
+from core.model import InboundMessage, conversation_id
+from core.queues import ADMIN_QUEUE_NAME, LOCK_WAIT_SECONDS, QUEUE_NAME, outbound_key, outbound_result
+from core.redaction import mask_number
+from core.store import ConversationStore
 from workers import sms_text
 from workers.chats import end_chat, turn_in_chat
 from workers.delivery import send_part
@@ -40,15 +44,11 @@ from workers.errors import (
     UponAITransientError,
 )
 from workers.locking import acquire_waiting, holding
-from workers.redaction import mask_number
 from workers.services import Services
-from workers.store import ConversationStore, InboundMessage, conversation_id
 
 log = logging.getLogger(__name__)
 
-ADMIN_QUEUE_NAME = "sms-admin"
 ADMIN_TOKEN_PREFIX = "admin:"  # a drain that meets this lock holder retries shortly (see workers.locking)
-LOCK_WAIT_SECONDS = 30.0
 LOCK_POLL_SECONDS = 0.1
 OPENING_VARIABLE = "opening_message"
 OPENING_PART = "opening"
@@ -98,24 +98,14 @@ def conversation_lock(services: Services, cid: str, token: str, wait_seconds: fl
 # -- outbound -------------------------------------------------------------------------------------
 
 
-def _op_key(store: ConversationStore, op_id: str) -> str:
-    return store.key("outbound", op_id)
-
-
-def outbound_result(store: ConversationStore, op_id: str) -> dict[str, Any] | None:
-    """The stored result of a finished outbound start, or None."""
-    raw = store.redis.hget(_op_key(store, op_id), "result")
-    return json.loads(raw) if raw is not None else None
-
-
 def _op_fields(store: ConversationStore, op_id: str) -> dict[str, str]:
-    raw = store.redis.hgetall(_op_key(store, op_id))
+    raw = store.redis.hgetall(outbound_key(store, op_id))
     return {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
             for k, v in raw.items()}
 
 
 def _set_op(store: ConversationStore, op_id: str, **fields: str) -> None:
-    key = _op_key(store, op_id)
+    key = outbound_key(store, op_id)
     with store.redis.pipeline() as pipe:
         pipe.hset(key, mapping=fields)
         pipe.expire(key, store.progress_ttl_seconds)
@@ -268,8 +258,6 @@ def erase_conversation(services: Services, cid: str, token: str) -> dict[str, An
 
 def _erase_jobs(store: ConversationStore, cid: str) -> int:
     """Delete the finished and failed RQ jobs of the conversation (their args, results or errors may hold words)."""
-    from workers.jobs import QUEUE_NAME
-
     current = get_current_job()
     redis = store.redis
     registries = [FailedJobRegistry(QUEUE_NAME, connection=redis),

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import time
 
+from core.metrics import metrics
+from core.model import InboundMessage
 from workers.errors import ChatNotFoundError, UponAIPermanentError
 from workers.locking import LOCK_TTL_SECONDS, holding
-from workers.metrics import metrics
 from workers.services import Services
-from workers.store import InboundMessage
 from workers.uponai import UNKNOWN_ROLE, Chat, ChatMessage, UponAIClient
 
 log = logging.getLogger(__name__)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import time
 
+from core.model import InboundMessage
+from core.redaction import mask_number
 from workers import sms_text
 from workers.errors import TransientError, TwilioPermanentError
-from workers.redaction import mask_number
 from workers.services import Services
-from workers.store import InboundMessage
 
 log = logging.getLogger(__name__)
 

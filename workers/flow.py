@@ -25,15 +25,16 @@ import logging
 import random
 import time
 
+from core.metrics import metrics
+from core.model import InboundMessage
+from core.store import ConversationStore
 from workers import sms_text
 from workers.chats import end_chat, run_turn
 from workers.delivery import give_up, send_part
 from workers.errors import PermanentError, TransientError
 from workers.keywords import keyword_of
 from workers.locking import DRAIN_TOKEN_PREFIX, LOCK_TTL_SECONDS, LockKeeper
-from workers.metrics import metrics
 from workers.services import Services
-from workers.store import ConversationStore, InboundMessage
 
 log = logging.getLogger(__name__)
 

@@ -14,16 +14,15 @@ from datetime import timedelta
 from redis import Redis
 from rq import Queue, Retry, get_current_job
 
-from workers import chats, flow, metrics
+from core.queues import CLOSE_IDLE_JOB, QUEUE_NAME, drain_budget_seconds, enqueue_drain, failure_ttl_seconds
+from core.store import ConversationStore
+from workers import chats, flow, metering
 from workers.errors import TransientError
 from workers.services import Services
-from workers.store import ConversationStore
 
-QUEUE_NAME = "sms"
 # A retry that the flow asks for is counted per message, not per job, so the job's own cap is only
 # a backstop against a loop.
 JOB_RETRY_BACKSTOP = 1000
-FAILURE_TTL_SECONDS = 30 * 24 * 3600
 STALL_AFTER_SECONDS = 20
 QUEUED_JOB_STALE_SECONDS = 60  # a drain job queued this long and not started is taken as lost (a re-queue is harmless)
 
@@ -42,14 +41,14 @@ class RQJobPort:
 
     def schedule_idle_check(self, cid: str, delay_seconds: float) -> None:
         self.queue.enqueue_in(
-            timedelta(seconds=max(1.0, delay_seconds)), "workers.jobs.close_idle", args=(cid,),
+            timedelta(seconds=max(1.0, delay_seconds)), CLOSE_IDLE_JOB, args=(cid,),
             description=f"idle check {cid}", timeout=int(2 * self.settings.uponai_read_timeout_seconds + 60),
             result_ttl=0, failure_ttl=failure_ttl_seconds(self.settings))
 
 
 def build_services(settings, redis: Redis | None = None) -> Services:
     """Real collaborators for ``settings``."""
-    from workers.store import connect_redis
+    from core.redis import connect_redis
     from workers.twilio_client import TwilioSender
     from workers.uponai import UponAIClient
 
@@ -57,8 +56,8 @@ def build_services(settings, redis: Redis | None = None) -> Services:
     return Services(
         store=ConversationStore(redis, dedupe_ttl_seconds=settings.dedupe_ttl_seconds,
                                 retention_seconds=settings.data_retention_seconds),
-        agent=metrics.MeteredClient(UponAIClient.from_settings(settings), "uponai"),
-        sender=metrics.MeteredClient(TwilioSender.from_settings(settings), "twilio"),
+        agent=metering.MeteredClient(UponAIClient.from_settings(settings), "uponai"),
+        sender=metering.MeteredClient(TwilioSender.from_settings(settings), "twilio"),
         settings=settings,
         jobs=RQJobPort(Queue(QUEUE_NAME, connection=redis), settings),
     )
@@ -78,24 +77,11 @@ def current_services() -> Services:
     return _services
 
 
-def job_timeout_seconds(settings) -> int:
-    return int(drain_budget_seconds(settings) + 4 * settings.uponai_read_timeout_seconds + 120)
-
-
-def failure_ttl_seconds(settings) -> int:
-    """How long a failed job is kept: its error may quote a number or words, so no longer than retention."""
-    return min(FAILURE_TTL_SECONDS, settings.data_retention_seconds)
-
-
-def drain_budget_seconds(settings) -> float:
-    return 2 * settings.uponai_read_timeout_seconds + 60
-
-
 def _retry(delay_seconds: float) -> Retry:
     return Retry(max=JOB_RETRY_BACKSTOP, interval=[max(0, math.ceil(delay_seconds))])
 
 
-@metrics.timed_job
+@metering.timed_job
 def drain(conversation_id: str):
     """Job: answer the conversation's waiting messages in order."""
     services = current_services()
@@ -120,7 +106,7 @@ def drain(conversation_id: str):
     return None
 
 
-@metrics.timed_job
+@metering.timed_job
 def close_idle(conversation_id: str):
     """Job: end the conversation's chat if it has been idle for CHAT_IDLE_TIMEOUT_SECONDS."""
     services = current_services()
@@ -161,25 +147,3 @@ def recover_stalled(services: Services) -> int:
         services.jobs.enqueue_drain(cid)
         recovered += 1
     return recovered
-
-
-def enqueue_drain(queue: Queue, conversation_id: str, settings, *, pipeline=None):
-    """Queue a drain job for the conversation (cheap to repeat: extra jobs find nothing to do).
-
-    Marks the conversation ``drain_pending`` until a drain job starts: texts arriving meanwhile need no
-    job of their own, and the recovery sweep can tell a job still waiting from one a dead worker took.
-    """
-    pipe = pipeline if pipeline is not None else queue.connection.pipeline(transaction=False)
-    job = queue.enqueue_call(
-        "workers.jobs.drain",
-        args=(conversation_id,),
-        description=f"drain conversation {conversation_id}",
-        timeout=job_timeout_seconds(settings),
-        result_ttl=0,
-        failure_ttl=failure_ttl_seconds(settings),
-        pipeline=pipe,
-    )
-    pipe.hset(ConversationStore.key("conv", conversation_id), "drain_pending", f"{time.time():.3f}")
-    if pipeline is None:
-        pipe.execute()
-    return job

@@ -20,7 +20,7 @@ A Messaging Service with Advanced Opt-Out can change the lists; it then says whi
 
 from __future__ import annotations
 
-from workers.store import InboundMessage
+from core.model import InboundMessage
 
 STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"})
 START_WORDS = frozenset({"START", "YES", "UNSTOP"})

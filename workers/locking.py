@@ -8,8 +8,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from core.store import ConversationStore
 from workers.services import JobPort
-from workers.store import ConversationStore
 
 log = logging.getLogger(__name__)
 

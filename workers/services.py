@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from workers.store import ConversationStore
+from core.store import ConversationStore
 from workers.uponai import UponAIClient
 
 

@@ -4,7 +4,7 @@ An agent turn mostly waits on UponAI, so one process runs ``WORKER_THREADS`` RQ 
 main thread (signals, the scheduler) and the rest in threads (timeouts by timer instead of SIGALRM).
 SIGTERM/SIGINT stop them all; each finishes its current job first.
 
-A worker is alive while its heartbeat is recent (``live_workers``): RQ keeps a killed worker's
+A worker is alive while its heartbeat is recent (``core.queues.live_workers``): RQ keeps a killed worker's
 registry entry for minutes, so readiness and the ``smsgw_workers`` gauge look at the heartbeat, which
 each worker renews at least every ``WORKER_TTL_SECONDS - 15`` s while it waits for a job and every
 ``JOB_MONITORING_INTERVAL_SECONDS`` while it runs one.
@@ -15,24 +15,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import UTC, datetime, timedelta
 
-from redis import Redis
 from redis.exceptions import RedisError
-from rq import Worker
 from rq.exceptions import StopRequested
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker, WorkerStatus
 
+from core.queues import WORKER_TTL_SECONDS
 from workers import jobs
 from workers.startup import exit_children_with_this_process, redis_address, redis_failure, wait_for_redis
 
 log = logging.getLogger(__name__)
 
 # RQ's defaults (maintenance every 600 s, worker TTL 420 s) leave a killed worker's messages waiting
-# for ten minutes; these bring recovery well under a minute and a half.
+# for ten minutes; these (and core.queues.WORKER_TTL_SECONDS) bring recovery well under a minute and a half.
 MAINTENANCE_INTERVAL_SECONDS = 15
-WORKER_TTL_SECONDS = 35
 THREAD_WORKER_TTL_SECONDS = 17  # RQ waits for a job up to TTL - 15 s: an idle thread sees a stop within 2 s
 JOB_MONITORING_INTERVAL_SECONDS = 5
 
@@ -97,13 +94,6 @@ class ThreadWorker(GatewayWorker):
         if self.stop_event is not None and self.stop_event.is_set() and self._state != WorkerStatus.BUSY:
             raise StopRequested()
         return super().heartbeat(*args, **kwargs)
-
-
-def live_workers(connection: Redis) -> list[Worker]:
-    """The registered workers whose heartbeat is recent (a killed worker's entry outlives it by minutes)."""
-    cutoff = datetime.now(UTC) - timedelta(seconds=WORKER_TTL_SECONDS)
-    return [worker for worker in Worker.all(connection=connection)
-            if worker.last_heartbeat is not None and worker.last_heartbeat >= cutoff]
 
 
 def _work_until_stopped(worker_class: type[GatewayWorker], connection, queue_names: list[str],

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.sandbox.httpfake import FakeServer, Reply, Request
+from sandbox.httpfake import FakeServer, Reply, Request
 
 
 def _malformed(name: str, status: int) -> Reply:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import requests
 from twilio.request_validator import RequestValidator
 
-from gateway.sandbox.httpfake import Reply, Request
+from sandbox.httpfake import Reply, Request
 
 OPT_OUT = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"}
 OPT_IN = {"START", "YES", "UNSTOP"}

@@ -22,16 +22,17 @@ def _configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None
 
 def run_worker(args: argparse.Namespace) -> int:
     """Run an RQ worker (with the scheduler) on the gateway's queue."""
-    from workers import jobs, metrics, worker
-    from workers.admin_ops import ADMIN_QUEUE_NAME
-    from workers.store import connect_redis
+    from core import metrics
+    from core.queues import ADMIN_QUEUE_NAME, QUEUE_NAME
+    from core.redis import connect_redis
+    from workers import jobs, worker
 
     settings = load_settings()
     metrics.metrics()  # built before any job runs (the worker's threads would race to build them)
     redis = connect_redis(settings.redis_url)
     jobs.install_services(jobs.build_services(settings, redis))
     try:
-        worker.run(redis, [ADMIN_QUEUE_NAME, jobs.QUEUE_NAME], threads=settings.worker_threads, burst=args.burst,
+        worker.run(redis, [ADMIN_QUEUE_NAME, QUEUE_NAME], threads=settings.worker_threads, burst=args.burst,
                    max_jobs=args.max_jobs, logging_level=args.log_level)
     except KeyboardInterrupt:  # Ctrl-C before RQ's own handler is in place (e.g. while waiting for Redis)
         return 130
@@ -40,7 +41,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
 def run_all(args: argparse.Namespace) -> int:
     """Run web, worker and whatever stand-ins the settings call for, until Ctrl-C."""
-    from gateway.sandbox.launcher import run
+    from sandbox.launcher import run
 
     return run()
 
@@ -67,13 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-settings", help="load the settings and show them (secrets hidden)")
     check.set_defaults(func=check_settings)
 
-    from gateway import operator_tools
+    from cli import configure
 
-    operator_tools.add_commands(sub)
+    configure.add_commands(sub)
 
-    from gateway import admin_cli
+    from cli import admin
 
-    admin_cli.add_commands(sub)
+    admin.add_commands(sub)
     return parser
 
 

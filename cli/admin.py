@@ -61,7 +61,7 @@ def _call(args: argparse.Namespace, method: str, path: str, *, body: Any = None,
 
 
 def _number_path(number: str) -> str:
-    # Passed as typed: the gateway reads it (gateway.phone_numbers), so the console and the API agree.
+    # Passed as typed: the gateway reads it (core.phone_numbers), so the console and the API agree.
     return quote(number, safe="")
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from config import SettingsError, load_settings
 from config.settings import _read_dotenv
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SANDBOX_ACCOUNT_SID = "AC" + "5" * 32
 SANDBOX_AUTH_TOKEN = "sandbox-auth-token"
 SANDBOX_UPONAI_KEY = "sandbox-uponai-key"
@@ -141,7 +141,7 @@ def run(environ: dict[str, str] | None = None) -> int:
             env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
             stand_ins.append(f"embedded Redis on 127.0.0.1:{port} (data in {_shown_path(data_dir / 'redis')})")
         if not env.get("UPONAI_API_KEY"):
-            from gateway.sandbox.uponai_sim import UponAISimulator
+            from sandbox.uponai_sim import UponAISimulator
 
             sim = UponAISimulator(api_key=SANDBOX_UPONAI_KEY, workspace_id=1, port=_free_port(8101)).start()
             servers.append(sim)
@@ -149,7 +149,7 @@ def run(environ: dict[str, str] | None = None) -> int:
             env.setdefault("UPONAI_AGENT_ID", "sandbox-agent")
             stand_ins.append(f"UponAI simulator at {sim.url}")
         if not env.get("TWILIO_ACCOUNT_SID") and not env.get("TWILIO_AUTH_TOKEN"):
-            from gateway.sandbox.twilio_sim import TwilioSimulator
+            from sandbox.twilio_sim import TwilioSimulator
 
             twilio_sim = TwilioSimulator(account_sid=SANDBOX_ACCOUNT_SID, auth_token=SANDBOX_AUTH_TOKEN,
                                          status_callbacks=True, port=_free_port(8102)).start()
@@ -172,7 +172,7 @@ def run(environ: dict[str, str] | None = None) -> int:
             children.append((name, subprocess.Popen(["bash", "-c", f"exec {command}"], env=env, cwd=ROOT)))
         phone_url = None
         if twilio_sim is not None:
-            from gateway.sandbox.phone import PhoneServer, create_phone_app
+            from sandbox.phone import PhoneServer, create_phone_app
 
             phone = PhoneServer(create_phone_app(
                 twilio=twilio_sim, gateway_url=local_url, gateway_number=env["TWILIO_FROM_NUMBER"],

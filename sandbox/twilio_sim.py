@@ -28,8 +28,8 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
-from gateway.sandbox.httpfake import FakeServer, Fault, Reply, Request
-from gateway.sandbox.twilio_webhook_sim import WebhookCaller
+from sandbox.httpfake import FakeServer, Fault, Reply, Request
+from sandbox.twilio_webhook_sim import WebhookCaller
 
 _E164 = re.compile(r"^(\w+:)?\+[1-9]\d{6,14}$")
 _ACCOUNT = r"/2010-04-01/Accounts/([^/.]+)"

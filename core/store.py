@@ -37,14 +37,13 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
-from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.client import Pipeline
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.retry import Retry
+
+from core.model import InboundMessage
 
 PREFIX = "smsgw"
 PROGRESS_TTL_SECONDS = 14 * 24 * 3600
@@ -139,55 +138,6 @@ if redis.call('HGET', KEYS[1], 'chat_id') ~= ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[1], 'chat_id', 'agent_id', 'chat_started_at')
 return 1
 """
-
-
-def connect_redis(url: str, *, for_web: bool = False) -> Redis:
-    """A Redis client with explicit timeouts.
-
-    The web gives up after one quick reconnect, so it can answer 503 within a second or two while
-    Redis is away; workers ride out a short restart with a few backed-off reconnects.
-    """
-    if for_web:
-        # One quick reconnect for a connection that went stale (Redis restarted), no retry of a timeout.
-        return Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1,
-                              retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
-    return Redis.from_url(url, socket_connect_timeout=2, socket_timeout=30, health_check_interval=30,
-                          retry=Retry(ExponentialBackoff(cap=2, base=0.1), 5))
-
-
-def conversation_id(gateway_number: str, person_number: str) -> str:
-    """Opaque, stable id of the conversation between a gateway number and a person."""
-    digest = hashlib.sha256(f"{gateway_number}|{person_number}".encode()).hexdigest()
-    return digest[:24]
-
-
-@dataclass(frozen=True)
-class InboundMessage:
-    """One inbound SMS/MMS as the webhook accepted it."""
-
-    sid: str
-    from_: str
-    to: str
-    body: str = ""
-    account_sid: str = ""
-    messaging_service_sid: str = ""
-    num_media: int = 0
-    media_types: tuple[str, ...] = ()
-    opt_out_type: str = ""
-    received_at: float = field(default_factory=time.time)
-
-    @property
-    def conversation_id(self) -> str:
-        return conversation_id(self.to, self.from_)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)
-
-    @classmethod
-    def from_json(cls, raw: str | bytes) -> InboundMessage:
-        data = json.loads(raw)
-        data["media_types"] = tuple(data.get("media_types") or ())
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)

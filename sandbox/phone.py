@@ -19,9 +19,11 @@ import requests
 from flask import Flask, jsonify, request, send_from_directory
 from werkzeug.serving import make_server
 
-from gateway.phone_numbers import NumberError, read_number
-from gateway.sandbox.twilio_sim import TwilioSimulator
-from workers.store import ConversationStore, connect_redis, conversation_id
+from core.model import conversation_id
+from core.phone_numbers import NumberError, read_number
+from core.redis import connect_redis
+from core.store import ConversationStore
+from sandbox.twilio_sim import TwilioSimulator
 
 STATIC = Path(__file__).resolve().parent / "static"
 DEFAULT_PERSON = "+14155550123"

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
+from cli.twilio_number import connect_admin, service_warning, webhook_urls
 from config import Settings, SettingsError, load_settings
 from workers.errors import GatewayError, PermanentError
 
@@ -35,7 +36,7 @@ class Skip(Exception):
 def check_redis(settings: Settings) -> Check:
     from redis.exceptions import RedisError
 
-    from workers.store import connect_redis
+    from core.redis import connect_redis
 
     client = connect_redis(settings.redis_url, for_web=True)
     try:
@@ -59,9 +60,8 @@ def check_workers(settings: Settings) -> Check:
     from redis.exceptions import RedisError
     from rq import Queue
 
-    from workers.jobs import QUEUE_NAME
-    from workers.store import connect_redis
-    from workers.worker import live_workers
+    from core.queues import QUEUE_NAME, live_workers
+    from core.redis import connect_redis
 
     client = connect_redis(settings.redis_url, for_web=True)
     try:
@@ -108,8 +108,6 @@ def check_twilio(settings: Settings, admin) -> Check:
 
 
 def check_number(settings: Settings, admin, number: str | None) -> Check:
-    from gateway.operator_tools import service_warning, webhook_urls
-
     if not settings.public_base_url:
         return Check("number webhook", "FAIL", "PUBLIC_BASE_URL is not set, so Twilio cannot be pointed here",
                      "set PUBLIC_BASE_URL to the gateway's public https origin")
@@ -174,8 +172,6 @@ def run_checks(environ: Mapping[str, str], *, number: str | None = None) -> list
         return checks + [Check(name, "SKIP", "needs valid settings") for name in
                          ("redis", "workers", "uponai", "twilio", "number webhook", "webhook self-test")]
     checks = [Check("settings", "PASS", "every required variable is set and valid")]
-    from gateway.operator_tools import connect_admin
-
     admin = connect_admin({f.name: getattr(settings, f.name) for f in settings.__dataclass_fields__.values()})
     steps: list[tuple[str, Callable[[], Check]]] = [
         ("redis", lambda: check_redis(settings)),

@@ -1,4 +1,4 @@
-"""Prometheus metrics shared by the web and worker processes, and the wrappers that feed them.
+"""Prometheus metrics shared by the web and worker processes (the worker's wrappers are in workers.metering).
 
 Metrics are made once per process, never at import: each process builds them before it serves
 (``create_app``, the worker's start), and ``metrics()`` builds them under a lock if not (two threads
@@ -11,14 +11,10 @@ hosts keep their own directory; see the README's "Observability".
 
 from __future__ import annotations
 
-import functools
 import threading
-import time
 from typing import Any
 
 from prometheus_client import Counter, Histogram
-
-from workers.errors import GatewayError
 
 FAST_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SLOW_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -80,13 +76,10 @@ class GatewayMetrics:
     def count_not_forwarded(self, reason: str) -> None:
         self.not_forwarded.labels(reason=reason).inc()
 
-    def count_sent(self, body: str, num_segments: int | None) -> None:
+    def count_sent(self, encoding: str, segments: int) -> None:
         """Count one SMS Twilio accepted, and its segments by encoding."""
-        from workers.sms_text import segment_info
-
-        info = segment_info(body)
         self.messages_out.inc()
-        self.segments_sent.labels(encoding=info.encoding).inc(num_segments or info.segments)
+        self.segments_sent.labels(encoding=encoding).inc(segments)
 
 
 _metrics: GatewayMetrics | None = None
@@ -114,57 +107,3 @@ def error_code(exc: BaseException) -> str:
     if "connection" in text:
         return "connection"
     return "other"
-
-
-class MeteredClient:
-    """Wraps an outside system's client (UponAI or Twilio): times every public call, counts failures by code."""
-
-    def __init__(self, inner: Any, system: str):
-        self._inner = inner
-        self._system = system
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-        if name.startswith("_") or not callable(attr):
-            return attr
-        return functools.partial(self._timed_call, name, attr)
-
-    def _timed_call(self, operation: str, call, *args, **kwargs):
-        m = metrics()
-        seconds = m.uponai_seconds if self._system == "uponai" else m.twilio_seconds
-        errors = m.uponai_errors if self._system == "uponai" else m.twilio_errors
-        started = time.perf_counter()
-        try:
-            result = call(*args, **kwargs)
-        except GatewayError as exc:
-            errors.labels(operation=operation, code=error_code(exc)).inc()
-            raise
-        finally:
-            seconds.labels(operation=operation).observe(time.perf_counter() - started)
-        if self._system == "twilio" and operation == "send":
-            m.count_sent(kwargs.get("body", ""), getattr(result, "num_segments", None))
-        return result
-
-
-def timed_job(func):
-    """Decorate an RQ job function: observe its queue wait and run time, by outcome."""
-
-    @functools.wraps(func)
-    def run(*args, **kwargs):
-        from rq import get_current_job
-
-        m = metrics()
-        job = get_current_job()
-        if job is not None and job.enqueued_at is not None:
-            wait = time.time() - job.enqueued_at.timestamp()
-            m.queue_wait_seconds.labels(job=func.__name__).observe(max(0.0, wait))
-        started = time.perf_counter()
-        outcome = "failed"
-        try:
-            result = func(*args, **kwargs)
-            outcome = "ok" if result is None else "retry"
-            return result
-        finally:
-            m.job_seconds.labels(job=func.__name__, outcome=outcome).observe(time.perf_counter() - started)
-
-    return run

@@ -1,0 +1,1 @@
+"""The operator command line, ``sms-gateway``: worker, run, doctor, configure-twilio and admin commands."""

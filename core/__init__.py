@@ -1,0 +1,1 @@
+"""Light modules the web and the workers share: the message model, queues, Redis state, metrics, redaction."""

@@ -1,0 +1,43 @@
+"""The inbound message as the web accepts it and the workers answer it, and the conversation it belongs to."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+
+def conversation_id(gateway_number: str, person_number: str) -> str:
+    """Opaque, stable id of the conversation between a gateway number and a person."""
+    digest = hashlib.sha256(f"{gateway_number}|{person_number}".encode()).hexdigest()
+    return digest[:24]
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """One inbound SMS/MMS as the webhook accepted it."""
+
+    sid: str
+    from_: str
+    to: str
+    body: str = ""
+    account_sid: str = ""
+    messaging_service_sid: str = ""
+    num_media: int = 0
+    media_types: tuple[str, ...] = ()
+    opt_out_type: str = ""
+    received_at: float = field(default_factory=time.time)
+
+    @property
+    def conversation_id(self) -> str:
+        return conversation_id(self.to, self.from_)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> InboundMessage:
+        data = json.loads(raw)
+        data["media_types"] = tuple(data.get("media_types") or ())
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})

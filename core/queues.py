@@ -1,0 +1,123 @@
+"""The gateway's RQ queues, seen from both sides: their names, the jobs the web enqueues, the live workers.
+
+Job functions are named by their dotted path (RQ imports them in the worker), so this module, and the
+web with it, never imports the worker side.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from redis import Redis
+from rq import Queue, Worker
+from rq.job import Job
+
+from core.store import ConversationStore
+
+QUEUE_NAME = "sms"
+ADMIN_QUEUE_NAME = "sms-admin"  # workers take it before any drain job
+
+DRAIN_JOB = "workers.jobs.drain"
+CLOSE_IDLE_JOB = "workers.jobs.close_idle"
+START_OUTBOUND_JOB = "workers.admin_ops.start_outbound_job"
+
+FAILURE_TTL_SECONDS = 30 * 24 * 3600
+ADMIN_RESULT_TTL_SECONDS = 24 * 3600
+ADMIN_FAILURE_TTL_SECONDS = 7 * 24 * 3600
+LOCK_WAIT_SECONDS = 30.0  # how long an admin job waits for the conversation's lock
+
+# A worker whose heartbeat is older than this is taken as gone (RQ's default, 420 s, is for slower recovery).
+WORKER_TTL_SECONDS = 35
+
+
+# -- drain jobs -----------------------------------------------------------------------------------
+
+
+def drain_budget_seconds(settings) -> float:
+    return 2 * settings.uponai_read_timeout_seconds + 60
+
+
+def job_timeout_seconds(settings) -> int:
+    return int(drain_budget_seconds(settings) + 4 * settings.uponai_read_timeout_seconds + 120)
+
+
+def failure_ttl_seconds(settings) -> int:
+    """How long a failed job is kept: its error may quote a number or words, so no longer than retention."""
+    return min(FAILURE_TTL_SECONDS, settings.data_retention_seconds)
+
+
+def enqueue_drain(queue: Queue, conversation_id: str, settings, *, pipeline=None):
+    """Queue a drain job for the conversation (cheap to repeat: extra jobs find nothing to do).
+
+    Marks the conversation ``drain_pending`` until a drain job starts: texts arriving meanwhile need no
+    job of their own, and the recovery sweep can tell a job still waiting from one a dead worker took.
+    """
+    pipe = pipeline if pipeline is not None else queue.connection.pipeline(transaction=False)
+    job = queue.enqueue_call(
+        DRAIN_JOB,
+        args=(conversation_id,),
+        description=f"drain conversation {conversation_id}",
+        timeout=job_timeout_seconds(settings),
+        result_ttl=0,
+        failure_ttl=failure_ttl_seconds(settings),
+        pipeline=pipe,
+    )
+    pipe.hset(ConversationStore.key("conv", conversation_id), "drain_pending", f"{time.time():.3f}")
+    if pipeline is None:
+        pipe.execute()
+    return job
+
+
+# -- admin jobs -----------------------------------------------------------------------------------
+
+
+def admin_job_timeout_seconds(settings) -> int:
+    return int(2 * settings.uponai_read_timeout_seconds + 2 * settings.twilio_timeout_seconds
+               + LOCK_WAIT_SECONDS + 60)
+
+
+def _kept(settings, seconds: int) -> int:
+    return min(seconds, settings.data_retention_seconds)
+
+
+def enqueue_admin_job(queue: Queue, settings, func: str, args: tuple, *, description: str,
+                      job_id: str | None = None, conversation_id: str | None = None) -> Job:
+    """Queue the admin job ``func`` (a dotted path in ``workers.admin_ops``) on the admin queue."""
+    meta = {"conversation_id": conversation_id} if conversation_id else {}
+    return queue.enqueue_call(func, args=args, job_id=job_id or uuid.uuid4().hex, description=description,
+                              timeout=admin_job_timeout_seconds(settings),
+                              result_ttl=_kept(settings, ADMIN_RESULT_TTL_SECONDS),
+                              failure_ttl=_kept(settings, ADMIN_FAILURE_TTL_SECONDS), meta=meta)
+
+
+def outbound_start_job(queue: Queue, settings, op_id: str, job_id: str, request: dict[str, Any], cid: str) -> Job:
+    """The (not yet queued) job that starts an outbound conversation."""
+    return queue.create_job(START_OUTBOUND_JOB, args=(op_id, request), job_id=job_id,
+                            description=f"admin: start outbound conversation {cid}",
+                            timeout=admin_job_timeout_seconds(settings),
+                            result_ttl=_kept(settings, ADMIN_RESULT_TTL_SECONDS),
+                            failure_ttl=_kept(settings, ADMIN_FAILURE_TTL_SECONDS), meta={"conversation_id": cid})
+
+
+def outbound_key(store: ConversationStore, op_id: str) -> str:
+    return store.key("outbound", op_id)
+
+
+def outbound_result(store: ConversationStore, op_id: str) -> dict[str, Any] | None:
+    """The stored result of a finished outbound start, or None."""
+    raw = store.redis.hget(outbound_key(store, op_id), "result")
+    return json.loads(raw) if raw is not None else None
+
+
+# -- workers --------------------------------------------------------------------------------------
+
+
+def live_workers(connection: Redis) -> list[Worker]:
+    """The registered workers whose heartbeat is recent (a killed worker's entry outlives it by minutes)."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=WORKER_TTL_SECONDS)
+    return [worker for worker in Worker.all(connection=connection)
+            if worker.last_heartbeat is not None and worker.last_heartbeat >= cutoff]

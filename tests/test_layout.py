@@ -1,0 +1,137 @@
+"""The layout's promises: the project's own imports have no cycle, and the web process loads no worker side."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT, inbound_form, sign
+
+PACKAGES = ("config", "core", "gateway", "workers", "cli", "sandbox")
+# What the web must never load (design.md, "Where code lives"): the flow, the UponAI client, the
+# outside systems' HTTP libraries, and any module of the worker side at all.
+FORBIDDEN_IN_WEB = ("workers", "requests", "twilio.rest")
+
+
+def project_modules() -> dict[str, Path]:
+    """Every module of the project's packages, by dotted name (a package by its ``__init__``)."""
+    modules = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules[".".join(parts)] = path
+    return modules
+
+
+def imported_modules(name: str, path: Path, known: set[str]) -> set[str]:
+    """The project modules ``name`` imports, at module level or inside functions."""
+    is_package = path.name == "__init__.py"
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = name.split(".")[: len(name.split(".")) - node.level + (1 if is_package else 0)]
+                base = ".".join(anchor + ([base] if base else []))
+            # ``from a import b`` imports the module a.b when there is one, else a name of a.
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def import_cycles() -> list[list[str]]:
+    """The strongly connected groups of more than one module in the import graph (Tarjan)."""
+    modules = project_modules()
+    graph = {name: imported_modules(name, path, set(modules)) for name, path in modules.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for child in sorted(graph[node]):
+            if child not in index:
+                visit(child)
+                low[node] = min(low[node], low[child])
+            elif child in on_stack:
+                low[node] = min(low[node], index[child])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for name in sorted(graph):
+        if name not in index:
+            visit(name)
+    return cycles
+
+
+def test_the_projects_own_imports_have_no_cycle():
+    assert len(project_modules()) > 40  # the walk found the packages
+    assert import_cycles() == []
+
+
+def test_shared_and_web_modules_import_only_what_their_room_allows():
+    modules = project_modules()
+    allowed = {"config": {"config"}, "core": {"config", "core"}, "gateway": {"config", "core", "gateway"}}
+    trespasses = [(name, target) for name, path in modules.items() if name.split(".")[0] in allowed
+                  for target in sorted(imported_modules(name, path, set(modules)))
+                  if target.split(".")[0] not in allowed[name.split(".")[0]]]
+    assert trespasses == []
+
+
+# Runs in a fresh interpreter: build the app, serve what a web process serves, list what got imported.
+WEB_PROCESS = """
+import json, sys
+from gateway import create_app
+env, form, signature = json.loads(sys.stdin.read())
+client = create_app(env).test_client()
+answers = [
+    client.post("/twilio/sms", data=form, headers={"X-Twilio-Signature": signature}).status_code,
+    client.get("/healthz").status_code,
+    client.get("/readyz").status_code,
+    client.get("/metrics").status_code,
+    client.get("/admin/failed", headers={"Authorization": "Bearer layout-admin-token"}).status_code,
+]
+print(json.dumps({"answers": answers, "modules": sorted(sys.modules)}))
+"""
+
+
+def test_the_web_process_loads_no_worker_side(env, queue):
+    env = {**env, "ADMIN_API_TOKEN": "layout-admin-token"}
+    form = inbound_form("layout check")
+    signature = sign("https://sms.example.com/twilio/sms", form)
+    done = subprocess.run([sys.executable, "-c", WEB_PROCESS], input=json.dumps([env, form, signature]),
+                          capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    # The inbound text was accepted (so the webhook's whole path ran), /readyz answered (503: no worker).
+    assert seen["answers"] == [200, 200, 503, 200, 200]
+    assert queue.count == 1
+    loaded = [module for module in seen["modules"]
+              if any(module == name or module.startswith(name + ".") for name in FORBIDDEN_IN_WEB)]
+    assert loaded == []
+    assert {"gateway.twilio_webhooks", "core.queues", "twilio.request_validator"} <= set(seen["modules"])

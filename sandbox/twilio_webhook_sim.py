@@ -21,7 +21,8 @@ from twilio.request_validator import RequestValidator
 
 from sandbox.httpfake import Reply, Request
 
-OPT_OUT = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"}
+# Twilio's default lists (Advanced Opt-Out tutorial, 2026), as the simulator's own copy of an outside fact.
+OPT_OUT = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
 OPT_IN = {"START", "YES", "UNSTOP"}
 HELP = {"HELP", "INFO"}
 KEYWORD_REPLIES = {

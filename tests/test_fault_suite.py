@@ -1,7 +1,8 @@
 """Fault injection with real processes: gunicorn web, several RQ workers, flaky fakes, a crash and a Redis restart.
 
 100 conversations x 5 messages go through the Procfile's web process while the fake UponAI and Twilio answer a
-share of calls with 500s, 429s, read timeouts and dropped connections (before and after applying them), one
+share of calls with 500s, 429s, read timeouts, dropped connections and malformed 2xx answers (each before and
+after applying the call), one
 worker is SIGKILLed and Redis is restarted. Every inbound message must be answered exactly once, in order
 within its conversation, and reach the agent exactly once.
 """
@@ -17,6 +18,7 @@ import pytest
 import requests
 
 from sandbox.httpfake import Fault
+from sandbox.twilio_sim import MALFORMED_SEND_ANSWERS
 from tests.conftest import GATEWAY_NUMBER, WorkerPool, free_port, inbound_form, settings_env, sign, wait_for
 from tests.test_procfile import Process, procfile_commands
 
@@ -24,10 +26,19 @@ CONVERSATIONS = 100
 MESSAGES_EACH = 5
 PUBLIC = "https://sms.example.com"
 
+# Malformed successes, as a proxy or a bug upstream would answer them: a 2xx whose body is not the documented
+# JSON, with the call applied (the turn is in the chat, the SMS went out) or not.
+UPONAI_MALFORMED = [b"", {}, "null", {"messages": "not a list"}, {"messages": [{"name": "agent"}]},
+                    "<html><body>200 OK</body></html>"]
 UPONAI_FAULTS = [Fault(status=500), Fault(status=503), Fault(status=429, retry_after="1"),
-                 Fault(delay_seconds=2.5), Fault(drop=True), Fault(drop_after_apply=True)]
+                 Fault(delay_seconds=2.5), Fault(drop=True), Fault(drop_after_apply=True),
+                 *[Fault(status=201, body=body, apply_first=applied) for body in UPONAI_MALFORMED[::2]
+                   for applied in (True, False)],
+                 *[Fault(status=200, body=body, apply_first=True) for body in UPONAI_MALFORMED[1::2]]]
 TWILIO_FAULTS = [Fault(status=500), Fault(status=429), Fault(delay_seconds=2.5), Fault(drop=True),
-                 Fault(drop_after_apply=True)]
+                 Fault(drop_after_apply=True),
+                 *[Fault(status=200, body=body, apply_first=applied) for body in MALFORMED_SEND_ANSWERS.values()
+                   for applied in (True, False)]]
 
 
 def person(i: int) -> str:

@@ -99,3 +99,34 @@ def test_worker_started_while_redis_is_away_says_so_in_one_line_and_starts_when_
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()
         server.stop()
+
+
+def test_a_thread_worker_runs_jobs_and_leaves_the_process_signal_handlers_alone(redis, env):
+    """ThreadWorker relies on rq 3.x calling its signal hook from work(): in a thread it must run, not raise."""
+    import threading
+
+    from rq import Queue
+
+    from config import load_settings
+    from workers import jobs
+    from workers.worker import THREAD_WORKER_TTL_SECONDS, ThreadWorker, _work_until_stopped
+
+    jobs.install_services(jobs.build_services(load_settings(env, dotenv_path=None), redis))
+    queue = Queue("thread-worker-test", connection=redis)
+    job = queue.enqueue("builtins.len", "four")
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    stop = threading.Event()
+    thread = threading.Thread(target=_work_until_stopped, args=(ThreadWorker, redis, [queue.name], stop), kwargs={
+        "with_scheduler": False, "burst": False, "max_jobs": None, "logging_level": "WARNING",
+        "ttl": THREAD_WORKER_TTL_SECONDS}, daemon=True)
+    try:
+        thread.start()
+        wait_for(lambda: job.get_status(refresh=True) == "finished", message="the thread worker to run the job")
+        assert job.return_value() == 4
+        assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
+        stop.set()  # what the main thread's request_stop does: an idle thread worker leaves at its next heartbeat
+        wait_for(lambda: not thread.is_alive(), message="the thread worker to stop")
+    finally:
+        stop.set()
+        jobs.install_services(None)
+        queue.delete(delete_jobs=True)

@@ -86,12 +86,16 @@ class ThreadWorker(GatewayWorker):
 
     death_penalty_class = TimerDeathPenalty
 
+    # No public extension point exists (rq 3.0; pyproject pins rq>=3.0,<4): BaseWorker.work() always calls
+    # this hook, whose signal.signal() raises ValueError outside the main thread, and rq has no option to skip
+    # it. Signals belong to the main thread, which sets stop_event. Relied on, and checked by
+    # tests/test_worker.py::test_a_thread_worker_runs_jobs_and_leaves_the_process_signal_handlers_alone.
     def _install_signal_handlers(self):
-        pass  # signals belong to the main thread, which sets stop_event
+        pass
 
     def heartbeat(self, *args, **kwargs):
         # RQ calls this between waits for a job and after each job: a safe point to leave.
-        if self.stop_event is not None and self.stop_event.is_set() and self._state != WorkerStatus.BUSY:
+        if self.stop_event is not None and self.stop_event.is_set() and self.get_state() != WorkerStatus.BUSY:
             raise StopRequested()
         return super().heartbeat(*args, **kwargs)
 
@@ -102,21 +106,20 @@ def _work_until_stopped(worker_class: type[GatewayWorker], connection, queue_nam
     """Run one RQ worker until a stop is requested, starting a fresh one once Redis is back after an outage."""
     announce = worker_class is GatewayWorker  # one line per outage from the main worker, not one per thread
     while wait_for_redis(connection, stop_event, announce=announce):
-        stopping = False
         try:
             worker = worker_class(queue_names, connection=connection, log_job_description=False,
                                   maintenance_interval=MAINTENANCE_INTERVAL_SECONDS, worker_ttl=ttl,
                                   job_monitoring_interval=JOB_MONITORING_INTERVAL_SECONDS)
             worker.stop_event = stop_event
             worker.work(with_scheduler=with_scheduler, burst=burst, max_jobs=max_jobs, logging_level=logging_level)
-            stopping = worker._shutdown_requested_date is not None
         except StopRequested:
             return  # asked to stop while it was starting
         except RedisError as exc:
             if announce:
                 log.error("worker stopped by a Redis error at %s (%s); starting again once it answers",
                           redis_address(connection), redis_failure(exc))
-        if burst or max_jobs is not None or stop_event.is_set() or stopping:
+        # request_stop (signals, RQ's shutdown command) sets stop_event: no need to ask RQ whether it was asked.
+        if burst or max_jobs is not None or stop_event.is_set():
             return
         log.warning("worker loop ended without a stop request; starting again in 1 s")
         time.sleep(1)

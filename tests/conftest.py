@@ -42,6 +42,58 @@ def wait_for(condition, timeout: float = 20.0, interval: float = 0.02, message: 
         time.sleep(interval)
 
 
+# A retry or an idle check due this soon is work still to come; an idle check an hour away is not.
+SCHEDULED_SOON_SECONDS = 10.0
+
+
+def pending_work(redis: Redis) -> list[str]:
+    """What the gateway still has to do, read from Redis: [] when nothing more can reach UponAI or Twilio.
+
+    RQ's queues (and the intermediate list a job passes through), jobs started, jobs scheduled to run
+    within SCHEDULED_SOON_SECONDS (retries), conversation locks held and inboxes holding a text.
+    """
+    from rq.registry import StartedJobRegistry
+
+    from core.store import ConversationStore
+
+    work = []
+    due_by = int(time.time() + SCHEDULED_SOON_SECONDS)
+    for queue in Queue.all(connection=redis):
+        waiting = queue.count + len(queue.intermediate_queue.get_job_ids())
+        started = StartedJobRegistry(queue.name, connection=redis).get_job_count(cleanup=False)
+        due = len(queue.scheduled_job_registry.get_jobs_to_schedule(due_by))
+        work += [f"{n} job(s) {what} on {queue.name}" for n, what in
+                 ((waiting, "queued"), (started, "started"), (due, "scheduled soon")) if n]
+    locks = list(redis.scan_iter(match=ConversationStore.key("lock", "*")))
+    inboxes = [key for key in redis.scan_iter(match=ConversationStore.key("inbox", "*")) if redis.llen(key)]
+    work += [f"{len(locks)} conversation lock(s) held"] if locks else []
+    work += [f"{len(inboxes)} inbox(es) holding texts"] if inboxes else []
+    return work
+
+
+def wait_idle(redis: Redis, timeout: float = 30.0, settle_seconds: float = 0.2) -> None:
+    """Wait until the gateway has nothing left to do (``pending_work``), so that counts taken next are final.
+
+    For exactly-once assertions: a late duplicate is sent before this returns, and the count then fails.
+    Idle must be seen throughout ``settle_seconds``: a worker pops a job (BLPOP on two queues) a moment
+    before RQ records it as started, and in that moment Redis shows no trace of it.
+    """
+    deadline = time.monotonic() + timeout
+    idle_since = None
+    while True:
+        work = pending_work(redis)
+        now = time.monotonic()
+        if work:
+            idle_since = None
+        elif idle_since is None:
+            idle_since = now
+        elif now - idle_since >= settle_seconds:
+            return
+        if work and now > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for the gateway to be idle: {work}")
+        time.sleep(0.02)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

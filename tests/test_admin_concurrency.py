@@ -6,11 +6,10 @@ import threading
 
 import pytest
 from rq import Queue
-from rq.registry import StartedJobRegistry
 
-from core.queues import ADMIN_QUEUE_NAME, QUEUE_NAME
+from core.queues import ADMIN_QUEUE_NAME
 from gateway import create_app
-from tests.conftest import wait_for
+from tests.conftest import wait_for, wait_idle
 
 TOKEN = "admin-concurrency-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -21,12 +20,6 @@ ROUNDS = 4
 @pytest.fixture
 def admin_env(env):
     return {**env, "ADMIN_API_TOKEN": TOKEN, "ADMIN_WAIT_SECONDS": "20"}
-
-
-def idle(redis) -> bool:
-    """No job queued or running on either queue: nothing more can reach UponAI or Twilio."""
-    return all(Queue(name, connection=redis).count == 0 and StartedJobRegistry(name, connection=redis).count == 0
-               for name in (ADMIN_QUEUE_NAME, QUEUE_NAME))
 
 
 def post_at_once(app, count: int, body: dict, headers: dict) -> list:
@@ -64,7 +57,7 @@ def test_twenty_concurrent_requests_with_one_key_start_one_conversation_every_ti
         assert len({body["chat_id"] for body in bodies}) == 1, bodies
         assert len({tuple(body["message_sids"]) for body in bodies}) == 1, bodies
 
-    wait_for(lambda: idle(redis), message="no admin job left queued or running")
+    wait_idle(redis)
     for person in persons:
         assert twilio.sent_to(person) == ["Once"]
     created = uponai.calls("create_chat")
@@ -87,7 +80,7 @@ def test_past_the_waiting_bound_requests_with_one_key_are_answered_queued_with_t
     assert queued["job_url"] == f"/admin/jobs/{queued['job_id']}"
     job = wait_for(lambda: app.test_client().get(queued["job_url"], headers=AUTH).get_json().get("ok"),
                    message="the queued job's result")
-    wait_for(lambda: idle(redis), message="no admin job left queued or running")
+    wait_idle(redis)
     assert twilio.sent_to("+14155550100") == ["Once"] and job["message_sids"] == [twilio.messages[0].sid]
     assert len(uponai.calls("create_chat")) == 1
 
@@ -133,6 +126,6 @@ def test_two_runs_of_one_outbound_start_at_once_send_once(start_workers, redis, 
     jobs = [queue.enqueue("workers.admin_ops.start_outbound_job", "op-1", request) for _ in range(2)]
 
     results = [wait_for(lambda job=job: job.latest_result(), message="both runs to end") for job in jobs]
-    wait_for(lambda: idle(redis), message="no admin job left queued or running")
+    wait_idle(redis)
     assert results[0].return_value == results[1].return_value and "ok" in results[0].return_value
     assert twilio.sent_to("+14155550100") == ["Once"] and len(uponai.calls("create_chat")) == 1

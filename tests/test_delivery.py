@@ -11,22 +11,17 @@ from rq.job import Job
 from core.model import conversation_id
 from sandbox.httpfake import Fault
 from sandbox.twilio_sim import MALFORMED_SEND_ANSWERS, SimMessage
-from tests.conftest import GATEWAY_NUMBER, wait_for
+from tests.conftest import GATEWAY_NUMBER, wait_for, wait_idle
 
 PERSON = "+14155550177"
 OTHER_POOL_NUMBER = "+15005550001"
 CID = conversation_id(GATEWAY_NUMBER, PERSON)
 
 
-def is_idle(redis, cid: str = CID) -> bool:
-    """Nothing left to do for the conversation: its inbox is empty and no job holds it."""
-    return redis.llen(f"smsgw:inbox:{cid}") == 0 and not redis.exists(f"smsgw:lock:{cid}")
-
-
 def settle(redis, twilio, count: int, message: str) -> list[str]:
-    """Wait for ``count`` SMS to the person, then for the conversation to go idle; what the person got."""
+    """Wait for ``count`` SMS to the person, then for the gateway to go idle; what the person got."""
     wait_for(lambda: len(twilio.sent_to(PERSON)) >= count, message=message)
-    wait_for(lambda: is_idle(redis), message="the conversation to go idle")
+    wait_idle(redis)
     return twilio.sent_to(PERSON)
 
 

@@ -7,7 +7,7 @@ import threading
 
 from core.model import conversation_id
 from sandbox.httpfake import Fault
-from tests.conftest import GATEWAY_NUMBER, inbound_form, post_signed, wait_for
+from tests.conftest import GATEWAY_NUMBER, inbound_form, post_signed, wait_for, wait_idle
 
 PERSON = "+14155550100"
 OTHER = "+14155550199"
@@ -16,8 +16,9 @@ OTHER = "+14155550199"
 def test_first_message_creates_chat_and_is_answered(workers, text_in, uponai, twilio, redis):
     text_in("Hi there", from_=PERSON)
 
-    replies = wait_for(lambda: twilio.sent_to(PERSON), message="the reply SMS")
-    assert replies == ["You said: Hi there"]
+    wait_for(lambda: twilio.sent_to(PERSON), message="the reply SMS")
+    wait_idle(redis)
+    assert twilio.sent_to(PERSON) == ["You said: Hi there"]
     sent = twilio.messages[0]
     assert sent.from_ == GATEWAY_NUMBER
     assert sent.status_callback == "https://sms.example.com/twilio/status"
@@ -26,11 +27,12 @@ def test_first_message_creates_chat_and_is_answered(workers, text_in, uponai, tw
     assert uponai.texts_by_chat() == {chat_id: ["Hi there"]}
 
 
-def test_second_message_reuses_the_chat(workers, text_in, uponai, twilio):
+def test_second_message_reuses_the_chat(workers, redis, text_in, uponai, twilio):
     text_in("one", from_=PERSON)
     wait_for(lambda: len(twilio.sent_to(PERSON)) == 1, message="first reply")
     text_in("two", from_=PERSON)
     wait_for(lambda: len(twilio.sent_to(PERSON)) == 2, message="second reply")
+    wait_idle(redis)
 
     assert len(uponai.calls("create_chat")) == 1
     assert list(uponai.texts_by_chat().values()) == [["one", "two"]]
@@ -43,13 +45,14 @@ def test_guide_style_end_to_end(start_workers, redis, text_in, uponai, twilio):
     wait_for(lambda: twilio.sent_to(PERSON), message="reply")
     text_in("guide two", from_=PERSON)
     wait_for(lambda: len(twilio.sent_to(PERSON)) == 2, message="second reply")
+    wait_idle(redis)
 
     paths = [r.path for op, r in uponai.requests]
     assert paths == ["/create-chat", "/create-chat-completion", "/create-chat-completion"]
     assert twilio.sent_to(PERSON) == ["You said: guide one", "You said: guide two"]
 
 
-def test_duplicate_message_sid_is_answered_once(workers, client, uponai, twilio):
+def test_duplicate_message_sid_is_answered_once(workers, redis, client, uponai, twilio):
     form = inbound_form("only once", from_=PERSON)
     for _ in range(3):
         response = post_signed(client, "/twilio/sms", form)
@@ -59,11 +62,12 @@ def test_duplicate_message_sid_is_answered_once(workers, client, uponai, twilio)
     # A later, different message is answered after it: nothing else is queued for the duplicate.
     post_signed(client, "/twilio/sms", inbound_form("next", from_=PERSON))
     wait_for(lambda: len(twilio.sent_to(PERSON)) == 2, message="second reply")
+    wait_idle(redis)
     assert twilio.sent_to(PERSON) == ["You said: only once", "You said: next"]
     assert [text for _, text in uponai.completion_log] == ["only once", "next"]
 
 
-def test_burst_keeps_order_while_another_number_runs_in_parallel(workers, text_in, uponai, twilio):
+def test_burst_keeps_order_while_another_number_runs_in_parallel(workers, redis, text_in, uponai, twilio):
     release = threading.Event()
     other_answered = threading.Event()
 
@@ -84,18 +88,20 @@ def test_burst_keeps_order_while_another_number_runs_in_parallel(workers, text_i
     assert twilio.sent_to(PERSON) == []
     release.set()
     wait_for(lambda: len(twilio.sent_to(PERSON)) == 5, message="all five replies")
+    wait_idle(redis)
 
     person_chat = next(cid for cid, texts in uponai.texts_by_chat().items() if texts and texts[0].startswith("burst"))
     assert uponai.texts_by_chat()[person_chat] == [f"burst {i}" for i in range(1, 6)]
     assert twilio.sent_to(PERSON) == [f"re: burst {i}" for i in range(1, 6)]
 
 
-def test_mms_without_text_gets_only_the_notice(workers, text_in, uponai, twilio):
+def test_mms_without_text_gets_only_the_notice(workers, redis, text_in, uponai, twilio):
     text_in("", from_=PERSON, NumMedia="1", MediaUrl0="https://api.twilio.com/media/ME1",
             MediaContentType0="image/jpeg")
     wait_for(lambda: twilio.sent_to(PERSON), message="the notice")
     text_in("after", from_=PERSON)
     wait_for(lambda: len(twilio.sent_to(PERSON)) == 2, message="the next reply")
+    wait_idle(redis)
 
     notice, reply = twilio.sent_to(PERSON)
     assert "text" in notice.lower()
@@ -104,10 +110,11 @@ def test_mms_without_text_gets_only_the_notice(workers, text_in, uponai, twilio)
     assert all("media" not in r.path.lower() for _, r in twilio.requests)  # media never fetched
 
 
-def test_mms_with_text_gets_notice_and_answer(workers, text_in, uponai, twilio):
+def test_mms_with_text_gets_notice_and_answer(workers, redis, text_in, uponai, twilio):
     text_in("what is this?", from_=PERSON, NumMedia="2", MediaUrl0="https://x/ME1", MediaContentType0="image/png",
             MediaUrl1="https://x/ME2", MediaContentType1="video/mp4")
     wait_for(lambda: len(twilio.sent_to(PERSON)) == 2, message="notice and answer")
+    wait_idle(redis)
     notice, reply = twilio.sent_to(PERSON)
     assert "text" in notice.lower()
     assert reply == "You said: what is this?"
@@ -133,6 +140,7 @@ def test_empty_agent_turn_sends_nothing(workers, text_in, uponai, twilio, redis)
     text_in("silent", from_=PERSON)
     text_in("loud", from_=PERSON)
     wait_for(lambda: twilio.sent_to(PERSON), message="reply to the second message")
+    wait_idle(redis)
     assert twilio.sent_to(PERSON) == ["re: loud"]
 
 
@@ -151,29 +159,34 @@ def test_permanent_uponai_error_does_not_block_the_conversation(workers, text_in
     wait_for(lambda: failed.count >= 1, message="the failed job to be recorded")
     text_in("still works", from_=PERSON)
     wait_for(lambda: len(twilio.sent_to(PERSON)) == 3, message="answer after the failure")
+    wait_idle(redis)
+    assert twilio.sent_to(PERSON)[2] == "You said: still works"
 
 
-def test_transient_uponai_errors_are_retried(workers, text_in, uponai, twilio):
+def test_transient_uponai_errors_are_retried(workers, redis, text_in, uponai, twilio):
     uponai.inject("complete", Fault(status=503), Fault(status=429, retry_after="0"))
     text_in("retry me", from_=PERSON)
     wait_for(lambda: twilio.sent_to(PERSON), message="the reply after retries")
+    wait_idle(redis)
     assert twilio.sent_to(PERSON) == ["You said: retry me"]
     assert [text for _, text in uponai.completion_log] == ["retry me"]
 
 
-def test_completion_applied_then_dropped_is_not_posted_twice(workers, text_in, uponai, twilio):
+def test_completion_applied_then_dropped_is_not_posted_twice(workers, redis, text_in, uponai, twilio):
     uponai.inject("complete", Fault(drop_after_apply=True))
     text_in("exactly once", from_=PERSON)
     wait_for(lambda: twilio.sent_to(PERSON), message="the reply")
+    wait_idle(redis)
     assert [text for _, text in uponai.completion_log] == ["exactly once"]
     assert twilio.sent_to(PERSON) == ["You said: exactly once"]
     assert len(uponai.calls("get_chat")) >= 1
 
 
-def test_twilio_rate_limit_is_retried_without_doubling(workers, text_in, uponai, twilio):
+def test_twilio_rate_limit_is_retried_without_doubling(workers, redis, text_in, uponai, twilio):
     twilio.inject("send", Fault(status=429), Fault(status=500))
     text_in("send me", from_=PERSON)
     wait_for(lambda: twilio.sent_to(PERSON), message="the reply")
+    wait_idle(redis)
     assert twilio.sent_to(PERSON) == ["You said: send me"]
     assert len(uponai.completion_log) == 1
 

@@ -10,7 +10,7 @@ from rq.job import Job
 
 from core.model import conversation_id
 from sandbox.httpfake import Fault
-from tests.conftest import GATEWAY_NUMBER, inbound_form, post_signed, wait_for
+from tests.conftest import GATEWAY_NUMBER, inbound_form, post_signed, wait_for, wait_idle
 
 PERSON = "+14155550142"
 CID = conversation_id(GATEWAY_NUMBER, PERSON)
@@ -20,34 +20,39 @@ def agent_texts(uponai) -> list[str]:
     return [text for _, text in uponai.completion_log]
 
 
-def test_twilio_read_timeout_after_sending_does_not_double_the_reply(workers, text_in, uponai, twilio):
+def test_twilio_read_timeout_after_sending_does_not_double_the_reply(workers, redis, text_in, uponai, twilio):
     twilio.inject("send", Fault(delay_seconds=3))  # applied, but after the client's 2 s timeout
     text_in("slow twilio", from_=PERSON)
     wait_for(lambda: twilio.sent_to(PERSON), message="the reply")
     wait_for(lambda: len(twilio.calls("list_messages")) >= 1, message="the sender to look the part up")
+    wait_idle(redis)
     assert twilio.sent_to(PERSON) == ["You said: slow twilio"]
 
 
-def test_twilio_connection_dropped_after_applying_does_not_double(workers, text_in, uponai, twilio):
+def test_twilio_connection_dropped_after_applying_does_not_double(workers, redis, text_in, uponai, twilio):
     twilio.inject("send", Fault(drop_after_apply=True))
     text_in("dropped", from_=PERSON)
     wait_for(lambda: twilio.calls("list_messages"), message="the lookup after the dropped send")
     text_in("next", from_=PERSON)
     wait_for(lambda: "You said: next" in twilio.sent_to(PERSON), message="the next reply")
+    wait_idle(redis)
     assert twilio.sent_to(PERSON) == ["You said: dropped", "You said: next"]
 
 
-def test_twilio_connection_dropped_before_applying_is_sent_once(workers, text_in, uponai, twilio):
+def test_twilio_connection_dropped_before_applying_is_sent_once(workers, redis, text_in, uponai, twilio):
     twilio.inject("send", Fault(drop=True))
     text_in("lost on the way", from_=PERSON)
     wait_for(lambda: twilio.sent_to(PERSON), message="the reply after the lookup found nothing")
+    wait_idle(redis)
     assert twilio.sent_to(PERSON) == ["You said: lost on the way"]
 
 
-def test_uponai_read_timeout_reads_the_turn_back_instead_of_posting_again(workers, text_in, uponai, twilio):
+def test_uponai_read_timeout_reads_the_turn_back_instead_of_posting_again(workers, redis, text_in, uponai,
+                                                                         twilio):
     uponai.inject("complete", Fault(delay_seconds=2.5))  # applied after the client's 2 s read timeout
     text_in("slow agent", from_=PERSON)
     wait_for(lambda: twilio.sent_to(PERSON), message="the reply")
+    wait_idle(redis)
     assert agent_texts(uponai) == ["slow agent"]
     assert twilio.sent_to(PERSON) == ["You said: slow agent"]
 
@@ -56,6 +61,7 @@ def test_opted_out_recipient_is_recorded_and_not_retried(workers, redis, text_in
     twilio.opted_out.add(PERSON)
     text_in("hi", from_=PERSON)
     wait_for(lambda: redis.hget(f"smsgw:conv:{CID}", "opted_out") == b"1", message="21610 to mark the opt-out")
+    wait_idle(redis)
     assert len(twilio.calls("send")) == 1
     assert twilio.sent_to(PERSON) == []
 
@@ -79,7 +85,8 @@ def test_final_failure_apologises_once_keeps_the_job_and_a_requeue_answers_once(
     assert twilio.sent_to(PERSON)[1] == "You said: doomed"
     text_in("after", from_=PERSON)
     wait_for(lambda: len(twilio.sent_to(PERSON)) == 3, message="the next reply")
-    assert twilio.sent_to(PERSON)[2] == "You said: after"
+    wait_idle(redis)
+    assert len(twilio.sent_to(PERSON)) == 3 and twilio.sent_to(PERSON)[2] == "You said: after"
     assert agent_texts(uponai) == ["doomed", "after"]
 
 
@@ -132,6 +139,7 @@ def test_sigterm_lets_the_current_job_finish(start_workers, redis, text_in, upon
     release.set()
     wait_for(lambda: twilio.sent_to(PERSON), message="the reply of the job in progress")
     assert pool.processes[0].wait(20) == 0
+    wait_idle(redis)
     assert twilio.sent_to(PERSON) == ["re: deploy now"]
 
 
@@ -154,4 +162,5 @@ def test_redis_restart_web_answers_503_then_recovers_and_loses_nothing(start_wor
 
     expected = [f"You said: before {i}" for i in range(3)] + ["You said: during", "You said: after"]
     wait_for(lambda: len(twilio.sent_to(PERSON)) >= 5, timeout=90, message="every accepted message answered")
+    wait_idle(redis)
     assert twilio.sent_to(PERSON) == expected

@@ -63,3 +63,29 @@ def check_forget_chat(worker_side: ConversationStore, arrived: list[str]) -> Non
     worker_side.set_chat(CID, "chat_2", "agent_test")
     assert worker_side.forget_chat(CID, "chat_1") is False  # a newer chat is left alone
     assert worker_side.conversation(CID)["chat_id"] == "chat_2"
+
+
+def test_forgetting_a_chat_while_the_other_worker_starts_the_next_drain_job_does_not_fail(redis, redis_server):
+    """The race behind test_reset_word_ends_the_chat_confirms_and_starts_fresh failing one full run in two.
+
+    A worker still draining takes "reset" from the inbox and forgets the chat, while the other worker
+    starts the drain job queued for that text and clears ``drain_pending`` in the same hash. With
+    WATCH/MULTI the forget failed (WatchError), the job failed with "reset" still at the inbox head and
+    no job queued for it, and nothing answered it before the recovery sweep, 20 s or more later.
+    """
+    conv = ConversationStore.key("conv", CID)
+    other_worker = ConversationStore(redis)
+
+    def next_drain_job_starts():
+        other_worker.clear_drain_pending(CID)
+
+    client = RedisWithArrivingTexts(redis_server.url, next_drain_job_starts)
+    try:
+        worker_side = ConversationStore(client)
+        worker_side.set_chat(CID, "chat_1", "agent_test")
+        redis.hset(conv, "drain_pending", "1")  # the job queued for "reset", not started yet
+
+        assert worker_side.forget_chat(CID, "chat_1") is True
+    finally:
+        client.connection_pool.disconnect()
+    assert not redis.hexists(conv, "chat_id")

@@ -287,6 +287,10 @@ class ConversationStore:
             self._keep(key, pipe=pipe)  # the conversation's hash expires like every key holding a number
             pipe.execute()
 
+    def clear_retry(self, cid: str) -> None:
+        """The conversation's scheduled retry has started: its backoff is over."""
+        self.redis.hdel(self.key("conv", cid), "retry_at", "retry_token")
+
     def clear_drain_pending(self, cid: str) -> None:
         """A drain job has started: texts arriving from now on need a job of their own."""
         self.redis.hdel(self.key("conv", cid), "drain_pending")

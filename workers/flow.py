@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 BUSY_RETRY_SECONDS = 1.0
 MAX_RETRY_AFTER_SECONDS = 600.0  # a server asking for a day's pause must not hold a conversation that long
+EARLY_RETRY_GRACE_SECONDS = 2.0  # how early RQ's scheduler (whole seconds) may start a scheduled retry
 
 
 class RetryLater(Exception):
@@ -86,7 +87,17 @@ def drain_conversation(services: Services, cid: str, token: str, *, budget_secon
             raise RetryLater(BUSY_RETRY_SECONDS, TransientError("conversation busy with another operation"))
         return 0
     pause = store.conversation(cid)
-    if time.time() < float(pause.get("retry_at") or 0) and pause.get("retry_token") != token:
+    retry_at = float(pause.get("retry_at") or 0)
+    if pause.get("retry_token") == token:
+        # The scheduled retry itself. RQ's scheduler counts whole seconds, so it can start up to a second
+        # early: wait out the rest (the pause before reading back an uncertain call must hold), then end the
+        # backoff, or drain jobs of texts arriving before ``retry_at`` would be turned away with no one left
+        # to answer them.
+        early = retry_at - time.time()
+        if 0 < early <= EARLY_RETRY_GRACE_SECONDS:
+            time.sleep(early)
+        store.clear_retry(cid)
+    elif time.time() < retry_at:
         # The conversation is backing off after a failure: only the job scheduled for the retry goes on,
         # or the backoff (and the wait before reading back an uncertain call) would be skipped.
         store.release_lock(cid, token)

@@ -6,12 +6,19 @@ so that ``/metrics`` sums all gunicorn processes (and the workers, when they sha
 """
 
 import os
+import sys
 import tempfile
 
-# Must be in the environment before the app (and prometheus-client) is imported in the processes.
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="smsgw-metrics-")
-os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+from config import SettingsError, load_some, metrics_directory
+
+_settings, _problems = load_some(("LOG_LEVEL", "GUNICORN_ACCESS_LOG", "LOG_MESSAGE_BODIES"))
+if _problems:
+    sys.exit(f"gunicorn.conf.py: {SettingsError(_problems)}")  # a clear message, not a traceback
+
+# prometheus-client reads it from the environment of the processes: it must be there before they import it.
+_metrics_dir = metrics_directory() or tempfile.mkdtemp(prefix="smsgw-metrics-")
+os.makedirs(_metrics_dir, exist_ok=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 
 # gunicorn would take X-Forwarded-Proto from 127.0.0.1 (its default), even with TRUSTED_PROXY_HOPS=0. The
 # app alone decides which forwarded headers to believe (ProxyFix, TRUSTED_PROXY_HOPS deep; see gateway.app),
@@ -22,14 +29,15 @@ secure_scheme_headers: dict[str, str] = {}
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "gateway.observability.JsonLogFormatter"}},
+    "formatters": {"json": {"()": "gateway.observability.JsonLogFormatter",
+                            "log_bodies": _settings["log_message_bodies"]}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
-    "root": {"level": os.environ.get("LOG_LEVEL", "INFO"), "handlers": ["stderr"]},
+    "root": {"level": _settings["log_level"], "handlers": ["stderr"]},
     "loggers": {
         "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
         # The app logs one line per webhook with its ids; gunicorn's access line would double it (and the
         # CPU spent on logging). GUNICORN_ACCESS_LOG=1 turns it back on.
-        "gunicorn.access": {"level": "INFO" if os.environ.get("GUNICORN_ACCESS_LOG") == "1" else "WARNING",
+        "gunicorn.access": {"level": "INFO" if _settings["gunicorn_access_log"] else "WARNING",
                             "handlers": ["stderr"], "propagate": False},
         "twilio.http_client": {"level": "WARNING"},
     },

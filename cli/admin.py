@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 from urllib.parse import quote
 
 import requests
+
+from config import load_some, read_environment
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 NUMBER_HELP = ("the person's number with + and country code, e.g. '+1 415 555 0100' (national numbers only "
@@ -26,32 +27,32 @@ class CommandError(Exception):
     """The command could not run (bad setup); exit code 2."""
 
 
-def _setting(name: str) -> str | None:
-    value = os.environ.get(name)
-    if value is None and os.path.exists(".env"):
-        from dotenv import dotenv_values
-
-        value = dotenv_values(".env").get(name)
-    return value.strip() if value and value.strip() else None
-
-
 def _base_url(args: argparse.Namespace) -> str:
-    url = args.url or _setting("PUBLIC_BASE_URL") or f"http://127.0.0.1:{_setting('PORT') or 8000}"
-    return url.rstrip("/")
+    if args.url:
+        return args.url.rstrip("/")
+    values, problems = load_some(("PUBLIC_BASE_URL", "PORT"))
+    if problems:
+        raise CommandError("; ".join(problems))
+    return values["public_base_url"] or f"http://127.0.0.1:{values['port']}"
+
+
+def _admin_token() -> str | None:
+    # Taken as written: the gateway judges it (a wrong one is its 401, which the operator should see).
+    return read_environment().get("ADMIN_API_TOKEN", "").strip() or None
 
 
 def _call(args: argparse.Namespace, method: str, path: str, *, body: Any = None, params: dict | None = None,
           headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    token = _setting("ADMIN_API_TOKEN")
+    token = _admin_token()
     if not token:
         raise CommandError("ADMIN_API_TOKEN is not set (the environment or .env)")
-    url = _base_url(args) + path
+    base_url = _base_url(args)
     try:
-        response = requests.request(method, url, json=body, params=params,
+        response = requests.request(method, base_url + path, json=body, params=params,
                                     headers={"Authorization": f"Bearer {token}", **(headers or {})},
                                     timeout=(CONNECT_TIMEOUT_SECONDS, args.timeout))
     except requests.RequestException as exc:
-        raise CommandError(f"cannot reach the gateway at {_base_url(args)}: {type(exc).__name__}") from exc
+        raise CommandError(f"cannot reach the gateway at {base_url}: {type(exc).__name__}") from exc
     try:
         data = response.json()
     except ValueError:

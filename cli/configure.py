@@ -7,41 +7,16 @@ only the Twilio settings and ``PUBLIC_BASE_URL``; Twilio is reached through ``wo
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import Iterable, Mapping
-from dataclasses import fields
-from typing import Any, TextIO
+from collections.abc import Mapping
+from typing import TextIO
 
 from cli.twilio_number import connect_admin, service_warning, webhook_urls
-from config import Settings
-from config.settings import _read_dotenv
+from config import load_some, read_environment
 from workers.errors import GatewayError
 
 TWILIO_VARIABLES = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_API_BASE_URL", "TWILIO_TIMEOUT_SECONDS",
                     "TWILIO_FROM_NUMBER", "PUBLIC_BASE_URL")
-
-
-def load_some(environ: Mapping[str, str], names: Iterable[str]) -> tuple[dict[str, Any], list[str]]:
-    """Parse only the named variables with the Settings parsers: (values by field name, problems)."""
-    wanted = set(names)
-    values: dict[str, Any] = {}
-    problems: list[str] = []
-    for spec in fields(Settings):
-        name = spec.metadata["env"]
-        if name not in wanted:
-            continue
-        raw = environ.get(name)
-        if raw is None or not raw.strip():
-            if spec.metadata["required"]:
-                problems.append(f"{name} is required but not set")
-            values[spec.name] = spec.default if not callable(spec.default_factory) else spec.default_factory()
-            continue
-        try:
-            values[spec.name] = spec.metadata["parse"](raw)
-        except ValueError as exc:
-            problems.append(f"{name} is invalid: {exc}")
-    return values, problems
 
 
 def _shown(method: str, url: str) -> str:
@@ -52,7 +27,7 @@ def configure_twilio(environ: Mapping[str, str], *, number: str | None = None, p
                      dry_run: bool = False, out: TextIO | None = None) -> int:
     """Point the number's SMS webhook and status callback at the gateway; 0 when done, else 1 (2: settings)."""
     out = out or sys.stdout
-    values, problems = load_some(environ, TWILIO_VARIABLES)
+    values, problems = load_some(TWILIO_VARIABLES, environ)
     base = public_base_url or values.get("public_base_url")
     number = number or values.get("twilio_from_number")
     if not base:
@@ -101,19 +76,15 @@ def configure_twilio(environ: Mapping[str, str], *, number: str | None = None, p
     return 0
 
 
-def _environ() -> dict[str, str]:
-    return {**_read_dotenv(".env"), **os.environ}
-
-
 def _run_configure_twilio(args: argparse.Namespace) -> int:
-    return configure_twilio(_environ(), number=args.number, public_base_url=args.public_base_url,
+    return configure_twilio(read_environment(), number=args.number, public_base_url=args.public_base_url,
                             dry_run=args.dry_run)
 
 
 def _run_doctor(args: argparse.Namespace) -> int:
     from cli.doctor import run_doctor
 
-    return run_doctor(_environ(), number=args.number)
+    return run_doctor(read_environment(), number=args.number)
 
 
 def add_commands(sub) -> None:

@@ -9,12 +9,7 @@ import sys
 from config import SettingsError, load_settings
 
 
-def _configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
-    if json_lines:  # long-running processes log JSON lines: see gateway/observability.py
-        from gateway.observability import configure_logging
-
-        configure_logging(level)
-        return
+def _configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # twilio-python logs every request's headers at INFO: noise, and a risk for personal data.
     logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
@@ -25,9 +20,12 @@ def run_worker(args: argparse.Namespace) -> int:
     from core import metrics
     from core.queues import ADMIN_QUEUE_NAME, QUEUE_NAME
     from core.redis import connect_redis
+    from gateway.observability import configure_logging
     from workers import jobs, worker
 
     settings = load_settings()
+    # A long-running process logs JSON lines (see gateway/observability.py), bodies only if the settings say so.
+    configure_logging(args.log_level, log_bodies=settings.log_message_bodies)
     metrics.metrics()  # built before any job runs (the worker's threads would race to build them)
     redis = connect_redis(settings.redis_url)
     jobs.install_services(jobs.build_services(settings, redis))
@@ -80,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.log_level, json_lines=args.command == "worker")
+    if args.command != "worker":  # the worker sets up its logs once its settings are loaded
+        _configure_logging(args.log_level)
     try:
         return args.func(args)
     except SettingsError as exc:

@@ -3,14 +3,18 @@
 ``load_settings(environ)`` parses every variable, collects every problem, and raises one
 ``SettingsError`` naming all of them, so a misconfigured process stops at start-up with a
 message an operator can act on. Secrets are kept out of ``repr``.
+
+This module is the only reader of the environment: a command that needs a few settings only (the
+operator tools, ``gunicorn.conf.py``) takes them with ``load_some``, parsed the same way, and
+``read_environment`` is the merged mapping (environment over ``.env``) for whoever starts processes.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import Field, dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -155,6 +159,16 @@ def _phone_region(value: str) -> str:
     return region
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(value: str) -> str:
+    level = value.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
 def _flag(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -208,6 +222,8 @@ class Settings:
         "Sorry, something went wrong on our side and your message could not be answered. "
         "Please try again later.")
     log_message_bodies: bool = _setting("LOG_MESSAGE_BODIES", _flag, False)
+    log_level: str = _setting("LOG_LEVEL", _log_level, "INFO")  # the web's (gunicorn.conf.py); workers: --log-level
+    gunicorn_access_log: bool = _setting("GUNICORN_ACCESS_LOG", _flag, False)
     uponai_agent_routes: dict[str, str] = _setting("UPONAI_AGENT_ROUTES", _agent_routes, {})
     reset_keyword: str = _setting("RESET_KEYWORD", _keyword, "RESET")
     reset_confirmation_text: str = _setting(
@@ -259,16 +275,60 @@ class Settings:
         return max(1, math.ceil(self.data_retention_days * 24 * 3600))
 
 
+def read_environment(dotenv_path: str | None = ".env") -> dict[str, str]:
+    """The process environment over the variables of ``dotenv_path`` (if that file exists)."""
+    return {**_read_dotenv(dotenv_path), **os.environ}
+
+
+def metrics_directory() -> str | None:
+    """``PROMETHEUS_MULTIPROC_DIR`` as prometheus-client sees it: from the process environment only, not ``.env``."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
 def load_settings(environ: Mapping[str, str] | None = None, *, dotenv_path: str | None = ".env") -> Settings:
     """Build Settings from ``environ`` (default: the process environment plus ``.env``).
 
     Raises SettingsError naming every missing or invalid variable.
     """
     if environ is None:
-        environ = {**_read_dotenv(dotenv_path), **os.environ}
+        environ = read_environment(dotenv_path)
+    values, problems = _parse(environ, fields(Settings))
+    # An invalid style or workspace id is reported above already; only a missing workspace id is added here.
+    style = values.get("uponai_api_style") if environ.get("UPONAI_API_STYLE", "").strip() else "reference"
+    if style == "reference" and not environ.get("UPONAI_WORKSPACE_ID", "").strip():
+        problems.append("UPONAI_WORKSPACE_ID is required when UPONAI_API_STYLE is reference")
+    if not problems:
+        problems += _cross_checks(Settings(**values))
+    if problems:
+        raise SettingsError(problems)
+    return Settings(**values)
+
+
+def load_some(names: Iterable[str], environ: Mapping[str, str] | None = None, *,
+              dotenv_path: str | None = ".env") -> tuple[dict[str, Any], list[str]]:
+    """Parse only the named variables, as ``load_settings`` does: (values by field name, defaults included; problems).
+
+    For commands that need a few settings, not a whole deployment's; ``environ`` defaults as in ``load_settings``.
+    """
+    if environ is None:
+        environ = read_environment(dotenv_path)
+    wanted = set(names)
+    unknown = wanted - {spec.metadata["env"] for spec in fields(Settings)}
+    if unknown:
+        raise KeyError(f"not settings: {', '.join(sorted(unknown))}")
+    specs = [spec for spec in fields(Settings) if spec.metadata["env"] in wanted]
+    values, problems = _parse(environ, specs)
+    for spec in specs:
+        if spec.name not in values:
+            values[spec.name] = spec.default_factory() if callable(spec.default_factory) else spec.default
+    return values, problems
+
+
+def _parse(environ: Mapping[str, str], specs: Iterable[Field]) -> tuple[dict[str, Any], list[str]]:
+    """The values of the variables that are set, by field name, and a problem for each missing or invalid one."""
     values: dict[str, Any] = {}
     problems: list[str] = []
-    for spec in fields(Settings):
+    for spec in specs:
         name = spec.metadata["env"]
         raw = environ.get(name)
         if raw is None or raw.strip() == "":
@@ -280,15 +340,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv_path: str 
         except ValueError as exc:
             shown = "(hidden)" if not spec.repr else repr(_hide_password(raw))
             problems.append(f"{name}={shown} is invalid: {exc}")
-    # An invalid style or workspace id is reported above already; only a missing workspace id is added here.
-    style = values.get("uponai_api_style") if environ.get("UPONAI_API_STYLE", "").strip() else "reference"
-    if style == "reference" and not environ.get("UPONAI_WORKSPACE_ID", "").strip():
-        problems.append("UPONAI_WORKSPACE_ID is required when UPONAI_API_STYLE is reference")
-    if not problems:
-        problems += _cross_checks(Settings(**values))
-    if problems:
-        raise SettingsError(problems)
-    return Settings(**values)
+    return values, problems
 
 
 def _cross_checks(settings: Settings) -> list[str]:

@@ -4,14 +4,14 @@
 ``gunicorn.conf.py`` for the web), never at import. Every log line is one JSON object: ``ts``,
 ``level``, ``logger``, ``message``, plus the ids found in the message (``message=SM...`` becomes
 ``message_sid``) and the RQ job id inside a job. Phone numbers are masked wherever they appear, and a
-``body`` passed in ``extra`` is dropped unless ``LOG_MESSAGE_BODIES`` is on.
+``body`` passed in ``extra`` is dropped unless the process was started with ``LOG_MESSAGE_BODIES`` on
+(``Settings.log_message_bodies``, handed in by the entry point: this module reads no environment).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Flask, Response, g, request
 
+from config import metrics_directory
 from core.metrics import metrics
 from core.redaction import mask_number
 
@@ -51,13 +52,8 @@ def _mask_url_number(match: re.Match) -> str:
 class JsonLogFormatter(logging.Formatter):
     """One JSON object per line, with phone numbers masked and bodies left out unless asked for."""
 
-    def __init__(self, *args, log_bodies: bool | None = None, **kwargs):
+    def __init__(self, *args, log_bodies: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        if log_bodies is None:
-            from config.settings import _read_dotenv
-
-            flag = os.environ.get("LOG_MESSAGE_BODIES", _read_dotenv(".env").get("LOG_MESSAGE_BODIES", ""))
-            log_bodies = flag.strip().lower() in ("1", "true", "yes", "on")
         self.log_bodies = log_bodies
 
     def format(self, record: logging.LogRecord) -> str:
@@ -103,7 +99,7 @@ def _current_job_id() -> str | None:
     return job.id if job is not None else None
 
 
-def configure_logging(level: str | int = "INFO", *, log_bodies: bool | None = None, stream=None) -> None:
+def configure_logging(level: str | int = "INFO", *, log_bodies: bool = False, stream=None) -> None:
     """Send every log record of this process to ``stream`` (stderr) as JSON lines."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonLogFormatter(log_bodies=log_bodies))
@@ -126,7 +122,7 @@ def metrics_page() -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
     metrics()  # make sure this process's metrics exist even before its first message
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if metrics_directory():
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()

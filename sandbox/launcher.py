@@ -24,8 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from config import SettingsError, load_settings
-from config.settings import _read_dotenv
+from config import SettingsError, load_settings, read_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 SANDBOX_ACCOUNT_SID = "AC" + "5" * 32
@@ -121,7 +120,7 @@ def write_settings_file(env: dict[str, str], path: Path) -> None:
 
 def run(environ: dict[str, str] | None = None) -> int:
     started = time.monotonic()
-    env = dict(environ) if environ is not None else {**_read_dotenv(".env"), **os.environ}
+    env = dict(environ) if environ is not None else read_environment()
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env.setdefault("PORT", "8000")
     env["PYTHONUNBUFFERED"] = "1"

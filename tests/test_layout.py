@@ -135,3 +135,49 @@ def test_the_web_process_loads_no_worker_side(env, queue):
               if any(module == name or module.startswith(name + ".") for name in FORBIDDEN_IN_WEB)]
     assert loaded == []
     assert {"gateway.twilio_webhooks", "core.queues", "twilio.request_validator"} <= set(seen["modules"])
+
+
+# -- one reader of the environment ----------------------------------------------------------------
+
+# Writing the environment for child processes (or for a library that reads it, like prometheus-client's
+# PROMETHEUS_MULTIPROC_DIR) is fine; reading a setting anywhere but config/ is not.
+ENVIRONMENT_READERS = {"environ", "environb", "getenv", "getenvb"}
+ENTRY_FILES = ("gunicorn.conf.py",)
+
+
+def environment_reads(path: Path, root: Path = ROOT) -> list[str]:
+    """``path:line: code`` of each place in ``path`` that reads the environment or ``.env`` without config's API."""
+    tree = ast.parse(path.read_text(), str(path))
+    written = {id(node.value) for node in ast.walk(tree)
+               if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store | ast.Del)}
+    found = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and node.attr in ENVIRONMENT_READERS and id(node) not in written
+                and isinstance(node.value, ast.Name) and node.value.id == "os"):
+            found.append(node)
+        elif isinstance(node, ast.ImportFrom) and node.module == "os":
+            found += [node] if {alias.name for alias in node.names} & ENVIRONMENT_READERS else []
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "config":
+            found += [node] if any(alias.name.startswith("_") for alias in node.names) else []  # config's privates
+        elif isinstance(node, ast.ImportFrom | ast.Import):
+            modules = [node.module] if isinstance(node, ast.ImportFrom) else [alias.name for alias in node.names]
+            found += [node] if any((name or "").split(".")[0] == "dotenv" for name in modules) else []
+    lines = path.read_text().splitlines()
+    return [f"{path.relative_to(root)}:{node.lineno}: {lines[node.lineno - 1].strip()}"
+            for node in sorted(found, key=lambda node: node.lineno)]
+
+
+def test_environment_reads_are_found_and_writes_are_not(tmp_path):
+    source = tmp_path / "module.py"
+    source.write_text("import os\nfrom dotenv import dotenv_values\nos.environ['A'] = 'b'\n"
+                      "x = os.environ.get('A')\ny = os.getenv('A')\nfrom os import environ\n"
+                      "from config.settings import _read_dotenv\nz = request.environ\n")
+    found = environment_reads(source, tmp_path)
+    assert [line.split(":")[1] for line in found] == ["2", "4", "5", "6", "7"]
+
+
+def test_only_config_reads_the_environment():
+    files = [path for package in PACKAGES if package != "config" for path in sorted((ROOT / package).rglob("*.py"))]
+    files += [ROOT / name for name in ENTRY_FILES]
+    assert len(files) > 40
+    assert [line for path in files for line in environment_reads(path)] == []

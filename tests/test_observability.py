@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import runpy
 import subprocess
 import sys
 import threading
@@ -73,6 +74,41 @@ def test_numbers_are_masked_everywhere_and_bodies_only_when_asked():
     except ValueError:
         failed = log_line(JsonLogFormatter(), "failed", exc_info=sys.exc_info())
     assert "ValueError" in failed["exc"] and "14155550100" not in failed["exc"]
+
+
+def test_the_formatter_takes_body_logging_from_its_caller_not_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("LOG_MESSAGE_BODIES", "true")  # only Settings reads it; the entry point hands it in
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("LOG_MESSAGE_BODIES=true\n")
+    assert "body" not in log_line(JsonLogFormatter(), "turn done", body=SECRET_BODY)
+
+
+def gunicorn_conf(monkeypatch, tmp_path, **variables: str) -> dict:
+    """What ./gunicorn.conf.py defines when gunicorn reads it with ``variables`` in the environment."""
+    for name in ("LOG_LEVEL", "GUNICORN_ACCESS_LOG", "LOG_MESSAGE_BODIES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))  # restored after the test
+    for name, item in variables.items():
+        monkeypatch.setenv(name, item)
+    monkeypatch.chdir(tmp_path)  # no .env of the project's
+    return runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+
+
+def test_gunicorn_conf_takes_log_settings_through_config(monkeypatch, tmp_path):
+    conf = gunicorn_conf(monkeypatch, tmp_path, LOG_MESSAGE_BODIES="yes", LOG_LEVEL="debug", GUNICORN_ACCESS_LOG="1")
+    logging_config = conf["logconfig_dict"]
+    assert logging_config["formatters"]["json"]["log_bodies"] is True
+    assert logging_config["root"]["level"] == "DEBUG"
+    assert logging_config["loggers"]["gunicorn.access"]["level"] == "INFO"
+    assert (tmp_path / "metrics").is_dir()
+
+    quiet = gunicorn_conf(monkeypatch, tmp_path)["logconfig_dict"]
+    assert quiet["formatters"]["json"]["log_bodies"] is False and quiet["root"]["level"] == "INFO"
+    assert quiet["loggers"]["gunicorn.access"]["level"] == "WARNING"
+
+    with pytest.raises(SystemExit) as stopped:
+        gunicorn_conf(monkeypatch, tmp_path, LOG_LEVEL="loud")
+    assert "LOG_LEVEL='loud' is invalid" in str(stopped.value.code)
 
 
 def test_configure_logging_sends_every_logger_through_the_json_formatter():

@@ -10,7 +10,7 @@ from pathlib import Path
 import phonenumbers
 import pytest
 
-from config import Settings, SettingsError, load_settings
+from config import Settings, SettingsError, load_settings, load_some, read_environment
 
 REQUIRED = ("REDIS_URL", "UPONAI_API_KEY", "UPONAI_AGENT_ID", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN")
 API_KEY = "uponai-key-Zq81sEcReT"
@@ -67,6 +67,7 @@ def test_values_are_typed_and_normalised():
     assert settings.uponai_read_timeout_seconds == 2.5
     assert settings.retry_intervals_seconds == (1.0, 5.0, 30.0)
     assert settings.log_message_bodies is True
+    assert load_settings(minimal(LOG_LEVEL=" debug "), dotenv_path=None).log_level == "DEBUG"
 
 
 def test_every_missing_required_variable_is_named_in_one_error():
@@ -99,6 +100,8 @@ def test_blank_values_count_as_missing():
     ("RETRY_INTERVALS_SECONDS", "1,x,3", "comma-separated"),
     ("RETRY_INTERVALS_SECONDS", "1,nan", "comma-separated"),
     ("LOG_MESSAGE_BODIES", "maybe", "true or false"),
+    ("LOG_LEVEL", "verbose", "DEBUG, INFO"),
+    ("GUNICORN_ACCESS_LOG", "2", "true or false"),
     ("UPONAI_API_STYLE", "openapi", "reference, guide"),
     ("DEFAULT_PHONE_REGION", "USA", "ISO 3166"),
     ("DEFAULT_PHONE_REGION", "XX", "ISO 3166"),
@@ -236,3 +239,40 @@ def test_check_settings_command_shows_settings_without_secrets(tmp_path):
     assert "agent_1" in result.stdout
     for secret in (API_KEY, AUTH_TOKEN, ADMIN_TOKEN):
         assert secret not in result.stdout + result.stderr
+
+
+# -- a few settings only, and the environment for child processes ---------------------------------
+
+def test_load_some_parses_only_the_named_variables_like_load_settings():
+    values, problems = load_some(("PORT", "PUBLIC_BASE_URL", "LOG_MESSAGE_BODIES"),
+                                 {"PUBLIC_BASE_URL": "https://sms.example.com/", "LOG_MESSAGE_BODIES": "on"})
+    assert problems == []  # the required variables of a whole deployment are not asked for
+    assert values == {"port": 8000, "public_base_url": "https://sms.example.com", "log_message_bodies": True}
+
+    values, problems = load_some(("TWILIO_AUTH_TOKEN", "TWILIO_TIMEOUT_SECONDS", "UPONAI_AGENT_ROUTES"),
+                                 {"TWILIO_TIMEOUT_SECONDS": "soon"})
+    assert problems == ["TWILIO_AUTH_TOKEN is required but not set",
+                        "TWILIO_TIMEOUT_SECONDS='soon' is invalid: must be a number"]
+    assert values["uponai_agent_routes"] == {}
+    with pytest.raises(KeyError, match="NOT_A_SETTING"):
+        load_some(("PORT", "NOT_A_SETTING"), {})
+
+
+def test_load_some_and_read_environment_take_dotenv_under_the_environment(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text("PORT=9100\nLOG_LEVEL=debug\nSANDBOX_DATA_DIR=/tmp/elsewhere\n")
+    scrub_environment(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LOG_LEVEL", "warning")
+
+    values, problems = load_some(("PORT", "LOG_LEVEL"))
+    assert (values, problems) == ({"port": 9100, "log_level": "WARNING"}, [])
+    environment = read_environment()
+    assert environment["SANDBOX_DATA_DIR"] == "/tmp/elsewhere" and environment["LOG_LEVEL"] == "warning"
+
+
+def test_every_setting_is_in_the_readme_table():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `")]
+    missing = [spec.metadata["env"] for spec in fields(Settings)
+               if not any(f"`{spec.metadata['env']}`" in row.split("|")[1] for row in rows)]
+    assert missing == []

@@ -36,7 +36,7 @@ from gateway.admin_jobs import (
     failure_reason,
     since_epoch,
 )
-from gateway.context import gateway
+from gateway.context import web_context
 from gateway.failed_jobs import messages_view
 from gateway.openapi import admin_openapi
 
@@ -66,10 +66,10 @@ class AdminProblem(Exception):
 
 def init_app(app: Flask) -> None:
     """Turn the admin API on when ADMIN_API_TOKEN is set."""
-    gw = app.extensions["sms_gateway"]
-    if not gw.settings.admin_api_token:
+    web = app.extensions["sms_gateway"]
+    if not web.settings.admin_api_token:
         return
-    app.extensions["sms_gateway_admin"] = AdminJobs(gw.settings, gw.redis, gw.store)
+    app.extensions["sms_gateway_admin"] = AdminJobs(web.settings, web.redis, web.store)
     app.url_map.converters["anytext"] = AnyTextConverter
     app.register_blueprint(bp)
 
@@ -96,7 +96,7 @@ def _invalid(exc: check.InvalidInput):
 
 @bp.errorhandler(AdminBusy)
 def _busy(exc: AdminBusy):
-    places = gateway().settings.admin_max_waiting
+    places = web_context().settings.admin_max_waiting
     return _error(503, "admin_busy", f"{places} admin request(s) are already waiting for a worker in this web "
                                      "process (ADMIN_MAX_WAITING); try again shortly.", {"Retry-After": "1"})
 
@@ -112,7 +112,7 @@ def _redis_down(exc: RedisError):
 def _require_token():
     if request.endpoint == "admin.openapi":
         return None
-    expected = gateway().settings.admin_api_token.encode()
+    expected = web_context().settings.admin_api_token.encode()
     scheme, _, provided = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(provided.strip().encode(), expected):
         return _error(401, "unauthorized", "Send Authorization: Bearer <ADMIN_API_TOKEN>.",
@@ -141,7 +141,7 @@ def _unfinished(outcome, **context):
 
 
 def _worker_timeout():
-    seconds = gateway().settings.admin_wait_seconds
+    seconds = web_context().settings.admin_wait_seconds
     return _error(504, "worker_timeout", f"No worker took the job within {seconds:g} s, so nothing was done; "
                                          f"is a worker running on the {ADMIN_QUEUE_NAME} queue?")
 
@@ -163,15 +163,15 @@ def _job_error(value: dict[str, Any]):
 @bp.post("/sms")
 def start_sms():
     body = _json_body()
-    gw = gateway()
-    outbound = check.outbound_request(body, gw.settings)
+    web = web_context()
+    outbound = check.outbound_request(body, web.settings)
     key = request.headers.get("Idempotency-Key")
     if key is not None:
         check.idempotency_key(key)
     cid = conversation_id(outbound["gateway"], outbound["to"])
 
     def may_start() -> None:
-        if gw.store.conversation(cid).get("opted_out") == "1":
+        if web.store.conversation(cid).get("opted_out") == "1":
             raise AdminProblem(409, "opted_out", "The number has opted out (STOP); it must text START first.")
 
     try:
@@ -195,15 +195,15 @@ def start_sms():
 
 
 def _conversation_id(number: str) -> tuple[str, str, str]:
-    person = check.phone_number(number, "number", gateway().settings.default_phone_region)
-    gateway_key = check.conversation_gateway(request.args.get("from"), gateway().settings)
-    return conversation_id(gateway_key, person), person, gateway_key
+    person = check.phone_number(number, "number", web_context().settings.default_phone_region)
+    gateway_number = check.gateway_number_from(request.args.get("from"), web_context().settings)
+    return conversation_id(gateway_number, person), person, gateway_number
 
 
 @bp.get("/conversations/<anytext:number>")
 def show_conversation(number: str):
-    cid, person, gateway_key = _conversation_id(number)
-    store = gateway().store
+    cid, person, gateway_number = _conversation_id(number)
+    store = web_context().store
     state = store.conversation(cid)
     recent = store.recent_sent(cid)
     if not state and not recent:
@@ -211,7 +211,7 @@ def show_conversation(number: str):
     view: dict[str, Any] = {
         "conversation_id": cid,
         "person": state.get("person", person),
-        "gateway": state.get("gateway", gateway_key),
+        "gateway": state.get("gateway", gateway_number),
         "messaging_service_sid": state.get("messaging_service_sid"),
         "chat_id": state.get("chat_id"),
         "agent_id": state.get("agent_id"),
@@ -269,7 +269,7 @@ def _sent_view(row: dict[str, str]) -> dict[str, Any]:
 @bp.post("/conversations/<anytext:number>/end")
 def end_conversation(number: str):
     cid, _, _ = _conversation_id(number)
-    if not gateway().store.conversation(cid):
+    if not web_context().store.conversation(cid):
         raise AdminProblem(404, "conversation_not_found", "No conversation between these numbers is known.")
     outcome = _jobs().run("workers.admin_ops.end_conversation_job", (cid, uuid.uuid4().hex),
                           description=f"admin: end conversation {cid}", conversation_id=cid, queue_when_busy=True)
@@ -323,7 +323,7 @@ def show_job(job_id: str):
 @bp.get("/failed")
 def list_failed():
     limit = check.bounded_int(request.args.get("limit"), "limit", low=1, high=500, default=50)
-    redis = gateway().redis
+    redis = web_context().redis
     rows: list[dict[str, Any]] = []
     total = 0
     for name in GATEWAY_QUEUES:
@@ -356,14 +356,14 @@ def _failed_view(job_id: str, queue_name: str, redis) -> dict[str, Any] | None:
         "reason": failure_reason(result.exc_string if result is not None else None),
         "enqueued_at": job.enqueued_at.strftime("%Y-%m-%dT%H:%M:%SZ") if job.enqueued_at else None,
         "failed_at": job.ended_at.strftime("%Y-%m-%dT%H:%M:%SZ") if job.ended_at else None,
-        **messages_view(gateway().store, job),
+        **messages_view(web_context().store, job),
     }
 
 
 @bp.post("/failed/<job_id>/requeue")
 def requeue_failed(job_id: str):
     check.job_id(job_id)
-    redis = gateway().redis
+    redis = web_context().redis
     for name in GATEWAY_QUEUES:
         registry = FailedJobRegistry(name, connection=redis)
         if job_id in registry:

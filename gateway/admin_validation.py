@@ -90,7 +90,7 @@ def phone_number(value: Any, field: str, default_region: str | None) -> str:
 
 
 def sender(value: Any, field: str, default_region: str | None) -> tuple[str, str | None]:
-    """``(gateway key, messaging service sid or None)`` for a number or a Messaging Service sid."""
+    """``(gateway number, messaging service sid or None)`` for a number or a Messaging Service sid."""
     if isinstance(value, str) and _SERVICE_SID.fullmatch(value.strip()):
         return value.strip(), value.strip()
     return phone_number(value, field, default_region), None
@@ -105,8 +105,9 @@ def default_sender(settings) -> tuple[str, str | None]:
     raise InvalidInput("from", "is required: neither TWILIO_FROM_NUMBER nor TWILIO_MESSAGING_SERVICE_SID is set")
 
 
-def conversation_gateway(value: str | None, settings) -> str:
-    """The gateway side of a conversation from a ``from`` query value, else the configured sender."""
+def gateway_number_from(value: str | None, settings) -> str:
+    """The gateway number (or Messaging Service sid) of a conversation from a ``from`` query value, else the
+    configured sender."""
     if value is None or value == "":
         return default_sender(settings)[0]
     if value[:1] == " " and value[1:2].isdigit():  # an unencoded + in a query string arrives as a space
@@ -125,11 +126,11 @@ def outbound_request(body: Any, settings) -> dict[str, Any]:
         raise InvalidInput("to", "is required")
     region = settings.default_phone_region
     to = phone_number(body["to"], "to", region)
-    gateway, service = (sender(body["from"], "from", region) if body.get("from") is not None
-                        else default_sender(settings))
+    gateway_number, service = (sender(body["from"], "from", region) if body.get("from") is not None
+                               else default_sender(settings))
     return {
         "to": to,
-        "gateway": gateway,
+        "gateway": gateway_number,  # the name queued jobs and the conversation record use: kept as stored
         "messaging_service_sid": service,
         "message": _message(body.get("message")),
         "agent_id": _agent_id(body.get("agent_id")),

@@ -16,7 +16,7 @@ from core.queues import QUEUE_NAME
 from core.redis import connect_redis
 from core.store import ConversationStore
 from gateway import admin, health, observability, twilio_webhooks
-from gateway.context import Gateway
+from gateway.context import WebContext
 from gateway.signatures import validator_for
 
 MAX_REQUEST_BYTES = 64 * 1024  # Twilio's largest webhook (1600 chars, 10 media URLs) is far smaller
@@ -36,7 +36,7 @@ def create_app(test_config: Settings | Mapping[str, str] | None = None) -> Flask
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     redis = connect_redis(settings.redis_url, for_web=True)
-    app.extensions["sms_gateway"] = Gateway(
+    app.extensions["sms_gateway"] = WebContext(
         settings=settings,
         redis=redis,
         store=ConversationStore(redis, dedupe_ttl_seconds=settings.dedupe_ttl_seconds,

@@ -14,8 +14,8 @@ from gateway.signatures import RotatingValidator
 
 
 @dataclass(frozen=True)
-class Gateway:
-    """What the views share: settings and the Redis-backed collaborators."""
+class WebContext:
+    """What the web app's views share: settings and the Redis-backed collaborators, built by ``create_app``."""
 
     settings: Settings
     redis: Redis
@@ -24,5 +24,6 @@ class Gateway:
     validator: RotatingValidator
 
 
-def gateway() -> Gateway:
+def web_context() -> WebContext:
+    """The current app's ``WebContext``."""
     return current_app.extensions["sms_gateway"]

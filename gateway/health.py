@@ -6,7 +6,7 @@ from flask import Blueprint, jsonify
 from redis.exceptions import RedisError
 
 from core.queues import live_workers
-from gateway.context import gateway
+from gateway.context import web_context
 
 bp = Blueprint("health", __name__)
 
@@ -18,11 +18,11 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    gw = gateway()
+    web = web_context()
     try:
-        gw.redis.ping()
-        depth = gw.queue.count
-        workers = len(live_workers(gw.redis))
+        web.redis.ping()
+        depth = web.queue.count
+        workers = len(live_workers(web.redis))
     except RedisError as exc:
         return jsonify({"status": "unavailable", "redis": f"unreachable ({type(exc).__name__})"}), 503
     ready = workers > 0

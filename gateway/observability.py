@@ -142,13 +142,13 @@ class _QueueCollector:
         from redis.exceptions import RedisError
 
         from core.queues import live_workers
-        from gateway.context import gateway
+        from gateway.context import web_context
 
-        gw = gateway()
+        web = web_context()
         try:
-            depth = gw.queue.count
-            failed = gw.queue.failed_job_registry.count
-            workers = len(live_workers(gw.redis))
+            depth = web.queue.count
+            failed = web.queue.failed_job_registry.count
+            workers = len(live_workers(web.redis))
             up = 1
         except RedisError:
             depth = failed = workers = 0

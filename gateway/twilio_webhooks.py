@@ -15,7 +15,7 @@ from core.model import InboundMessage
 from core.queues import enqueue_drain
 from core.redaction import mask_number
 from gateway import twilio_fields as fields
-from gateway.context import gateway
+from gateway.context import web_context
 from gateway.signatures import is_signed_by_twilio
 
 log = logging.getLogger(__name__)
@@ -104,9 +104,9 @@ def _plain(status: int, message: str) -> Response:
 
 @bp.post("/sms")
 def inbound_sms():
-    gw = gateway()
+    web = web_context()
     problem = form_problem(request)
-    if not is_signed_by_twilio(request, gw.validator, gw.settings.public_base_url):
+    if not is_signed_by_twilio(request, web.validator, web.settings.public_base_url):
         log.warning("inbound rejected: invalid or missing X-Twilio-Signature")
         return _plain(403, "Invalid or missing X-Twilio-Signature.")
     try:
@@ -115,11 +115,11 @@ def inbound_sms():
         message = parse_inbound(request.form)
     except InvalidInbound as exc:
         return _plain(400, f"Bad inbound message: {exc}.")
-    unanswerable = fields.unanswerable(message.from_, fields.own_numbers(gw.settings.own_numbers()))
+    unanswerable = fields.unanswerable(message.from_, fields.own_numbers(web.settings.own_numbers()))
     try:
-        outcome = gw.store.accept(message, signature=request.headers.get("X-Twilio-Signature", ""),
+        outcome = web.store.accept(message, signature=request.headers.get("X-Twilio-Signature", ""),
                                   skip=unanswerable is not None, then=lambda pipe: enqueue_drain(
-                                      gw.queue, message.conversation_id, gw.settings, pipeline=pipe))
+                                      web.queue, message.conversation_id, web.settings, pipeline=pipe))
     except RedisError as exc:
         log.error("inbound message=%s not accepted: Redis unavailable (%s)", message.sid, type(exc).__name__)
         return _plain(503, "Temporarily unable to accept messages; please retry.")
@@ -142,9 +142,9 @@ def inbound_sms():
 
 @bp.post("/status")
 def status_callback():
-    gw = gateway()
+    web = web_context()
     problem = form_problem(request)
-    if not is_signed_by_twilio(request, gw.validator, gw.settings.public_base_url):
+    if not is_signed_by_twilio(request, web.validator, web.settings.public_base_url):
         return _plain(403, "Invalid or missing X-Twilio-Signature.")
     if problem:
         return _plain(400, f"Bad status callback: {problem}.")
@@ -164,7 +164,7 @@ def status_callback():
     if "AccountSid" in form and not fields.ACCOUNT_SID.fullmatch(form["AccountSid"]):
         return _plain(400, "Bad status callback: AccountSid is not a Twilio sid (AC and 32 hex digits).")
     try:
-        cid = gw.store.record_status(sid, status, error_code)
+        cid = web.store.record_status(sid, status, error_code)
     except RedisError:
         return _plain(503, "Temporarily unable to record status; please retry.")
     log.info("status message=%s status=%s conversation=%s", sid, status, cid or "unknown")

@@ -120,8 +120,8 @@ def start_outbound(services: Services, op_id: str, request: dict[str, Any]) -> d
     ``dynamic_variables``, ``metadata``. Raises AdminError and GatewayError.
     """
     store = services.store
-    to, gateway = request["to"], request["gateway"]
-    cid = conversation_id(gateway, to)
+    to, gateway_number = request["to"], request["gateway"]
+    cid = conversation_id(gateway_number, to)
     _check_metadata(request.get("metadata"))
     if (done := outbound_result(store, op_id)) is not None:
         return done
@@ -136,7 +136,7 @@ def start_outbound(services: Services, op_id: str, request: dict[str, Any]) -> d
         chat_id, agent_id = op.get("chat_id"), op.get("agent_id")
         if not chat_id:
             chat_id, agent_id = _new_chat(services, op_id, cid, request)
-        message = InboundMessage(sid=op_id, from_=to, to=gateway,
+        message = InboundMessage(sid=op_id, from_=to, to=gateway_number,
                                  messaging_service_sid=request.get("messaging_service_sid") or "")
         parts = _opening_parts(services, op_id, chat_id, request.get("message"))
         for index, part in enumerate(parts):
@@ -145,7 +145,7 @@ def start_outbound(services: Services, op_id: str, request: dict[str, Any]) -> d
         sids = [outcomes.get(f"{OPENING_PART}:{index}", "") for index in range(len(parts))]
         _check_sent(store, cid, sids)
         _note_activity(services, cid, request)
-        result = {"conversation_id": cid, "chat_id": chat_id, "agent_id": agent_id, "to": to, "from": gateway,
+        result = {"conversation_id": cid, "chat_id": chat_id, "agent_id": agent_id, "to": to, "from": gateway_number,
                   "message_sids": sids, "opening_generated": not request.get("message")}
         _set_op(store, op_id, result=json.dumps(result))
     log.info("outbound op=%s conversation=%s to=%s chat=%s parts=%d", op_id, cid, mask_number(to), chat_id,

@@ -25,9 +25,13 @@ DRAIN_JOB = "workers.jobs.drain"
 CLOSE_IDLE_JOB = "workers.jobs.close_idle"
 START_OUTBOUND_JOB = "workers.admin_ops.start_outbound_job"
 
-FAILURE_TTL_SECONDS = 30 * 24 * 3600
-ADMIN_RESULT_TTL_SECONDS = 24 * 3600
+# How long a failed job stays in RQ's failed-job registry (never past DATA_RETENTION_DAYS: see kept_seconds).
+# A failed drain or idle check holds a person's texts nobody has answered: an operator may notice it late
+# and replay it (requeue), so it stays as long as the data may. A failed admin job was answered to the
+# operator who asked at the time (the API's error, or GET /admin/jobs/<id>): a week to look at it is enough.
+DRAIN_FAILURE_TTL_SECONDS = 30 * 24 * 3600
 ADMIN_FAILURE_TTL_SECONDS = 7 * 24 * 3600
+ADMIN_RESULT_TTL_SECONDS = 24 * 3600
 LOCK_WAIT_SECONDS = 30.0  # how long an admin job waits for the conversation's lock
 
 # A worker whose heartbeat is older than this is taken as gone (RQ's default, 420 s, is for slower recovery).
@@ -45,9 +49,14 @@ def job_timeout_seconds(settings) -> int:
     return int(drain_budget_seconds(settings) + 4 * settings.uponai_read_timeout_seconds + 120)
 
 
+def kept_seconds(settings, seconds: int) -> int:
+    """``seconds``, or less when data retention is shorter: a job's record may quote a number or words."""
+    return min(seconds, settings.data_retention_seconds)
+
+
 def failure_ttl_seconds(settings) -> int:
-    """How long a failed job is kept: its error may quote a number or words, so no longer than retention."""
-    return min(FAILURE_TTL_SECONDS, settings.data_retention_seconds)
+    """How long a failed drain or idle check is kept."""
+    return kept_seconds(settings, DRAIN_FAILURE_TTL_SECONDS)
 
 
 def enqueue_drain(queue: Queue, conversation_id: str, settings, *, pipeline=None):
@@ -80,18 +89,14 @@ def admin_job_timeout_seconds(settings) -> int:
                + LOCK_WAIT_SECONDS + 60)
 
 
-def _kept(settings, seconds: int) -> int:
-    return min(seconds, settings.data_retention_seconds)
-
-
 def enqueue_admin_job(queue: Queue, settings, func: str, args: tuple, *, description: str,
                       job_id: str | None = None, conversation_id: str | None = None) -> Job:
     """Queue the admin job ``func`` (a dotted path in ``workers.admin_ops``) on the admin queue."""
     meta = {"conversation_id": conversation_id} if conversation_id else {}
     return queue.enqueue_call(func, args=args, job_id=job_id or uuid.uuid4().hex, description=description,
                               timeout=admin_job_timeout_seconds(settings),
-                              result_ttl=_kept(settings, ADMIN_RESULT_TTL_SECONDS),
-                              failure_ttl=_kept(settings, ADMIN_FAILURE_TTL_SECONDS), meta=meta)
+                              result_ttl=kept_seconds(settings, ADMIN_RESULT_TTL_SECONDS),
+                              failure_ttl=kept_seconds(settings, ADMIN_FAILURE_TTL_SECONDS), meta=meta)
 
 
 def outbound_start_job(queue: Queue, settings, op_id: str, job_id: str, request: dict[str, Any], cid: str) -> Job:
@@ -99,8 +104,9 @@ def outbound_start_job(queue: Queue, settings, op_id: str, job_id: str, request:
     return queue.create_job(START_OUTBOUND_JOB, args=(op_id, request), job_id=job_id,
                             description=f"admin: start outbound conversation {cid}",
                             timeout=admin_job_timeout_seconds(settings),
-                            result_ttl=_kept(settings, ADMIN_RESULT_TTL_SECONDS),
-                            failure_ttl=_kept(settings, ADMIN_FAILURE_TTL_SECONDS), meta={"conversation_id": cid})
+                            result_ttl=kept_seconds(settings, ADMIN_RESULT_TTL_SECONDS),
+                            failure_ttl=kept_seconds(settings, ADMIN_FAILURE_TTL_SECONDS),
+                            meta={"conversation_id": cid})
 
 
 def outbound_key(store: ConversationStore, op_id: str) -> str:

@@ -37,7 +37,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.results import Result
 
-from core.queues import ADMIN_QUEUE_NAME, enqueue_admin_job, outbound_result, outbound_start_job
+from core.queues import ADMIN_QUEUE_NAME, enqueue_admin_job, kept_seconds, outbound_result, outbound_start_job
 from core.store import ConversationStore
 
 CLAIM_ATTEMPTS = 5  # each failed claim means another request claimed the key meanwhile
@@ -84,9 +84,6 @@ class AdminJobs:
                 conversation_id: str | None = None) -> Job:
         return enqueue_admin_job(self.queue, self.settings, func, args, description=description, job_id=job_id,
                                  conversation_id=conversation_id)
-
-    def _kept(self, seconds: int) -> int:
-        return min(seconds, self.settings.data_retention_seconds)
 
     @contextmanager
     def waiting_place(self) -> Iterator[bool]:
@@ -216,7 +213,8 @@ class AdminJobs:
                     return False
                 pipe.multi()
                 if expected is None:
-                    pipe.set(key, json.dumps(record), ex=self._kept(self.settings.admin_idempotency_ttl_seconds))
+                    ttl = kept_seconds(self.settings, self.settings.admin_idempotency_ttl_seconds)
+                    pipe.set(key, json.dumps(record), ex=ttl)
                 else:
                     pipe.set(key, json.dumps(record), keepttl=True)
                 self.queue.enqueue_job(job, pipeline=pipe)

@@ -14,7 +14,9 @@ from workers.uponai import UNKNOWN_ROLE, Chat, ChatMessage, UponAIClient
 
 log = logging.getLogger(__name__)
 
-BUSY_RETRY_SECONDS = 5.0  # an idle check that meets a running turn looks again this much later
+# An idle check that finds the conversation busy (a turn is running) looks again this much later: nobody
+# waits on it, and a busy conversation is not idle anyway.
+IDLE_CHECK_BUSY_RETRY_SECONDS = 5.0
 
 
 def ensure_chat(services: Services, message: InboundMessage) -> str:
@@ -129,7 +131,7 @@ def close_if_idle(services: Services, cid: str, token: str) -> float | None:
     """
     store = services.store
     if not store.acquire_lock(cid, token, LOCK_TTL_SECONDS):
-        return BUSY_RETRY_SECONDS
+        return IDLE_CHECK_BUSY_RETRY_SECONDS
     with holding(store, services.jobs, cid, token):
         conversation = store.conversation(cid)
         chat_id = conversation.get("chat_id")

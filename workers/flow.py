@@ -38,7 +38,9 @@ from workers.services import Services
 
 log = logging.getLogger(__name__)
 
-BUSY_RETRY_SECONDS = 1.0
+# A drain that finds an admin operation or an idle close holding the conversation tries again this soon:
+# they are short, and the person is waiting for an answer.
+DRAIN_BUSY_RETRY_SECONDS = 1.0
 MAX_RETRY_AFTER_SECONDS = 600.0  # a server asking for a day's pause must not hold a conversation that long
 EARLY_RETRY_GRACE_SECONDS = 2.0  # how early RQ's scheduler (whole seconds) may start a scheduled retry
 
@@ -84,7 +86,7 @@ def drain_conversation(services: Services, cid: str, token: str, *, budget_secon
     if not store.acquire_lock(cid, token, LOCK_TTL_SECONDS):
         holder = store.lock_holder(cid)
         if holder and not holder.startswith(DRAIN_TOKEN_PREFIX):
-            raise RetryLater(BUSY_RETRY_SECONDS, TransientError("conversation busy with another operation"))
+            raise RetryLater(DRAIN_BUSY_RETRY_SECONDS, TransientError("conversation busy with another operation"))
         return 0
     pause = store.conversation(cid)
     retry_at = float(pause.get("retry_at") or 0)

@@ -18,11 +18,9 @@ from workers.sms_text import (
     graphemes,
     is_gsm7,
     markdown_to_sms,
-    replies_to_parts,
     segment_info,
     shape_reply,
     sms_segments,
-    split_for_sms,
     to_gsm7,
 )
 
@@ -238,17 +236,15 @@ def test_max_segments_must_be_positive():
         shape_reply(["hi"], max_segments=0, transliterate=True)
 
 
-# -- the plain splitting the flow used before shaping ------------------------------------------------
+# -- without a segment cap: Twilio's 1600 characters --------------------------------------------------
 
-def test_replies_to_parts_and_split_for_sms_still_split_by_characters():
-    assert replies_to_parts(["one two", "", "three"]) == ["one two", "three"]
-    assert split_for_sms("alpha beta gamma delta", 11) == ["alpha beta", "gamma delta"]
-    assert split_for_sms("First one. Second one.", 15) == ["First one.", "Second one."]
+def test_without_a_segment_cap_replies_are_cut_at_1600_characters_between_words():
+    assert shape_reply(["one two", "", "three"]) == ["one two", "three"]
     long_text = " ".join(["word"] * 500)
-    parts = replies_to_parts([long_text])
+    parts = shape_reply([long_text], transliterate=False)
     assert [len(p) for p in parts] == [1599, 899]
     assert " ".join(parts) == long_text
-    assert split_for_sms("x" * 25, 10) == ["x" * 10, "x" * 10, "x" * 5]
+    assert shape_reply(["x" * 3500]) == ["x" * 1600, "x" * 1600, "x" * 300]  # one word longer than an SMS
 
 
 # -- Twilio's segment calculator: its published test vectors ------------------------------------------
@@ -427,10 +423,11 @@ def test_mixed_text_is_cut_only_between_clusters_and_each_part_fits():
             _assert_whole_clusters(text, parts, max_segments)
 
 
-def test_split_for_sms_keeps_clusters_whole_too():
-    assert split_for_sms(FLAG_US * 10, 5) == [FLAG_US * 2] * 5
-    assert split_for_sms(FAMILY * 3, 12) == [FAMILY] * 3
-    assert split_for_sms(FLAG_US + FLAG_FR + FLAG_US, 3) == [FLAG_US, FLAG_FR, FLAG_US]  # 3 would cut a flag
+def test_the_character_limit_keeps_clusters_whole_too():
+    flags = (FLAG_US + FLAG_FR) * 401  # 1604 characters in 802 flags of 2 each: 1600 would fall between flags
+    assert [len(part) for part in shape_reply([flags], transliterate=False)] == [1600, 4]
+    odd = "x" + flags  # now 1600 would cut a flag in two: the part ends one character sooner
+    assert [len(part) for part in shape_reply([odd], transliterate=False)] == [1599, 6]
 
 
 @pytest.mark.parametrize("end", ["。", "！", "？", "｡", "．"], ids=_describe)

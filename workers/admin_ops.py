@@ -144,7 +144,7 @@ def start_outbound(services: Services, op_id: str, request: dict[str, Any]) -> d
         outcomes = store.progress(op_id).parts
         sids = [outcomes.get(f"{OPENING_PART}:{index}", "") for index in range(len(parts))]
         _check_sent(store, cid, sids)
-        _note_activity(services, cid, request)
+        _note_activity(services, cid)
         result = {"conversation_id": cid, "chat_id": chat_id, "agent_id": agent_id, "to": to, "from": gateway_number,
                   "message_sids": sids, "opening_generated": not request.get("message")}
         _set_op(store, op_id, result=json.dumps(result))
@@ -214,12 +214,12 @@ def _check_sent(store: ConversationStore, cid: str, sids: list[str]) -> None:
     raise AdminError(502, "twilio_rejected", f"Twilio refused the message (code {code})")
 
 
-def _note_activity(services: Services, cid: str, request: dict[str, Any]) -> None:
+def _note_activity(services: Services, cid: str) -> None:
     now = time.time()
     store = services.store
     store.touch(cid, last_activity_at=f"{now:.3f}")
     timeout = services.settings.chat_idle_timeout_seconds
-    if services.jobs is not None and store.claim_idle_check(cid, now + timeout):
+    if store.claim_idle_check(cid, now + timeout):
         services.jobs.schedule_idle_check(cid, timeout)
 
 

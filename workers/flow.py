@@ -206,7 +206,7 @@ def handle_message(services: Services, message: InboundMessage) -> None:
     now = time.time()
     store.touch(cid, last_activity_at=f"{now:.3f}")
     timeout = settings.chat_idle_timeout_seconds
-    if services.jobs is not None and store.claim_idle_check(cid, now + timeout):
+    if store.claim_idle_check(cid, now + timeout):
         services.jobs.schedule_idle_check(cid, timeout)
 
 

@@ -44,7 +44,7 @@ class LockKeeper:
 
 
 @contextmanager
-def holding(store: ConversationStore, jobs: JobPort | None, cid: str, token: str) -> Iterator[None]:
+def holding(store: ConversationStore, jobs: JobPort, cid: str, token: str) -> Iterator[None]:
     """Keep the (already acquired) lock for a non-drain operation; afterwards hand waiting texts to a drain.
 
     A text that arrived meanwhile had its drain job step aside (it retries), but one more drain makes sure.
@@ -53,7 +53,7 @@ def holding(store: ConversationStore, jobs: JobPort | None, cid: str, token: str
         with LockKeeper(store, cid, token):
             yield
     finally:
-        if jobs is not None and store.inbox_length(cid):
+        if store.inbox_length(cid):
             jobs.enqueue_drain(cid)
 
 

@@ -25,4 +25,4 @@ class Services:
     agent: UponAIClient
     sender: object  # TwilioSender
     settings: object  # config.Settings
-    jobs: JobPort | None = None
+    jobs: JobPort

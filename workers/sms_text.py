@@ -238,24 +238,6 @@ def shape_reply(messages: list[str], *, max_segments: int | None = None, transli
     return parts
 
 
-def split_for_sms(text: str, limit: int = MAX_SMS_CHARS) -> list[str]:
-    """Split ``text`` into parts of at most ``limit`` characters, in order.
-
-    Breaks at paragraph or sentence ends when it can, else at a space, and never inside a word
-    unless a single word is longer than ``limit``, nor inside a character people see as one.
-    Blank text gives no parts.
-    """
-    return _split(text, limit, lambda part: True)
-
-
-def replies_to_parts(messages: list[str], limit: int = MAX_SMS_CHARS) -> list[str]:
-    """Turn the agent's messages of one turn into the SMS bodies to send, in order (no other shaping)."""
-    parts: list[str] = []
-    for message in messages:
-        parts.extend(split_for_sms(message, limit))
-    return parts
-
-
 def _segment_cap(max_segments: int | None) -> Callable[[str], bool]:
     if max_segments is None:
         return lambda part: True

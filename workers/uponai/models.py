@@ -17,10 +17,6 @@ class ChatMessage:
     role: str
     content: str
 
-    @property
-    def is_agent(self) -> bool:
-        return self.role == "agent"
-
 
 @dataclass(frozen=True)
 class Chat:

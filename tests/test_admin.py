@@ -383,6 +383,34 @@ def test_a_key_whose_attempt_failed_resumes_without_doubling(worker, admin, upon
     assert len(uponai.calls("create_chat")) == 1  # the chat of the first attempt is reused
 
 
+def test_an_opening_whose_answer_was_lost_is_read_back_on_retry_not_asked_twice(worker, admin, uponai, twilio):
+    uponai.responder = lambda chat, text: ["Hi, this is Acme."] if text == OPENING else ["?"]
+    uponai.answer_malformed("complete", "html")  # the agent wrote its opening; only the answer was mangled
+    headers = {**AUTH, "Idempotency-Key": "opening-lost"}
+
+    first = admin.post("/admin/sms", json={"to": PERSON}, headers=headers)
+    assert first.status_code == 503 and error_of(first)["code"] == "uponai_unavailable"
+    second = admin.post("/admin/sms", json={"to": PERSON}, headers=headers)
+
+    assert second.status_code == 202, second.get_json()
+    assert twilio.sent_to(PERSON) == ["Hi, this is Acme."]
+    assert uponai.completion_log == [(second.get_json()["chat_id"], OPENING)]  # asked once, read back after
+
+
+def test_an_opening_whose_chat_ended_without_it_is_refused_not_sent(worker, admin, uponai, twilio):
+    uponai.answer_malformed("complete", "html", applied=False)  # the prompt never reached the agent
+    headers = {**AUTH, "Idempotency-Key": "opening-ended"}
+    first = admin.post("/admin/sms", json={"to": PERSON}, headers=headers)
+    assert first.status_code == 503
+    [chat_id] = uponai.chats
+    uponai.end(chat_id)
+
+    second = admin.post("/admin/sms", json={"to": PERSON}, headers=headers)
+
+    assert second.status_code == 502 and error_of(second)["code"] == "uponai_rejected"
+    assert twilio.sent_to(PERSON) == []
+
+
 # -- no worker, slow worker -----------------------------------------------------------------------
 
 

@@ -33,7 +33,7 @@ from core.queues import ADMIN_QUEUE_NAME, LOCK_WAIT_SECONDS, QUEUE_NAME, outboun
 from core.redaction import mask_number
 from core.store import ConversationStore
 from workers import sms_text
-from workers.chats import end_chat, turn_in_chat
+from workers.chats import complete_once, end_chat
 from workers.delivery import send_part
 from workers.errors import (
     GatewayError,
@@ -188,14 +188,11 @@ def _opening_parts(services: Services, op_id: str, chat_id: str, message: str | 
     progress = store.progress(op_id)
     if progress.reply_parts is not None:
         return progress.reply_parts
-    prompt = settings.outbound_opening_prompt
-    agent_messages = None
-    if progress.turn_chat_id == chat_id:
-        # An earlier attempt posted the prompt and then failed: it may have been applied.
-        agent_messages = turn_in_chat(services.agent.get_chat(chat_id), prompt)
+    agent_messages = complete_once(services, op_id, chat_id, settings.outbound_opening_prompt, progress.turn_chat_id)
     if agent_messages is None:
-        store.mark_turn_started(op_id, chat_id)
-        agent_messages = services.agent.complete(chat_id, prompt)
+        raise AdminError(502, "uponai_rejected", f"UponAI refused the request: chat {chat_id} is gone or has ended "
+                                                 "before the agent wrote the opening; start again (without "
+                                                 "this Idempotency-Key)")
     parts = sms_text.shape_reply([m.content for m in agent_messages], max_segments=settings.sms_max_segments,
                                  transliterate=settings.sms_transliterate)
     if not parts:

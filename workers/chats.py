@@ -46,33 +46,46 @@ def run_turn(services: Services, message: InboundMessage, earlier_turn_chat_id: 
 
 
 def _turn(services: Services, message: InboundMessage, earlier_turn_chat_id: str | None) -> list[ChatMessage]:
-    agent = services.agent
     text = message.body.strip()
     chat_id = ensure_chat(services, message)
+    answer = complete_once(services, message.sid, chat_id, text, earlier_turn_chat_id)
+    if answer is not None:
+        return answer
+    # The chat is gone, or ended (the agent's auto-close, or elsewhere) without our turn: answer in a new one.
+    return _answer_in_new_chat(services, message, chat_id, text)
+
+
+def complete_once(services: Services, turn_id: str, chat_id: str, text: str,
+                  earlier_turn_chat_id: str | None) -> list[ChatMessage] | None:
+    """The agent's answer to ``text`` in the chat; ``text`` is posted at most once per ``turn_id`` and chat.
+
+    When an earlier attempt of the turn posted ``text`` to this chat (``earlier_turn_chat_id``), it may
+    have been applied, so the answer is read back from the chat instead of asked for again. Returns None
+    when the chat is gone or has ended without the turn: it was not applied there, and cannot be.
+    """
+    agent = services.agent
     if earlier_turn_chat_id == chat_id:
-        # An earlier attempt posted this text and then failed: it may have been applied.
         try:
             chat = agent.get_chat(chat_id)
         except ChatNotFoundError:
-            chat = None
-        found = turn_in_chat(chat, text) if chat is not None else None
+            return None
+        found = turn_in_chat(chat, text)
         if found is not None:
-            log.info("message=%s chat=%s turn found in chat, not posted again", message.sid, chat_id)
+            log.info("message=%s chat=%s turn found in chat, not posted again", turn_id, chat_id)
             return found
-        if chat is None or chat.is_ended:
-            # Gone (422) or ended without our turn: it was not applied there, so answer in a new chat.
-            return _answer_in_new_chat(services, message, chat_id, text)
-    services.store.mark_turn_started(message.sid, chat_id)
+        if chat.is_ended:
+            return None
+    services.store.mark_turn_started(turn_id, chat_id)
     try:
         return agent.complete(chat_id, text)
     except UponAIPermanentError as exc:
         if not _chat_is_gone(agent, chat_id, exc):
             raise
-    return _answer_in_new_chat(services, message, chat_id, text)
+    return None
 
 
 def _answer_in_new_chat(services: Services, message: InboundMessage, old_chat_id: str, text: str) -> list[ChatMessage]:
-    """The chat ended (the agent's auto-close, or elsewhere): answer in a new one, once."""
+    """Answer in a new chat, once: the old one is over."""
     log.info("message=%s chat=%s has ended; starting a new chat", message.sid, old_chat_id)
     services.store.forget_chat(message.conversation_id, old_chat_id)
     chat_id = ensure_chat(services, message)

@@ -39,6 +39,7 @@ from gateway.admin_jobs import (
 from gateway.context import web_context
 from gateway.failed_jobs import messages_view
 from gateway.openapi import admin_openapi
+from gateway.responses import error_response
 
 log = logging.getLogger(__name__)
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -80,24 +81,20 @@ def _jobs() -> AdminJobs:
     return current_app.extensions["sms_gateway_admin"]
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None):
-    return jsonify({"error": {"code": code, "message": message}}), status, headers or {}
-
-
 @bp.errorhandler(AdminProblem)
 def _problem(exc: AdminProblem):
-    return _error(exc.status, exc.code, exc.message, exc.headers)
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 
 @bp.errorhandler(check.InvalidInput)
 def _invalid(exc: check.InvalidInput):
-    return _error(400, "invalid_request", str(exc))
+    return error_response(400, "invalid_request", str(exc))
 
 
 @bp.errorhandler(AdminBusy)
 def _busy(exc: AdminBusy):
     places = web_context().settings.admin_max_waiting
-    return _error(503, "admin_busy", f"{places} admin request(s) are already waiting for a worker in this web "
+    return error_response(503, "admin_busy", f"{places} admin request(s) are already waiting for a worker in this web "
                                      "process (ADMIN_MAX_WAITING); try again shortly.", {"Retry-After": "1"})
 
 
@@ -105,7 +102,7 @@ def _busy(exc: AdminBusy):
 def _redis_down(exc: RedisError):
     route = request.url_rule.rule if request.url_rule is not None else "-"  # the path may hold a number
     log.error("admin %s %s: Redis unavailable (%s)", request.method, route, type(exc).__name__)
-    return _error(503, "redis_unavailable", "Redis is unreachable; try again shortly.")
+    return error_response(503, "redis_unavailable", "Redis is unreachable; try again shortly.")
 
 
 @bp.before_request
@@ -115,7 +112,7 @@ def _require_token():
     expected = web_context().settings.admin_api_token.encode()
     scheme, _, provided = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(provided.strip().encode(), expected):
-        return _error(401, "unauthorized", "Send Authorization: Bearer <ADMIN_API_TOKEN>.",
+        return error_response(401, "unauthorized", "Send Authorization: Bearer <ADMIN_API_TOKEN>.",
                       {"WWW-Authenticate": 'Bearer realm="sms-gateway admin"'})
     return None
 
@@ -142,7 +139,7 @@ def _unfinished(outcome, **context):
 
 def _worker_timeout():
     seconds = web_context().settings.admin_wait_seconds
-    return _error(504, "worker_timeout", f"No worker took the job within {seconds:g} s, so nothing was done; "
+    return error_response(504, "worker_timeout", f"No worker took the job within {seconds:g} s, so nothing was done; "
                                          f"is a worker running on the {ADMIN_QUEUE_NAME} queue?")
 
 
@@ -154,7 +151,7 @@ def _running(outcome: Outcome, **extra: Any):
 
 def _job_error(value: dict[str, Any]):
     error = value["error"]
-    return _error(int(error.get("status", 502)), error.get("code", "job_failed"), error.get("message", ""))
+    return error_response(int(error.get("status", 502)), error.get("code", "job_failed"), error.get("message", ""))
 
 
 # -- outbound -------------------------------------------------------------------------------------
@@ -302,7 +299,7 @@ def list_chats():
     outcome = _jobs().run("workers.admin_ops.list_chats_job", (limit, order, key), description="admin: list chats")
     if outcome.state != "done":
         if outcome.state == "running":
-            return _error(504, "worker_timeout", "The worker did not finish listing chats in time; try again.")
+            return error_response(504, "worker_timeout", "The worker did not finish listing chats in time; try again.")
         return _worker_timeout()
     if "error" in outcome.value:
         return _job_error(outcome.value)

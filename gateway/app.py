@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from flask import Flask, jsonify, request
+from flask import Flask, request
 from rq import Queue
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -17,6 +17,7 @@ from core.redis import connect_redis
 from core.store import ConversationStore
 from gateway import admin, health, observability, twilio_webhooks
 from gateway.context import WebContext
+from gateway.responses import error_response
 from gateway.signatures import validator_for
 
 MAX_REQUEST_BYTES = 64 * 1024  # Twilio's largest webhook (1600 chars, 10 media URLs) is far smaller
@@ -61,15 +62,9 @@ def create_app(test_config: Settings | Mapping[str, str] | None = None) -> Flask
 def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        return _error(exc.code or 500, exc.name.lower().replace(" ", "_"), exc.description or exc.name)
+        return error_response(exc.code or 500, exc.name.lower().replace(" ", "_"), exc.description or exc.name)
 
     @app.errorhandler(Exception)
     def unexpected_error(exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return _error(500, "internal_error", "The gateway hit an unexpected error; it has been logged.")
-
-
-def _error(status: int, code: str, message: str):
-    if request.path.startswith("/admin"):
-        return jsonify({"error": {"code": code, "message": message}}), status
-    return f"{message}\n", status, {"Content-Type": "text/plain; charset=utf-8"}
+        return error_response(500, "internal_error", "The gateway hit an unexpected error; it has been logged.")

@@ -16,6 +16,7 @@ from core.queues import enqueue_drain
 from core.redaction import mask_number
 from gateway import twilio_fields as fields
 from gateway.context import web_context
+from gateway.responses import plain_text
 from gateway.signatures import is_signed_by_twilio
 
 log = logging.getLogger(__name__)
@@ -98,23 +99,19 @@ def _twiml() -> Response:
     return Response(EMPTY_TWIML, status=200, content_type="text/xml; charset=utf-8")
 
 
-def _plain(status: int, message: str) -> Response:
-    return Response(message + "\n", status=status, content_type="text/plain; charset=utf-8")
-
-
 @bp.post("/sms")
 def inbound_sms():
     web = web_context()
     problem = form_problem(request)
     if not is_signed_by_twilio(request, web.validator, web.settings.public_base_url):
         log.warning("inbound rejected: invalid or missing X-Twilio-Signature")
-        return _plain(403, "Invalid or missing X-Twilio-Signature.")
+        return plain_text(403, "Invalid or missing X-Twilio-Signature.")
     try:
         if problem:
             raise InvalidInbound(problem)
         message = parse_inbound(request.form)
     except InvalidInbound as exc:
-        return _plain(400, f"Bad inbound message: {exc}.")
+        return plain_text(400, f"Bad inbound message: {exc}.")
     unanswerable = fields.unanswerable(message.from_, fields.own_numbers(web.settings.own_numbers()))
     try:
         outcome = web.store.accept(message, signature=request.headers.get("X-Twilio-Signature", ""),
@@ -122,12 +119,12 @@ def inbound_sms():
                                       web.queue, message.conversation_id, web.settings, pipeline=pipe))
     except RedisError as exc:
         log.error("inbound message=%s not accepted: Redis unavailable (%s)", message.sid, type(exc).__name__)
-        return _plain(503, "Temporarily unable to accept messages; please retry.")
+        return plain_text(503, "Temporarily unable to accept messages; please retry.")
     if outcome == "replay":
         metrics().count_not_forwarded("replayed_signature")
         log.warning("inbound message=%s refused: its signature was first accepted with another message "
                     "(a re-cut replay of a signed webhook)", message.sid)
-        return _plain(400, "Bad inbound message: this signature belongs to another message.")
+        return plain_text(400, "Bad inbound message: this signature belongs to another message.")
     if outcome == "skipped":
         reason = unanswerable or "own_number"
         metrics().count_not_forwarded(reason)
@@ -145,27 +142,28 @@ def status_callback():
     web = web_context()
     problem = form_problem(request)
     if not is_signed_by_twilio(request, web.validator, web.settings.public_base_url):
-        return _plain(403, "Invalid or missing X-Twilio-Signature.")
+        return plain_text(403, "Invalid or missing X-Twilio-Signature.")
     if problem:
-        return _plain(400, f"Bad status callback: {problem}.")
+        return plain_text(400, f"Bad status callback: {problem}.")
     form = request.form
     sid = form.get("MessageSid", "")
     status = form.get("MessageStatus", "")
     error_code = form.get("ErrorCode", "")
     if not sid.strip() or not status.strip():
-        return _plain(400, "Bad status callback: MessageSid and MessageStatus are required.")
+        return plain_text(400, "Bad status callback: MessageSid and MessageStatus are required.")
     # Held to Twilio's formats like the inbound webhook, so a re-cut callback cannot move a status or error code.
     if not fields.MESSAGE_SID.fullmatch(sid) or len(form.getlist("MessageSid")) > 1:
-        return _plain(400, "Bad status callback: MessageSid is not a Twilio message sid (SM or MM and 32 hex digits).")
+        return plain_text(400, "Bad status callback: MessageSid is not a Twilio message sid "
+                               "(SM or MM and 32 hex digits).")
     if not fields.MESSAGE_STATUS.fullmatch(status) or len(form.getlist("MessageStatus")) > 1:
-        return _plain(400, "Bad status callback: MessageStatus is not a Twilio message status.")
+        return plain_text(400, "Bad status callback: MessageStatus is not a Twilio message status.")
     if not fields.ERROR_CODE.fullmatch(error_code) or len(form.getlist("ErrorCode")) > 1:
-        return _plain(400, "Bad status callback: ErrorCode is not a Twilio error code.")
+        return plain_text(400, "Bad status callback: ErrorCode is not a Twilio error code.")
     if "AccountSid" in form and not fields.ACCOUNT_SID.fullmatch(form["AccountSid"]):
-        return _plain(400, "Bad status callback: AccountSid is not a Twilio sid (AC and 32 hex digits).")
+        return plain_text(400, "Bad status callback: AccountSid is not a Twilio sid (AC and 32 hex digits).")
     try:
         cid = web.store.record_status(sid, status, error_code)
     except RedisError:
-        return _plain(503, "Temporarily unable to record status; please retry.")
+        return plain_text(503, "Temporarily unable to record status; please retry.")
     log.info("status message=%s status=%s conversation=%s", sid, status, cid or "unknown")
-    return _plain(200, "ok")
+    return plain_text(200, "ok")

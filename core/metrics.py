@@ -67,7 +67,7 @@ class GatewayMetrics:
             ["operation", "code"], **kwargs)
 
     def count_inbound(self, outcome: str, num_media: int = 0) -> None:
-        """Count one inbound webhook by what the store made of it ("new", "duplicate", "unqueued")."""
+        """Count one inbound webhook by what the store made of it ("new" or "duplicate")."""
         if outcome == "duplicate":
             self.duplicates_dropped.inc()
         else:

@@ -6,8 +6,6 @@ web with it, never imports the worker side.
 
 from __future__ import annotations
 
-import json
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +14,7 @@ from redis import Redis
 from rq import Queue, Worker
 from rq.job import Job
 
-from core.store import ConversationStore
+from core.state import ConversationStore
 
 QUEUE_NAME = "sms"
 ADMIN_QUEUE_NAME = "sms-admin"  # workers take it before any drain job
@@ -75,7 +73,7 @@ def enqueue_drain(queue: Queue, conversation_id: str, settings, *, pipeline=None
         failure_ttl=failure_ttl_seconds(settings),
         pipeline=pipe,
     )
-    pipe.hset(ConversationStore.key("conv", conversation_id), "drain_pending", f"{time.time():.3f}")
+    ConversationStore.mark_drain_pending(conversation_id, pipe)
     if pipeline is None:
         pipe.execute()
     return job
@@ -107,16 +105,6 @@ def outbound_start_job(queue: Queue, settings, op_id: str, job_id: str, request:
                             result_ttl=kept_seconds(settings, ADMIN_RESULT_TTL_SECONDS),
                             failure_ttl=kept_seconds(settings, ADMIN_FAILURE_TTL_SECONDS),
                             meta={"conversation_id": cid})
-
-
-def outbound_key(store: ConversationStore, op_id: str) -> str:
-    return store.key("outbound", op_id)
-
-
-def outbound_result(store: ConversationStore, op_id: str) -> dict[str, Any] | None:
-    """The stored result of a finished outbound start, or None."""
-    raw = store.redis.hget(outbound_key(store, op_id), "result")
-    return json.loads(raw) if raw is not None else None
 
 
 # -- workers --------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ messages), so results and failures are kept no longer than DATA_RETENTION_DAYS, 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import threading
@@ -31,14 +30,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import WatchError
 from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.results import Result
 
-from core.queues import ADMIN_QUEUE_NAME, enqueue_admin_job, kept_seconds, outbound_result, outbound_start_job
-from core.store import ConversationStore
+from core.queues import ADMIN_QUEUE_NAME, enqueue_admin_job, kept_seconds, outbound_start_job
+from core.state import ConversationStore
 
 CLAIM_ATTEMPTS = 5  # each failed claim means another request claimed the key meanwhile
 PENDING = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.CREATED)
@@ -148,7 +146,7 @@ class AdminJobs:
     # -- idempotent outbound starts ---------------------------------------------------------------
 
     def _key(self, idempotency_key: str) -> str:
-        return self.store.key("idem", hashlib.sha256(idempotency_key.encode()).hexdigest())
+        return self.store.idempotency_key(idempotency_key)
 
     def start_outbound(self, request: dict[str, Any], cid: str, *, idempotency_key: str | None,
                        fingerprint: str, may_start) -> Outcome:
@@ -176,7 +174,7 @@ class AdminJobs:
         meanwhile: of concurrent requests, one queues the job and the others find it and wait for it.
         """
         for _ in range(CLAIM_ATTEMPTS):
-            raw = self.redis.get(key)
+            raw = self.store.idempotency_record(key)
             if raw is None:
                 op_id = uuid.uuid4().hex
                 record = {"fingerprint": fingerprint, "op_id": op_id, "job_id": op_id}
@@ -198,7 +196,7 @@ class AdminJobs:
         raise IdempotencyBusy
 
     def _done(self, record: dict[str, Any]) -> Outcome | None:
-        done = outbound_result(self.store, record["op_id"])
+        done = self.store.operation_result(record["op_id"])
         return Outcome("done", record["job_id"], {"ok": done}) if done is not None else None
 
     def _pending(self, job_id: str) -> bool:
@@ -206,22 +204,9 @@ class AdminJobs:
 
     def _swap(self, key: str, expected: bytes | None, record: dict[str, Any], job: Job) -> bool:
         """Write the key's record and queue its job together, if the record is still ``expected``."""
-        with self.redis.pipeline() as pipe:
-            try:
-                pipe.watch(key)
-                if pipe.get(key) != expected:
-                    return False
-                pipe.multi()
-                if expected is None:
-                    ttl = kept_seconds(self.settings, self.settings.admin_idempotency_ttl_seconds)
-                    pipe.set(key, json.dumps(record), ex=ttl)
-                else:
-                    pipe.set(key, json.dumps(record), keepttl=True)
-                self.queue.enqueue_job(job, pipeline=pipe)
-                pipe.execute()
-                return True
-            except WatchError:
-                return False
+        ttl_seconds = kept_seconds(self.settings, self.settings.admin_idempotency_ttl_seconds)
+        return self.store.swap_idempotency_record(key, expected, record, ttl_seconds,
+                                                  lambda pipe: self.queue.enqueue_job(job, pipeline=pipe))
 
     def _outbound_job(self, op_id: str, job_id: str, request: dict[str, Any], cid: str) -> Job:
         return outbound_start_job(self.queue, self.settings, op_id, job_id, request, cid)

@@ -14,7 +14,7 @@ from config import Settings, load_settings
 from core.metrics import metrics
 from core.queues import QUEUE_NAME
 from core.redis import connect_redis
-from core.store import ConversationStore
+from core.state import ConversationStore
 from gateway import admin, health, observability, twilio_webhooks
 from gateway.context import WebContext
 from gateway.responses import error_response

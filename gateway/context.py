@@ -9,7 +9,7 @@ from redis import Redis
 from rq import Queue
 
 from config import Settings
-from core.store import ConversationStore
+from core.state import ConversationStore
 from gateway.signatures import RotatingValidator
 
 

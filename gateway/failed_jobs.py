@@ -14,7 +14,7 @@ from typing import Any
 from rq.job import Job
 
 from core.queues import DRAIN_JOB
-from core.store import ConversationStore
+from core.state import ConversationStore
 
 GIVEN_UP = "given_up"  # the person got the failure notice; a requeue answers them
 WAITING = "waiting"  # still in the conversation's inbox: a worker answers them (the sweep queues it)
@@ -27,7 +27,7 @@ def messages_view(store: ConversationStore, job: Job) -> dict[str, Any]:
     if state is None:
         needed = True  # not a drain job (an idle check, an admin operation): the reason says what failed
     elif state == GIVEN_UP:  # a replay needs the dead letters (they expire, or were erased)
-        needed = any(store.redis.exists(store.key("dead", sid)) for sid in job.meta["failed_sids"])
+        needed = any(store.has_dead_letter(sid) for sid in job.meta["failed_sids"])
     else:
         needed = False
     return {"messages": state, "needs_operator": needed}

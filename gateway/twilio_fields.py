@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from core.store import CHANNEL_ADDRESS
+from core.state import CHANNEL_ADDRESS
 
 MESSAGE_SID = re.compile(r"(SM|MM)[0-9a-fA-F]{32}")  # Twilio's OpenAPI pattern for a Message sid
 ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")

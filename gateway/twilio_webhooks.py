@@ -115,7 +115,7 @@ def inbound_sms():
     unanswerable = fields.unanswerable(message.from_, fields.own_numbers(web.settings.own_numbers()))
     try:
         outcome = web.store.accept(message, signature=request.headers.get("X-Twilio-Signature", ""),
-                                  skip=unanswerable is not None, then=lambda pipe: enqueue_drain(
+                                  skip=unanswerable is not None, enqueue=lambda pipe: enqueue_drain(
                                       web.queue, message.conversation_id, web.settings, pipeline=pipe))
     except RedisError as exc:
         log.error("inbound message=%s not accepted: Redis unavailable (%s)", message.sid, type(exc).__name__)

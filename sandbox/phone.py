@@ -22,7 +22,7 @@ from werkzeug.serving import make_server
 from core.model import conversation_id
 from core.phone_numbers import NumberError, read_number
 from core.redis import connect_redis
-from core.store import ConversationStore
+from core.state import ConversationStore
 from sandbox.twilio_sim import TwilioSimulator
 
 STATIC = Path(__file__).resolve().parent / "static"

@@ -54,7 +54,7 @@ def pending_work(redis: Redis) -> list[str]:
     """
     from rq.registry import StartedJobRegistry
 
-    from core.store import ConversationStore
+    from core.state import ConversationStore
 
     work = []
     due_by = int(time.time() + SCHEDULED_SOON_SECONDS)

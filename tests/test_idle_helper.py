@@ -8,7 +8,7 @@ import pytest
 from rq import Queue
 
 from core.queues import ADMIN_QUEUE_NAME, QUEUE_NAME
-from core.store import ConversationStore
+from core.state import ConversationStore
 from tests.conftest import pending_work, wait_idle
 
 

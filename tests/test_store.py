@@ -1,13 +1,26 @@
-"""The conversation store under concurrency: a text accepted mid-write never makes a write fail."""
+"""The conversation store under concurrency and failures: a text accepted mid-write never makes a write fail,
+one drain job per wake-up, none queued twice, none lost between accepting a text and queueing its job."""
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
 from redis import ConnectionPool, Redis
 from redis.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
+from rq import Queue
 
+from config import load_settings
 from core.model import InboundMessage, conversation_id
-from core.store import ConversationStore
-from tests.conftest import GATEWAY_NUMBER, new_sid
+from core.queues import QUEUE_NAME, enqueue_drain
+from core.state import ConversationStore
+from tests.conftest import GATEWAY_NUMBER, inbound_form, new_sid, post_signed, wait_for
+from workers.jobs import RQJobPort, recover_stalled
 
 PERSON = "+14155550188"
 CID = conversation_id(GATEWAY_NUMBER, PERSON)
@@ -37,13 +50,15 @@ class RedisWithArrivingTexts(Redis):
         return pipe
 
 
-def test_forgetting_a_chat_while_a_text_arrives_does_not_fail(redis, redis_server):
+def test_forgetting_a_chat_while_a_text_arrives_does_not_fail(env, redis, redis_server, queue):
     webhook_side = ConversationStore(redis)
+    settings = load_settings(env, dotenv_path=None)
     arrived: list[str] = []
 
     def text_arrives():
         message = InboundMessage(sid=new_sid(), from_=PERSON, to=GATEWAY_NUMBER, body="are you there?")
-        arrived.append(webhook_side.accept(message))
+        arrived.append(webhook_side.accept(
+            message, enqueue=lambda pipe: enqueue_drain(queue, CID, settings, pipeline=pipe)))
 
     client = RedisWithArrivingTexts(redis_server.url, text_arrives)
     try:
@@ -89,3 +104,107 @@ def test_forgetting_a_chat_while_the_other_worker_starts_the_next_drain_job_does
     finally:
         client.connection_pool.disconnect()
     assert not redis.hexists(conv, "chat_id")
+
+
+# -- accepting a text: one drain job per wake-up, none twice, none lost between the two round trips -----------
+
+
+class QueueThatFailsOnce(Queue):
+    """The gateway's real RQ queue, except that its first enqueue meets a Redis failure (after the accept step)."""
+
+    failures = 1
+
+    def enqueue_call(self, *args, **kwargs):
+        if self.failures:
+            self.failures -= 1
+            raise RedisConnectionError("Redis went away between accepting the text and queueing its job")
+        return super().enqueue_call(*args, **kwargs)
+
+
+def _queued_drains(queue: Queue) -> list[str]:
+    return [job.args[0] for job in queue.get_jobs()]
+
+
+def test_a_retry_after_redis_failed_between_accepting_and_queueing_queues_it_once(app, client, redis, queue):
+    gw = app.extensions["sms_gateway"]
+    app.extensions["sms_gateway"] = replace(gw, queue=QueueThatFailsOnce(QUEUE_NAME, connection=redis))
+    form = inbound_form("are you there?", from_=PERSON)
+
+    assert post_signed(client, "/twilio/sms", form).status_code == 503  # Twilio retries a 503
+    assert redis.get(f"smsgw:seen:{form['MessageSid']}") == b"pending" and queue.count == 0
+    assert post_signed(client, "/twilio/sms", form).status_code == 200  # the retry queues its job...
+    assert post_signed(client, "/twilio/sms", form).status_code == 200  # ...and a later repeat queues nothing
+
+    assert _queued_drains(queue) == [CID]
+    assert [m.sid for m in gw.store.inbox(CID)] == [form["MessageSid"]]
+    assert redis.get(f"smsgw:seen:{form['MessageSid']}") == b"queued"
+
+
+def test_concurrent_deliveries_of_one_webhook_queue_one_job(env, redis, queue):
+    store = ConversationStore(redis)
+    settings = load_settings(env, dotenv_path=None)
+    message = InboundMessage(sid=new_sid(), from_=PERSON, to=GATEWAY_NUMBER, body="hello")
+    second_accepted = threading.Event()
+
+    def enqueue_slowly(pipe):  # the first delivery is between its WATCH and its EXEC while the second runs
+        second_accepted.wait(10)
+        enqueue_drain(queue, CID, settings, pipeline=pipe)
+
+    outcomes: list[str] = []
+    first = threading.Thread(target=lambda: outcomes.append(store.accept(message, enqueue=enqueue_slowly)))
+    first.start()
+    wait_for(lambda: redis.get(f"smsgw:seen:{message.sid}") == b"pending", message="the first delivery's accept")
+    outcomes.append(store.accept(message, enqueue=lambda pipe: enqueue_drain(queue, CID, settings, pipeline=pipe)))
+    second_accepted.set()
+    first.join(10)
+
+    assert sorted(outcomes) == ["duplicate", "new"]
+    assert _queued_drains(queue) == [CID] and store.inbox_length(CID) == 1
+
+
+def test_texts_arriving_at_once_in_a_quiet_conversation_wake_it_with_one_job(env, redis, queue):
+    store = ConversationStore(redis)
+    settings = load_settings(env, dotenv_path=None)
+    start = threading.Barrier(6)
+
+    def deliver(index: int) -> str:
+        message = InboundMessage(sid=new_sid(), from_=PERSON, to=GATEWAY_NUMBER, body=f"text {index}")
+        start.wait(10)
+        return store.accept(message, enqueue=lambda pipe: enqueue_drain(queue, CID, settings, pipeline=pipe))
+
+    with ThreadPoolExecutor(6) as pool:
+        outcomes = list(pool.map(deliver, range(6)))
+
+    assert outcomes == ["new"] * 6
+    assert _queued_drains(queue) == [CID] and store.inbox_length(CID) == 6
+
+
+def test_a_burst_of_texts_while_the_drain_job_waits_joins_it(app, client, redis, queue):
+    store = app.extensions["sms_gateway"].store
+    for index in range(5):
+        assert post_signed(client, "/twilio/sms", inbound_form(f"text {index}", from_=PERSON)).status_code == 200
+    assert _queued_drains(queue) == [CID] and store.inbox_length(CID) == 5
+
+    store.clear_drain_pending(CID)  # the job started: the next text needs a job of its own
+    assert post_signed(client, "/twilio/sms", inbound_form("one more", from_=PERSON)).status_code == 200
+    assert _queued_drains(queue) == [CID, CID]
+
+
+def test_a_text_whose_web_died_before_queueing_is_recovered_by_the_sweep(env, redis, queue):
+    store = ConversationStore(redis)
+    settings = load_settings(env, dotenv_path=None)
+    message = InboundMessage(sid=new_sid(), from_=PERSON, to=GATEWAY_NUMBER, body="hello")
+
+    def web_dies(pipe):
+        raise RedisConnectionError("the web was killed here")
+
+    with pytest.raises(RedisConnectionError):
+        store.accept(message, enqueue=web_dies)
+    services = SimpleNamespace(store=store, jobs=RQJobPort(queue, settings))
+    assert recover_stalled(services) == 0 and queue.count == 0  # too fresh to tell from a job on its way
+    # Twilio did not retry; a minute later the claim of a waiting job is stale.
+    long_ago = f"{time.time() - 3600:.3f}"
+    store.touch(CID, last_inbound_at=long_ago, drain_pending=long_ago)
+
+    assert recover_stalled(services) == 1
+    assert _queued_drains(queue) == [CID] and store.inbox_length(CID) == 1

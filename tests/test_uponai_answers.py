@@ -14,7 +14,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from rq import Queue
 
 from core.model import conversation_id
-from core.store import ConversationStore
+from core.state import ConversationStore
 from gateway import create_app
 from sandbox.httpfake import Fault
 from sandbox.uponai_sim import MALFORMED_SHAPES

@@ -13,7 +13,7 @@ from twilio.request_validator import RequestValidator
 from werkzeug.datastructures import MultiDict
 
 from core.model import conversation_id
-from core.store import ConversationStore
+from core.state import ConversationStore
 from gateway import create_app
 from tests.conftest import (
     AUTH_TOKEN,

@@ -9,9 +9,8 @@ operator should see (opted out, UponAI or Twilio refused or unreachable, convers
 An outbound start holds the conversation's lock, like a drain, so it never interleaves with a turn,
 and records its progress under its operation id (the chat it created, the opening line, each SMS
 part claimed before it is sent), so running it again (an operator's retry with the same
-Idempotency-Key, a requeue) resumes it and sends nothing twice. Keys of its own (under ``smsgw:``)::
-
-    outbound:{op_id}         hash: chat_id, agent_id, result (JSON) of one outbound start
+Idempotency-Key, a requeue) resumes it and sends nothing twice. Its records (``outbound:{op_id}``) are
+kept by ``core.state.operations``.
 """
 
 from __future__ import annotations
@@ -29,9 +28,9 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from core.model import InboundMessage, conversation_id
-from core.queues import ADMIN_QUEUE_NAME, LOCK_WAIT_SECONDS, QUEUE_NAME, outbound_key, outbound_result
+from core.queues import ADMIN_QUEUE_NAME, LOCK_WAIT_SECONDS, QUEUE_NAME
 from core.redaction import mask_number
-from core.store import ConversationStore
+from core.state import ConversationStore
 from workers import sms_text
 from workers.chats import complete_once, end_chat
 from workers.delivery import send_part
@@ -98,20 +97,6 @@ def conversation_lock(services: Services, cid: str, token: str, wait_seconds: fl
 # -- outbound -------------------------------------------------------------------------------------
 
 
-def _op_fields(store: ConversationStore, op_id: str) -> dict[str, str]:
-    raw = store.redis.hgetall(outbound_key(store, op_id))
-    return {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
-            for k, v in raw.items()}
-
-
-def _set_op(store: ConversationStore, op_id: str, **fields: str) -> None:
-    key = outbound_key(store, op_id)
-    with store.redis.pipeline() as pipe:
-        pipe.hset(key, mapping=fields)
-        pipe.expire(key, store.progress_ttl_seconds)
-        pipe.execute()
-
-
 def start_outbound(services: Services, op_id: str, request: dict[str, Any]) -> dict[str, Any]:
     """Start (or resume) an outbound conversation: end the ongoing chat, create one, send the opening.
 
@@ -123,16 +108,16 @@ def start_outbound(services: Services, op_id: str, request: dict[str, Any]) -> d
     to, gateway_number = request["to"], request["gateway"]
     cid = conversation_id(gateway_number, to)
     _check_metadata(request.get("metadata"))
-    if (done := outbound_result(store, op_id)) is not None:
+    if (done := store.operation_result(op_id)) is not None:
         return done
     # A token of this run's own: two runs of one operation (concurrent retries) take turns, and the
     # second finds the first one's result instead of working beside it.
     with conversation_lock(services, cid, f"{ADMIN_TOKEN_PREFIX}{op_id}:{uuid.uuid4().hex}"):
-        if (done := outbound_result(store, op_id)) is not None:
+        if (done := store.operation_result(op_id)) is not None:
             return done
         if store.conversation(cid).get("opted_out") == "1":
             raise AdminError(409, "opted_out", "the number has opted out (STOP); it must text START first")
-        op = _op_fields(store, op_id)
+        op = store.operation(op_id)
         chat_id, agent_id = op.get("chat_id"), op.get("agent_id")
         if not chat_id:
             chat_id, agent_id = _new_chat(services, op_id, cid, request)
@@ -147,7 +132,7 @@ def start_outbound(services: Services, op_id: str, request: dict[str, Any]) -> d
         _note_activity(services, cid)
         result = {"conversation_id": cid, "chat_id": chat_id, "agent_id": agent_id, "to": to, "from": gateway_number,
                   "message_sids": sids, "opening_generated": not request.get("message")}
-        _set_op(store, op_id, result=json.dumps(result))
+        store.record_operation(op_id, result=json.dumps(result))
     log.info("outbound op=%s conversation=%s to=%s chat=%s parts=%d", op_id, cid, mask_number(to), chat_id,
              len(parts))
     return result
@@ -170,7 +155,7 @@ def _new_chat(services: Services, op_id: str, cid: str, request: dict[str, Any])
         variables[OPENING_VARIABLE] = request["message"]
     metadata = {**(request.get("metadata") or {}), "channel": "sms", "conversation_id": cid, "direction": "outbound"}
     chat = services.agent.create_chat(agent_id=agent_id, metadata=metadata, dynamic_variables=variables or None)
-    _set_op(store, op_id, chat_id=chat.chat_id, agent_id=agent_id)
+    store.record_operation(op_id, chat_id=chat.chat_id, agent_id=agent_id)
     store.set_chat(cid, chat.chat_id, agent_id)
     fields = {"gateway": request["gateway"], "person": request["to"]}
     if request.get("messaging_service_sid"):
@@ -256,7 +241,7 @@ def erase_conversation(services: Services, cid: str, token: str) -> dict[str, An
 def _erase_jobs(store: ConversationStore, cid: str) -> int:
     """Delete the finished and failed RQ jobs of the conversation (their args, results or errors may hold words)."""
     current = get_current_job()
-    redis = store.redis
+    redis = store.redis  # RQ's registries and jobs, not conversation state
     registries = [FailedJobRegistry(QUEUE_NAME, connection=redis),
                   FailedJobRegistry(ADMIN_QUEUE_NAME, connection=redis),
                   FinishedJobRegistry(ADMIN_QUEUE_NAME, connection=redis)]

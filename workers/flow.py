@@ -27,7 +27,7 @@ import time
 
 from core.metrics import metrics
 from core.model import InboundMessage
-from core.store import ConversationStore
+from core.state import ConversationStore
 from workers import sms_text
 from workers.chats import end_chat, run_turn
 from workers.delivery import give_up, send_part

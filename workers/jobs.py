@@ -15,7 +15,7 @@ from redis import Redis
 from rq import Queue, Retry, get_current_job
 
 from core.queues import CLOSE_IDLE_JOB, QUEUE_NAME, drain_budget_seconds, enqueue_drain, failure_ttl_seconds
-from core.store import ConversationStore
+from core.state import ConversationStore
 from workers import chats, flow, metering
 from workers.errors import TransientError
 from workers.services import Services

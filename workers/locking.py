@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from core.store import ConversationStore
+from core.state import ConversationStore
 from workers.services import JobPort
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from core.store import ConversationStore
+from core.state import ConversationStore
 from workers.uponai import UponAIClient
 
 

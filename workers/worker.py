@@ -44,8 +44,7 @@ class GatewayWorker(SimpleWorker):
         try:
             services = jobs.current_services()
             # One sweep at a time across all workers: the others' would find the same conversations.
-            if not services.store.redis.set(services.store.key("sweep-lock"), self.name, nx=True,
-                                            ex=MAINTENANCE_INTERVAL_SECONDS - 1):
+            if not services.store.claim_sweep(self.name, MAINTENANCE_INTERVAL_SECONDS - 1):
                 return
             recovered = jobs.recover_stalled(services)
         except RedisError as exc:

@@ -1,0 +1,160 @@
+"""Inbound texts: deduplication, signatures, the gateway's numbers, the inbox and the set of active conversations.
+
+Keys (under ``smsgw:``)::
+
+    seen:{MessageSid}        dedupe marker: "pending" while its drain job is being queued, then "queued"
+                             ("skipped": a sender no reply can reach)
+    signature:{hash}         the MessageSid a webhook signature was first accepted with (re-cut replays)
+    numbers                  set of the gateway's own numbers: every To of a signed inbound text (expires
+                             DEDUPE_TTL_SECONDS after the last inbound text)
+    inbox:{cid}              list of inbound messages (JSON), oldest first; the head stays until done
+    active                   set of conversation ids whose inbox may hold messages (for crash recovery)
+
+Accepting a text takes one round trip, plus one more when the conversation needs a drain job:
+
+1. The accept script (every key declared) decides new / duplicate / replay / skipped. A new text joins the
+   inbox; if a drain job of the conversation is already waiting (``drain_pending`` on the conversation hash,
+   see ``core.state.conversations``), the text joins it and is marked "queued" at once. Otherwise the script
+   claims the wake-up (sets ``drain_pending``, so texts arriving meanwhile join it too) and marks the text
+   "pending".
+2. One MULTI transaction, watching ``seen:{sid}``, queues the drain job through RQ's public API
+   (``Queue.enqueue_call(..., pipeline=pipe)``) and marks the text "queued". Of concurrent identical webhooks
+   one queues the job; the others' transaction fails on the watched key and they report a duplicate.
+
+If the web dies (or Redis fails) between the two, the text is in the inbox and still "pending": Twilio's
+retry of that sid queues the job instead of being dropped as a duplicate, and the workers' recovery sweep
+queues a drain for a conversation whose ``drain_pending`` claim grew stale with messages waiting
+(``workers.jobs.recover_stalled``). So nothing is acknowledged without a path to its answer, and no repeat
+is queued twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+
+from redis.client import Pipeline
+from redis.exceptions import WatchError
+
+from core.model import InboundMessage
+from core.state.keys import StateBase, bare_address, key, text
+
+# KEYS: seen, inbox, conv, active, signature, numbers.
+# ARGV: message JSON, dedupe ttl, gateway, person, received_at, messaging service sid, cid, sid,
+#       bare To, bare From, skip ('1': a sender the web found unanswerable), retention seconds, now.
+# Returns {outcome, needs_job}: outcome 1 new, 0 duplicate, 3 replay (the signature belongs to another
+# sid), 4 skipped; needs_job 1 when the caller must queue a drain job (the text is "pending").
+_ACCEPT = """
+local signed = redis.call('GET', KEYS[5])
+if signed and signed ~= ARGV[8] then return {3, 0} end
+local state = redis.call('GET', KEYS[1])
+if state == 'queued' or state == 'skipped' then return {0, 0} end
+if not signed then redis.call('SET', KEYS[5], ARGV[8], 'EX', ARGV[2]) end
+-- Accepted before, but its job was never confirmed queued (the web died, or Redis failed): queue it now.
+if state == 'pending' then return {1, 1} end
+redis.call('SADD', KEYS[6], ARGV[9])
+redis.call('EXPIRE', KEYS[6], ARGV[2])
+if ARGV[11] == '1' or redis.call('SISMEMBER', KEYS[6], ARGV[10]) == 1 then
+  redis.call('SET', KEYS[1], 'skipped', 'EX', ARGV[2])
+  return {4, 0}
+end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[7])
+redis.call('HSET', KEYS[3], 'gateway', ARGV[3], 'person', ARGV[4], 'last_inbound_at', ARGV[5])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[3], 'messaging_service_sid', ARGV[6]) end
+redis.call('EXPIRE', KEYS[2], ARGV[12])
+redis.call('EXPIRE', KEYS[3], ARGV[12])
+-- A drain job that is queued and has not started yet will take this text too: no second job.
+if redis.call('HEXISTS', KEYS[3], 'drain_pending') == 1 then
+  redis.call('SET', KEYS[1], 'queued', 'EX', ARGV[2])
+  return {1, 0}
+end
+redis.call('HSET', KEYS[3], 'drain_pending', ARGV[13])
+redis.call('SET', KEYS[1], 'pending', 'EX', ARGV[2])
+return {1, 1}
+"""
+
+_POP_HEAD = """
+if redis.call('LINDEX', KEYS[1], 0) == ARGV[1] then redis.call('LPOP', KEYS[1]) return 1 end
+return 0
+"""
+
+OUTCOMES = {1: "new", 0: "duplicate", 3: "replay", 4: "skipped"}
+
+
+class Inbound(StateBase):
+    """Accepting inbound texts once, and the inbox a drain job works through."""
+
+    SCRIPTS = {"_accept_script": _ACCEPT, "_pop_head": _POP_HEAD}
+
+    def accept(self, message: InboundMessage, *, enqueue: Callable[[Pipeline], object], signature: str = "",
+               skip: bool = False) -> str:
+        """Record an inbound message once; returns "new", "duplicate", "replay" or "skipped".
+
+        "replay": ``signature`` was first accepted with another message. "skipped": a sender no reply can
+        reach (``skip``, or one of the gateway's own numbers), recorded as seen and never queued.
+        ``enqueue(pipeline)`` queues the conversation's drain job on a MULTI pipeline (RQ's public API with
+        ``pipeline=``); it is called only when the conversation needs one. It may raise (Redis failed): the
+        text stays "pending" and a retry of the same sid queues it.
+        """
+        cid = message.conversation_id
+        signed = hashlib.sha256(signature.encode()).hexdigest()[:32] if signature else f"sid-{message.sid}"
+        seen = key("seen", message.sid)
+        keys = [seen, key("inbox", cid), key("conv", cid), key("active"), key("signature", signed), key("numbers")]
+        args = [message.to_json(), self.dedupe_ttl_seconds, message.to, message.from_,
+                f"{message.received_at:.3f}", message.messaging_service_sid, cid, message.sid,
+                bare_address(message.to), bare_address(message.from_), "1" if skip else "0",
+                self.retention_seconds, f"{time.time():.3f}"]
+        code, needs_job = (int(v) for v in self._accept_script(keys=keys, args=args))
+        outcome = OUTCOMES[code]
+        if needs_job and not self._queue_pending(seen, enqueue):
+            outcome = "duplicate"  # a concurrent delivery of the same webhook queued it
+        return outcome
+
+    def _queue_pending(self, seen: str, enqueue: Callable[[Pipeline], object]) -> bool:
+        """Queue the drain job of a "pending" text and mark it "queued", at most once; False if another did."""
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(seen)
+                if text(pipe.get(seen)) != "pending":
+                    return False
+                pipe.multi()
+                enqueue(pipe)
+                pipe.set(seen, "queued", keepttl=True)
+                pipe.execute()
+                return True
+            except WatchError:
+                return False
+
+    def gateway_numbers(self) -> list[str]:
+        """Every number that has been the To of a signed inbound text (bare, without a channel prefix)."""
+        return sorted(text(n) for n in self.redis.smembers(key("numbers")))
+
+    # -- inbox ------------------------------------------------------------------------------------
+
+    def peek(self, cid: str) -> tuple[str, InboundMessage] | None:
+        raw = self.redis.lindex(key("inbox", cid), 0)
+        if raw is None:
+            return None
+        raw = text(raw)
+        return raw, InboundMessage.from_json(raw)
+
+    def pop(self, cid: str, raw: str) -> bool:
+        """Remove the inbox head if it is still ``raw``."""
+        return self._pop_head(keys=[key("inbox", cid)], args=[raw]) == 1
+
+    def inbox_length(self, cid: str) -> int:
+        return int(self.redis.llen(key("inbox", cid)))
+
+    def inbox(self, cid: str) -> list[InboundMessage]:
+        """Every waiting message of the conversation, oldest first."""
+        return [InboundMessage.from_json(raw) for raw in self.redis.lrange(key("inbox", cid), 0, -1)]
+
+    # -- active conversations (crash recovery) ------------------------------------------------------
+
+    def active_conversations(self) -> list[str]:
+        return sorted(text(c) for c in self.redis.smembers(key("active")))
+
+    def forget_active(self, cid: str) -> None:
+        self.redis.srem(key("active"), cid)

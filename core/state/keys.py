@@ -1,0 +1,76 @@
+"""Key names, retention and the shared base of the Redis state modules (every key lives under ``smsgw:``).
+
+Retention: every key that holds a number or words expires. The conversation's own keys (conv, inbox,
+recent, chats) get DATA_RETENTION_DAYS again on each write, so they go that long after the last
+activity; per-message records (msg, sent, dead, outbound) expire at most that long after they were written.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from redis import Redis
+from redis.client import Pipeline
+
+PREFIX = "smsgw"
+PROGRESS_TTL_SECONDS = 14 * 24 * 3600
+DEFAULT_RETENTION_SECONDS = 30 * 24 * 3600
+DEFAULT_DEDUPE_TTL_SECONDS = 7 * 24 * 3600
+
+CHANNEL_ADDRESS = re.compile(r"([a-z][a-z0-9-]*):(.+)")  # whatsapp:+1..., messenger:1234..., rcs:...
+
+
+def key(*parts: str) -> str:
+    """``key("conv", cid)`` -> ``smsgw:conv:{cid}``."""
+    return ":".join((PREFIX, *parts))
+
+
+def bare_address(address: str) -> str:
+    """``whatsapp:+1415...`` -> ``+1415...``: one number on any channel."""
+    match = CHANNEL_ADDRESS.fullmatch(address)
+    return match[2] if match else address
+
+
+def text(value: bytes | str | None) -> str | None:
+    """A Redis reply as str (None stays None)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return value
+
+
+def text_hash(raw: dict) -> dict[str, str]:
+    """An HGETALL reply as str -> str."""
+    return {text(k): text(v) for k, v in raw.items()}
+
+
+class StateBase:
+    """The connection, the retention periods and the Lua scripts every state module shares.
+
+    A module lists its scripts in ``SCRIPTS`` (attribute name -> Lua source); they are registered once here.
+    """
+
+    SCRIPTS: dict[str, str] = {}
+    key = staticmethod(key)
+
+    def __init__(self, redis: Redis, *, dedupe_ttl_seconds: int = DEFAULT_DEDUPE_TTL_SECONDS,
+                 retention_seconds: int = DEFAULT_RETENTION_SECONDS):
+        self.redis = redis
+        self.dedupe_ttl_seconds = dedupe_ttl_seconds
+        self.retention_seconds = retention_seconds
+        self.progress_ttl_seconds = min(PROGRESS_TTL_SECONDS, retention_seconds)
+        for cls in type(self).__mro__:
+            for name, source in vars(cls).get("SCRIPTS", {}).items():
+                setattr(self, name, redis.register_script(source))
+
+    def _keep(self, *keys: str, pipe: Pipeline | None = None) -> None:
+        """Give the conversation's keys the full retention period again (counted from this activity)."""
+        target = pipe if pipe is not None else self.redis.pipeline(transaction=False)
+        for name in keys:
+            target.expire(name, self.retention_seconds)
+        if pipe is None:
+            target.execute()
+
+    def _scan(self, kind: str) -> Iterator[str]:
+        for found in self.redis.scan_iter(match=key(kind, "*"), count=1000):
+            yield text(found)

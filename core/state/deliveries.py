@@ -150,10 +150,6 @@ class Deliveries(StateBase):
             rows = pipe.execute()
         return [{"sid": sid, **text_hash(row)} for sid, row in zip(sids, rows, strict=True)]
 
-    def was_sent(self, twilio_sid: str) -> bool:
-        """True once the SMS ``twilio_sid`` is in the sent log."""
-        return bool(self.redis.exists(key("sent", twilio_sid)))
-
     # -- dead letters -------------------------------------------------------------------------------
 
     def keep_dead_letter(self, message: InboundMessage) -> None:

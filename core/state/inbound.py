@@ -2,7 +2,7 @@
 
 Keys (under ``smsgw:``)::
 
-    seen:{MessageSid}        dedupe marker: "pending" while its drain job is being queued, then "queued"
+    seen:{MessageSid}        dedupe marker: "pending:{time}" while its drain job is being queued, then "queued"
                              ("skipped": a sender no reply can reach)
     signature:{hash}         the MessageSid a webhook signature was first accepted with (re-cut replays)
     numbers                  set of the gateway's own numbers: every To of a signed inbound text (expires
@@ -16,13 +16,14 @@ Accepting a text takes one round trip, plus one more when the conversation needs
    inbox; if a drain job of the conversation is already waiting (``drain_pending`` on the conversation hash,
    see ``core.state.conversations``), the text joins it and is marked "queued" at once. Otherwise the script
    claims the wake-up (sets ``drain_pending``, so texts arriving meanwhile join it too) and marks the text
-   "pending".
-2. One MULTI transaction, watching ``seen:{sid}``, queues the drain job through RQ's public API
-   (``Queue.enqueue_call(..., pipeline=pipe)``) and marks the text "queued". Of concurrent identical webhooks
-   one queues the job; the others' transaction fails on the watched key and they report a duplicate.
+   "pending" with the time of the claim.
+2. One MULTI transaction queues the drain job through RQ's public API (``Queue.enqueue_call(...,
+   pipeline=pipe)``) and marks the text "queued". Of concurrent identical webhooks one holds the claim; the
+   others find it fresh (younger than ``PENDING_CLAIM_SECONDS``) and report a duplicate.
 
 If the web dies (or Redis fails) between the two, the text is in the inbox and still "pending": Twilio's
-retry of that sid queues the job instead of being dropped as a duplicate, and the workers' recovery sweep
+retry of that sid, once the claim is stale (a failed queueing gives its claim up at once when Redis still
+answers), queues the job instead of being dropped as a duplicate, and the workers' recovery sweep
 queues a drain for a conversation whose ``drain_pending`` claim grew stale with messages waiting
 (``workers.jobs.recover_stalled``). So nothing is acknowledged without a path to its answer, and no repeat
 is queued twice.
@@ -30,19 +31,21 @@ is queued twice.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable
 
 from redis.client import Pipeline
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError
 
 from core.model import InboundMessage
 from core.state.keys import StateBase, bare_address, key, text
 
 # KEYS: seen, inbox, conv, active, signature, numbers.
 # ARGV: message JSON, dedupe ttl, gateway, person, received_at, messaging service sid, cid, sid,
-#       bare To, bare From, skip ('1': a sender the web found unanswerable), retention seconds, now.
+#       bare To, bare From, skip ('1': a sender the web found unanswerable), retention seconds, now,
+#       seconds a "pending" claim is left to its holder.
 # Returns {outcome, needs_job}: outcome 1 new, 0 duplicate, 3 replay (the signature belongs to another
 # sid), 4 skipped; needs_job 1 when the caller must queue a drain job (the text is "pending").
 _ACCEPT = """
@@ -51,8 +54,13 @@ if signed and signed ~= ARGV[8] then return {3, 0} end
 local state = redis.call('GET', KEYS[1])
 if state == 'queued' or state == 'skipped' then return {0, 0} end
 if not signed then redis.call('SET', KEYS[5], ARGV[8], 'EX', ARGV[2]) end
--- Accepted before, but its job was never confirmed queued (the web died, or Redis failed): queue it now.
-if state == 'pending' then return {1, 1} end
+if state and string.sub(state, 1, 7) == 'pending' then
+  -- Another delivery of this webhook is queueing its job right now: a duplicate.
+  if tonumber(ARGV[13]) - (tonumber(string.sub(state, 9)) or 0) < tonumber(ARGV[14]) then return {0, 0} end
+  -- Accepted before, but its job was never confirmed queued (the web died, or Redis failed): queue it now.
+  redis.call('SET', KEYS[1], 'pending:' .. ARGV[13], 'KEEPTTL')
+  return {1, 1}
+end
 redis.call('SADD', KEYS[6], ARGV[9])
 redis.call('EXPIRE', KEYS[6], ARGV[2])
 if ARGV[11] == '1' or redis.call('SISMEMBER', KEYS[6], ARGV[10]) == 1 then
@@ -71,7 +79,7 @@ if redis.call('HEXISTS', KEYS[3], 'drain_pending') == 1 then
   return {1, 0}
 end
 redis.call('HSET', KEYS[3], 'drain_pending', ARGV[13])
-redis.call('SET', KEYS[1], 'pending', 'EX', ARGV[2])
+redis.call('SET', KEYS[1], 'pending:' .. ARGV[13], 'EX', ARGV[2])
 return {1, 1}
 """
 
@@ -81,6 +89,9 @@ return 0
 """
 
 OUTCOMES = {1: "new", 0: "duplicate", 3: "replay", 4: "skipped"}
+# How long a "pending" text is left to the delivery that claimed it (queueing takes milliseconds); past that, a
+# retry of the webhook takes the claim over and queues the job.
+PENDING_CLAIM_SECONDS = 5.0
 
 
 class Inbound(StateBase):
@@ -105,27 +116,25 @@ class Inbound(StateBase):
         args = [message.to_json(), self.dedupe_ttl_seconds, message.to, message.from_,
                 f"{message.received_at:.3f}", message.messaging_service_sid, cid, message.sid,
                 bare_address(message.to), bare_address(message.from_), "1" if skip else "0",
-                self.retention_seconds, f"{time.time():.3f}"]
+                self.retention_seconds, f"{time.time():.3f}", PENDING_CLAIM_SECONDS]
         code, needs_job = (int(v) for v in self._accept_script(keys=keys, args=args))
         outcome = OUTCOMES[code]
-        if needs_job and not self._queue_pending(seen, enqueue):
-            outcome = "duplicate"  # a concurrent delivery of the same webhook queued it
+        if needs_job:
+            self._queue_pending(seen, enqueue)
         return outcome
 
-    def _queue_pending(self, seen: str, enqueue: Callable[[Pipeline], object]) -> bool:
-        """Queue the drain job of a "pending" text and mark it "queued", at most once; False if another did."""
-        with self.redis.pipeline() as pipe:
-            try:
-                pipe.watch(seen)
-                if text(pipe.get(seen)) != "pending":
-                    return False
-                pipe.multi()
+    def _queue_pending(self, seen: str, enqueue: Callable[[Pipeline], object]) -> None:
+        """Queue the drain job of a text this delivery holds the "pending" claim of, and mark it "queued"."""
+        try:
+            with self.redis.pipeline(transaction=True) as pipe:
                 enqueue(pipe)
                 pipe.set(seen, "queued", keepttl=True)
                 pipe.execute()
-                return True
-            except WatchError:
-                return False
+        except RedisError:
+            # Give the claim up if Redis still answers, so Twilio's retry queues the job at once.
+            with contextlib.suppress(RedisError):
+                self.redis.set(seen, "pending:0", xx=True, keepttl=True)
+            raise
 
     def gateway_numbers(self) -> list[str]:
         """Every number that has been the To of a signed inbound text (bare, without a channel prefix)."""

@@ -1,6 +1,6 @@
 """Profile the gateway's web process under load and one worker with py-spy; count Redis round trips.
 
-    .venv/bin/python bench/profile.py [--seconds 8] [--messages 1500]
+    .venv/bin/python bench/profile.py [--seconds 8] [--messages 1500] [--round-trips-only]
 
 py-spy samples only threads holding the GIL (``--gil``): Python CPU, not time spent waiting on sockets.
 
@@ -305,8 +305,9 @@ async def main_async(args: argparse.Namespace) -> list[str]:
     try:
         lines = ["# Profiles (py-spy --gil: samples of the thread holding the GIL, i.e. Python CPU)", "",
                  f"Web command (Procfile): `{procs.web_command()}`; worker: the Procfile's worker line.", ""]
-        lines += await profile_web(bench, args.seconds, args.results / "profile-web.txt")
-        lines += await profile_worker(bench, args.messages, args.results / "profile-worker.txt")
+        if not args.round_trips_only:
+            lines += await profile_web(bench, args.seconds, args.results / "profile-web.txt")
+            lines += await profile_worker(bench, args.messages, args.results / "profile-worker.txt")
         lines += await round_trips(bench, 205)
         return lines
     finally:
@@ -318,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="closed-loop load on the web process")
     parser.add_argument("--messages", type=int, default=1500, help="messages the profiled worker answers")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--round-trips-only", action="store_true",
+                        help="skip the py-spy profiles: only count Redis round trips (part 3, about 20 s)")
     args = parser.parse_args(argv)
     shutil.rmtree(args.results / "redis", ignore_errors=True)
     lines = asyncio.run(main_async(args))

@@ -28,6 +28,9 @@ START_OUTBOUND_JOB = "workers.admin_ops.start_outbound_job"
 # and replay it (requeue), so it stays as long as the data may. A failed admin job was answered to the
 # operator who asked at the time (the API's error, or GET /admin/jobs/<id>): a week to look at it is enough.
 DRAIN_FAILURE_TTL_SECONDS = 30 * 24 * 3600
+# A finished drain job is left to expire rather than deleted: RQ's delete (result_ttl=0) reads the job's
+# execution records back one by one (about six Redis round trips per job); expiry costs none.
+DRAIN_RESULT_TTL_SECONDS = 60
 ADMIN_FAILURE_TTL_SECONDS = 7 * 24 * 3600
 ADMIN_RESULT_TTL_SECONDS = 24 * 3600
 LOCK_WAIT_SECONDS = 30.0  # how long an admin job waits for the conversation's lock
@@ -69,7 +72,7 @@ def enqueue_drain(queue: Queue, conversation_id: str, settings, *, pipeline=None
         args=(conversation_id,),
         description=f"drain conversation {conversation_id}",
         timeout=job_timeout_seconds(settings),
-        result_ttl=0,
+        result_ttl=DRAIN_RESULT_TTL_SECONDS,
         failure_ttl=failure_ttl_seconds(settings),
         pipeline=pipe,
     )

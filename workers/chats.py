@@ -19,23 +19,33 @@ log = logging.getLogger(__name__)
 IDLE_CHECK_BUSY_RETRY_SECONDS = 5.0
 
 
-def ensure_chat(services: Services, message: InboundMessage) -> str:
-    """The conversation's chat id, creating the chat when there is none."""
+def ensure_chat(services: Services, message: InboundMessage, conversation: dict[str, str] | None = None) -> str:
+    """The conversation's chat id, creating the chat when there is none (``conversation``: its hash, if read)."""
+    return _chat_for(services, message, conversation, turn=False)[0]
+
+
+def _chat_for(services: Services, message: InboundMessage, conversation: dict[str, str] | None, *,
+              turn: bool) -> tuple[str, bool]:
+    """(chat id, whether the message's turn was marked started with a chat created now, in one write)."""
     store = services.store
     cid = message.conversation_id
-    chat_id = store.conversation(cid).get("chat_id")
+    chat_id = (conversation if conversation is not None else store.conversation(cid)).get("chat_id")
     if chat_id:
-        return chat_id
+        return chat_id, False
     agent_id = services.settings.agent_for(message.to)
     chat = services.agent.create_chat(agent_id=agent_id, metadata={"channel": "sms", "conversation_id": cid})
-    store.set_chat(cid, chat.chat_id, agent_id)
+    store.set_chat(cid, chat.chat_id, agent_id, turn_of=message.sid if turn else None)
     log.info("conversation=%s chat=%s created agent=%s", cid, chat.chat_id, agent_id)
-    return chat.chat_id
+    return chat.chat_id, turn
 
 
-def run_turn(services: Services, message: InboundMessage, earlier_turn_chat_id: str | None) -> list[ChatMessage]:
-    """One agent turn for the message's text; never posts the same text twice to one chat."""
-    replies = _turn(services, message, earlier_turn_chat_id)
+def run_turn(services: Services, message: InboundMessage, earlier_turn_chat_id: str | None,
+             conversation: dict[str, str] | None = None) -> list[ChatMessage]:
+    """One agent turn for the message's text; never posts the same text twice to one chat.
+
+    ``conversation``: the conversation's hash as the caller read it under the lock (saves a read).
+    """
+    replies = _turn(services, message, earlier_turn_chat_id, conversation)
     if not any(m.content.strip() for m in replies):
         # Well-formed but silent (no agent text, or only tool calls): the person gets nothing, so say so.
         services.store.note_empty_turn(message.conversation_id)
@@ -45,10 +55,11 @@ def run_turn(services: Services, message: InboundMessage, earlier_turn_chat_id: 
     return replies
 
 
-def _turn(services: Services, message: InboundMessage, earlier_turn_chat_id: str | None) -> list[ChatMessage]:
+def _turn(services: Services, message: InboundMessage, earlier_turn_chat_id: str | None,
+          conversation: dict[str, str] | None) -> list[ChatMessage]:
     text = message.body.strip()
-    chat_id = ensure_chat(services, message)
-    answer = complete_once(services, message.sid, chat_id, text, earlier_turn_chat_id)
+    chat_id, marked = _chat_for(services, message, conversation, turn=True)
+    answer = complete_once(services, message.sid, chat_id, text, earlier_turn_chat_id, marked=marked)
     if answer is not None:
         return answer
     # The chat is gone, or ended (the agent's auto-close, or elsewhere) without our turn: answer in a new one.
@@ -56,12 +67,13 @@ def _turn(services: Services, message: InboundMessage, earlier_turn_chat_id: str
 
 
 def complete_once(services: Services, turn_id: str, chat_id: str, text: str,
-                  earlier_turn_chat_id: str | None) -> list[ChatMessage] | None:
+                  earlier_turn_chat_id: str | None, *, marked: bool = False) -> list[ChatMessage] | None:
     """The agent's answer to ``text`` in the chat; ``text`` is posted at most once per ``turn_id`` and chat.
 
     When an earlier attempt of the turn posted ``text`` to this chat (``earlier_turn_chat_id``), it may
     have been applied, so the answer is read back from the chat instead of asked for again. Returns None
     when the chat is gone or has ended without the turn: it was not applied there, and cannot be.
+    ``marked``: the turn was already marked started in this chat (stored with the chat when it was created).
     """
     agent = services.agent
     if earlier_turn_chat_id == chat_id:
@@ -75,7 +87,8 @@ def complete_once(services: Services, turn_id: str, chat_id: str, text: str,
             return found
         if chat.is_ended:
             return None
-    services.store.mark_turn_started(turn_id, chat_id)
+    if not marked:
+        services.store.mark_turn_started(turn_id, chat_id)
     try:
         return agent.complete(chat_id, text)
     except UponAIPermanentError as exc:
@@ -88,8 +101,9 @@ def _answer_in_new_chat(services: Services, message: InboundMessage, old_chat_id
     """Answer in a new chat, once: the old one is over."""
     log.info("message=%s chat=%s has ended; starting a new chat", message.sid, old_chat_id)
     services.store.forget_chat(message.conversation_id, old_chat_id)
-    chat_id = ensure_chat(services, message)
-    services.store.mark_turn_started(message.sid, chat_id)
+    chat_id, marked = _chat_for(services, message, None, turn=True)
+    if not marked:
+        services.store.mark_turn_started(message.sid, chat_id)
     return services.agent.complete(chat_id, text)
 
 

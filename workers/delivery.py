@@ -36,13 +36,20 @@ def sender_number(message: InboundMessage) -> str | None:
     return message.to
 
 
-def send_part(services: Services, message: InboundMessage, part: str, body: str) -> None:
-    """Send one SMS of the answer to ``message`` exactly once, whatever happened to earlier attempts."""
+def send_part(services: Services, message: InboundMessage, part: str, body: str, *,
+              claimed_at: float | None = None) -> None:
+    """Send one SMS of the answer to ``message`` exactly once, whatever happened to earlier attempts.
+
+    ``claimed_at``: the caller claimed the part at that time (in the step that recorded the reply).
+    """
     store = services.store
     sender = services.sender
     from_, service = sender_number(message), message.messaging_service_sid or None
-    claimed_at = time.time()
-    if not store.claim_part(message.sid, part, claimed_at):
+    claimed = claimed_at is not None
+    if not claimed:
+        claimed_at = time.time()
+        claimed = store.claim_part(message.sid, part, claimed_at)
+    if not claimed:
         state = store.progress(message.sid).parts.get(part, "")
         if not state.startswith(("sending", "uncertain")):
             return  # sent (a Twilio sid) or refused for good
@@ -51,8 +58,7 @@ def send_part(services: Services, message: InboundMessage, part: str, body: str)
         found = sender.find_sent(to=message.from_, body=body, from_=from_, messaging_service_sid=service,
                                  since=claimed_at - CLAIM_CLOCK_MARGIN_SECONDS, exclude=_known_sids(services, message))
         if found:
-            store.settle_part(message.sid, part, found)
-            _record(services, message, part, body, found, status=None)
+            _record(services, message, part, body, found, status=None)  # settles the part in the same step
             log.info("message=%s part=%s found at Twilio, not sent again", message.sid, part)
             return
         # Not found: send again, keeping the first claim's time, so a later look-up still covers that attempt.
@@ -75,8 +81,7 @@ def send_part(services: Services, message: InboundMessage, part: str, body: str)
         if exc.code == OPTED_OUT_CODE:
             store.set_opted_out(message.conversation_id, True)
         return
-    store.settle_part(message.sid, part, sent.sid)
-    _record(services, message, part, body, sent.sid, status=sent.status)
+    _record(services, message, part, body, sent.sid, status=sent.status)  # settles the part in the same step
 
 
 def _known_sids(services: Services, message: InboundMessage) -> set[str]:
@@ -87,9 +92,10 @@ def _known_sids(services: Services, message: InboundMessage) -> set[str]:
 
 
 def _record(services: Services, message: InboundMessage, part: str, body: str, sid: str, status: str | None) -> None:
+    """Settle the part as sent (its Twilio sid) and record the SMS, in one atomic step."""
     shape = sms_text.segment_info(body)
-    services.store.record_sent(message.conversation_id, sid, status=status, segments=shape.segments,
-                               encoding=shape.encoding, inbound_sid=message.sid, part=part)
+    services.store.record_sent(message.conversation_id, sid, settles=(message.sid, part), status=status,
+                               segments=shape.segments, encoding=shape.encoding, inbound_sid=message.sid, part=part)
 
 
 def give_up(services: Services, message: InboundMessage, exc: Exception) -> None:

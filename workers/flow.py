@@ -27,7 +27,8 @@ import time
 
 from core.metrics import metrics
 from core.model import InboundMessage
-from core.state import ConversationStore
+from core.state import ConversationStore, Progress
+from core.state.counters import IDLE_CHECK_OVERDUE_SECONDS
 from workers import sms_text
 from workers.chats import end_chat, run_turn
 from workers.delivery import give_up, send_part
@@ -83,12 +84,13 @@ def drain_conversation(services: Services, cid: str, token: str, *, budget_secon
     """
     store = services.store
     token = token if token.startswith(DRAIN_TOKEN_PREFIX) else DRAIN_TOKEN_PREFIX + token
-    if not store.acquire_lock(cid, token, LOCK_TTL_SECONDS):
-        holder = store.lock_holder(cid)
-        if holder and not holder.startswith(DRAIN_TOKEN_PREFIX):
+    # One round trip: the job has started (clears drain_pending), the lock, the conversation, the inbox head.
+    start = store.start_drain(cid, token, LOCK_TTL_SECONDS)
+    if not start.acquired:
+        if start.holder and not start.holder.startswith(DRAIN_TOKEN_PREFIX):
             raise RetryLater(DRAIN_BUSY_RETRY_SECONDS, TransientError("conversation busy with another operation"))
         return 0
-    pause = store.conversation(cid)
+    pause = start.conversation
     retry_at = float(pause.get("retry_at") or 0)
     if pause.get("retry_token") == token:
         # The scheduled retry itself. RQ's scheduler counts whole seconds, so it can start up to a second
@@ -108,19 +110,22 @@ def drain_conversation(services: Services, cid: str, token: str, *, budget_secon
     reasons: list[str] = []
     handled = 0
     started = time.monotonic()
-    with LockKeeper(store, cid, token):
+    conversation: dict[str, str] | None = pause  # read under the lock: good for the first message
+    with LockKeeper(store, cid, token) as keeper:
+        head = start.head
         while True:
-            head = store.peek(cid)
             if head is None:
                 if store.release_if_idle(cid, token):
+                    keeper.released = True
                     break
+                head = store.peek(cid)
                 continue
             if budget_seconds is not None and time.monotonic() - started > budget_seconds:
-                store.release_lock(cid, token)
+                keeper.release()
                 raise RetryLater(0.0, TransientError("drain budget used up; continuing in a new job"))
             raw, message = head
             try:
-                handle_message(services, message)
+                handle_message(services, message, conversation)
             except TransientError as exc:
                 attempts = store.count_attempt(message.sid)
                 if attempts < services.settings.max_attempts:
@@ -134,7 +139,7 @@ def drain_conversation(services: Services, cid: str, token: str, *, budget_secon
                         delay = max(delay, services.settings.ambiguous_retry_delay_seconds)
                     # Noted before the lock is let go, so no other drain job slips in ahead of the retry.
                     store.touch(cid, retry_at=f"{time.time() + delay:.3f}", retry_token=token)
-                    store.release_lock(cid, token)
+                    keeper.release()
                     raise RetryLater(delay, exc) from exc
                 reasons.append(f"{message.sid}: gave up after {attempts} attempts: {exc}")
                 give_up(services, message, exc)
@@ -143,18 +148,25 @@ def drain_conversation(services: Services, cid: str, token: str, *, budget_secon
                 reasons.append(f"{message.sid}: {exc}")
                 give_up(services, message, exc)
                 failed_sids.append(message.sid)
-            store.pop(cid, raw)
+            keeper.released, head = store.finish_head(cid, raw, token)  # the lock goes with the last message
+            conversation = None  # this message changed it (chat, last reply): the next one reads it again
             handled += 1
+            if keeper.released:
+                break
     if failed_sids:
         raise MessagesFailed(failed_sids, reasons)
     return handled
 
 
-def handle_message(services: Services, message: InboundMessage) -> None:
-    """Answer one inbound message, resuming whatever an earlier attempt already did."""
+def handle_message(services: Services, message: InboundMessage, conversation: dict[str, str] | None = None) -> None:
+    """Answer one inbound message, resuming whatever an earlier attempt already did.
+
+    ``conversation``: the conversation's hash if the caller read it under the lock (read here otherwise).
+    """
     store, settings = services.store, services.settings
     cid = message.conversation_id
-    conversation = store.conversation(cid)
+    if conversation is None:
+        conversation = store.conversation(cid)
     keyword = keyword_of(message, settings.reset_keyword)
     if keyword == "STOP":
         # Twilio itself answers and blocks further sends; we stop talking and close the chat.
@@ -171,7 +183,11 @@ def handle_message(services: Services, message: InboundMessage) -> None:
     if conversation.get("opted_out") == "1":
         log.info("message=%s conversation=%s ignored: opted out", message.sid, cid)
         return
-    if _decide(store, message.sid, "loop_held", lambda: _loop_breaker_open(services, message, conversation)):
+    progress = store.progress(message.sid)  # also holds the decisions an earlier attempt took
+    held = progress.decisions.get("loop_held")
+    if held is None and settings.loop_breaker_replies > 0 and not _plainly_not_held(settings, message, conversation):
+        held = _loop_held(services, message, conversation)
+    if held:
         # Kept in the conversation's count, not forwarded and not answered: nothing goes back into the loop.
         store.count_held(cid)
         metrics().loop_held.inc()
@@ -181,45 +197,67 @@ def handle_message(services: Services, message: InboundMessage) -> None:
         end_chat(services, cid, conversation.get("chat_id"))
         send_part(services, message, "reset", settings.reset_confirmation_text)
         return
-    progress = store.progress(message.sid)
-    if message.num_media > 0 and _decide(store, message.sid, "mms_notice", lambda: store.claim_notice(
+    if message.num_media > 0 and _decide(store, progress, message.sid, "mms_notice", lambda: store.claim_notice(
             "mms", cid, settings.mms_notice_interval_seconds)):
         send_part(services, message, "notice", settings.mms_notice_text)
     text = message.body.strip()
     if text:
-        if progress.reply_parts is None and not _decide(store, message.sid, "within_rate", lambda: _within_rate(
-                services, cid)):
-            if _decide(store, message.sid, "rate_notice", lambda: store.claim_notice(
+        if progress.reply_parts is None and not _within_rate(services, message, progress):
+            if _decide(store, progress, message.sid, "rate_notice", lambda: store.claim_notice(
                     "rate", cid, settings.rate_limit_window_seconds)):
                 send_part(services, message, "rate", settings.rate_limit_notice_text)
             log.warning("message=%s conversation=%s not forwarded: rate limit", message.sid, cid)
             return
         parts = progress.reply_parts
         if parts is None:
-            agent_messages = run_turn(services, message, progress.turn_chat_id)
+            agent_messages = run_turn(services, message, progress.turn_chat_id, conversation)
             parts = sms_text.shape_reply([m.content for m in agent_messages], max_segments=settings.sms_max_segments,
                                          transliterate=settings.sms_transliterate)
-            store.record_reply(message.sid, parts)
+            first_claimed_at = time.time()
+            # The first part is claimed in the step that records the reply: one round trip less.
+            if not (parts and store.record_reply(message.sid, parts, claim="reply:0", claimed_at=first_claimed_at)):
+                first_claimed_at = None
+        else:
+            first_claimed_at = None
         for index, part in enumerate(parts):
-            send_part(services, message, f"reply:{index}", part)
+            send_part(services, message, f"reply:{index}", part, claimed_at=first_claimed_at if index == 0 else None)
         log.info("message=%s conversation=%s answered parts=%d", message.sid, cid, len(parts))
     now = time.time()
-    store.touch(cid, last_activity_at=f"{now:.3f}")
     timeout = settings.chat_idle_timeout_seconds
-    if store.claim_idle_check(cid, now + timeout):
-        services.jobs.schedule_idle_check(cid, timeout)
+    # The idle check is claimed from the hash read under the lock (only the lock holder writes it), in the
+    # same write as the activity time.
+    due = conversation.get("idle_check_due_at")
+    claim = (due is None or float(due) <= now - IDLE_CHECK_OVERDUE_SECONDS)
+    if not claim:
+        store.touch(cid, last_activity_at=f"{now:.3f}")
+        return
+    store.touch(cid, last_activity_at=f"{now:.3f}", idle_check_due_at=f"{now + timeout:.3f}",
+                then=lambda pipe: services.jobs.schedule_idle_check(cid, timeout, pipeline=pipe))
 
 
-def _decide(store: ConversationStore, sid: str, name: str, decide) -> bool:
+def _decide(store: ConversationStore, progress: Progress, sid: str, name: str, decide) -> bool:
     """A yes/no taken once per message and remembered, so a retried job decides the same way."""
-    earlier = store.decision(sid, name)
+    earlier = progress.decisions.get(name)  # from the message's one progress read
     if earlier is not None:
         return earlier
     return store.record_decision(sid, name, bool(decide()))
 
 
-def _loop_breaker_open(services: Services, message: InboundMessage, conversation: dict[str, str]) -> bool:
-    """Whether this text is held by the loop breaker (opening it on the K-th quick text in a row).
+def _plainly_not_held(settings, message: InboundMessage, conversation: dict[str, str]) -> bool:
+    """A slow text, no run of quick ones to end, the breaker closed: not held, and nothing to write or remember.
+
+    A retry decides the same: only this conversation's drains (in order, under its lock) open the breaker or
+    count quick texts, and our own replies to this message make it no quicker.
+    """
+    if time.time() < float(conversation.get("loop_breaker_until") or 0):
+        return False
+    since_reply = message.received_at - float(conversation.get("last_outbound_at") or 0)
+    quick = 0 <= since_reply <= settings.loop_breaker_seconds
+    return not quick and not int(conversation.get("loop_streak") or 0)
+
+
+def _loop_held(services: Services, message: InboundMessage, conversation: dict[str, str]) -> bool:
+    """Whether this text is held by the loop breaker (opening it on the K-th quick text in a row); remembered.
 
     A text is quick when it arrived within ``LOOP_BREAKER_SECONDS`` after our previous reply in the
     conversation: a person reads and types slower than that; another bot, or our own number through a
@@ -227,15 +265,15 @@ def _loop_breaker_open(services: Services, message: InboundMessage, conversation
     """
     settings, store = services.settings, services.store
     cid = message.conversation_id
-    if settings.loop_breaker_replies <= 0:
-        return False
     if time.time() < float(conversation.get("loop_breaker_until") or 0):
-        return True
+        return store.record_decision(message.sid, "loop_held", True)
     since_reply = message.received_at - float(conversation.get("last_outbound_at") or 0)
     quick = 0 <= since_reply <= settings.loop_breaker_seconds
-    if store.count_quick_text(cid, quick) < settings.loop_breaker_replies:
-        return False
-    store.open_loop_breaker(cid, time.time() + settings.loop_breaker_cooldown_seconds)
+    # One step: the run counted (or ended), the breaker opened on the K-th, the verdict remembered.
+    held, opened = store.loop_verdict(message.sid, cid, quick, settings.loop_breaker_replies,
+                                      time.time() + settings.loop_breaker_cooldown_seconds)
+    if not opened:
+        return held
     metrics().loop_breaker_trips.inc()
     log.warning("conversation=%s loop breaker open for %d s: %d texts in a row came within %.0f s of our reply",
                 cid, settings.loop_breaker_cooldown_seconds, settings.loop_breaker_replies,
@@ -243,8 +281,13 @@ def _loop_breaker_open(services: Services, message: InboundMessage, conversation
     return True
 
 
-def _within_rate(services: Services, cid: str) -> bool:
+def _within_rate(services: Services, message: InboundMessage, progress: Progress) -> bool:
+    """Whether the message may go to the agent; counted once per message (a retry decides the same way)."""
+    earlier = progress.decisions.get("within_rate")
+    if earlier is not None:
+        return earlier
     limit = services.settings.rate_limit_messages
     if limit <= 0:
         return True
-    return services.store.count_forwarded(cid, services.settings.rate_limit_window_seconds) <= limit
+    return services.store.forward_within_rate(message.sid, message.conversation_id, limit,
+                                              services.settings.rate_limit_window_seconds)

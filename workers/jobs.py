@@ -39,11 +39,12 @@ class RQJobPort:
     def enqueue_drain(self, cid: str) -> None:
         enqueue_drain(self.queue, cid, self.settings)
 
-    def schedule_idle_check(self, cid: str, delay_seconds: float) -> None:
+    def schedule_idle_check(self, cid: str, delay_seconds: float, *, pipeline=None) -> None:
+        """Schedule the conversation's idle check (on ``pipeline``: in the caller's atomic step)."""
         self.queue.enqueue_in(
             timedelta(seconds=max(1.0, delay_seconds)), CLOSE_IDLE_JOB, args=(cid,),
             description=f"idle check {cid}", timeout=int(2 * self.settings.uponai_read_timeout_seconds + 60),
-            result_ttl=0, failure_ttl=failure_ttl_seconds(self.settings))
+            result_ttl=0, failure_ttl=failure_ttl_seconds(self.settings), pipeline=pipeline)
 
 
 def build_services(settings, redis: Redis | None = None) -> Services:
@@ -91,8 +92,7 @@ def drain(conversation_id: str):
         services.store.restore_dead_letters(job.meta.pop("failed_sids"))
         job.save_meta()
     token = job.id if job else uuid.uuid4().hex
-    services.store.clear_drain_pending(conversation_id)
-    try:
+    try:  # the drain's first step notes that a drain job has started (drain_pending), with the lock
         flow.drain_conversation(services, conversation_id, token,
                                 budget_seconds=drain_budget_seconds(services.settings))
     except flow.RetryLater as exc:
@@ -131,10 +131,10 @@ def recover_stalled(services: Services) -> int:
     store = services.store
     now = time.time()
     recovered = 0
-    for cid in store.active_conversations():
-        if store.lock_holder(cid) is not None:
+    cids = store.active_conversations()
+    for cid, (holder, conversation) in zip(cids, store.sweep_view(cids), strict=True):
+        if holder is not None:
             continue
-        conversation = store.conversation(cid)
         moments = {name: float(conversation.get(name) or 0)
                    for name in ("last_inbound_at", "retry_at", "drain_pending")}
         if now - moments["last_inbound_at"] < STALL_AFTER_SECONDS or now < moments["retry_at"] + STALL_AFTER_SECONDS:

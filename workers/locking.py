@@ -22,6 +22,7 @@ class LockKeeper:
 
     def __init__(self, store: ConversationStore, cid: str, token: str):
         self.store, self.cid, self.token = store, cid, token
+        self.released = False  # set once the holder let the lock go itself (release_if_idle, release)
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lock-{cid}", daemon=True)
 
@@ -32,7 +33,13 @@ class LockKeeper:
     def __exit__(self, *exc_info) -> None:
         self._stopped.set()
         self._thread.join(timeout=5)
+        if not self.released:
+            self.store.release_lock(self.cid, self.token)
+
+    def release(self) -> None:
+        """Let the lock go now (it is not released again on the way out)."""
         self.store.release_lock(self.cid, self.token)
+        self.released = True
 
     def _run(self) -> None:
         while not self._stopped.wait(LOCK_TTL_SECONDS / 3):

@@ -19,6 +19,7 @@ import time
 from redis.exceptions import RedisError
 from rq.exceptions import StopRequested
 from rq.timeouts import TimerDeathPenalty
+from rq.utils import now as rq_now
 from rq.worker import SimpleWorker, WorkerStatus
 
 from core.queues import WORKER_TTL_SECONDS
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 MAINTENANCE_INTERVAL_SECONDS = 15
 THREAD_WORKER_TTL_SECONDS = 17  # RQ waits for a job up to TTL - 15 s: an idle thread sees a stop within 2 s
 JOB_MONITORING_INTERVAL_SECONDS = 5
+HEARTBEAT_COALESCE_SECONDS = 1.0  # far below every heartbeat TTL (WORKER_TTL_SECONDS + 60 and more)
 
 
 class GatewayWorker(SimpleWorker):
@@ -73,6 +75,25 @@ class GatewayWorker(SimpleWorker):
                 GatewayWorker.heartbeat(self, ttl_seconds)
             except RedisError as exc:
                 log.warning("worker heartbeat during a job failed: %s", type(exc).__name__)
+
+    def heartbeat(self, timeout: int | None = None, pipeline=None):
+        # RQ beats before and after each dequeue and after each job, three commands each time: send them as
+        # one pipeline, and skip a plain beat when one went out under a second ago (its TTL still stands).
+        if pipeline is not None:
+            return super().heartbeat(timeout, pipeline=pipeline)
+        if timeout is None and self.last_heartbeat is not None and \
+                (rq_now() - self.last_heartbeat).total_seconds() < HEARTBEAT_COALESCE_SECONDS:
+            return None
+        with self.connection.pipeline() as beat:
+            super().heartbeat(timeout, pipeline=beat)
+            beat.execute()
+        return None
+
+    def set_state(self, state: str, pipeline=None):
+        # RQ writes "idle" after each job and again before the next dequeue: the second write changes nothing.
+        if pipeline is None and state == self.get_state():
+            return
+        super().set_state(state, pipeline=pipeline)
 
     def request_stop(self, signum, frame):
         if self.stop_event is not None:

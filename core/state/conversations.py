@@ -19,13 +19,23 @@ that other holders read (``drain:``, ``admin:``, ``idle:`` prefixes, see ``worke
 refreshed and released by token from different threads and jobs (``Lock`` keeps its token in the object,
 thread-local by default, and has no "confirm I hold it" acquire), and the drain's release must check the
 inbox is empty and leave the active set in the same atomic step, which ``Lock.release`` cannot.
+
+A drain job starts with one step (``start_drain``: drain_pending cleared, the lock, the hash, the inbox
+head) and ends each message with one (``finish_head``: the head removed, the next one, or the lock
+released); the loop breaker's verdict on a text is also one step (``loop_verdict``, which remembers it
+in the message's progress hash ``msg:{MessageSid}``, see ``core.state.deliveries``).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from redis.client import Pipeline
+
+from core.model import InboundMessage
 from core.state.keys import StateBase, key, text, text_hash
 
 _RELEASE_IF_IDLE = """
@@ -53,11 +63,69 @@ return 1
 """
 
 
+# A drain job's first step: it has started (a text arriving now needs a job of its own), takes the lock
+# (or keeps it: a retry of the holder), and reads the conversation's hash and inbox head.
+_START_DRAIN = """
+redis.call('HDEL', KEYS[1], 'drain_pending')
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return {0, holder} end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return {1, redis.call('HGETALL', KEYS[1]), redis.call('LINDEX', KEYS[3], 0)}
+"""
+# Done with the inbox head: remove it, and return the next one, or release the lock when there is none.
+_FINISH_HEAD = """
+if redis.call('LINDEX', KEYS[1], 0) == ARGV[1] then redis.call('LPOP', KEYS[1]) end
+local head = redis.call('LINDEX', KEYS[1], 0)
+if head then return {0, head} end
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return {-1} end
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[3])
+return {1}
+"""
+# The loop breaker's verdict on one text, once per message (KEYS[1], its progress hash): a quick text
+# (ARGV[1] = '1') lengthens the conversation's run of quick texts and opens the breaker on the K-th
+# (ARGV[2]); a slow one ends the run.
+_LOOP_VERDICT = """
+local earlier = redis.call('HGET', KEYS[1], 'decision:loop_held')
+if earlier then return {earlier, 0} end
+local verdict, opened = '0', 0
+if ARGV[1] == '1' then
+  if redis.call('HINCRBY', KEYS[2], 'loop_streak', 1) >= tonumber(ARGV[2]) then
+    redis.call('HSET', KEYS[2], 'loop_breaker_until', ARGV[3], 'loop_breaker_at', ARGV[4], 'loop_streak', '0')
+    verdict, opened = '1', 1
+  end
+else
+  redis.call('HDEL', KEYS[2], 'loop_streak')
+end
+redis.call('HSET', KEYS[1], 'decision:loop_held', verdict)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return {verdict, opened}
+"""
+
+
+@dataclass(frozen=True)
+class DrainStart:
+    """What a drain job's first step found: the lock (or its other holder), the conversation, the inbox head."""
+
+    acquired: bool
+    holder: str | None
+    conversation: dict[str, str]
+    head: tuple[str, InboundMessage] | None
+
+
+def _head(raw: bytes | str | None) -> tuple[str, InboundMessage] | None:
+    if raw is None:
+        return None
+    raw = text(raw)
+    return raw, InboundMessage.from_json(raw)
+
+
 class Conversations(StateBase):
     """The conversation's hash and lock."""
 
     SCRIPTS = {"_release_if_idle": _RELEASE_IF_IDLE, "_release": _RELEASE, "_refresh": _REFRESH,
-               "_forget_chat": _FORGET_CHAT}
+               "_forget_chat": _FORGET_CHAT, "_start_drain": _START_DRAIN, "_finish_head": _FINISH_HEAD,
+               "_loop_verdict": _LOOP_VERDICT}
 
     # -- the lock -----------------------------------------------------------------------------------
 
@@ -82,17 +150,49 @@ class Conversations(StateBase):
     def lock_holder(self, cid: str) -> str | None:
         return text(self.redis.get(key("lock", cid)))
 
+    # -- a drain job's steps --------------------------------------------------------------------------
+
+    def start_drain(self, cid: str, token: str, ttl_seconds: float) -> DrainStart:
+        """Note that a drain job started, take the lock (or keep ours), read the hash and the inbox head."""
+        reply = self._start_drain(keys=[key("conv", cid), key("lock", cid), key("inbox", cid)],
+                                  args=[token, int(ttl_seconds * 1000)])
+        if int(reply[0]) == 0:
+            return DrainStart(False, text(reply[1]), {}, None)
+        flat = [text(item) for item in reply[1]]
+        return DrainStart(True, token, dict(zip(flat[::2], flat[1::2], strict=True)),
+                          _head(reply[2] if len(reply) > 2 else None))
+
+    def finish_head(self, cid: str, raw: str, token: str) -> tuple[bool, tuple[str, InboundMessage] | None]:
+        """Remove the handled head ``raw``; return (released, next head): the lock goes when the inbox is empty."""
+        reply = self._finish_head(keys=[key("inbox", cid), key("lock", cid), key("active")], args=[raw, token, cid])
+        if int(reply[0]) == 0:
+            return False, _head(reply[1])
+        return True, None  # released (or no longer ours: nothing to release)
+
+    def sweep_view(self, cids: list[str]) -> list[tuple[str | None, dict[str, str]]]:
+        """Each conversation's lock holder and hash, read in one round trip (the recovery sweep)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for cid in cids:
+                pipe.get(key("lock", cid))
+                pipe.hgetall(key("conv", cid))
+            replies = pipe.execute()
+        return [(text(holder), text_hash(fields)) for holder, fields in zip(replies[::2], replies[1::2], strict=True)]
+
     # -- the conversation's hash --------------------------------------------------------------------
 
     def conversation(self, cid: str) -> dict[str, str]:
         return text_hash(self.redis.hgetall(key("conv", cid)))
 
-    def set_chat(self, cid: str, chat_id: str, agent_id: str) -> None:
+    def set_chat(self, cid: str, chat_id: str, agent_id: str, *, turn_of: str | None = None) -> None:
+        """Store the conversation's new chat; ``turn_of`` (a message sid) also marks its turn started in it."""
         with self.redis.pipeline() as pipe:
             pipe.hset(key("conv", cid), mapping={
                 "chat_id": chat_id, "agent_id": agent_id, "chat_started_at": f"{time.time():.3f}"})
             pipe.sadd(key("chats", cid), chat_id)
             self._keep(key("conv", cid), key("chats", cid), pipe=pipe)
+            if turn_of is not None:  # what Deliveries.mark_turn_started writes, in the same step
+                pipe.hset(key("msg", turn_of), "turn_chat_id", chat_id)
+                pipe.expire(key("msg", turn_of), self.progress_ttl_seconds)
             pipe.execute()
 
     def forget_chat(self, cid: str, chat_id: str) -> bool:
@@ -100,10 +200,13 @@ class Conversations(StateBase):
         # One script, not WATCH/MULTI: a text accepted meanwhile writes the same hash, and must not fail this.
         return self._forget_chat(keys=[key("conv", cid)], args=[chat_id]) == 1
 
-    def touch(self, cid: str, **fields: Any) -> None:
+    def touch(self, cid: str, *, then: Callable[[Pipeline], object] | None = None, **fields: Any) -> None:
+        """Set fields of the conversation's hash; ``then`` adds more commands to the same atomic step."""
         with self.redis.pipeline() as pipe:
             pipe.hset(key("conv", cid), mapping={k: str(v) for k, v in fields.items()})
             self._keep(key("conv", cid), key("recent", cid), key("chats", cid), pipe=pipe)
+            if then is not None:
+                then(pipe)
             pipe.execute()
 
     def note_empty_turn(self, cid: str) -> None:
@@ -140,17 +243,15 @@ class Conversations(StateBase):
 
     # -- loop breaker: a conversation that answers faster than a person types -------------------------
 
-    def count_quick_text(self, cid: str, quick: bool) -> int:
-        """Count one more text that came right after our reply (``quick``), or start over; returns the run."""
-        name = key("conv", cid)
-        if not quick:
-            self.redis.hdel(name, "loop_streak")
-            return 0
-        return int(self.redis.hincrby(name, "loop_streak", 1))
-
-    def open_loop_breaker(self, cid: str, until: float) -> None:
-        self.redis.hset(key("conv", cid), mapping={"loop_breaker_until": f"{until:.3f}",
-                                                   "loop_breaker_at": f"{time.time():.3f}", "loop_streak": "0"})
+    def loop_verdict(self, message_sid: str, cid: str, quick: bool, run_to_open: int, open_until: float
+                     ) -> tuple[bool, bool]:
+        """Count the text in the run of quick texts (``quick``) or end the run; open the breaker until
+        ``open_until`` on the ``run_to_open``-th. Once per message: returns (held, opened now)."""
+        verdict, opened = self._loop_verdict(
+            keys=[key("msg", message_sid), key("conv", cid)],
+            args=["1" if quick else "0", run_to_open, f"{open_until:.3f}", f"{time.time():.3f}",
+                  self.progress_ttl_seconds])
+        return text(verdict) == "1", int(opened) == 1
 
     def count_held(self, cid: str) -> None:
         """One more text kept but not forwarded while the breaker is open."""

@@ -7,7 +7,8 @@ Keys (under ``smsgw:``)::
     sweep-lock               the worker running the recovery sweep now (one at a time; expires)
     conv:{cid} idle_check_due_at   field of the conversation's hash: an idle check is scheduled for then
 
-Per-message attempts are counted with the message's progress (``core.state.deliveries``).
+Per-message attempts are counted with the message's progress (``core.state.deliveries``); the rate
+verdict on a message is remembered there too (``decision:within_rate`` of ``msg:{MessageSid}``).
 """
 
 from __future__ import annotations
@@ -18,18 +19,31 @@ from core.state.keys import StateBase, key, text
 
 IDLE_CHECK_OVERDUE_SECONDS = 300  # a scheduled idle check this late is taken as lost
 
+# Count a message forwarded to the agent in the rate window and remember the verdict, once per message.
+_FORWARD_WITHIN_RATE = """
+local earlier = redis.call('HGET', KEYS[1], 'decision:within_rate')
+if earlier then return earlier end
+local count = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+local verdict = '0'
+if count <= tonumber(ARGV[1]) then verdict = '1' end
+redis.call('HSET', KEYS[1], 'decision:within_rate', verdict)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return verdict
+"""
+
 
 class Counters(StateBase):
     """Rate windows, notice markers and idle-check markers."""
 
-    def count_forwarded(self, cid: str, window_seconds: int) -> int:
-        """Count one more message forwarded to the agent in this rate-limit window."""
+    SCRIPTS = {"_forward_within_rate": _FORWARD_WITHIN_RATE}
+
+    def forward_within_rate(self, message_sid: str, cid: str, limit: int, window_seconds: int) -> bool:
+        """Count the message as forwarded in this rate window and whether it is within ``limit``, once per message."""
         window = int(time.time() // window_seconds)
-        name = key("rate", cid, str(window))
-        with self.redis.pipeline() as pipe:
-            pipe.incr(name)
-            pipe.expire(name, window_seconds + 60)
-            return int(pipe.execute()[0])
+        verdict = self._forward_within_rate(keys=[key("msg", message_sid), key("rate", cid, str(window))],
+                                            args=[limit, window_seconds + 60, self.progress_ttl_seconds])
+        return text(verdict) == "1"
 
     def claim_notice(self, kind: str, cid: str, interval_seconds: int) -> bool:
         """True at most once per ``interval_seconds`` for this kind of notice and conversation."""

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from redis.client import Pipeline
 
 from core.model import InboundMessage
 from core.state.keys import StateBase, key, text, text_hash
@@ -43,6 +45,7 @@ class Progress:
     turn_chat_id: str | None
     attempts: int
     parts: dict[str, str]
+    decisions: dict[str, bool] = field(default_factory=dict)  # yes/no taken for the message, by name
 
 
 class Deliveries(StateBase):
@@ -60,14 +63,16 @@ class Deliveries(StateBase):
             turn_chat_id=data.get("turn_chat_id"),
             attempts=int(data.get("attempts", 0)),
             parts={k[5:]: v for k, v in data.items() if k.startswith("part:")},
+            decisions={k[9:]: v == "1" for k, v in data.items() if k.startswith("decision:")},
         )
 
-    def _set_progress(self, message_sid: str, mapping: dict[str, str]) -> None:
+    def _set_progress(self, message_sid: str, mapping: dict[str, str], pipe: Pipeline | None = None) -> None:
         name = key("msg", message_sid)
-        with self.redis.pipeline() as pipe:
-            pipe.hset(name, mapping=mapping)
-            pipe.expire(name, self.progress_ttl_seconds)
-            pipe.execute()
+        target = pipe if pipe is not None else self.redis.pipeline()
+        target.hset(name, mapping=mapping)
+        target.expire(name, self.progress_ttl_seconds)
+        if pipe is None:
+            target.execute()
 
     def decision(self, message_sid: str, name: str) -> bool | None:
         value = text(self.redis.hget(key("msg", message_sid), f"decision:{name}"))
@@ -85,8 +90,20 @@ class Deliveries(StateBase):
     def mark_turn_started(self, message_sid: str, chat_id: str) -> None:
         self._set_progress(message_sid, {"turn_chat_id": chat_id})
 
-    def record_reply(self, message_sid: str, parts: list[str]) -> None:
-        self._set_progress(message_sid, {"reply": json.dumps(parts, ensure_ascii=False)})
+    def record_reply(self, message_sid: str, parts: list[str], *, claim: str | None = None,
+                     claimed_at: float | None = None) -> bool:
+        """Record the reply's parts; ``claim`` also claims that part in the same step (see ``claim_part``).
+
+        Returns whether ``claim`` was claimed (False without one).
+        """
+        name = key("msg", message_sid)
+        with self.redis.pipeline() as pipe:
+            pipe.hset(name, "reply", json.dumps(parts, ensure_ascii=False))
+            if claim is not None:
+                pipe.hsetnx(name, f"part:{claim}", f"sending:{time.time() if claimed_at is None else claimed_at:.3f}")
+            pipe.expire(name, self.progress_ttl_seconds)
+            replies = pipe.execute()
+        return claim is not None and bool(replies[1])
 
     def count_attempt(self, message_sid: str) -> int:
         name = key("msg", message_sid)
@@ -113,7 +130,9 @@ class Deliveries(StateBase):
 
     # -- outbound messages ------------------------------------------------------------------------
 
-    def record_sent(self, cid: str, twilio_sid: str, **fields: Any) -> None:
+    def record_sent(self, cid: str, twilio_sid: str, *, settles: tuple[str, str] | None = None,
+                    **fields: Any) -> None:
+        """Record one outbound SMS; ``settles`` = (message sid, part) also settles that part in the same step."""
         name = key("sent", twilio_sid)
         recent = key("recent", cid)
         mapping = {"conversation_id": cid, "sent_at": f"{time.time():.3f}",
@@ -126,6 +145,8 @@ class Deliveries(StateBase):
             pipe.ltrim(recent, 0, RECENT_SENT_KEPT - 1)
             pipe.hset(key("conv", cid), "last_outbound_at", f"{time.time():.3f}")
             self._keep(recent, key("conv", cid), pipe=pipe)
+            if settles is not None:
+                self._set_progress(settles[0], {f"part:{settles[1]}": twilio_sid}, pipe=pipe)
             pipe.execute()
 
     def record_status(self, twilio_sid: str, status: str, error_code: str = "") -> str | None:

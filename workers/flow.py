@@ -227,7 +227,7 @@ def handle_message(services: Services, message: InboundMessage, conversation: di
     # The idle check is claimed from the hash read under the lock (only the lock holder writes it), in the
     # same write as the activity time.
     due = conversation.get("idle_check_due_at")
-    claim = (due is None or float(due) <= now - IDLE_CHECK_OVERDUE_SECONDS)
+    claim = due is None or float(due) <= now - IDLE_CHECK_OVERDUE_SECONDS
     if not claim:
         store.touch(cid, last_activity_at=f"{now:.3f}")
         return

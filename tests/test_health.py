@@ -39,7 +39,7 @@ def test_readiness_drops_workers_killed_with_sigkill(start_workers, redis, clien
 def test_a_worker_busy_with_a_long_turn_keeps_its_heartbeat(start_workers, redis, client, uponai, text_in):
     release = threading.Event()
     uponai.responder = lambda chat, text: (release.wait(60), [f"re: {text}"])[1]
-    start_workers(1)
+    start_workers(1, UPONAI_READ_TIMEOUT_SECONDS="60")  # the turn really lasts (not 2 s timeouts and retries)
     try:
         text_in("take your time", from_=PERSON)
         wait_for(lambda: uponai.calls("complete"), message="the turn to start")

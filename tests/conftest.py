@@ -1,5 +1,5 @@
 """Shared fixtures: a real Redis of the tests' own, local fake UponAI and Twilio servers, real RQ
-worker processes, and a signed-webhook helper."""
+workers (in-process threads, or processes where a test needs signals or crashes), and a signed-webhook helper."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -16,12 +17,16 @@ from pathlib import Path
 import pytest
 from redis import Redis
 from rq import Queue
+from rq.scheduler import RQScheduler
 from twilio.request_validator import RequestValidator
 
+from core.queues import ADMIN_QUEUE_NAME, QUEUE_NAME
 from gateway import create_app
 from sandbox.launcher import redis_server_binary
 from sandbox.twilio_sim import TwilioSimulator
 from sandbox.uponai_sim import UponAISimulator
+from workers import jobs
+from workers.worker import THREAD_WORKER_TTL_SECONDS, ThreadWorker, _work_until_stopped
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT_SID = "AC" + "1" * 32
@@ -288,14 +293,109 @@ class WorkerPool:
 
 
 @pytest.fixture
-def start_workers(redis_server, uponai_server, twilio_server, tmp_path):
-    """Start real worker processes with the test settings (plus overrides); stopped after the test."""
+def start_worker_processes(redis_server, uponai_server, twilio_server, tmp_path):
+    """Start real ``sms-gateway worker`` processes with the test settings (plus overrides); stopped after the test.
+
+    For what needs a process of its own: signals, crashes (SIGKILL), restarts, its log output, multiprocess metrics.
+    """
     pools: list[WorkerPool] = []
 
     def start(count: int = 2, **overrides) -> WorkerPool:
         pool = WorkerPool(settings_env(redis_server, uponai_server, twilio_server, **overrides), count, tmp_path)
         pools.append(pool)
         pool.wait_ready(Redis.from_url(redis_server.url))
+        return pool
+
+    yield start
+    for pool in pools:
+        pool.stop()
+
+
+class InProcessWorker(ThreadWorker):
+    """The gateway's thread worker, run in the test process; an idle one sees a stop within a fifth of a second."""
+
+    @property
+    def dequeue_timeout(self) -> float:
+        # RQ blocks on the queue this long between heartbeats, where ThreadWorker checks for a stop (Redis
+        # takes fractional BLPOP timeouts): the tests' teardown need not wait the production 2 s.
+        return IN_PROCESS_DEQUEUE_TIMEOUT_SECONDS
+
+    def subscribe(self):
+        # RQ's command channel (shutdown, kill-horse) answers a shutdown with SIGINT to its own process, here the
+        # test runner, and its listener can hold a stop for a second; the gateway sends no RQ commands.
+        pass
+
+
+IN_PROCESS_DEQUEUE_TIMEOUT_SECONDS = 0.2
+SCHEDULER_POLL_SECONDS = 0.1  # how often due scheduled jobs (retries, idle checks) are moved to their queue
+
+
+class InProcessWorkers:
+    """RQ workers of the gateway in threads of the test process, plus a thread that moves due scheduled jobs.
+
+    The same job code, worker classes and worker loop as ``sms-gateway worker``, against the tests' Redis and
+    the simulators, without a process start per test. ``stop()`` lets each worker finish its job and checks
+    that no thread is left behind.
+    """
+
+    def __init__(self, env: dict[str, str], count: int):
+        from config import load_settings
+        from core import metrics
+
+        self.env = env
+        self.settings = load_settings(env, dotenv_path=None)
+        metrics.metrics()  # built before any job runs, as the worker command does
+        self.redis = Redis.from_url(self.settings.redis_url)
+        jobs.install_services(jobs.build_services(self.settings, self.redis))
+        self.stop_event = threading.Event()
+        queue_names = [ADMIN_QUEUE_NAME, QUEUE_NAME]
+        self.scheduler = RQScheduler(queue_names, connection=self.redis, logging_level="WARNING")
+        self.threads = [threading.Thread(target=self._move_due_jobs, name="test-rq-scheduler")]
+        self.threads += [
+            threading.Thread(target=_work_until_stopped, name=f"test-rq-worker-{index}", args=(
+                InProcessWorker, Redis.from_url(self.settings.redis_url), queue_names, self.stop_event),
+                kwargs={"with_scheduler": False, "burst": False, "max_jobs": None, "logging_level": "WARNING",
+                        "ttl": THREAD_WORKER_TTL_SECONDS})
+            for index in range(count)]
+        for thread in self.threads:
+            thread.start()
+
+    def _move_due_jobs(self) -> None:
+        self.scheduler.acquire_locks()
+        try:
+            while not self.stop_event.wait(SCHEDULER_POLL_SECONDS):
+                self.scheduler.enqueue_scheduled_jobs()
+        finally:
+            self.scheduler.release_locks()
+
+    def wait_ready(self, redis: Redis, count: int) -> None:
+        from rq import Worker
+
+        wait_for(lambda: Worker.count(connection=redis) >= count, message="in-process workers to register")
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+        left = [thread.name for thread in self.threads if thread.is_alive()]
+        jobs.install_services(None)  # the next test's workers build their own from their settings
+        self.redis.close()
+        assert not left, f"worker threads still running after the stop: {left}"
+
+
+@pytest.fixture
+def start_workers(redis_server, uponai_server, twilio_server, redis):
+    """Start in-process RQ workers (threads) with the test settings (plus overrides); stopped after the test."""
+    pools: list[InProcessWorkers] = []
+
+    def start(count: int = 2, **overrides) -> InProcessWorkers:
+        env = settings_env(redis_server, uponai_server, twilio_server, **overrides)
+        if pools and pools[0].env != env:
+            raise AssertionError("in-process workers share the process's services: one set of settings per test "
+                                 "(use start_worker_processes for workers with different settings)")
+        pool = InProcessWorkers(env, count)
+        pools.append(pool)
+        pool.wait_ready(redis, sum(len(p.threads) - 1 for p in pools))
         return pool
 
     yield start

@@ -28,11 +28,11 @@ def failed_jobs(admin) -> list[dict]:
     return response.get_json()["jobs"]
 
 
-def test_a_killed_workers_job_answered_by_the_sweep_needs_no_operator(start_workers, admin, client, redis, uponai,
-                                                                      twilio):
+def test_a_killed_workers_job_answered_by_the_sweep_needs_no_operator(start_worker_processes, admin, client, redis,
+                                                                      uponai, twilio):
     release = threading.Event()
     uponai.responder = lambda chat, text: (release.wait(30), [f"re: {text}"])[1]
-    pool = start_workers(1)
+    pool = start_worker_processes(1)
     assert post_signed(client, "/twilio/sms", inbound_form("still there?", from_=PERSON)).status_code == 200
     wait_for(lambda: uponai.calls("complete"), message="the turn to start")
     pool.crash(pool.processes[0])

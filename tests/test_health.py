@@ -19,8 +19,8 @@ def workers_gauge(client) -> float:
     return value(samples(client.get("/metrics").get_data(as_text=True)), "smsgw_workers")
 
 
-def test_readiness_drops_workers_killed_with_sigkill(start_workers, redis, client):
-    pool = start_workers(2)
+def test_readiness_drops_workers_killed_with_sigkill(start_worker_processes, redis, client):
+    pool = start_worker_processes(2)
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.get_json()["workers"] == 2
     assert workers_gauge(client) == 2

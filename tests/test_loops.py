@@ -139,10 +139,10 @@ def test_two_gateway_numbers_texting_each_other_cost_no_agent_turn(start_workers
     assert twilio.sent_to(GATEWAY_NUMBER) == [] and twilio.sent_to(SECOND_NUMBER) == []
 
 
-def test_a_bot_answering_every_reply_at_once_trips_the_loop_breaker(start_workers, loop_client, redis, queue,
+def test_a_bot_answering_every_reply_at_once_trips_the_loop_breaker(start_worker_processes, loop_client, redis, queue,
                                                                    uponai, twilio):
     bot = "+14155550142"
-    pool = start_workers(1, LOOP_BREAKER_REPLIES="3", LOOP_BREAKER_SECONDS="30")
+    pool = start_worker_processes(1, LOOP_BREAKER_REPLIES="3", LOOP_BREAKER_SECONDS="30")
     turns = iter(range(1, 1000))
     carrier = Carrier(loop_client, redis, twilio, {bot: lambda body: f"bot answer {next(turns)}"})
     assert post_signed(loop_client, "/twilio/sms", inbound_form("bot says hello", from_=bot)).status_code == 200

@@ -206,10 +206,10 @@ def test_first_webhooks_of_a_fresh_gunicorn_all_succeed_under_concurrency(gunico
     assert "DuplicateTimeseries" not in web_log.read_text()
 
 
-def test_metrics_sum_gunicorn_processes_and_workers_and_logs_stay_clean(gunicorn_web, start_workers, uponai,
+def test_metrics_sum_gunicorn_processes_and_workers_and_logs_stay_clean(gunicorn_web, start_worker_processes, uponai,
                                                                         twilio):
     url, metrics_dir, web_log = gunicorn_web
-    pool = start_workers(1, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    pool = start_worker_processes(1, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
     uponai.inject("complete", Fault(status=500))
     twilio.inject("send", Fault(status=429))
 

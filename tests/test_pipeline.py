@@ -191,8 +191,8 @@ def test_twilio_rate_limit_is_retried_without_doubling(workers, redis, text_in, 
     assert len(uponai.completion_log) == 1
 
 
-def test_one_worker_process_runs_several_turns_at_once_with_threads(start_workers, text_in, uponai, twilio):
-    pool = start_workers(1, WORKER_THREADS=3)
+def test_one_worker_process_runs_several_turns_at_once_with_threads(start_worker_processes, text_in, uponai, twilio):
+    pool = start_worker_processes(1, WORKER_THREADS=3)
     release = threading.Event()
 
     def agent(chat, text):

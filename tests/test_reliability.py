@@ -109,7 +109,8 @@ def test_status_callbacks_move_forward_only_and_21610_opts_out(workers, redis, c
     assert redis.hget(f"smsgw:conv:{CID}", "opted_out") == b"1"
 
 
-def test_sigkill_mid_turn_is_answered_exactly_once_after_restart(start_workers, redis, text_in, uponai, twilio):
+def test_sigkill_mid_turn_is_answered_exactly_once_after_restart(start_worker_processes, redis, text_in, uponai,
+                                                                 twilio):
     release = threading.Event()
 
     def agent(chat, text):
@@ -117,7 +118,7 @@ def test_sigkill_mid_turn_is_answered_exactly_once_after_restart(start_workers, 
         return [f"re: {text}"]
 
     uponai.responder = agent
-    pool = start_workers(1)
+    pool = start_worker_processes(1)
     text_in("survive a crash", from_=PERSON)
     wait_for(lambda: uponai.calls("complete"), message="the turn to start")
     pool.crash(pool.processes[0])
@@ -129,10 +130,10 @@ def test_sigkill_mid_turn_is_answered_exactly_once_after_restart(start_workers, 
     assert agent_texts(uponai) == ["survive a crash"]
 
 
-def test_sigterm_lets_the_current_job_finish(start_workers, redis, text_in, uponai, twilio):
+def test_sigterm_lets_the_current_job_finish(start_worker_processes, redis, text_in, uponai, twilio):
     release = threading.Event()
     uponai.responder = lambda chat, text: (release.wait(30), [f"re: {text}"])[1]
-    pool = start_workers(1)
+    pool = start_worker_processes(1)
     text_in("deploy now", from_=PERSON)
     wait_for(lambda: uponai.calls("complete"), message="the turn to start")
     pool.processes[0].send_signal(signal.SIGTERM)

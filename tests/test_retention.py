@@ -167,8 +167,8 @@ def erase_lines(pool) -> list[str]:
     return [line for line in pool.output().splitlines() if "erased on request" in line]
 
 
-def test_delete_erases_the_person_and_ends_the_chat(start_workers, admin_env, redis, uponai, twilio):
-    pool = start_workers(1)
+def test_delete_erases_the_person_and_ends_the_chat(start_worker_processes, admin_env, redis, uponai, twilio):
+    pool = start_worker_processes(1)
     client = create_app(admin_env).test_client()
     other = "+14155550177"
     text(client, "hello from someone else", person=other)

@@ -64,11 +64,11 @@ def test_a_malformed_answer_to_an_applied_turn_is_read_back_not_posted_twice(sta
     assert failed_jobs(redis) == 0
 
 
-def test_a_turn_without_text_is_a_warning_a_metric_and_shown_to_operators(start_workers, redis, text_in, uponai,
-                                                                         twilio, env, tmp_path):
+def test_a_turn_without_text_is_a_warning_a_metric_and_shown_to_operators(start_worker_processes, redis, text_in,
+                                                                         uponai, twilio, env, tmp_path):
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
-    pool = start_workers(1, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    pool = start_worker_processes(1, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
     uponai.responder = lambda chat, text: [] if text == "silent" else [f"You said: {text}"]
     text_in("silent", from_=PERSON)
     text_in("loud", from_=PERSON)

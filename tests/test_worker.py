@@ -44,9 +44,9 @@ def is_running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_a_killed_workers_scheduler_exits_and_a_new_workers_scheduler_takes_over(start_workers, redis, text_in,
+def test_a_killed_workers_scheduler_exits_and_a_new_workers_scheduler_takes_over(start_worker_processes, redis, text_in,
                                                                                  uponai, twilio):
-    pool = start_workers(1)
+    pool = start_worker_processes(1)
     first = wait_for(lambda: scheduler_pid(redis), message="the first worker's scheduler")
     assert first != pool.processes[0].pid  # RQ runs it in a child process
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue
 from rq.scheduler import RQScheduler
 from twilio.request_validator import RequestValidator
@@ -361,11 +362,14 @@ class InProcessWorkers:
             thread.start()
 
     def _move_due_jobs(self) -> None:
-        self.scheduler.acquire_locks()
-        try:
-            while not self.stop_event.wait(SCHEDULER_POLL_SECONDS):
+        while not self.stop_event.wait(SCHEDULER_POLL_SECONDS):
+            try:
+                if not self.scheduler.acquired_locks:
+                    self.scheduler.acquire_locks()
                 self.scheduler.enqueue_scheduled_jobs()
-        finally:
+            except RedisError:
+                pass  # Redis is away (a test restarts it): try again at the next poll, as RQ's scheduler would
+        with contextlib.suppress(RedisError):
             self.scheduler.release_locks()
 
     def wait_ready(self, redis: Redis, count: int) -> None:

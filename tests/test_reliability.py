@@ -146,6 +146,10 @@ def test_sigterm_lets_the_current_job_finish(start_worker_processes, redis, text
 
 def test_redis_restart_web_answers_503_then_recovers_and_loses_nothing(start_workers, redis_server, redis, client,
                                                                       uponai, twilio):
+    restarted = threading.Event()
+    # The turn in flight waits out the outage: with the job's Redis gone mid-write, only the recovery sweep
+    # (tests/test_admin_failed.py) would answer, and this test is about what waits in Redis.
+    uponai.responder = lambda chat, text: (restarted.wait(20), [f"You said: {text}"])[1]
     start_workers(2)
     accepted = [inbound_form(f"before {i}", from_=PERSON) for i in range(3)]
     for form in accepted:
@@ -158,6 +162,7 @@ def test_redis_restart_web_answers_503_then_recovers_and_loses_nothing(start_wor
         assert "Traceback" not in response.get_data(as_text=True)
     finally:
         redis_server.start()
+        restarted.set()
     assert post_signed(client, "/twilio/sms", during).status_code == 200  # Twilio's retry
     assert post_signed(client, "/twilio/sms", inbound_form("after", from_=PERSON)).status_code == 200
 

@@ -4,6 +4,7 @@ workers (in-process threads, or processes where a test needs signals or crashes)
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -328,6 +329,7 @@ class InProcessWorker(ThreadWorker):
 
 
 IN_PROCESS_DEQUEUE_TIMEOUT_SECONDS = 0.2
+RQ_LOGGERS = ("rq.worker", "rq.scheduler")
 SCHEDULER_POLL_SECONDS = 0.1  # how often due scheduled jobs (retries, idle checks) are moved to their queue
 
 
@@ -344,6 +346,9 @@ class InProcessWorkers:
         from core import metrics
 
         self.env = env
+        # RQ sets its loggers' level (and may add handlers) when a worker starts: put them back at the stop.
+        self.rq_loggers = [(logger, logger.level, list(logger.handlers), logger.propagate)
+                           for logger in map(logging.getLogger, RQ_LOGGERS)]
         self.settings = load_settings(env, dotenv_path=None)
         metrics.metrics()  # built before any job runs, as the worker command does
         self.redis = Redis.from_url(self.settings.redis_url)
@@ -383,6 +388,10 @@ class InProcessWorkers:
             thread.join(timeout=60)
         left = [thread.name for thread in self.threads if thread.is_alive()]
         jobs.install_services(None)  # the next test's workers build their own from their settings
+        for logger, level, handlers, propagate in self.rq_loggers:
+            logger.setLevel(level)
+            logger.handlers[:] = handlers
+            logger.propagate = propagate
         self.redis.close()
         assert not left, f"worker threads still running after the stop: {left}"
 

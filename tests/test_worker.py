@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -115,6 +116,7 @@ def test_a_thread_worker_runs_jobs_and_leaves_the_process_signal_handlers_alone(
     queue = Queue("thread-worker-test", connection=redis)
     job = queue.enqueue("builtins.len", "four")
     handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    rq_log_level = logging.getLogger("rq.worker").level  # RQ sets it when a worker starts: given back below
     stop = threading.Event()
     thread = threading.Thread(target=_work_until_stopped, args=(ThreadWorker, redis, [queue.name], stop), kwargs={
         "with_scheduler": False, "burst": False, "max_jobs": None, "logging_level": "WARNING",
@@ -129,4 +131,5 @@ def test_a_thread_worker_runs_jobs_and_leaves_the_process_signal_handlers_alone(
     finally:
         stop.set()
         jobs.install_services(None)
+        logging.getLogger("rq.worker").setLevel(rq_log_level)
         queue.delete(delete_jobs=True)

@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
+# The tests mostly wait (on timeouts, retries, worker recovery): test files run side by side.
+PYTEST_PROCESSES ?= 4
 
 .PHONY: run test lint clean
 
@@ -16,7 +18,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n $(PYTEST_PROCESSES) --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

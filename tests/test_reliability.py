@@ -150,7 +150,7 @@ def test_redis_restart_web_answers_503_then_recovers_and_loses_nothing(start_wor
     # The turn in flight waits out the outage: with the job's Redis gone mid-write, only the recovery sweep
     # (tests/test_admin_failed.py) would answer, and this test is about what waits in Redis.
     uponai.responder = lambda chat, text: (restarted.wait(20), [f"You said: {text}"])[1]
-    start_workers(2)
+    start_workers(2, UPONAI_READ_TIMEOUT_SECONDS="30")  # the held turn is not given up while Redis is away
     accepted = [inbound_form(f"before {i}", from_=PERSON) for i in range(3)]
     for form in accepted:
         assert post_signed(client, "/twilio/sms", form).status_code == 200

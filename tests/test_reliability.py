@@ -154,6 +154,7 @@ def test_redis_restart_web_answers_503_then_recovers_and_loses_nothing(start_wor
     accepted = [inbound_form(f"before {i}", from_=PERSON) for i in range(3)]
     for form in accepted:
         assert post_signed(client, "/twilio/sms", form).status_code == 200
+    wait_for(lambda: uponai.calls("complete"), message="the first turn to be in flight")  # not mid-write to Redis
     redis_server.stop()
     try:
         during = inbound_form("during", from_=PERSON)

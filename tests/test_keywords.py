@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.model import InboundMessage, conversation_id
-from tests.conftest import GATEWAY_NUMBER, wait_for
+from tests.conftest import GATEWAY_NUMBER
 from workers import keywords
 from workers.keywords import keyword_of, twilio_keyword
 
@@ -74,26 +74,3 @@ def test_the_reset_word_is_matched_as_before():
     assert keyword_of(message("please reset"), "RESET") is None
     assert keyword_of(message("réinitialiser"), "RÉINITIALISER") == "RESET"  # a configured word need not be ASCII
     assert keyword_of(message("stop"), "STOP") == "STOP"  # Twilio's meaning wins over a clashing reset word
-
-
-def _conv(redis) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in redis.hgetall(f"smsgw:conv:{CID}").items()}
-
-
-@pytest.mark.parametrize("word", ["REVOKE", "optout"])
-def test_the_new_opt_out_words_opt_out_and_never_reach_the_agent(word, workers, redis, text_in, uponai, twilio):
-    text_in("hi", from_=PERSON)
-    wait_for(lambda: twilio.sent_to(PERSON), message="the first reply")
-    chat = _conv(redis)["chat_id"]
-
-    text_in(word, from_=PERSON)
-    wait_for(lambda: _conv(redis).get("opted_out") == "1", message="the opt-out to be recorded")
-    wait_for(lambda: uponai.chats[chat].status == "ended", message="the chat to be ended")
-    text_in("anyone there?", from_=PERSON)  # opted out: not forwarded, not answered
-    text_in("Start", from_=PERSON)
-    wait_for(lambda: "opted_out" not in _conv(redis), message="the opt-in to be recorded")
-    text_in("back", from_=PERSON)
-    wait_for(lambda: len(twilio.sent_to(PERSON)) == 2, message="the reply after opting back in")
-
-    assert [text for _, text in uponai.completion_log] == ["hi", "back"]
-    assert twilio.sent_to(PERSON) == ["You said: hi", "You said: back"]

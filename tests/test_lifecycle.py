@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from rq import Queue
 
 from core.model import conversation_id
@@ -70,16 +71,18 @@ def test_chat_ended_by_uponai_is_replaced_and_the_message_answered_once(workers,
     assert twilio.sent_to(PERSON) == ["You said: hello", "You said: are you there?"]
 
 
-def test_stop_opts_out_ends_the_chat_and_start_opts_back_in(workers, redis, text_in, uponai, twilio):
+# REVOKE and OPTOUT joined Twilio's default opt-out list (Advanced Opt-Out tutorial, 2026; see tests/test_keywords.py).
+@pytest.mark.parametrize(("opt_out", "opt_in"), [("  Stop ", "unstop"), ("REVOKE", "Start"), ("optout", "yes")])
+def test_stop_opts_out_ends_the_chat_and_start_opts_back_in(opt_out, opt_in, workers, redis, text_in, uponai, twilio):
     text_in("hi", from_=PERSON)
     wait_for(lambda: twilio.sent_to(PERSON), message="first reply")
     chat = conv(redis)["chat_id"]
 
-    text_in("  Stop ", from_=PERSON)
+    text_in(opt_out, from_=PERSON)
     wait_for(lambda: conv(redis).get("opted_out") == "1", message="the opt-out to be recorded")
     wait_for(lambda: uponai.chats[chat].status == "ended", message="the chat to be ended")
     text_in("anyone?", from_=PERSON)  # opted out: not forwarded, not answered
-    text_in("unstop", from_=PERSON)
+    text_in(opt_in, from_=PERSON)
     wait_for(lambda: "opted_out" not in conv(redis), message="the opt-in to be recorded")
     text_in("back again", from_=PERSON)
     wait_for(lambda: len(twilio.sent_to(PERSON)) == 2, message="the reply after opting back in")

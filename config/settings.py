@@ -64,6 +64,23 @@ def _url(value: str) -> str:
     return value
 
 
+def _webhook_url(value: str) -> str:
+    value = value.strip()  # kept as given: a receiver may route on a trailing slash
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http(s) URL such as https://ops.example.com/sms-events")
+    return value
+
+
+def _signing_secret(value: str) -> str:
+    value = _secret(value)
+    # Anyone who knows it can forge events to the operator's receiver: refuse one that can be guessed.
+    if len(value) < MIN_ADMIN_TOKEN_CHARS:
+        raise ValueError(f"must be at least {MIN_ADMIN_TOKEN_CHARS} characters; use a long random secret, e.g. "
+                         "the output of: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return value
+
+
 def _redis_url(value: str) -> str:
     value = value.strip()
     if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
@@ -123,6 +140,16 @@ def _seconds_list(value: str) -> tuple[float, ...]:
         items = (-1.0,)
     if any(not (item >= 0 and math.isfinite(item)) for item in items):
         raise ValueError("must be a comma-separated list of non-negative seconds, e.g. 1,5,30")
+    return items
+
+
+def _whole_seconds_list(value: str) -> tuple[int, ...]:
+    try:
+        items = tuple(int(item) for item in value.split(",") if item.strip())
+    except ValueError:
+        items = (-1,)
+    if not items or any(item < 0 for item in items):
+        raise ValueError("must be a comma-separated list of whole seconds (zero or more), e.g. 5,30,120")
     return items
 
 
@@ -250,6 +277,12 @@ class Settings:
         "OUTBOUND_OPENING_PROMPT", _text,
         "[The business is starting this SMS conversation; the person has not written yet. "
         "Write your first message to them.]")
+    events_webhook_url: str | None = _setting("EVENTS_WEBHOOK_URL", _webhook_url)
+    events_webhook_secret: str | None = _setting("EVENTS_WEBHOOK_SECRET", _signing_secret, secret=True)
+    events_include_bodies: bool = _setting("EVENTS_INCLUDE_BODIES", _flag, False)
+    events_retry_intervals_seconds: tuple[int, ...] = _setting(
+        "EVENTS_RETRY_INTERVALS_SECONDS", _whole_seconds_list, (5, 30, 120, 600, 1800))
+    events_timeout_seconds: float = _setting("EVENTS_TIMEOUT_SECONDS", _positive_float, 10.0)
 
     def agent_for(self, gateway_number: str) -> str:
         """The agent that answers texts to ``gateway_number``."""
@@ -350,6 +383,9 @@ def _cross_checks(settings: Settings) -> list[str]:
         # The conversation record (and the chat id in it) would expire before the idle close ends the chat.
         problems.append(f"DATA_RETENTION_DAYS={settings.data_retention_days:g} is invalid: it must be longer than "
                         f"CHAT_IDLE_TIMEOUT_SECONDS={settings.chat_idle_timeout_seconds}")
+    if settings.events_webhook_url and not settings.events_webhook_secret:
+        # An unsigned event could be forged by anyone who finds the receiver's address.
+        problems.append("EVENTS_WEBHOOK_SECRET is required when EVENTS_WEBHOOK_URL is set (events are signed with it)")
     return problems
 
 

@@ -106,6 +106,11 @@ def test_blank_values_count_as_missing():
     ("DEFAULT_PHONE_REGION", "USA", "ISO 3166"),
     ("DEFAULT_PHONE_REGION", "XX", "ISO 3166"),
     ("DEFAULT_PHONE_REGION", "001", "ISO 3166"),  # phonenumbers' non-geographic entity, not a region
+    ("EVENTS_WEBHOOK_URL", "ops.example.com/events", "http(s) URL"),
+    ("EVENTS_INCLUDE_BODIES", "some", "true or false"),
+    ("EVENTS_RETRY_INTERVALS_SECONDS", "5,1.5", "whole seconds"),
+    ("EVENTS_RETRY_INTERVALS_SECONDS", "5,-1", "whole seconds"),
+    ("EVENTS_TIMEOUT_SECONDS", "0", "positive number"),
 ])
 def test_an_invalid_value_is_named_with_the_reason(name, value, reason):
     problems = problems_of(minimal(**{name: value}))
@@ -276,3 +281,16 @@ def test_every_setting_is_in_the_readme_table():
     missing = [spec.metadata["env"] for spec in fields(Settings)
                if not any(f"`{spec.metadata['env']}`" in row.split("|")[1] for row in rows)]
     assert missing == []
+
+
+def test_an_events_webhook_needs_a_long_secret():
+    assert problems_of(minimal(EVENTS_WEBHOOK_URL="https://ops.example.com/events")) == [
+        "EVENTS_WEBHOOK_SECRET is required when EVENTS_WEBHOOK_URL is set (events are signed with it)"]
+    [problem] = problems_of(minimal(EVENTS_WEBHOOK_URL="https://ops.example.com/events",
+                                    EVENTS_WEBHOOK_SECRET="short-secret"))
+    assert problem.startswith("EVENTS_WEBHOOK_SECRET=(hidden) is invalid: must be at least 16 characters")
+    settings = load_settings(minimal(EVENTS_WEBHOOK_URL="https://ops.example.com/events/",
+                                     EVENTS_WEBHOOK_SECRET="s" * 16), dotenv_path=None)
+    assert settings.events_webhook_url == "https://ops.example.com/events/"  # kept as given
+    assert "s" * 16 not in repr(settings)
+    assert not settings.events_include_bodies and settings.events_retry_intervals_seconds == (5, 30, 120, 600, 1800)

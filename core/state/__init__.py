@@ -5,6 +5,7 @@
 - ``core.state.deliveries``: per-message progress and decisions, the sent log and statuses, dead letters.
 - ``core.state.counters``: rate windows, notice markers, idle-check markers, the recovery sweep's turn.
 - ``core.state.operations``: outbound starts and their Idempotency-Key records.
+- ``core.state.handoff``: an operator's takeover and the away log of what was said meanwhile.
 - ``core.state.erase``: erasing a person on request (``workers.admin_ops.erase_conversation``).
 - ``core.state.keys``: key names, retention, the shared base. Each module's docstring lists its keys.
 """
@@ -15,12 +16,14 @@ from core.state.conversations import Conversations
 from core.state.counters import Counters
 from core.state.deliveries import STATUS_RANK, Deliveries, Progress
 from core.state.erase import Erasure
+from core.state.handoff import Handoff
 from core.state.inbound import Inbound
-from core.state.keys import CHANNEL_ADDRESS, PREFIX, bare_address, key
+from core.state.keys import CHANNEL_ADDRESS, PREFIX, away_key, away_refs_key, bare_address, key
 from core.state.operations import Operations
 
-__all__ = ["CHANNEL_ADDRESS", "PREFIX", "STATUS_RANK", "ConversationStore", "Progress", "bare_address", "key"]
+__all__ = ["CHANNEL_ADDRESS", "PREFIX", "STATUS_RANK", "ConversationStore", "Progress", "away_key", "away_refs_key",
+           "bare_address", "key"]
 
 
-class ConversationStore(Inbound, Conversations, Deliveries, Counters, Operations, Erasure):
+class ConversationStore(Inbound, Conversations, Deliveries, Counters, Operations, Handoff, Erasure):
     """One object over every state module, sharing one connection and its retention settings."""

@@ -1,7 +1,7 @@
 """Key names, retention and the shared base of the Redis state modules (every key lives under ``smsgw:``).
 
 Retention: every key that holds a number or words expires. The conversation's own keys (conv, inbox,
-recent, chats) get DATA_RETENTION_DAYS again on each write, so they go that long after the last
+recent, chats, away, away-refs) get DATA_RETENTION_DAYS again on each write, so they go that long after the last
 activity; per-message records (msg, sent, dead, outbound) expire at most that long after they were written.
 """
 
@@ -24,6 +24,16 @@ CHANNEL_ADDRESS = re.compile(r"([a-z][a-z0-9-]*):(.+)")  # whatsapp:+1..., messe
 def key(*parts: str) -> str:
     """``key("conv", cid)`` -> ``smsgw:conv:{cid}``."""
     return ":".join((PREFIX, *parts))
+
+
+def away_key(cid: str) -> str:
+    """The conversation's away log: a list of JSON entries, oldest first (see ``core.state.handoff``)."""
+    return key("away", cid)
+
+
+def away_refs_key(cid: str) -> str:
+    """The refs already in the conversation's away log (a set: one entry per ref)."""
+    return key("away-refs", cid)
 
 
 def bare_address(address: str) -> str:

@@ -103,3 +103,17 @@ def _enqueue(queue: Queue, settings, event: dict[str, Any], event_id: str, pipe:
                        result_ttl=EVENT_RESULT_TTL_SECONDS,
                        failure_ttl=kept_seconds(settings, ADMIN_FAILURE_TTL_SECONDS),
                        retry=Retry(max=len(intervals), interval=intervals), pipeline=pipe)
+
+
+FAILED_DELIVERY_STATUSES = ("failed", "undelivered")
+
+
+def emit_delivery_failed(store, settings, cid: str, *, event_id: str, status: str, error_code: str | None,
+                         message_sid: str | None = None, number: str | None = None) -> None:
+    """``delivery.failed`` for one of the gateway's SMS: Twilio reported it failed or undelivered (its status
+    callback, ``message_sid``), or refused to send it at all (no sid)."""
+    if not settings.events_webhook_url:
+        return
+    number = store.conversation(cid).get("person") or number or ""
+    emit_event(store.redis, settings, "delivery.failed", event_id=event_id, conversation_id=cid, number=number,
+               message_sid=message_sid, status=status, error_code=error_code or None)

@@ -10,6 +10,7 @@ from flask import Blueprint, Request, Response, request
 from redis.exceptions import RedisError
 from werkzeug.datastructures import MultiDict
 
+from core.events import FAILED_DELIVERY_STATUSES, emit_delivery_failed
 from core.metrics import metrics
 from core.model import InboundMessage
 from core.queues import enqueue_drain
@@ -163,6 +164,9 @@ def status_callback():
         return plain_text(400, "Bad status callback: AccountSid is not a Twilio sid (AC and 32 hex digits).")
     try:
         cid = web.store.record_status(sid, status, error_code)
+        if cid and status.lower() in FAILED_DELIVERY_STATUSES:  # once per sid, however often Twilio calls back
+            emit_delivery_failed(web.store, web.settings, cid, event_id=f"delivery.failed:{sid}", status=status.lower(),
+                                 error_code=error_code, message_sid=sid, number=form.get("To"))
     except RedisError:
         return plain_text(503, "Temporarily unable to record status; please retry.")
     log.info("status message=%s status=%s conversation=%s", sid, status, cid or "unknown")

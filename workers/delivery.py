@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 
+from core.events import emit_delivery_failed
 from core.model import InboundMessage
 from core.redaction import mask_number
 from workers import sms_text
@@ -80,6 +81,10 @@ def send_part(services: Services, message: InboundMessage, part: str, body: str,
                     mask_number(message.from_), exc.code)
         if exc.code == OPTED_OUT_CODE:
             store.set_opted_out(message.conversation_id, True)
+        else:  # refused outright: no status callback will come for it (an opt-out is not a failure to report)
+            emit_delivery_failed(store, services.settings, message.conversation_id, status="refused",
+                                 event_id=f"delivery.failed:{message.sid}:{part}", error_code=str(exc.code),
+                                 number=message.from_)
         return
     _record(services, message, part, body, sent.sid, status=sent.status)  # settles the part in the same step
 

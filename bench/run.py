@@ -40,7 +40,7 @@ from bench import loadgen, measure, procs, report  # noqa: E402
 
 RESULTS = procs.ROOT / "bench" / "results"
 ACCOUNT_SID = "AC" + "b" * 32
-AUTH_TOKEN = "bench-twilio-auth-token"
+AUTH_TOKEN = "bec4" * 8  # well-formed (32 hex characters): the settings check the format
 UPONAI_KEY = "bench-uponai-key"
 GATEWAY_NUMBER = "+15005550006"
 TARGETS = {"bare": "bench.refs.bare:app", "gateway": procs.GATEWAY_APP, "naive": "bench.refs.naive:app"}

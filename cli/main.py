@@ -8,6 +8,12 @@ import sys
 
 from config import SettingsError, load_settings
 
+# Plain text: argparse prints it as written (the module docstring's reST quotes would show as backticks).
+DESCRIPTION = "The SMS gateway's command line: the worker process, the whole gateway on one machine, " \
+              "and the operator's tools (settings, Twilio set-up, checks, admin operations)."
+EPILOG = "Settings come from the environment or a .env file in the working directory. " \
+         "Run 'sms-gateway COMMAND --help' for a command's options."
+
 
 def _configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -45,13 +51,17 @@ def run_all(args: argparse.Namespace) -> int:
 
 
 def check_settings(args: argparse.Namespace) -> int:
-    settings = load_settings()
-    print(f"settings ok: {settings!r}")
+    """Print every setting on its own line (``NAME = value``), secrets hidden."""
+    shown = load_settings().shown()
+    width = max(len(name) for name, _value in shown)
+    print("settings ok:")
+    for name, value in shown:
+        print(f"  {name:<{width}} = {value}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sms-gateway", description=__doc__)
+    parser = argparse.ArgumentParser(prog="sms-gateway", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -82,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         _configure_logging(args.log_level)
     try:
         return args.func(args)
-    except SettingsError as exc:
-        print(f"sms-gateway: {exc}", file=sys.stderr)
+    except SettingsError as exc:  # one block naming every problem, no traceback
+        print(exc.report(f"sms-gateway {args.command}"), file=sys.stderr)
         return 2
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import Field, dataclass, field, fields
 from typing import Any
@@ -29,6 +30,19 @@ class SettingsError(ValueError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+    def report(self, program: str) -> str:
+        """The block a process prints before it exits: who stopped, every problem, and where to fix them.
+
+        Every entry point (gunicorn's config file, ``sms-gateway worker`` and the other commands) prints
+        this and nothing else, so an operator sees one message, not a traceback around it.
+        """
+        count = len(self.problems)
+        lines = [f"{program}: cannot start: {count} setting{'s' if count != 1 else ''} to fix:",
+                 *(f"  - {problem}" for problem in self.problems),
+                 "Set them in the environment or in a .env file in the working directory "
+                 "(the README's Settings table lists them all)."]
+        return "\n".join(lines)
 
 
 def _text(value: str) -> str:
@@ -53,6 +67,30 @@ def _admin_token(value: str) -> str:
     if len(value) < MIN_ADMIN_TOKEN_CHARS:
         raise ValueError(f"must be at least {MIN_ADMIN_TOKEN_CHARS} characters; use a long random token, e.g. "
                          "the output of: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return value
+
+
+HEX_32 = re.compile(r"[0-9a-fA-F]{32}")
+
+
+def _sid(prefix: str, what: str) -> Callable[[str], str]:
+    """A parser for a Twilio sid: ``prefix`` and 32 hex digits, as Twilio issues them."""
+
+    def parse(value: str) -> str:
+        value = value.strip()
+        if not (value.startswith(prefix) and HEX_32.fullmatch(value[2:])):
+            raise ValueError(f"must be {what}: {prefix} followed by 32 hex digits (Twilio console)")
+        return value
+
+    return parse
+
+
+def _twilio_auth_token(value: str) -> str:
+    value = value.strip()
+    # Twilio's auth tokens are 32 hex characters: anything else (a truncated paste, the account sid, an API
+    # key secret) would only fail on the first send, and make every webhook signature look forged.
+    if not HEX_32.fullmatch(value):
+        raise ValueError("must be the account's auth token: 32 hex characters (Twilio console, Account Info)")
     return value
 
 
@@ -225,11 +263,12 @@ class Settings:
     uponai_workspace_id: int | None = _setting("UPONAI_WORKSPACE_ID", _positive_int)
     uponai_connect_timeout_seconds: float = _setting("UPONAI_CONNECT_TIMEOUT_SECONDS", _positive_float, 5.0)
     uponai_read_timeout_seconds: float = _setting("UPONAI_READ_TIMEOUT_SECONDS", _positive_float, 300.0)
-    twilio_account_sid: str = _setting("TWILIO_ACCOUNT_SID", required=True)
-    twilio_auth_token: str = _setting("TWILIO_AUTH_TOKEN", _secret, required=True, secret=True)
-    twilio_auth_token_previous: str | None = _setting("TWILIO_AUTH_TOKEN_PREVIOUS", _secret, secret=True)
+    twilio_account_sid: str = _setting("TWILIO_ACCOUNT_SID", _sid("AC", "an Account SID"), required=True)
+    twilio_auth_token: str = _setting("TWILIO_AUTH_TOKEN", _twilio_auth_token, required=True, secret=True)
+    twilio_auth_token_previous: str | None = _setting("TWILIO_AUTH_TOKEN_PREVIOUS", _twilio_auth_token, secret=True)
     twilio_from_number: str | None = _setting("TWILIO_FROM_NUMBER")
-    twilio_messaging_service_sid: str | None = _setting("TWILIO_MESSAGING_SERVICE_SID")
+    twilio_messaging_service_sid: str | None = _setting(
+        "TWILIO_MESSAGING_SERVICE_SID", _sid("MG", "a Messaging Service SID"))
     twilio_api_base_url: str = _setting("TWILIO_API_BASE_URL", _url, "https://api.twilio.com")
     twilio_timeout_seconds: float = _setting("TWILIO_TIMEOUT_SECONDS", _positive_float, 15.0)
     public_base_url: str | None = _setting("PUBLIC_BASE_URL", _url)
@@ -297,6 +336,11 @@ class Settings:
         shown = (f"{spec.name}={_hide_password(getattr(self, spec.name))!r}" for spec in fields(self) if spec.repr)
         return f"Settings({', '.join(shown)})"
 
+    def shown(self) -> list[tuple[str, str]]:
+        """Every setting as (variable, value as an operator would write it), secrets and URL passwords masked."""
+        return [(spec.metadata["env"], _shown_value(getattr(self, spec.name), secret=not spec.repr))
+                for spec in fields(self)]
+
     @property
     def max_attempts(self) -> int:
         """How many times one inbound message is tried before it is given up."""
@@ -329,7 +373,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv_path: str 
     # An invalid style or workspace id is reported above already; only a missing workspace id is added here.
     style = values.get("uponai_api_style") if environ.get("UPONAI_API_STYLE", "").strip() else "reference"
     if style == "reference" and not environ.get("UPONAI_WORKSPACE_ID", "").strip():
-        problems.append("UPONAI_WORKSPACE_ID is required when UPONAI_API_STYLE is reference")
+        problems.append("UPONAI_WORKSPACE_ID is required but not set: UPONAI_API_STYLE reference (the default) "
+                        "needs the workspace's integer id (or set UPONAI_API_STYLE=guide)")
     if not problems:
         problems += _cross_checks(Settings(**values))
     if problems:
@@ -387,6 +432,23 @@ def _cross_checks(settings: Settings) -> list[str]:
         # An unsigned event could be forged by anyone who finds the receiver's address.
         problems.append("EVENTS_WEBHOOK_SECRET is required when EVENTS_WEBHOOK_URL is set (events are signed with it)")
     return problems
+
+
+def _shown_value(value: Any, *, secret: bool) -> str:
+    """A setting's value written back the way its variable is written (a list comma-separated), or masked."""
+    if value is None or value == () or value == {}:
+        return "(not set)"
+    if secret:
+        return "(set, hidden)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(f"{item:g}" if isinstance(item, float) else str(item) for item in value)
+    if isinstance(value, dict):
+        return ",".join(f"{key}={item}" for key, item in value.items())
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(_hide_password(value))
 
 
 def _hide_password(value: Any) -> Any:

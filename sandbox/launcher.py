@@ -32,7 +32,7 @@ from workers.startup import parent_death_signal
 
 ROOT = Path(__file__).resolve().parents[1]
 SANDBOX_ACCOUNT_SID = "AC" + "5" * 32
-SANDBOX_AUTH_TOKEN = "sandbox-auth-token"
+SANDBOX_AUTH_TOKEN = "5a2db0c5" * 4  # well-formed (32 hex characters): the settings check the format
 SANDBOX_UPONAI_KEY = "sandbox-uponai-key"
 SANDBOX_NUMBER = "+15005550006"
 # Where each local part listens unless the port is in use; the ports chosen are kept in the data
@@ -285,7 +285,7 @@ def run(environ: dict[str, str] | None = None) -> int:
             try:
                 settings = load_settings(env, dotenv_path=None)
             except SettingsError as exc:
-                print(f"sms-gateway: {exc}", file=sys.stderr)
+                print(exc.report("sms-gateway run"), file=sys.stderr)
                 return 2
             for name, command in procfile_commands().items():
                 services.append((name, start_child(["bash", "-c", f"exec {command}"], env=env, cwd=ROOT)))

@@ -32,7 +32,7 @@ from workers.worker import THREAD_WORKER_TTL_SECONDS, ThreadWorker, _work_until_
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT_SID = "AC" + "1" * 32
-AUTH_TOKEN = "test-twilio-auth-token"
+AUTH_TOKEN = "7e57" * 8  # well-formed, like a real one: 32 hex characters
 UPONAI_KEY = "test-uponai-key"
 GATEWAY_NUMBER = "+15005550006"
 

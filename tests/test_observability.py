@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.observability import JsonLogFormatter, configure_logging, mask_numbers
 from sandbox.httpfake import Fault
-from tests.conftest import ROOT, free_port, inbound_form, post_signed, sign, wait_for
+from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, ROOT, free_port, inbound_form, post_signed, sign, wait_for
 
 PERSON = "+14155550163"
 SECRET_BODY = "my card number is purple elephant"
@@ -88,7 +88,10 @@ def gunicorn_conf(monkeypatch, tmp_path, **variables: str) -> dict:
     for name in ("LOG_LEVEL", "GUNICORN_ACCESS_LOG", "LOG_MESSAGE_BODIES"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))  # restored after the test
-    for name, item in variables.items():
+    # It checks every setting (a web process needs them all), then takes the log settings.
+    required = {"REDIS_URL": "redis://127.0.0.1:6379/0", "UPONAI_API_KEY": "key", "UPONAI_AGENT_ID": "agent",
+                "UPONAI_WORKSPACE_ID": "1", "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN}
+    for name, item in {**required, **variables}.items():
         monkeypatch.setenv(name, item)
     monkeypatch.chdir(tmp_path)  # no .env of the project's
     return runpy.run_path(str(ROOT / "gunicorn.conf.py"))

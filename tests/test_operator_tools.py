@@ -92,7 +92,7 @@ def test_configure_twilio_warns_when_a_messaging_service_overrides_the_number(en
 
 
 def test_configure_twilio_with_bad_credentials_says_what_to_check(env, number):
-    code, output = run(configure_twilio, {**env, "TWILIO_AUTH_TOKEN": "wrong-token"})
+    code, output = run(configure_twilio, {**env, "TWILIO_AUTH_TOKEN": "0" * 32})
 
     assert code == 1
     assert "401" in output and "TWILIO_AUTH_TOKEN" in output
@@ -168,7 +168,7 @@ def test_doctor_fails_when_a_messaging_service_overrides_the_webhook(served, twi
 
 def test_doctor_fails_on_bad_twilio_credentials(served, twilio):
     twilio.add_number(GATEWAY_NUMBER, sms_url=served["PUBLIC_BASE_URL"] + "/twilio/sms", sms_method="POST")
-    code, output = run(run_doctor, {**served, "TWILIO_AUTH_TOKEN": "not-the-token"})
+    code, output = run(run_doctor, {**served, "TWILIO_AUTH_TOKEN": "f" * 32})
 
     assert code == 1
     checks = lines_by_check(output)

@@ -14,7 +14,7 @@ from config import Settings, SettingsError, load_settings, load_some, read_envir
 
 REQUIRED = ("REDIS_URL", "UPONAI_API_KEY", "UPONAI_AGENT_ID", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN")
 API_KEY = "uponai-key-Zq81sEcReT"
-AUTH_TOKEN = "twilio-token-Pk42sEcReT"
+AUTH_TOKEN = "5ec2e7" + "0" * 22 + "a4b2"
 ADMIN_TOKEN = "admin-token-Wm63sEcReT"
 
 
@@ -140,7 +140,46 @@ def test_guide_style_needs_no_workspace():
 
 def test_reference_style_needs_a_workspace():
     for env in (minimal(UPONAI_WORKSPACE_ID=None), minimal(UPONAI_API_STYLE="reference", UPONAI_WORKSPACE_ID="")):
-        assert problems_of(env) == ["UPONAI_WORKSPACE_ID is required when UPONAI_API_STYLE is reference"]
+        assert problems_of(env) == ["UPONAI_WORKSPACE_ID is required but not set: UPONAI_API_STYLE reference (the "
+                                    "default) needs the workspace's integer id (or set UPONAI_API_STYLE=guide)"]
+
+
+VALID_SID = "AC" + "0123456789abcdef" * 2
+VALID_TOKEN = "0123456789abcdef" * 2
+
+
+@pytest.mark.parametrize(("name", "value", "verdict"), [
+    ("TWILIO_ACCOUNT_SID", VALID_SID, None),
+    ("TWILIO_ACCOUNT_SID", " AC" + "0123456789ABCDEF" * 2 + " ", None),  # hex in either case, spaces trimmed
+    ("TWILIO_ACCOUNT_SID", "foo", "TWILIO_ACCOUNT_SID='foo' is invalid: must be an Account SID: AC followed by "
+                                  "32 hex digits (Twilio console)"),
+    ("TWILIO_ACCOUNT_SID", VALID_SID[:-1], "is invalid: must be an Account SID"),  # one digit short
+    ("TWILIO_ACCOUNT_SID", VALID_SID + "0", "is invalid: must be an Account SID"),  # one digit too many
+    ("TWILIO_ACCOUNT_SID", "ac" + VALID_SID[2:], "is invalid: must be an Account SID"),
+    ("TWILIO_ACCOUNT_SID", "SK" + VALID_SID[2:], "is invalid: must be an Account SID"),  # an API key's sid
+    ("TWILIO_ACCOUNT_SID", "AC" + "g" * 32, "is invalid: must be an Account SID"),
+    ("TWILIO_AUTH_TOKEN", VALID_TOKEN, None),
+    ("TWILIO_AUTH_TOKEN", VALID_TOKEN[:31], "TWILIO_AUTH_TOKEN=(hidden) is invalid: must be the account's auth "
+                                            "token: 32 hex characters (Twilio console, Account Info)"),
+    ("TWILIO_AUTH_TOKEN", "short", "TWILIO_AUTH_TOKEN=(hidden) is invalid"),
+    ("TWILIO_AUTH_TOKEN", VALID_TOKEN[:31] + "z", "TWILIO_AUTH_TOKEN=(hidden) is invalid"),
+    ("TWILIO_AUTH_TOKEN", VALID_SID, "TWILIO_AUTH_TOKEN=(hidden) is invalid"),  # the sid pasted as the token
+    ("TWILIO_AUTH_TOKEN_PREVIOUS", VALID_TOKEN, None),
+    ("TWILIO_AUTH_TOKEN_PREVIOUS", "old-token", "TWILIO_AUTH_TOKEN_PREVIOUS=(hidden) is invalid: must be the "
+                                                "account's auth token: 32 hex characters"),
+    ("TWILIO_MESSAGING_SERVICE_SID", "MG" + VALID_TOKEN, None),
+    ("TWILIO_MESSAGING_SERVICE_SID", VALID_SID, "TWILIO_MESSAGING_SERVICE_SID='" + VALID_SID + "' is invalid: must "
+                                                "be a Messaging Service SID: MG followed by 32 hex digits"),
+])
+def test_twilio_credentials_and_sids_are_held_to_twilios_formats(name, value, verdict):
+    env = minimal(**{name: value})
+    if verdict is None:
+        settings = load_settings(env, dotenv_path=None)
+        assert getattr(settings, name.lower()) == value.strip()
+    else:
+        problems = problems_of(env)
+        assert len(problems) == 1 and verdict in problems[0], problems
+        assert not (name.startswith("TWILIO_AUTH") and value in problems[0])  # a secret, even a wrong one
 
 
 def test_an_unknown_style_is_reported_once_without_a_workspace_complaint():
@@ -174,7 +213,8 @@ def test_an_invalid_secret_is_named_but_never_shown(name):
     with pytest.raises(SettingsError) as caught:
         load_settings(minimal(**{name: bad}), dotenv_path=None)
     message = str(caught.value)
-    assert caught.value.problems == [f"{name}=(hidden) is invalid: must be printable ASCII without spaces"]
+    assert len(caught.value.problems) == 1
+    assert caught.value.problems[0].startswith(f"{name}=(hidden) is invalid: must be ")
     assert "s3cret" not in message and "Xy9" not in message
     assert "s3cret" not in repr(caught.value)
 
@@ -240,10 +280,31 @@ def test_check_settings_command_shows_settings_without_secrets(tmp_path):
     result = subprocess.run([str(command), "check-settings"], cwd=tmp_path, capture_output=True, text=True,
                             timeout=60, env=env)
     assert result.returncode == 0, result.stderr
-    assert "settings ok" in result.stdout
-    assert "agent_1" in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0] == "settings ok:"
+    # One setting per line, NAME = value, every setting of the README's table, each once.
+    shown = dict(line.strip().split(" = ", 1) for line in lines[1:])
+    assert [name.strip() for name in shown] == [spec.metadata["env"] for spec in fields(Settings)]
+    shown = {name.strip(): value for name, value in shown.items()}
+    assert shown["UPONAI_AGENT_ID"] == "agent_1"
+    assert shown["RETRY_INTERVALS_SECONDS"] == "2,10,30,60,120"
+    assert shown["LOG_MESSAGE_BODIES"] == "false"
+    assert shown["TWILIO_FROM_NUMBER"] == "(not set)"
+    for secret_name in ("UPONAI_API_KEY", "TWILIO_AUTH_TOKEN", "ADMIN_API_TOKEN"):
+        assert shown[secret_name] == "(set, hidden)"
+    assert shown["TWILIO_AUTH_TOKEN_PREVIOUS"] == "(not set)"
     for secret in (API_KEY, AUTH_TOKEN, ADMIN_TOKEN):
         assert secret not in result.stdout + result.stderr
+
+
+def test_check_settings_masks_the_password_in_redis_url(tmp_path):
+    command = Path(sys.executable).with_name("sms-gateway")
+    env = {"PATH": "/usr/bin:/bin", **minimal(REDIS_URL="redis://user:hunter2pw@redis.example.com:6380/1")}
+    result = subprocess.run([str(command), "check-settings"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "REDIS_URL" in result.stdout and "= redis://user:***@redis.example.com:6380/1\n" in result.stdout
+    assert "hunter2pw" not in result.stdout
 
 
 # -- a few settings only, and the environment for child processes ---------------------------------

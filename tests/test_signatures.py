@@ -151,13 +151,16 @@ def test_without_public_base_url_the_request_url_is_signed(env, redis, queue):
     assert queue.count == 1
 
 
+NEW_TOKEN = "9e30" * 8
+
+
 def test_previous_auth_token_is_accepted_during_a_rotation(env, redis, queue):
-    rotating = {**env, "TWILIO_AUTH_TOKEN": "new-token", "TWILIO_AUTH_TOKEN_PREVIOUS": AUTH_TOKEN}
+    rotating = {**env, "TWILIO_AUTH_TOKEN": NEW_TOKEN, "TWILIO_AUTH_TOKEN_PREVIOUS": AUTH_TOKEN}
     client = create_app(rotating).test_client()
     assert post_signed(client, "/twilio/sms", inbound_form("old", from_="+14155550101"),
                        token=AUTH_TOKEN).status_code == 200
     assert post_signed(client, "/twilio/sms", inbound_form("new", from_="+14155550102"),
-                       token="new-token").status_code == 200
+                       token=NEW_TOKEN).status_code == 200
     assert post_signed(client, "/twilio/sms", inbound_form("bad", from_="+14155550103"),
                        token="other-token").status_code == 403
     assert queue.count == 2  # one drain job for each of the two accepted conversations

@@ -1,0 +1,78 @@
+"""Start-up with bad settings, run as a platform runs the Procfile: one block naming every problem, no traceback.
+
+The web (gunicorn with ./gunicorn.conf.py) and the worker (``sms-gateway worker``) are real processes started
+with bash from the Procfile's lines, in the repository (as a platform does). Every required variable is given
+a bad value or a blank, so a ``.env`` file in the working directory cannot fill one in.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, free_port
+from tests.test_procfile import procfile_commands
+
+SECRET_KEY = "uponai key with spaces"  # invalid (spaces), and never to be printed
+SECRET_TOKEN = "0123456789abcdef"  # a truncated auth token: 16 hex characters of 32
+BAD_SETTINGS = {
+    "REDIS_URL": "localhost:6379",
+    "UPONAI_API_KEY": SECRET_KEY,
+    "UPONAI_AGENT_ID": " ",
+    "UPONAI_WORKSPACE_ID": " ",
+    "TWILIO_ACCOUNT_SID": "foo",
+    "TWILIO_AUTH_TOKEN": SECRET_TOKEN,
+    "LOG_LEVEL": "loud",
+}
+# One entry per problem, each naming its variable (and how it is wrong).
+PROBLEMS = (
+    "REDIS_URL='localhost:6379' is invalid",
+    "UPONAI_API_KEY=(hidden) is invalid",
+    "UPONAI_AGENT_ID is required but not set",
+    "UPONAI_WORKSPACE_ID is required but not set",
+    "TWILIO_ACCOUNT_SID='foo' is invalid: must be an Account SID: AC followed by 32 hex digits",
+    "TWILIO_AUTH_TOKEN=(hidden) is invalid: must be the account's auth token: 32 hex characters",
+    "LOG_LEVEL='loud' is invalid",
+)
+
+
+def run_procfile_line(name: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**BAD_SETTINGS, "PORT": str(free_port()), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+           "PYTHONUNBUFFERED": "1", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    return subprocess.run(["bash", "-c", f"exec {procfile_commands()[name]}"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def assert_one_block(result: subprocess.CompletedProcess, program: str) -> None:
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output and "Exception" not in output, output
+    lines = output.strip().splitlines()
+    # The whole output is the block: a headline, one line per problem, and where to fix them.
+    assert lines[0] == f"{program}: cannot start: {len(PROBLEMS)} settings to fix:", output
+    assert len(lines) == len(PROBLEMS) + 2, output
+    for problem in PROBLEMS:
+        assert sum(problem in line for line in lines[1:-1]) == 1, (problem, output)
+    assert "README" in lines[-1] and ".env" in lines[-1]
+    assert SECRET_KEY not in output and SECRET_TOKEN not in output
+
+
+@pytest.mark.parametrize(("name", "program"), [("web", "sms-gateway web (gunicorn)"),
+                                               ("worker", "sms-gateway worker")])
+def test_a_procfile_process_with_bad_settings_prints_one_block_and_exits(name, program, tmp_path):
+    result = run_procfile_line(name, tmp_path)
+    assert_one_block(result, program)
+    if name == "web":
+        assert "Listening at" not in result.stderr  # stopped in gunicorn's master, before it bound or forked
+
+
+def test_a_command_with_bad_settings_prints_the_same_block(tmp_path):
+    env = {**BAD_SETTINGS, "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([str(Path(sys.executable).with_name("sms-gateway")), "check-settings"], env=env,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert_one_block(result, "sms-gateway check-settings")

@@ -33,10 +33,19 @@ class Skip(Exception):
     """A check that cannot run because an earlier one failed."""
 
 
+REDIS_FIXES = {  # what to do about each cause that workers.startup.redis_failure names
+    "connection refused": "start Redis, or fix the port in REDIS_URL",
+    "host name not resolved": "fix the host in REDIS_URL (this machine's DNS does not know it)",
+    "timed out": "check that this host can reach Redis (firewall, security group, VPN), and the host in REDIS_URL",
+    "authentication failed": "fix the user or password in REDIS_URL",
+}
+
+
 def check_redis(settings: Settings) -> Check:
     from redis.exceptions import RedisError
 
     from core.redis import connect_redis
+    from workers.startup import redis_address, redis_failure
 
     client = connect_redis(settings.redis_url, for_web=True)
     try:
@@ -46,8 +55,10 @@ def check_redis(settings: Settings) -> Check:
         except RedisError:  # managed Redis often forbids CONFIG
             aof = "unknown"
     except RedisError as exc:
-        return Check("redis", "FAIL", f"not reachable ({type(exc).__name__})",
-                     "start Redis, or fix REDIS_URL (host, port, password, rediss:// for TLS)")
+        cause = redis_failure(exc)
+        return Check("redis", "FAIL", f"Redis at {redis_address(client)} not reachable: {cause}",
+                     REDIS_FIXES.get(cause.split(" (")[0],
+                                     "start Redis, or fix REDIS_URL (host, port, password, rediss:// for TLS)"))
     finally:
         client.close()
     detail = f"Redis {version} answers; append-only persistence: {aof}"

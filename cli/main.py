@@ -28,6 +28,7 @@ def run_worker(args: argparse.Namespace) -> int:
     from core.redis import connect_redis
     from gateway.observability import configure_logging
     from workers import jobs, worker
+    from workers.startup import RedisUnusable
 
     settings = load_settings()
     # A long-running process logs JSON lines (see gateway/observability.py), bodies only if the settings say so.
@@ -40,6 +41,8 @@ def run_worker(args: argparse.Namespace) -> int:
                    max_jobs=args.max_jobs, logging_level=args.log_level)
     except KeyboardInterrupt:  # Ctrl-C before RQ's own handler is in place (e.g. while waiting for Redis)
         return 130
+    except RedisUnusable:  # already said in one log line (where Redis is, and why it cannot be used)
+        return 1
     return 0
 
 

@@ -1,9 +1,11 @@
 """What a worker process does before and around its RQ workers: wait for Redis, and tie its children to it.
 
 A worker that starts while Redis is away says so in one line (where Redis is, why it is not reachable)
-and tries again with a growing pause, instead of dying with a traceback. RQ runs its scheduler in a
-child process; ``exit_children_with_this_process`` makes every child forked from here end when this
-process dies, even by SIGKILL, so that a dead worker's scheduler does not keep the scheduler lock.
+and tries again with a growing pause, instead of dying with a traceback; one that can never reach it as
+configured (a host name that does not exist, a wrong password) says so in one line and exits non-zero.
+RQ runs its scheduler in a child process; ``exit_children_with_this_process`` makes every child forked
+from here end when this process dies, even by SIGKILL, so that a dead worker's scheduler does not keep
+the scheduler lock.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
 
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.exceptions import StopRequested
 
 log = logging.getLogger(__name__)
@@ -37,25 +41,60 @@ def redis_address(connection: Redis) -> str:
 
 
 def redis_failure(exc: BaseException) -> str:
-    """The cause of a Redis error in a few words ("connection refused", "name or service not known")."""
+    """The cause of a Redis error in a few words: "connection refused", "host name not resolved", "timed out",
+    "authentication failed"... (what an operator fixes differs: Redis down, a typo in the host, a firewall, the
+    password)."""
     cause: BaseException | None = exc
     while cause is not None:
+        if isinstance(cause, AuthenticationError) or (
+                isinstance(cause, ResponseError) and str(cause).startswith(("NOAUTH", "WRONGPASS"))):
+            return "authentication failed (the user or password in REDIS_URL)"
+        if isinstance(cause, socket.gaierror):
+            return f"host name not resolved ({cause.strerror.lower()})" if cause.strerror else "host name not resolved"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, TimeoutError | RedisTimeoutError):
+            return "timed out"
         if isinstance(cause, OSError) and cause.strerror:
             return cause.strerror.lower()
-        if isinstance(cause, TimeoutError):
-            return "timed out"
         cause = cause.__cause__ or cause.__context__
     return str(exc) or type(exc).__name__
 
 
-def wait_for_redis(connection: Redis, stop_event: threading.Event, *, announce: bool = True) -> bool:
-    """Block until Redis answers a PING (True) or a stop is requested (False); one log line per failed try."""
+def is_permanent(exc: BaseException) -> bool:
+    """A failure that waiting does not cure: a host name that does not exist, a wrong password."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, AuthenticationError) or (
+                isinstance(cause, ResponseError) and str(cause).startswith(("NOAUTH", "WRONGPASS"))):
+            return True
+        if isinstance(cause, socket.gaierror) and cause.errno == socket.EAI_NONAME:
+            return True  # the name server says the name does not exist (EAI_AGAIN, a DNS hiccup, is retried)
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+class RedisUnusable(Exception):
+    """Redis cannot be used with these settings (see ``is_permanent``): the worker stops with a non-zero status."""
+
+
+def wait_for_redis(connection: Redis, stop_event: threading.Event, *, announce: bool = True,
+                   at_start: bool = False) -> bool:
+    """Block until Redis answers a PING (True) or a stop is requested (False); one log line per failed try.
+
+    ``at_start`` (a worker starting): a failure that waiting does not cure (a host name that does not resolve,
+    a wrong password) is logged once and raises RedisUnusable instead; the supervisor sees the process fail.
+    """
     attempt = 0
     try:
         while not stop_event.is_set():
             try:
                 connection.ping()
             except RedisError as exc:
+                if at_start and is_permanent(exc):
+                    log.error("Redis at %s not usable: %s; the worker stops (fix REDIS_URL)",
+                              redis_address(connection), redis_failure(exc))
+                    raise RedisUnusable(redis_failure(exc)) from None
                 pause = REDIS_RETRY_SECONDS[min(attempt, len(REDIS_RETRY_SECONDS) - 1)]
                 if announce:
                     log.error("Redis at %s not reachable: %s; retrying in %d s", redis_address(connection),

@@ -1,0 +1,114 @@
+"""Redis that cannot be reached, seen by real processes: one line naming host:port and the cause, no traceback.
+
+``sms-gateway worker`` and ``sms-gateway doctor`` run as subprocesses, pointed at a closed local port, at a host
+name that never resolves (the ``.invalid`` top-level domain is reserved for that: no query leaves the machine
+with an answer), and at a Redis of the test's own that wants a password the URL does not have. A worker waits
+for a Redis that is down (tests/test_worker.py checks it starts once it answers) but stops, non-zero, when
+waiting cannot help: a name that does not exist, a wrong password.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from sandbox.launcher import redis_server_binary
+from tests.conftest import ROOT, free_port, settings_env, wait_for
+
+UNRESOLVABLE = "redis-host.invalid"
+
+
+def command_env(redis_server, uponai_server, twilio_server, redis_url: str) -> dict[str, str]:
+    return {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHONUNBUFFERED": "1",
+            **settings_env(redis_server, uponai_server, twilio_server, REDIS_URL=redis_url)}
+
+
+def run_worker(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """``sms-gateway worker`` until it exits by itself (killed after 60 s: a worker that waits forever fails)."""
+    process = subprocess.Popen([str(Path(sys.executable).with_name("sms-gateway")), "worker"], env=env,
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"the worker kept waiting instead of stopping:\n{stdout}{stderr}") from None
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+@pytest.fixture
+def password_redis(tmp_path):
+    """A redis-server of this test's own that wants a password."""
+    port = free_port()
+    process = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--requirepass", "the-right-password", "--dir", str(tmp_path)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = Redis(port=port, password="the-right-password", socket_connect_timeout=0.2)
+
+    def answers() -> bool:
+        try:
+            return bool(client.ping())
+        except Exception:
+            return False
+
+    try:
+        wait_for(answers, timeout=10, message="the password-protected redis-server to start")
+        yield port
+    finally:
+        client.close()
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.mark.parametrize(("where", "cause"), [
+    ("unresolvable", "host name not resolved"),
+    ("wrong password", "authentication failed (the user or password in REDIS_URL)"),
+])
+def test_a_worker_that_can_never_reach_redis_says_why_in_one_line_and_exits_non_zero(
+        where, cause, redis_server, uponai_server, twilio_server, tmp_path, request):
+    if where == "unresolvable":
+        address, url = f"{UNRESOLVABLE}:6379", f"redis://{UNRESOLVABLE}:6379/0"
+    else:
+        port = request.getfixturevalue("password_redis")
+        address, url = f"127.0.0.1:{port}", f"redis://:not-the-password@127.0.0.1:{port}/0"
+
+    result = run_worker(command_env(redis_server, uponai_server, twilio_server, url), tmp_path)
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, output
+    assert f"Redis at {address} not usable: {cause}" in lines[0], output
+    assert "not-the-password" not in output
+
+
+@pytest.mark.parametrize(("where", "cause", "fix"), [
+    ("closed port", "connection refused", "start Redis, or fix the port in REDIS_URL"),
+    ("unresolvable", "host name not resolved", "fix the host in REDIS_URL"),
+])
+def test_doctor_names_where_redis_is_and_why_it_is_not_reachable(where, cause, fix, redis_server, uponai_server,
+                                                                 twilio_server, uponai, twilio, tmp_path):
+    host, port = ("127.0.0.1", free_port()) if where == "closed port" else (UNRESOLVABLE, 6379)
+    env = command_env(redis_server, uponai_server, twilio_server, f"redis://{host}:{port}/0")
+    env["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{free_port()}"  # the self-test stays on this machine (and fails)
+    result = subprocess.run([str(Path(sys.executable).with_name("sms-gateway")), "doctor"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    redis_lines = [line for line in result.stdout.splitlines() if line.split()[1:2] == ["redis"]]
+    assert len(redis_lines) == 1, output
+    assert redis_lines[0].split()[0] == "FAIL"
+    assert redis_lines[0].endswith(f"Redis at {host}:{port} not reachable: {cause}") or \
+        f"Redis at {host}:{port} not reachable: {cause} (" in redis_lines[0], output
+    following = result.stdout.splitlines()[result.stdout.splitlines().index(redis_lines[0]) + 1]
+    assert following.strip().startswith(f"-> {fix}"), output

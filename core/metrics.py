@@ -47,11 +47,12 @@ class GatewayMetrics:
             "smsgw_messages_out", "SMS accepted by Twilio for sending", **kwargs)
         self.segments_sent = Counter(
             "smsgw_segments_sent", "SMS segments accepted by Twilio, by encoding", ["encoding"], **kwargs)
+        # kind: "conversation" (drain, close_idle: the sms queue) or "admin" (the operator's, the sms-admin queue).
         self.queue_wait_seconds = Histogram(
-            "smsgw_queue_wait_seconds", "Time a job waited in the queue before a worker started it", ["job"],
+            "smsgw_queue_wait_seconds", "Time a job waited in the queue before a worker started it", ["kind", "job"],
             buckets=WAIT_BUCKETS, **kwargs)
         self.job_seconds = Histogram(
-            "smsgw_job_seconds", "Time a worker spent on one job", ["job", "outcome"],
+            "smsgw_job_seconds", "Time a worker spent on one job", ["kind", "job", "outcome"],
             buckets=SLOW_BUCKETS, **kwargs)
         self.uponai_seconds = Histogram(
             "smsgw_uponai_seconds", "Latency of UponAI API calls", ["operation"], buckets=SLOW_BUCKETS, **kwargs)

@@ -229,7 +229,7 @@ def test_metrics_sum_gunicorn_processes_and_workers_and_logs_stay_clean(gunicorn
 
     # The worker counts a send once Twilio has answered it, and a job once it has returned.
     wait_for(lambda: value(scrape(), "smsgw_messages_out_total") == 2
-             and value(scrape(), "smsgw_job_seconds_count", job="drain", outcome="ok") >= 1,
+             and value(scrape(), "smsgw_job_seconds_count", kind="conversation", job="drain", outcome="ok") >= 1,
              timeout=20, message="the worker's metrics")
     # Both gunicorn processes report the same sums (the worker's values included), whichever answers.
     pages = [scrape() for _ in range(6)]
@@ -244,9 +244,9 @@ def test_metrics_sum_gunicorn_processes_and_workers_and_logs_stay_clean(gunicorn
     assert value(page, "smsgw_twilio_errors_total", operation="send", code="20429") == 1
     assert value(page, "smsgw_uponai_seconds_count", operation="complete") == 2
     assert value(page, "smsgw_twilio_seconds_count", operation="send") == 3
-    assert value(page, "smsgw_queue_wait_seconds_count", job="drain") >= 2
-    assert value(page, "smsgw_job_seconds_count", job="drain", outcome="retry") >= 1
-    assert value(page, "smsgw_job_seconds_count", job="drain", outcome="ok") >= 1
+    assert value(page, "smsgw_queue_wait_seconds_count", kind="conversation", job="drain") >= 2
+    assert value(page, "smsgw_job_seconds_count", kind="conversation", job="drain", outcome="retry") >= 1
+    assert value(page, "smsgw_job_seconds_count", kind="conversation", job="drain", outcome="ok") >= 1
     assert value(page, "smsgw_workers") == 1
 
     pool.stop()

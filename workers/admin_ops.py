@@ -43,6 +43,7 @@ from workers.errors import (
     UponAITransientError,
 )
 from workers.locking import acquire_waiting, holding
+from workers.metering import timed_admin_job
 from workers.services import Services
 
 log = logging.getLogger(__name__)
@@ -296,26 +297,31 @@ def _run(operation, *args) -> dict[str, Any]:
         return {"error": admin_error_from(exc).as_dict()}
 
 
+@timed_admin_job
 def start_outbound_job(op_id: str, request: dict[str, Any]) -> dict[str, Any]:
     """Job: start an outbound conversation (see ``start_outbound``)."""
     return _run(start_outbound, op_id, request)
 
 
+@timed_admin_job
 def end_conversation_job(cid: str, token: str) -> dict[str, Any]:
     """Job: end the conversation's chat."""
     return _run(end_conversation, cid, token)
 
 
+@timed_admin_job
 def erase_conversation_job(cid: str, token: str) -> dict[str, Any]:
     """Job: erase a person's conversation (see ``erase_conversation``)."""
     return _run(erase_conversation, cid, token)
 
 
+@timed_admin_job
 def get_chat_job(chat_id: str) -> dict[str, Any]:
     """Job: read an UponAI chat."""
     return _run(get_chat, chat_id)
 
 
+@timed_admin_job
 def list_chats_job(limit: int | None, sort_order: str | None, pagination_key: str | None) -> dict[str, Any]:
     """Job: list UponAI chats."""
     return _run(list_chats, limit, sort_order, pagination_key)

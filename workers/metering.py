@@ -43,8 +43,24 @@ class MeteredClient:
 
 
 def timed_job(func):
-    """Decorate an RQ job function: observe its queue wait and run time, by outcome."""
+    """Decorate a conversation job (drain, close_idle): its queue wait and run time, by outcome.
 
+    Outcomes: ``ok``, ``retry`` (it returned an RQ Retry), ``failed`` (it raised).
+    """
+    return _timed(func, "conversation", func.__name__, lambda result: "ok" if result is None else "retry")
+
+
+def timed_admin_job(func):
+    """Decorate an admin job (``workers.admin_ops``): as ``timed_job``, labelled ``kind="admin"``.
+
+    Outcomes: ``ok``, ``error`` (answered the operator with an error: a 4xx of the admin API, UponAI or
+    Twilio refusing), ``failed`` (it raised).
+    """
+    return _timed(func, "admin", func.__name__.removesuffix("_job"),
+                  lambda result: "error" if isinstance(result, dict) and "error" in result else "ok")
+
+
+def _timed(func, kind: str, name: str, outcome_of):
     @functools.wraps(func)
     def run(*args, **kwargs):
         from rq import get_current_job
@@ -53,14 +69,14 @@ def timed_job(func):
         job = get_current_job()
         if job is not None and job.enqueued_at is not None:
             wait = time.time() - job.enqueued_at.timestamp()
-            m.queue_wait_seconds.labels(job=func.__name__).observe(max(0.0, wait))
+            m.queue_wait_seconds.labels(kind=kind, job=name).observe(max(0.0, wait))
         started = time.perf_counter()
         outcome = "failed"
         try:
             result = func(*args, **kwargs)
-            outcome = "ok" if result is None else "retry"
+            outcome = outcome_of(result)
             return result
         finally:
-            m.job_seconds.labels(job=func.__name__, outcome=outcome).observe(time.perf_counter() - started)
+            m.job_seconds.labels(kind=kind, job=name, outcome=outcome).observe(time.perf_counter() - started)
 
     return run

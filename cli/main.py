@@ -33,6 +33,7 @@ def run_worker(args: argparse.Namespace) -> int:
     settings = load_settings()
     # A long-running process logs JSON lines (see gateway/observability.py), bodies only if the settings say so.
     configure_logging(args.log_level, log_bodies=settings.log_message_bodies)
+    logging.getLogger("rq.job").addFilter(jobs.RetryCountFilter())  # RQ's "999 remaining" is not a true count
     metrics.metrics()  # built before any job runs (the worker's threads would race to build them)
     redis = connect_redis(settings.redis_url)
     jobs.install_services(jobs.build_services(settings, redis))

@@ -355,3 +355,14 @@ def test_an_events_webhook_needs_a_long_secret():
     assert settings.events_webhook_url == "https://ops.example.com/events/"  # kept as given
     assert "s" * 16 not in repr(settings)
     assert not settings.events_include_bodies and settings.events_retry_intervals_seconds == (5, 30, 120, 600, 1800)
+
+
+def test_help_is_plain_text_listing_every_command(tmp_path):
+    command = Path(sys.executable).with_name("sms-gateway")
+    result = subprocess.run([str(command), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert "`" not in result.stdout  # no reST quoting shown literally
+    for name in ("worker", "run", "check-settings", "configure-twilio", "doctor", "send", "show", "failed"):
+        assert f"\n    {name} " in result.stdout, name
+    assert ".env" in result.stdout

@@ -133,3 +133,18 @@ def test_a_thread_worker_runs_jobs_and_leaves_the_process_signal_handlers_alone(
         jobs.install_services(None)
         logging.getLogger("rq.worker").setLevel(rq_log_level)
         queue.delete(delete_jobs=True)
+
+
+def test_a_retried_turn_logs_the_true_attempt_count_not_rqs_backstop(start_worker_processes, text_in, uponai,
+                                                                      twilio):
+    pool = start_worker_processes(1)
+    uponai.inject("complete", Fault(status=500))
+    text_in("try me twice", from_=PERSON)
+    wait_for(lambda: twilio.sent_to(PERSON), timeout=30, message="the answer after one retry")
+    pool.stop()
+
+    output = "\n".join(path.read_text() for path in pool.logs)
+    # settings_env has three retry intervals: four attempts in all, the first one failed.
+    assert "attempt=1 of 4 transient failure" in output, output
+    assert ": scheduled to run again at " in output, output
+    assert "remaining" not in output, output  # RQ's count of its backstop (999 remaining) is gone

@@ -129,14 +129,15 @@ def drain_conversation(services: Services, cid: str, token: str, *, budget_secon
             except TransientError as exc:
                 attempts = store.count_attempt(message.sid)
                 if attempts < services.settings.max_attempts:
-                    log.warning("message=%s conversation=%s attempt=%d transient failure: %s",
-                                message.sid, cid, attempts, exc)
                     delay = backoff_seconds(attempts, services.settings.retry_intervals_seconds,
                                             exc.retry_after_seconds)
                     if exc.maybe_applied:
                         # The request may still be running at UponAI or Twilio: read it back only once it
                         # has had time to land, or we would miss it and do it twice.
                         delay = max(delay, services.settings.ambiguous_retry_delay_seconds)
+                    # The true count: attempts are counted per message (RQ's own retry line counts job runs).
+                    log.warning("message=%s conversation=%s attempt=%d of %d transient failure: %s; next attempt "
+                                "in %.1f s", message.sid, cid, attempts, services.settings.max_attempts, exc, delay)
                     # Noted before the lock is let go, so no other drain job slips in ahead of the retry.
                     store.touch(cid, retry_at=f"{time.time() + delay:.3f}", retry_token=token)
                     keeper.release()

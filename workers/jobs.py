@@ -6,6 +6,7 @@ the worker starts), never at import time.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid
@@ -80,6 +81,27 @@ def current_services() -> Services:
 
 def _retry(delay_seconds: float) -> Retry:
     return Retry(max=JOB_RETRY_BACKSTOP, interval=[max(0, math.ceil(delay_seconds))])
+
+
+class RetryCountFilter(logging.Filter):
+    """Takes the count out of RQ's "Job ...: scheduled for retry at ..., 999 remaining" lines.
+
+    That count is ``JOB_RETRY_BACKSTOP`` minus the job's runs, not what is left of anything an operator cares
+    about: the flow counts attempts per message and logs them (``attempt=2 of 6``). The time stays. A line
+    RQ words differently passes unchanged.
+    """
+
+    REWORDED = {
+        "Job %s: scheduled for retry at %s, %s remaining": ("Job %s: scheduled to run again at %s", 2),
+        "Job %s: enqueued for retry, %s remaining": ("Job %s: queued to run again", 1),
+    }
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        reworded = self.REWORDED.get(record.msg) if isinstance(record.msg, str) else None
+        if reworded is not None and isinstance(record.args, tuple):
+            record.msg, kept = reworded
+            record.args = record.args[:kept]
+        return True
 
 
 @metering.timed_job

@@ -22,6 +22,7 @@ ADMIN_QUEUE_NAME = "sms-admin"  # workers take it before any drain job
 DRAIN_JOB = "workers.jobs.drain"
 CLOSE_IDLE_JOB = "workers.jobs.close_idle"
 START_OUTBOUND_JOB = "workers.admin_ops.start_outbound_job"
+OPERATOR_MESSAGE_JOB = "workers.admin_ops.operator_message_job"
 
 # How long a failed job stays in RQ's failed-job registry (never past DATA_RETENTION_DAYS: see kept_seconds).
 # A failed drain or idle check holds a person's texts nobody has answered: an operator may notice it late
@@ -102,8 +103,19 @@ def enqueue_admin_job(queue: Queue, settings, func: str, args: tuple, *, descrip
 
 def outbound_start_job(queue: Queue, settings, op_id: str, job_id: str, request: dict[str, Any], cid: str) -> Job:
     """The (not yet queued) job that starts an outbound conversation."""
-    return queue.create_job(START_OUTBOUND_JOB, args=(op_id, request), job_id=job_id,
-                            description=f"admin: start outbound conversation {cid}",
+    return _operation_job(queue, settings, START_OUTBOUND_JOB, op_id, job_id, request, cid,
+                          f"admin: start outbound conversation {cid}")
+
+
+def operator_message_job(queue: Queue, settings, op_id: str, job_id: str, request: dict[str, Any], cid: str) -> Job:
+    """The (not yet queued) job that sends an operator's SMS into an ongoing conversation."""
+    return _operation_job(queue, settings, OPERATOR_MESSAGE_JOB, op_id, job_id, request, cid,
+                          f"admin: operator message in conversation {cid}")
+
+
+def _operation_job(queue: Queue, settings, func: str, op_id: str, job_id: str, request: dict[str, Any], cid: str,
+                   description: str) -> Job:
+    return queue.create_job(func, args=(op_id, request), job_id=job_id, description=description,
                             timeout=admin_job_timeout_seconds(settings),
                             result_ttl=kept_seconds(settings, ADMIN_RESULT_TTL_SECONDS),
                             failure_ttl=kept_seconds(settings, ADMIN_FAILURE_TTL_SECONDS),

@@ -23,8 +23,9 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 from werkzeug.routing import PathConverter
 
+from core.events import emit_event
 from core.model import conversation_id
-from core.queues import ADMIN_QUEUE_NAME, CLOSE_IDLE_JOB, DRAIN_JOB, QUEUE_NAME
+from core.queues import ADMIN_QUEUE_NAME, CLOSE_IDLE_JOB, DRAIN_JOB, QUEUE_NAME, enqueue_drain
 from core.redaction import mask_number
 from gateway import admin_validation as check
 from gateway.admin_jobs import (
@@ -218,6 +219,8 @@ def show_conversation(number: str):
         "waiting_messages": store.inbox_length(cid),
         "busy": store.lock_holder(cid) is not None,
         "loop_breaker": _loop_breaker_view(state),
+        "handoff": _handoff_view(state),
+        "away_log": [_away_view(entry) for entry in store.away_log(cid)],
         "recent_messages": [_sent_view(row) for row in recent],
         "chat": None,
     }
@@ -261,6 +264,106 @@ def _sent_view(row: dict[str, str]) -> dict[str, Any]:
         "segments": int(segments) if segments and segments.isdigit() else None,
         "encoding": row.get("encoding"),
     }
+
+
+# -- a human takes over ---------------------------------------------------------------------------
+
+HANDED_BY = "admin-api"
+
+
+def _known_conversation(cid: str) -> dict[str, str]:
+    state = web_context().store.conversation(cid)
+    if not state:
+        raise AdminProblem(404, "conversation_not_found", "No conversation between these numbers is known.")
+    return state
+
+
+def _handoff_view(state: dict[str, str]) -> dict[str, Any]:
+    active = state.get("handoff") == "1"
+    return {"active": active, "since": since_epoch(state.get("handoff_at")) if active else None,
+            "by": state.get("handoff_by") if active else None}
+
+
+def _away_view(entry: dict[str, Any]) -> dict[str, Any]:
+    return {"who": entry.get("who"), "text": entry.get("text"), "at": since_epoch(entry.get("at")),
+            "ref": entry.get("ref")}
+
+
+def _handoff_answer(cid: str, changed: bool):
+    store = web_context().store
+    state = store.conversation(cid)
+    return jsonify({"conversation_id": cid, "changed": changed, "handoff": _handoff_view(state),
+                    # A turn already running when the agent was stopped may still send its reply.
+                    "turn_running": store.lock_holder(cid) is not None,
+                    "away_log": [_away_view(entry) for entry in store.away_log(cid)]})
+
+
+def _handoff_event(kind: str, cid: str, person: str, state: dict[str, str], at: str) -> None:
+    web = web_context()
+    emit_event(web.redis, web.settings, kind, event_id=f"{kind}:{cid}:{at}", conversation_id=cid,
+               number=state.get("person", person), by=HANDED_BY)
+
+
+@bp.post("/conversations/<anytext:number>/handoff")
+def start_handoff(number: str):
+    cid, person, _ = _conversation_id(number)
+    state = _known_conversation(cid)
+    store = web_context().store
+    changed = store.start_handoff(cid, HANDED_BY)
+    if changed:
+        _handoff_event("handoff.started", cid, person, state, store.conversation(cid).get("handoff_at", ""))
+        log.info("conversation=%s handed off to an operator", cid)
+    return _handoff_answer(cid, changed)
+
+
+@bp.post("/conversations/<anytext:number>/resume")
+def resume_agent(number: str):
+    cid, person, _ = _conversation_id(number)
+    state = _known_conversation(cid)
+    web = web_context()
+    changed = web.store.end_handoff(cid)
+    if changed:
+        _handoff_event("handoff.ended", cid, person, state, state.get("handoff_at", ""))
+        log.info("conversation=%s given back to the agent", cid)
+    if web.store.inbox_length(cid):  # texts waiting: the agent answers them now, with what it missed
+        enqueue_drain(web.queue, cid, web.settings)
+    return _handoff_answer(cid, changed)
+
+
+@bp.post("/conversations/<anytext:number>/messages")
+def operator_message(number: str):
+    body = _json_body()
+    cid, person, gateway_number = _conversation_id(number)
+    text = check.operator_message(body)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        check.idempotency_key(key)
+    state = _known_conversation(cid)
+    web = web_context()
+    message = {"to": state.get("person", person), "gateway": state.get("gateway", gateway_number),
+               "messaging_service_sid": state.get("messaging_service_sid") or None, "message": text}
+
+    def may_start() -> None:
+        if web.store.conversation(cid).get("opted_out") == "1":
+            raise AdminProblem(409, "opted_out", "The number has opted out (STOP); nothing was sent. It must text "
+                                                 "START first.")
+
+    try:
+        # The conversation is part of the fingerprint: one key sends one message into one conversation.
+        outcome = _jobs().send_message(message, cid, idempotency_key=key, may_start=may_start,
+                                       fingerprint=check.fingerprint({"conversation_id": cid, "message": text}))
+    except IdempotencyConflict:
+        raise AdminProblem(422, "idempotency_key_reused",
+                           "This Idempotency-Key was used with a different request.") from None
+    except IdempotencyBusy:
+        raise AdminProblem(409, "idempotency_key_busy",
+                           "Requests with this Idempotency-Key kept racing; retry with the same key.") from None
+    log.info("admin operator message to=%s conversation=%s %s job=%s", mask_number(message["to"]), cid,
+             outcome.state, outcome.job_id)
+    unfinished = _unfinished(outcome, conversation_id=cid)
+    if unfinished is not None:
+        return unfinished
+    return jsonify({"status": "sent", "job_id": outcome.job_id, **outcome.value["ok"]}), 202
 
 
 @bp.post("/conversations/<anytext:number>/end")

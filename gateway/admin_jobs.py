@@ -6,9 +6,11 @@ job's result stream (``Job.latest_result(timeout=...)``) on a connection of its 
 timeout outlasts the wait. At the deadline a job no worker has taken is taken back off the queue (so it never runs
 later, unseen); one that is running is left to finish and can be looked up by its id.
 
-Idempotency keys of ``POST /admin/sms`` live in Redis: ``smsgw:idem:{sha256(key)}`` holds the
-request's fingerprint, its operation id and the latest job id, for ADMIN_IDEMPOTENCY_TTL_SECONDS. The
-record and its job are written in one transaction, so concurrent requests with one key share one job.
+Idempotency keys of ``POST /admin/sms`` and ``POST /admin/conversations/<number>/messages`` live in Redis:
+``smsgw:idem:{sha256(key)}`` holds the request's fingerprint, its operation id and the latest job id, for
+ADMIN_IDEMPOTENCY_TTL_SECONDS. The record and its job are written in one transaction, so concurrent requests
+with one key share one job; a key's later job (after one that ended without a result) keeps its operation
+id, so the worker resumes what the earlier one began.
 
 At most ADMIN_MAX_WAITING requests per web process wait at once (each holds a web thread, which
 Twilio's webhooks need); past that, a change is queued and answered at once with its job id.
@@ -24,7 +26,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +37,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.results import Result
 
-from core.queues import ADMIN_QUEUE_NAME, enqueue_admin_job, kept_seconds, outbound_start_job
+from core.queues import ADMIN_QUEUE_NAME, enqueue_admin_job, kept_seconds, operator_message_job, outbound_start_job
 from core.state import ConversationStore
 
 CLAIM_ATTEMPTS = 5  # each failed claim means another request claimed the key meanwhile
@@ -155,19 +157,33 @@ class AdminJobs:
         ``may_start()`` is asked before anything new is queued (it raises to refuse). Raises
         IdempotencyConflict when the key was used with another body.
         """
+        return self._once(lambda op_id, job_id: outbound_start_job(self.queue, self.settings, op_id, job_id,
+                                                                   request, cid),
+                          idempotency_key=idempotency_key, fingerprint=fingerprint, may_start=may_start)
+
+    def send_message(self, request: dict[str, Any], cid: str, *, idempotency_key: str | None,
+                     fingerprint: str, may_start) -> Outcome:
+        """Send an operator's SMS into the conversation once per Idempotency-Key, then wait for it (as above)."""
+        return self._once(lambda op_id, job_id: operator_message_job(self.queue, self.settings, op_id, job_id,
+                                                                     request, cid),
+                          idempotency_key=idempotency_key, fingerprint=fingerprint, may_start=may_start)
+
+    def _once(self, make_job: Callable[[str, str], Job], *, idempotency_key: str | None, fingerprint: str,
+              may_start) -> Outcome:
+        """Queue the operation's job (``make_job(op_id, job_id)``) once per Idempotency-Key, then wait for it."""
         with self.waiting_place() as may_wait:
             if idempotency_key is None:
                 may_start()
                 job_id = uuid.uuid4().hex
-                self.queue.enqueue_job(self._outbound_job(job_id, job_id, request, cid))
+                self.queue.enqueue_job(make_job(job_id, job_id))
             else:
-                claimed = self._claim(self._key(idempotency_key), request, cid, fingerprint, may_start)
+                claimed = self._claim(self._key(idempotency_key), make_job, fingerprint, may_start)
                 if isinstance(claimed, Outcome):
                     return claimed
                 job_id = claimed
             return self.wait(job_id) if may_wait else Outcome("queued", job_id)
 
-    def _claim(self, key: str, request: dict[str, Any], cid: str, fingerprint: str, may_start) -> Outcome | str:
+    def _claim(self, key: str, make_job: Callable[[str, str], Job], fingerprint: str, may_start) -> Outcome | str:
         """The id of the one job that carries out this key's request (queued now if there is none), or its result.
 
         The key's record and its job are written in one transaction that fails if the record changed
@@ -188,10 +204,10 @@ class AdminJobs:
                     return earlier["job_id"]
                 if (done := self._done(earlier)) is not None:  # it finished just now
                     return done
-                # The earlier attempt ended without a conversation (an error, or no worker took it): resume it.
+                # The earlier attempt ended without a result (an error, or no worker took it): resume it.
                 record = {**earlier, "job_id": uuid.uuid4().hex}
             may_start()
-            if self._swap(key, raw, record, self._outbound_job(record["op_id"], record["job_id"], request, cid)):
+            if self._swap(key, raw, record, make_job(record["op_id"], record["job_id"])):
                 return record["job_id"]
         raise IdempotencyBusy
 
@@ -207,9 +223,6 @@ class AdminJobs:
         ttl_seconds = kept_seconds(self.settings, self.settings.admin_idempotency_ttl_seconds)
         return self.store.swap_idempotency_record(key, expected, record, ttl_seconds,
                                                   lambda pipe: self.queue.enqueue_job(job, pipeline=pipe))
-
-    def _outbound_job(self, op_id: str, job_id: str, request: dict[str, Any], cid: str) -> Job:
-        return outbound_start_job(self.queue, self.settings, op_id, job_id, request, cid)
 
 
 def _status(job: Job) -> JobStatus | None:

@@ -139,6 +139,27 @@ def outbound_request(body: Any, settings) -> dict[str, Any]:
     }
 
 
+OPERATOR_MESSAGE_FIELDS = ("message",)
+
+
+def operator_message(body: Any) -> str:
+    """The text of ``POST /admin/conversations/<number>/messages``: the operator's own words, sent as written."""
+    if not isinstance(body, dict):
+        raise InvalidInput("body", "must be a JSON object")
+    unknown = sorted(str(name) for name in body if name not in OPERATOR_MESSAGE_FIELDS)
+    if unknown:
+        raise InvalidInput(", ".join(unknown)[:200], "unknown field; the only field is message")
+    if body.get("message") is None:
+        raise InvalidInput("message", "is required")
+    if not isinstance(body["message"], str):
+        raise InvalidInput("message", "must be a string")
+    if not body["message"].strip():
+        raise InvalidInput("message", "must not be blank")
+    if len(body["message"]) > MAX_MESSAGE_CHARS:
+        raise InvalidInput("message", f"must be at most {MAX_MESSAGE_CHARS} characters")
+    return body["message"]
+
+
 def _message(value: Any) -> str | None:
     if value is None:
         return None

@@ -206,6 +206,46 @@ def _note_activity(services: Services, cid: str) -> None:
         services.jobs.schedule_idle_check(cid, timeout)
 
 
+# -- an operator's message into the conversation -------------------------------------------------
+
+OPERATOR_PART = "operator"
+
+
+def operator_message(services: Services, op_id: str, request: dict[str, Any]) -> dict[str, Any]:
+    """Send the operator's SMS into the ongoing conversation once, and put it in the away log for the agent.
+
+    Holds the conversation's lock, so it goes out between the agent's replies, never inside a turn's parts.
+    The SMS is the part ``operator`` of the operation's progress record (``msg:{op_id}``): claimed before
+    it is sent, and after a crash or an ambiguous failure looked up at Twilio before it is sent again, so a
+    retry with the same Idempotency-Key (the same ``op_id``) never doubles it. The chat is left as it is:
+    the agent hears of the message on its next turn (the away log). ``request``: ``to``, ``gateway``,
+    ``messaging_service_sid``, ``message``. Raises AdminError (409 opted_out) and GatewayError.
+    """
+    store = services.store
+    to, gateway_number, text = request["to"], request["gateway"], request["message"]
+    cid = conversation_id(gateway_number, to)
+    if (done := store.operation_result(op_id)) is not None:
+        return done
+    with conversation_lock(services, cid, f"{ADMIN_TOKEN_PREFIX}{op_id}:{uuid.uuid4().hex}"):
+        if (done := store.operation_result(op_id)) is not None:
+            return done
+        part_state = store.progress(op_id).parts.get(OPERATOR_PART, "")
+        if store.conversation(cid).get("opted_out") == "1" and not part_state.startswith(("SM", "MM")):
+            raise AdminError(409, "opted_out", "the number has opted out (STOP); nothing was sent")
+        message = InboundMessage(sid=op_id, from_=to, to=gateway_number,
+                                 messaging_service_sid=request.get("messaging_service_sid") or "")
+        send_part(services, message, OPERATOR_PART, text)
+        sid = store.progress(op_id).parts.get(OPERATOR_PART, "")
+        _check_sent(store, cid, [sid])
+        store.add_away(cid, "operator", text, ref=op_id)  # once per operation, whatever the retries
+        _note_activity(services, cid)
+        result = {"conversation_id": cid, "to": to, "from": gateway_number, "message_sid": sid,
+                  "handoff": store.in_handoff(cid)}
+        store.record_operation(op_id, result=json.dumps(result))
+    log.info("operator message op=%s conversation=%s to=%s sid=%s", op_id, cid, mask_number(to), sid)
+    return result
+
+
 # -- other operations -----------------------------------------------------------------------------
 
 
@@ -301,6 +341,12 @@ def _run(operation, *args) -> dict[str, Any]:
 def start_outbound_job(op_id: str, request: dict[str, Any]) -> dict[str, Any]:
     """Job: start an outbound conversation (see ``start_outbound``)."""
     return _run(start_outbound, op_id, request)
+
+
+@timed_admin_job
+def operator_message_job(op_id: str, request: dict[str, Any]) -> dict[str, Any]:
+    """Job: send an operator's SMS into the conversation (see ``operator_message``)."""
+    return _run(operator_message, op_id, request)
 
 
 @timed_admin_job

@@ -142,9 +142,58 @@ _SCHEMAS: dict[str, Any] = {
             "waiting_messages": {"type": "integer"},
             "busy": {"type": "boolean"},
             "recent_messages": {"type": "array", "items": _ref("SentMessage")},
+            "handoff": _ref("Handoff"),
+            "away_log": {"type": "array", "items": _ref("AwayEntry"),
+                         "description": "What the person and the operator said while the agent was away (kept "
+                                        "DATA_RETENTION_DAYS), oldest first."},
             "chat": {"allOf": [_ref("Chat")], "nullable": True},
             "chat_error": {"type": "object", "properties": {"code": {"type": "string"},
                                                             "message": {"type": "string"}}},
+        },
+    },
+    "Handoff": {
+        "type": "object",
+        "required": ["active", "since", "by"],
+        "properties": {"active": {"type": "boolean", "description": "True while an operator has the conversation: "
+                                                                     "the agent does not answer."},
+                       "since": _nullable("string", format="date-time"), "by": _nullable("string")},
+    },
+    "AwayEntry": {
+        "type": "object",
+        "required": ["who", "text", "at"],
+        "properties": {"who": {"type": "string", "enum": ["person", "operator"]}, "text": {"type": "string"},
+                       "at": _nullable("string", format="date-time"),
+                       "ref": _nullable("string", description="The text's MessageSid, or the operator message's "
+                                                               "operation id.")},
+    },
+    "HandoffState": {
+        "type": "object",
+        "required": ["conversation_id", "changed", "handoff", "turn_running", "away_log"],
+        "properties": {
+            "conversation_id": {"type": "string"},
+            "changed": {"type": "boolean", "description": "False when the conversation was in that state already."},
+            "handoff": _ref("Handoff"),
+            "turn_running": {"type": "boolean", "description": "An agent turn was running at that moment: its reply "
+                                                               "may still go out."},
+            "away_log": {"type": "array", "items": _ref("AwayEntry")},
+        },
+    },
+    "OperatorMessage": {
+        "type": "object",
+        "required": ["message"],
+        "additionalProperties": False,
+        "properties": {"message": {"type": "string", "minLength": 1, "maxLength": MAX_MESSAGE_CHARS,
+                                   "description": "Sent as written from the conversation's gateway number.",
+                                   "example": "Hi, this is Anna from the front desk."}},
+    },
+    "OperatorMessageSent": {
+        "type": "object",
+        "required": ["status", "job_id", "conversation_id", "to", "from", "message_sid", "handoff"],
+        "properties": {
+            "status": {"type": "string", "enum": ["sent"]}, "job_id": {"type": "string"},
+            "conversation_id": {"type": "string"}, "to": {"type": "string"}, "from": {"type": "string"},
+            "message_sid": {"type": "string", "description": "Twilio's sid of the SMS."},
+            "handoff": {"type": "boolean", "description": "Whether the conversation was handed off."},
         },
     },
     "ConversationEnded": {
@@ -261,6 +310,42 @@ _PATHS: dict[str, Any] = {
                                  "202": _json(_ref("Running"), "Still running at the deadline, or queued "
                                                                "without waiting.")},
                                 409, 500, 502, 504),
+    }},
+    "/admin/conversations/{number}/handoff": {"post": {
+        "summary": "Take the conversation over: the agent stops answering it",
+        "description": "The person's texts are kept in the away log (not forwarded); keywords still work. "
+                       "Idempotent: a conversation already handed off answers `changed: false`. A turn already "
+                       "running (`turn_running`) may still send its reply.",
+        "operationId": "handoffConversation",
+        "parameters": [_NUMBER, _FROM],
+        "responses": _responses({"200": _json(_ref("HandoffState"), "Handed off.")}),
+    }},
+    "/admin/conversations/{number}/resume": {"post": {
+        "summary": "Give the conversation back to the agent",
+        "description": "What was said meanwhile (the away log) reaches the agent with its next turn. Idempotent.",
+        "operationId": "resumeConversation",
+        "parameters": [_NUMBER, _FROM],
+        "responses": _responses({"200": _json(_ref("HandoffState"), "The agent answers again.")}),
+    }},
+    "/admin/conversations/{number}/messages": {"post": {
+        "summary": "Send an operator's SMS into the ongoing conversation",
+        "description": "From the conversation's gateway number, handed off or not; the chat goes on (unlike "
+                       "POST /admin/sms). Sent between the agent's replies (it takes the conversation's lock) "
+                       "and put in the away log, so the agent hears of it on its next turn. 409 `opted_out`: the "
+                       "person sent STOP, nothing was sent.",
+        "operationId": "sendOperatorMessage",
+        "parameters": [_NUMBER, _FROM,
+                       {"name": "Idempotency-Key", "in": "header", "required": False,
+                        "description": "Retried requests with the same key send one SMS.",
+                        "schema": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY_CHARS,
+                                   "pattern": "^[\\x21-\\x7e]+$"}}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("OperatorMessage")}}},
+        "responses": _responses({"202": {"description": "Sent (`status: sent`), still running at the deadline "
+                                                        "(`status: running`), or queued without waiting "
+                                                        "(`status: queued`); poll `job_url`.",
+                                         "content": {"application/json": {"schema": {"oneOf": [
+                                             _ref("OperatorMessageSent"), _ref("Running")]}}}}},
+                                409, 413, 415, 422, 500, 502, 504),
     }},
     "/admin/chats": {"get": {
         "summary": "List UponAI chats (passed through to UponAI's list chats)",

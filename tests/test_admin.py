@@ -98,7 +98,9 @@ def test_openapi_is_served_without_the_token(admin):
     spec = response.get_json()
     assert spec["openapi"].startswith("3.")
     assert {"/admin/sms", "/admin/conversations/{number}", "/admin/conversations/{number}/end", "/admin/chats",
-            "/admin/failed", "/admin/failed/{job_id}/requeue", "/admin/jobs/{job_id}"} <= set(spec["paths"])
+            "/admin/failed", "/admin/failed/{job_id}/requeue", "/admin/jobs/{job_id}",
+            "/admin/conversations/{number}/handoff", "/admin/conversations/{number}/resume",
+            "/admin/conversations/{number}/messages"} <= set(spec["paths"])
 
 
 def test_unknown_admin_paths_and_methods_answer_in_the_error_shape(admin):

@@ -179,3 +179,21 @@ def test_a_send_twilio_refuses_is_an_event(start_workers, receiver, redis, event
     assert event["type"] == "delivery.failed" and event["conversation"] == {"id": CID, "number": PERSON}
     assert event["data"] == {"status": "refused", "error_code": "21211"}
     assert list(ConversationStore(redis).progress(form["MessageSid"]).parts.values()) == ["failed:21211"]
+
+
+def test_an_operators_handoff_and_resume_are_events_once_each(start_workers, receiver, redis, redis_server,
+                                                              uponai_server, twilio_server):
+    env = {**events_env(redis_server, uponai_server, twilio_server, receiver), "ADMIN_API_TOKEN": "t" * 16}
+    start_workers(1, **events_env_overrides(load_settings(env, dotenv_path=None)))
+    admin = create_app(env).test_client()
+    ConversationStore(redis).touch(CID, gateway=GATEWAY_NUMBER, person=PERSON)
+    auth = {"Authorization": "Bearer " + "t" * 16}
+
+    for action in ("handoff", "handoff", "resume", "resume"):  # the repeats change nothing
+        assert admin.post(f"/admin/conversations/{PERSON}/{action}", headers=auth).status_code == 200
+    wait_for(lambda: len(receiver.calls("event")) == 2, message="two events")
+    wait_idle(redis)
+
+    events = [call.json() for call in receiver.calls("event")]
+    assert sorted(event["type"] for event in events) == ["handoff.ended", "handoff.started"]
+    assert all(event["conversation"]["number"] == PERSON and event["data"] == {"by": "admin-api"} for event in events)

@@ -1,4 +1,5 @@
-"""Operator commands (``sms-gateway send|show|end|forget|chats|failed|requeue|job``) that call the admin API.
+"""Operator commands (``sms-gateway send|show|end|forget|handoff|say|resume|chats|failed|requeue|job``) that call
+the admin API.
 
 They talk to a running gateway over HTTP (``--url``, default PUBLIC_BASE_URL, else
 ``http://127.0.0.1:$PORT``) with the bearer token from ADMIN_API_TOKEN (the environment or ``.env``),
@@ -110,6 +111,11 @@ def _show_conversation(data: dict[str, Any]) -> None:
                  ("last inbound", data.get("last_inbound_at")), ("last outbound", data.get("last_outbound_at")),
                  ("waiting", data.get("waiting_messages")), ("busy", "yes" if data.get("busy") else "no"),
                  ("empty agent turns", data.get("empty_turns")), ("last empty turn", data.get("last_empty_turn_at"))]))
+    handoff = data.get("handoff") or {}
+    if handoff.get("active"):
+        print(f"Handed off to an operator since {handoff.get('since') or '-'} (by {handoff.get('by') or '-'}): "
+              "the agent does not answer; give it back with: sms-gateway resume NUMBER")
+    _print_away_log(data.get("away_log") or [])
     recent = data.get("recent_messages") or []
     if recent:
         print("Recent messages sent (newest first):")
@@ -124,6 +130,37 @@ def _show_conversation(data: dict[str, Any]) -> None:
             print(f"  {message['role']}: {message['content']}")
     if data.get("chat_error"):
         print(f"Chat not available: {data['chat_error'].get('message')}")
+
+
+def _print_away_log(entries: list[dict[str, Any]]) -> None:
+    if entries:
+        print("Said while the agent was away (oldest first):")
+        for entry in entries:
+            print(f"  {entry.get('at') or '-'}  {entry.get('who')}: {entry.get('text')}")
+
+
+def _show_handoff(data: dict[str, Any]) -> None:
+    handoff = data.get("handoff") or {}
+    cid = data["conversation_id"]
+    if handoff.get("active"):
+        already = "" if data.get("changed") else " (it already was)"
+        print(f"Conversation {cid} is handed off to an operator{already}: the agent does not answer it")
+        print("  answer with: sms-gateway say NUMBER \"text\"; give it back with: sms-gateway resume NUMBER")
+        if data.get("turn_running"):
+            print("  an agent turn was already running: its reply may still go out")
+    else:
+        already = "" if data.get("changed") else " (it already did)"
+        print(f"The agent answers conversation {cid} again{already}")
+    _print_away_log(data.get("away_log") or [])
+
+
+def _show_said(data: dict[str, Any]) -> None:
+    if data.get("status") in ("running", "queued"):
+        return _print_running(data)
+    state = "handed off" if data.get("handoff") else "the agent is answering it"
+    print(f"Sent to {data['to']} from {data['from']}: {data['message_sid']} (conversation {data['conversation_id']}, "
+          f"{state})")
+    return None
 
 
 def _show_ended(data: dict[str, Any]) -> None:
@@ -220,6 +257,25 @@ def _forget(args):
     return _call(args, "DELETE", f"/admin/conversations/{_number_path(args.number)}", params=params), _show_erased
 
 
+def _handoff(args):
+    params = {"from": args.sender} if args.sender else None
+    return _call(args, "POST", f"/admin/conversations/{_number_path(args.number)}/handoff", params=params), \
+        _show_handoff
+
+
+def _resume(args):
+    params = {"from": args.sender} if args.sender else None
+    return _call(args, "POST", f"/admin/conversations/{_number_path(args.number)}/resume", params=params), \
+        _show_handoff
+
+
+def _say(args):
+    params = {"from": args.sender} if args.sender else None
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
+    return _call(args, "POST", f"/admin/conversations/{_number_path(args.number)}/messages", params=params,
+                 body={"message": args.message}, headers=headers), _show_said
+
+
 def _chats(args):
     params = {name: value for name, value in (("limit", args.limit), ("sort_order", args.sort_order),
                                               ("pagination_key", args.pagination_key)) if value is not None}
@@ -279,12 +335,23 @@ def add_commands(sub) -> None:
     for name, command, summary in (("show", _show, "show a conversation and its chat"),
                                    ("end", _end, "end a conversation's chat now"),
                                    ("forget", _forget, "erase a person: end the chat, delete their number and "
-                                                       "words (DELETE /admin/conversations/NUMBER)")):
+                                                       "words (DELETE /admin/conversations/NUMBER)"),
+                                   ("handoff", _handoff, "take a conversation over: the agent stops answering it"),
+                                   ("resume", _resume, "give a conversation back to the agent")):
         parser = sub.add_parser(name, parents=[common], help=summary)
         parser.add_argument("number", help=NUMBER_HELP)
         parser.add_argument("--from", dest="sender", help="the gateway number or Messaging Service sid "
                                                           "(default: the configured sender)")
         parser.set_defaults(func=_runner(command))
+
+    say = sub.add_parser("say", parents=[common], help="send an SMS as the business into an ongoing conversation "
+                                                       "(POST /admin/conversations/NUMBER/messages)")
+    say.add_argument("number", help=NUMBER_HELP)
+    say.add_argument("message", help="the text, sent as written")
+    say.add_argument("--from", dest="sender", help="the gateway number or Messaging Service sid "
+                                                   "(default: the configured sender)")
+    say.add_argument("--idempotency-key", help="re-running with the same key sends one SMS, not two")
+    say.set_defaults(func=_runner(_say))
 
     chats = sub.add_parser("chats", parents=[common], help="list UponAI chats")
     chats.add_argument("--limit", type=int, help="chats per page (1-1000)")

@@ -1,4 +1,5 @@
-"""The operator commands (``sms-gateway send|show|end|forget|chats|failed|requeue``) against a served gateway."""
+"""The operator commands (``sms-gateway send|show|end|forget|handoff|say|resume|chats|failed|requeue``) against a
+served gateway."""
 
 from __future__ import annotations
 
@@ -188,3 +189,36 @@ def test_forget_erases_the_person(start_workers, served, cli, uponai, twilio, re
     assert personal_data(redis, PERSON) == []
     again = cli("forget", PERSON)
     assert again.returncode == 1 and "conversation_not_found" in again.stderr
+
+
+def test_handoff_say_and_resume_from_the_console(start_workers, served, cli, uponai, twilio, redis):
+    _, app = served
+    start_workers(1)
+    text_in(app, "where is my parcel?")
+    wait_for(lambda: twilio.sent_to(PERSON), message="the agent's answer")
+
+    taken = cli("handoff", PERSON)
+    assert taken.returncode == 0, taken.stderr
+    assert "is handed off to an operator" in taken.stdout and "sms-gateway say" in taken.stdout
+    assert "it already was" in cli("handoff", PERSON).stdout
+
+    said = cli("say", PERSON, "It left our warehouse today.", "--idempotency-key", "parcel-1")
+    assert said.returncode == 0, said.stderr
+    assert f"Sent to {PERSON} from {GATEWAY_NUMBER}" in said.stdout and "handed off" in said.stdout
+    assert cli("say", PERSON, "It left our warehouse today.", "--idempotency-key", "parcel-1").returncode == 0
+    wait_for(lambda: len(twilio.sent_to(PERSON)) == 2, message="the operator's message")
+
+    shown = cli("show", PERSON)
+    assert "Handed off to an operator since" in shown.stdout
+    assert "operator: It left our warehouse today." in shown.stdout
+
+    given = cli("resume", PERSON)
+    assert given.returncode == 0 and "The agent answers conversation" in given.stdout
+    assert twilio.sent_to(PERSON) == ["You said: where is my parcel?", "It left our warehouse today."]
+
+
+def test_say_to_an_unknown_conversation_exits_1_with_the_reason(served, cli, twilio):
+    result = cli("say", "+14155550111", "hello")
+    assert result.returncode == 1
+    assert "No conversation between these numbers is known. (conversation_not_found, HTTP 404)" in result.stderr
+    assert twilio.messages == []

@@ -5,7 +5,9 @@ Twilio. What the page sends goes to the simulator, which signs it and calls the 
 webhook, so it takes the production path (queue, worker, UponAI, Twilio REST). Replies are read back
 from the simulator with their delivery status; the conversation's state (chat id, opt-out, idle
 timer, delivery status as the gateway recorded it) comes from Redis. An outbound conversation is
-started through the admin API (``POST /admin/sms``) with the sandbox's admin token.
+started through the admin API (``POST /admin/sms``) with the sandbox's admin token, and so are the
+operator's actions: taking the conversation over, answering as the business, giving it back
+(``POST /admin/conversations/<number>/handoff|messages|resume``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import requests
 from flask import Flask, jsonify, request, send_from_directory
@@ -104,7 +107,44 @@ def create_phone_app(*, twilio: TwilioSimulator, gateway_url: str, gateway_numbe
             "idle_ends_chat_in_seconds": idle_in, "waiting_messages": store.inbox_length(cid),
             "recent": [{"sid": row["sid"], "status": row.get("status"), "part": row.get("part")}
                        for row in store.recent_sent(cid)],
+            "handoff": state.get("handoff") == "1",
+            "away_log": [{"who": entry.get("who"), "text": entry.get("text"), "at": float(entry.get("at") or 0)}
+                         for entry in store.away_log(cid)],
         })
+
+    def admin_call(path: str, payload: dict | None = None, headers: dict[str, str] | None = None):
+        """POST to the gateway's admin API with the sandbox's token; the page gets its answer (or why not)."""
+        status = outbound_status()
+        if not status.get("available"):
+            return jsonify({"error": f"Operator actions are not available: {status.get('reason')}."}), 409
+        try:
+            answer = http.post(f"{gateway_url}{path}", json=payload, timeout=60,
+                               headers={"Authorization": f"Bearer {admin_token}", **(headers or {})})
+        except requests.RequestException as exc:
+            return jsonify({"error": f"The gateway did not answer: {type(exc).__name__}."}), 502
+        try:
+            body = answer.json()
+        except ValueError:
+            body = {"error": {"message": answer.text[:200]}}
+        return jsonify({"status": answer.status_code, "answer": body}), 200 if answer.ok else 502
+
+    @app.post("/api/handoff")
+    def handoff():
+        data = request.get_json(silent=True) or {}
+        number = quote(person_of(data.get("number", "")), safe="")
+        action = "handoff" if data.get("on") else "resume"
+        return admin_call(f"/admin/conversations/{number}/{action}")
+
+    @app.post("/api/operator")
+    def operator_message():
+        data = request.get_json(silent=True) or {}
+        number = quote(person_of(data.get("number", "")), safe="")
+        message = str(data.get("message", ""))
+        if not message.strip():
+            return jsonify({"error": "Type the business's answer."}), 400
+        key = str(data.get("key") or "")  # one per click on the page: a repeated submit sends one SMS
+        return admin_call(f"/admin/conversations/{number}/messages", {"message": message},
+                          {"Idempotency-Key": key} if key else None)
 
     @app.post("/api/outbound")
     def outbound():

@@ -1,4 +1,5 @@
-// The sandbox phone page: polls the thread and the conversation state, sends texts and starts outbound chats.
+// The sandbox phone page: polls the thread and the conversation state, sends texts, starts outbound chats,
+// and lets an operator take a conversation over, answer as the business and give it back.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -62,6 +63,43 @@ function renderState(state) {
     state.recent.slice(0, 5).map((r) => `${r.sid.slice(0, 8)}…: ${r.status || "?"}`).join("\n") : "–";
 }
 
+function renderHandoff(state) {
+  if (document.activeElement !== $("handoff")) $("handoff").checked = Boolean(state.handoff);
+  $("handoff-label").textContent = state.handoff ? "Handed off: uncheck to give it back to the agent" : "Take over";
+  $("away-log").textContent = (state.away_log || []).length ? "Said while the agent was away:\n" +
+    state.away_log.map((e) => `${time(e.at)} ${e.who}: ${e.text}`).join("\n") : "";
+  $("away-log").style.whiteSpace = "pre-wrap";
+}
+
+function adminError(answer) {
+  const error = answer.body.error || (answer.body.answer && answer.body.answer.error) || {};
+  return typeof error === "string" ? error : (error.message || `failed (${answer.status})`);
+}
+
+async function toggleHandoff() {
+  const on = $("handoff").checked;
+  $("operator-note").textContent = on ? "Taking over…" : "Giving it back…";
+  const answer = await api("/api/handoff", {method: "POST", body: JSON.stringify({number: person(), on})});
+  $("operator-note").textContent = answer.ok ?
+    (on ? "You have the conversation: the agent does not answer." : "The agent answers again.") : adminError(answer);
+  poll();
+}
+
+async function sendAsBusiness() {
+  const message = $("operator-message").value;
+  $("operator-note").textContent = "Sending…";
+  // One key per message: a double click (or a retried request) sends one SMS.
+  const key = (window.crypto && crypto.randomUUID) ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`;
+  const answer = await api("/api/operator", {method: "POST", body: JSON.stringify({number: person(), message, key})});
+  if (answer.ok) {
+    $("operator-note").textContent = "Sent as the business.";
+    $("operator-message").value = "";
+  } else {
+    $("operator-note").textContent = adminError(answer);
+  }
+  poll();
+}
+
 async function poll() {
   if (person()) {
     const number = encodeURIComponent(person());
@@ -70,7 +108,7 @@ async function poll() {
     // The backend reads the number as the admin API does and says what is wrong with it.
     $("number-error").textContent = thread.status === 400 ? (thread.body.error || "") : "";
     if (thread.ok) renderThread(thread.body.messages);
-    if (state.ok) renderState(state.body);
+    if (state.ok) { renderState(state.body); renderHandoff(state.body); }
   }
 }
 
@@ -119,10 +157,16 @@ async function start() {
   });
   $("compose").addEventListener("submit", send);
   $("outbound-start").addEventListener("click", startOutbound);
+  $("handoff").addEventListener("change", toggleHandoff);
+  $("operator-send").addEventListener("click", sendAsBusiness);
   if (!config.outbound.available) {
     $("outbound-start").disabled = true;
     $("outbound-message").disabled = true;
     $("outbound-note").textContent = `Not available: ${config.outbound.reason}.`;
+    $("handoff").disabled = true;
+    $("operator-send").disabled = true;
+    $("operator-message").disabled = true;
+    $("operator-note").textContent = `Not available: ${config.outbound.reason}.`;
   }
   poll();
   setInterval(poll, 700);

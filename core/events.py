@@ -102,6 +102,8 @@ def _enqueue(queue: Queue, settings, event: dict[str, Any], event_id: str, pipe:
                        timeout=int(2 * settings.events_timeout_seconds + 30),
                        result_ttl=EVENT_RESULT_TTL_SECONDS,
                        failure_ttl=kept_seconds(settings, ADMIN_FAILURE_TTL_SECONDS),
+                       # The conversation's id: an erase deletes its finished and failed jobs (they quote the number).
+                       meta={"conversation_id": event["conversation"]["id"]},
                        retry=Retry(max=len(intervals), interval=intervals), pipeline=pipe)
 
 

@@ -28,7 +28,7 @@ def run_worker(args: argparse.Namespace) -> int:
     from core.redis import connect_redis
     from gateway.observability import configure_logging
     from workers import jobs, worker
-    from workers.startup import RedisUnusable
+    from workers.startup import RedisOutageLines, RedisUnusable, redis_address
 
     settings = load_settings()
     # A long-running process logs JSON lines (see gateway/observability.py), bodies only if the settings say so.
@@ -36,6 +36,8 @@ def run_worker(args: argparse.Namespace) -> int:
     logging.getLogger("rq.job").addFilter(jobs.RetryCountFilter())  # RQ's "999 remaining" is not a true count
     metrics.metrics()  # built before any job runs (the worker's threads would race to build them)
     redis = connect_redis(settings.redis_url)
+    # One line per outage, not one per RQ worker thread per retry.
+    logging.getLogger("rq.worker").addFilter(RedisOutageLines(redis_address(redis)))
     jobs.install_services(jobs.build_services(settings, redis))
     try:
         worker.run(redis, [ADMIN_QUEUE_NAME, QUEUE_NAME], threads=settings.worker_threads, burst=args.burst,

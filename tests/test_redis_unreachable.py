@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
+from rq import Queue, Worker
 
 from sandbox.launcher import redis_server_binary
-from tests.conftest import ROOT, free_port, settings_env, wait_for
+from tests.conftest import ROOT, RedisServer, free_port, settings_env, wait_for
 
 UNRESOLVABLE = "redis-host.invalid"
 
@@ -112,3 +113,42 @@ def test_doctor_names_where_redis_is_and_why_it_is_not_reachable(where, cause, f
         f"Redis at {host}:{port} not reachable: {cause} (" in redis_lines[0], output
     following = result.stdout.splitlines()[result.stdout.splitlines().index(redis_lines[0]) + 1]
     assert following.strip().startswith(f"-> {fix}"), output
+
+
+def test_a_redis_outage_is_one_line_not_one_per_worker_thread_and_retry(redis_server, uponai_server, twilio_server,
+                                                                       tmp_path):
+    server = RedisServer(tmp_path)
+    server.start()
+    env = {**command_env(redis_server, uponai_server, twilio_server, server.url), "WORKER_THREADS": "4"}
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log_file:
+        worker = subprocess.Popen([str(Path(sys.executable).with_name("sms-gateway")), "worker"], env=env,
+                                  cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    direct = Redis(port=server.port, socket_connect_timeout=0.5)
+    try:
+        wait_for(lambda: Worker.count(connection=direct) == 4, timeout=45, message="four RQ workers to register")
+        server.stop()
+        wait_for(lambda: any(said in log_path.read_text() for said in ("not reachable", "could not connect")),
+                 timeout=30, message="the worker to see the outage")
+        server.start()
+        # Every RQ worker of the process is back once a job on each queue is done.
+        jobs = [Queue(name, connection=direct).enqueue("builtins.len", "four") for name in ("sms-admin", "sms")]
+        wait_for(lambda: all(job.get_status(refresh=True) == "finished" for job in jobs), timeout=60,
+                 message="the workers to run jobs again")
+    finally:
+        direct.close()
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+        server.stop()
+
+    output = log_path.read_text()
+    # Four RQ workers and their four listeners each said it on every retry; now the process says it once.
+    assert "could not connect to Redis instance" not in output, output
+    outage_lines = [line for line in output.splitlines() if "not reachable" in line]
+    assert 1 <= len(outage_lines) <= 3, output
+    assert f"Redis at 127.0.0.1:{server.port} not reachable: connection refused; the workers keep trying" \
+        in outage_lines[0], output

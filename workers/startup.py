@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 from redis import Redis
@@ -108,6 +109,41 @@ def wait_for_redis(connection: Redis, stop_event: threading.Event, *, announce: 
     except StopRequested:  # raised by the signal handler of an earlier RQ worker of this process
         pass
     return False
+
+
+class RedisOutageLines(logging.Filter):
+    """One line per ``interval_seconds`` for a Redis outage, instead of RQ's line per worker thread per retry.
+
+    Each of a process's RQ workers (``WORKER_THREADS``), and each one's pubsub listener, logs "Worker ...: could
+    not connect to Redis instance: Error 111 connecting to ... retrying in 2 seconds..." on every retry: with 64
+    threads, hundreds of lines a minute saying one thing. The first of them is rewritten in the gateway's words
+    (where Redis is, and why), the rest are left out until ``interval_seconds`` have passed. Installed on RQ's
+    worker logger by the worker process; a line RQ words differently passes unchanged.
+    """
+
+    RQ_LINE = "Worker %s: could not connect to Redis instance: %s retrying in %d seconds..."
+
+    def __init__(self, address: str, interval_seconds: float = 15.0):
+        super().__init__()
+        self.address = address
+        self.interval_seconds = interval_seconds
+        self._last_shown: float | None = None
+        self._left_out = 0
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != self.RQ_LINE or not isinstance(record.args, tuple) or len(record.args) != 3:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            if self._last_shown is not None and now - self._last_shown < self.interval_seconds:
+                self._left_out += 1
+                return False
+            self._last_shown, left_out, self._left_out = now, self._left_out, 0
+        cause = redis_failure(record.args[1]) if isinstance(record.args[1], BaseException) else str(record.args[1])
+        record.msg = "Redis at %s not reachable: %s; the workers keep trying (%d like lines left out)"
+        record.args = (self.address, cause, left_out)
+        return True
 
 
 def exit_children_with_this_process() -> None:

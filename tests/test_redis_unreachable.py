@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,18 @@ def run_worker(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProce
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+def skip_unless_the_resolver_says_no_such_name() -> None:
+    """The worker stops on "no such name" (EAI_NONAME); a resolver that cannot answer at all (EAI_AGAIN) is retried."""
+    try:
+        socket.getaddrinfo(UNRESOLVABLE, 6379)
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_NONAME:
+            return
+        pytest.skip(f"this machine's resolver cannot answer for {UNRESOLVABLE} ({exc.strerror}): the worker would "
+                    "rightly keep retrying; run where DNS lookups work (any configured resolver)")
+    pytest.skip(f"this machine's resolver resolves {UNRESOLVABLE}, a reserved name that never should")
+
+
 @pytest.fixture
 def password_redis(tmp_path):
     """A redis-server of this test's own that wants a password."""
@@ -75,6 +88,7 @@ def password_redis(tmp_path):
 def test_a_worker_that_can_never_reach_redis_says_why_in_one_line_and_exits_non_zero(
         where, cause, redis_server, uponai_server, twilio_server, tmp_path, request):
     if where == "unresolvable":
+        skip_unless_the_resolver_says_no_such_name()
         address, url = f"{UNRESOLVABLE}:6379", f"redis://{UNRESOLVABLE}:6379/0"
     else:
         port = request.getfixturevalue("password_redis")

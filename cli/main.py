@@ -11,6 +11,7 @@ from config import SettingsError, load_settings
 # Plain text: argparse prints it as written (the module docstring's reST quotes would show as backticks).
 DESCRIPTION = "The SMS gateway's command line: the worker process, the whole gateway on one machine, " \
               "and the operator's tools (settings, Twilio set-up, checks, admin operations)."
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 EPILOG = "Settings come from the environment or a .env file in the working directory. " \
          "Run 'sms-gateway COMMAND --help' for a command's options."
 
@@ -68,7 +69,8 @@ def check_settings(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sms-gateway", description=DESCRIPTION, epilog=EPILOG)
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS, metavar="LEVEL",
+                        help=f"logging level: {', '.join(LOG_LEVELS)} (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     worker = sub.add_parser("worker", help="run a worker (with the scheduler) on the gateway's queue")

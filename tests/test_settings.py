@@ -366,3 +366,15 @@ def test_help_is_plain_text_listing_every_command(tmp_path):
     for name in ("worker", "run", "check-settings", "configure-twilio", "doctor", "send", "show", "failed"):
         assert f"\n    {name} " in result.stdout, name
     assert ".env" in result.stdout
+
+
+def test_an_unknown_log_level_option_is_a_usage_error_not_a_traceback(tmp_path):
+    command = Path(sys.executable).with_name("sms-gateway")
+    result = subprocess.run([str(command), "--log-level", "loud", "worker"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, env={"PATH": "/usr/bin:/bin", **minimal()})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "--log-level" in result.stderr and "LOUD" in result.stderr and "DEBUG" in result.stderr
+    assert subprocess.run([str(command), "--log-level", "warning", "check-settings"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", **minimal()}).returncode == 0

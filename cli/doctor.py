@@ -47,7 +47,7 @@ def check_redis(settings: Settings) -> Check:
     from core.redis import connect_redis
     from workers.startup import redis_address, redis_failure
 
-    client = connect_redis(settings.redis_url, for_web=True)
+    client = connect_redis(settings, for_web=True)
     try:
         version = client.info("server").get("redis_version", "?")
         try:
@@ -74,7 +74,7 @@ def check_workers(settings: Settings) -> Check:
     from core.queues import QUEUE_NAME, live_workers
     from core.redis import connect_redis
 
-    client = connect_redis(settings.redis_url, for_web=True)
+    client = connect_redis(settings, for_web=True)
     try:
         count = len(live_workers(client))
         depth = Queue(QUEUE_NAME, connection=client).count

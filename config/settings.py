@@ -126,6 +126,18 @@ def _redis_url(value: str) -> str:
     return value
 
 
+def _host_ports(value: str) -> tuple[tuple[str, int], ...]:
+    addresses = []
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be a comma-separated list of host:port, e.g. 10.0.0.1:26379,10.0.0.2:26379")
+        addresses.append((host.strip("[]"), int(port)))
+    return tuple(addresses)
+
+
 def _style(value: str) -> str:
     value = value.strip().lower()
     if value not in API_STYLES:
@@ -256,6 +268,11 @@ class Settings:
     """Everything the web and worker processes need, parsed and checked."""
 
     redis_url: str = _setting("REDIS_URL", _redis_url, required=True)
+    redis_sentinels: tuple[tuple[str, int], ...] = _setting("REDIS_SENTINELS", _host_ports, ())
+    redis_sentinel_master: str | None = _setting("REDIS_SENTINEL_MASTER")
+    redis_sentinel_password: str | None = _setting("REDIS_SENTINEL_PASSWORD", _secret, secret=True)
+    redis_wait_replicas: int = _setting("REDIS_WAIT_REPLICAS", _non_negative_int, 0)
+    redis_wait_timeout_seconds: float = _setting("REDIS_WAIT_TIMEOUT_SECONDS", _positive_float, 1.0)
     uponai_api_key: str = _setting("UPONAI_API_KEY", _secret, required=True, secret=True)
     uponai_agent_id: str = _setting("UPONAI_AGENT_ID", required=True)
     uponai_api_style: str = _setting("UPONAI_API_STYLE", _style, "reference")
@@ -424,6 +441,15 @@ def _parse(environ: Mapping[str, str], specs: Iterable[Field]) -> tuple[dict[str
 def _cross_checks(settings: Settings) -> list[str]:
     """Problems with how settings combine."""
     problems = []
+    if settings.redis_sentinels and not settings.redis_sentinel_master:
+        problems.append("REDIS_SENTINEL_MASTER is required when REDIS_SENTINELS is set "
+                        "(the name the sentinels monitor the master by, e.g. mymaster)")
+    if (settings.redis_sentinel_master or settings.redis_sentinel_password) and not settings.redis_sentinels:
+        problems.append("REDIS_SENTINELS is required when REDIS_SENTINEL_MASTER or REDIS_SENTINEL_PASSWORD is set "
+                        "(the sentinels' host:port list)")
+    if settings.redis_sentinels and urlsplit(settings.redis_url).scheme == "unix":
+        problems.append("REDIS_URL must be redis:// or rediss:// when REDIS_SENTINELS is set: the sentinels "
+                        "name the master's host and port, REDIS_URL gives its password, database and TLS")
     if settings.data_retention_seconds <= settings.chat_idle_timeout_seconds:
         # The conversation record (and the chat id in it) would expire before the idle close ends the chat.
         problems.append(f"DATA_RETENTION_DAYS={settings.data_retention_days:g} is invalid: it must be longer than "

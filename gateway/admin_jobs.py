@@ -38,6 +38,7 @@ from rq.job import Job, JobStatus
 from rq.results import Result
 
 from core.queues import ADMIN_QUEUE_NAME, enqueue_admin_job, kept_seconds, operator_message_job, outbound_start_job
+from core.redis import connect_redis
 from core.state import ConversationStore
 
 CLAIM_ATTEMPTS = 5  # each failed claim means another request claimed the key meanwhile
@@ -77,8 +78,7 @@ class AdminJobs:
         self.queue = Queue(ADMIN_QUEUE_NAME, connection=redis)
         self._places = threading.Semaphore(settings.admin_max_waiting)
         # Blocking reads need a socket timeout longer than the wait (the web's usual one is 2 s).
-        self.waiting = Redis.from_url(settings.redis_url, socket_connect_timeout=1,
-                                      socket_timeout=settings.admin_wait_seconds + 5)
+        self.waiting = connect_redis(settings, for_web=True, socket_timeout=settings.admin_wait_seconds + 5)
 
     def enqueue(self, func: str, args: tuple, *, description: str, job_id: str | None = None,
                 conversation_id: str | None = None) -> Job:

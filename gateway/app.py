@@ -36,7 +36,9 @@ def create_app(test_config: Settings | Mapping[str, str] | None = None) -> Flask
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
-    redis = connect_redis(settings.redis_url, for_web=True)
+    # A webhook that waits for replicas (REDIS_WAIT_REPLICAS) reads WAIT's answer after up to that long.
+    wait_seconds = settings.redis_wait_timeout_seconds if settings.redis_wait_replicas else 0
+    redis = connect_redis(settings, for_web=True, socket_timeout=(1 + wait_seconds) if wait_seconds else None)
     app.extensions["sms_gateway"] = WebContext(
         settings=settings,
         redis=redis,

@@ -15,6 +15,7 @@ from core.metrics import metrics
 from core.model import InboundMessage
 from core.queues import enqueue_drain
 from core.redaction import mask_number
+from core.state import NotReplicated
 from gateway import twilio_fields as fields
 from gateway.context import web_context
 from gateway.responses import plain_text
@@ -117,7 +118,15 @@ def inbound_sms():
     try:
         outcome = web.store.accept(message, signature=request.headers.get("X-Twilio-Signature", ""),
                                   skip=unanswerable is not None, enqueue=lambda pipe: enqueue_drain(
-                                      web.queue, message.conversation_id, web.settings, pipeline=pipe))
+                                      web.queue, message.conversation_id, web.settings, pipeline=pipe),
+                                  replicas=web.settings.redis_wait_replicas,
+                                  replica_timeout_seconds=web.settings.redis_wait_timeout_seconds)
+    except NotReplicated as exc:
+        # Stored and queued on the master, so it is answered unless a failover loses it: Twilio is told it
+        # was not (its fallback URL, if any, runs), as REDIS_WAIT_REPLICAS asks.
+        log.warning("inbound message=%s %s but confirmed by %d of REDIS_WAIT_REPLICAS=%d replica(s) in time: "
+                    "answering 503", message.sid, exc.outcome, exc.replicas, web.settings.redis_wait_replicas)
+        return plain_text(503, "Temporarily unable to confirm the message is stored safely; please retry.")
     except RedisError as exc:
         log.error("inbound message=%s not accepted: Redis unavailable (%s)", message.sid, type(exc).__name__)
         return plain_text(503, "Temporarily unable to accept messages; please retry.")

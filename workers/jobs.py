@@ -54,7 +54,7 @@ def build_services(settings, redis: Redis | None = None) -> Services:
     from workers.twilio_client import TwilioSender
     from workers.uponai import UponAIClient
 
-    redis = redis or connect_redis(settings.redis_url)
+    redis = redis or connect_redis(settings)
     return Services(
         store=ConversationStore(redis, dedupe_ttl_seconds=settings.dedupe_ttl_seconds,
                                 retention_seconds=settings.data_retention_seconds),

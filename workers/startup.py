@@ -23,7 +23,10 @@ from collections.abc import Callable
 from redis import Redis
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.sentinel import MasterNotFoundError
 from rq.exceptions import StopRequested
+
+from core import redis as core_redis
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +39,8 @@ _forking_pid = 0  # set just before each fork: in the child, the pid of the proc
 
 
 def redis_address(connection: Redis) -> str:
-    """Where the client looks for Redis: ``host:port`` or a socket path."""
-    kwargs = connection.connection_pool.connection_kwargs
-    return str(kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}")
+    """Where the client looks for Redis: ``host:port``, a socket path, or the sentinels' master."""
+    return core_redis.redis_address(connection)
 
 
 def redis_failure(exc: BaseException) -> str:
@@ -46,6 +48,8 @@ def redis_failure(exc: BaseException) -> str:
     "authentication failed"... (what an operator fixes differs: Redis down, a typo in the host, a firewall, the
     password)."""
     cause: BaseException | None = exc
+    if isinstance(exc, MasterNotFoundError):  # its message lists every sentinel client's repr
+        return "no sentinel names a master that is up"
     while cause is not None:
         if isinstance(cause, AuthenticationError) or (
                 isinstance(cause, ResponseError) and str(cause).startswith(("NOAUTH", "WRONGPASS"))):

@@ -17,12 +17,12 @@ from core.state.counters import Counters
 from core.state.deliveries import STATUS_RANK, Deliveries, Progress
 from core.state.erase import Erasure
 from core.state.handoff import Handoff
-from core.state.inbound import Inbound
+from core.state.inbound import Inbound, NotReplicated
 from core.state.keys import CHANNEL_ADDRESS, PREFIX, away_key, away_refs_key, bare_address, key
 from core.state.operations import Operations
 
-__all__ = ["CHANNEL_ADDRESS", "PREFIX", "STATUS_RANK", "ConversationStore", "Progress", "away_key", "away_refs_key",
-           "bare_address", "key"]
+__all__ = ["CHANNEL_ADDRESS", "PREFIX", "STATUS_RANK", "ConversationStore", "NotReplicated", "Progress", "away_key",
+           "away_refs_key", "bare_address", "key"]
 
 
 class ConversationStore(Inbound, Conversations, Deliveries, Counters, Operations, Handoff, Erasure):

@@ -94,13 +94,22 @@ OUTCOMES = {1: "new", 0: "duplicate", 3: "replay", 4: "skipped"}
 PENDING_CLAIM_SECONDS = 5.0
 
 
+class NotReplicated(Exception):
+    """A text was accepted by the master, but fewer replicas than asked confirmed it in time (Redis ``WAIT``)."""
+
+    def __init__(self, outcome: str, replicas: int):
+        super().__init__(f"{outcome} text on {replicas} replica(s) only")
+        self.outcome = outcome
+        self.replicas = replicas
+
+
 class Inbound(StateBase):
     """Accepting inbound texts once, and the inbox a drain job works through."""
 
     SCRIPTS = {"_accept_script": _ACCEPT, "_pop_head": _POP_HEAD}
 
     def accept(self, message: InboundMessage, *, enqueue: Callable[[Pipeline], object], signature: str = "",
-               skip: bool = False) -> str:
+               skip: bool = False, replicas: int = 0, replica_timeout_seconds: float = 1.0) -> str:
         """Record an inbound message once; returns "new", "duplicate", "replay" or "skipped".
 
         "replay": ``signature`` was first accepted with another message. "skipped": a sender no reply can
@@ -108,6 +117,12 @@ class Inbound(StateBase):
         ``enqueue(pipeline)`` queues the conversation's drain job on a MULTI pipeline (RQ's public API with
         ``pipeline=``); it is called only when the conversation needs one. It may raise (Redis failed): the
         text stays "pending" and a retry of the same sid queues it.
+
+        With ``replicas``, the accept script's writes must reach that many replicas (Redis ``WAIT``, sent on
+        the script's own connection: WAIT counts the writes of its connection) within
+        ``replica_timeout_seconds``, else ``NotReplicated`` is raised once the text is fully accepted (it is
+        answered unless the master is lost before it replicates). Those writes alone let the text be answered
+        after a failover: a drain job lost with the old master is queued again by the workers' recovery sweep.
         """
         cid = message.conversation_id
         signed = hashlib.sha256(signature.encode()).hexdigest()[:32] if signature else f"sid-{message.sid}"
@@ -117,10 +132,20 @@ class Inbound(StateBase):
                 f"{message.received_at:.3f}", message.messaging_service_sid, cid, message.sid,
                 bare_address(message.to), bare_address(message.from_), "1" if skip else "0",
                 self.retention_seconds, f"{time.time():.3f}", PENDING_CLAIM_SECONDS]
-        code, needs_job = (int(v) for v in self._accept_script(keys=keys, args=args))
+        acknowledged = replicas
+        if replicas:
+            with self.redis.pipeline(transaction=False) as pipe:  # one connection: the script, then its WAIT
+                self._accept_script(keys=keys, args=args, client=pipe)
+                pipe.wait(replicas, max(1, round(replica_timeout_seconds * 1000)))
+                result, acknowledged = pipe.execute()
+        else:
+            result = self._accept_script(keys=keys, args=args)
+        code, needs_job = (int(v) for v in result)
         outcome = OUTCOMES[code]
         if needs_job:
             self._queue_pending(seen, enqueue)
+        if acknowledged < replicas and outcome in ("new", "duplicate"):  # the texts that are to be answered
+            raise NotReplicated(outcome, acknowledged)
         return outcome
 
     def _queue_pending(self, seen: str, enqueue: Callable[[Pipeline], object]) -> None:

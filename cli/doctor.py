@@ -38,6 +38,8 @@ REDIS_FIXES = {  # what to do about each cause that workers.startup.redis_failur
     "host name not resolved": "fix the host in REDIS_URL (this machine's DNS does not know it)",
     "timed out": "check that this host can reach Redis (firewall, security group, VPN), and the host in REDIS_URL",
     "authentication failed": "fix the user or password in REDIS_URL",
+    "no sentinel names a master that is up": "start the sentinels and the master, or fix REDIS_SENTINELS and "
+                                             "REDIS_SENTINEL_MASTER (the name the sentinels monitor)",
 }
 
 

@@ -197,3 +197,20 @@ def test_an_operators_handoff_and_resume_are_events_once_each(start_workers, rec
     events = [call.json() for call in receiver.calls("event")]
     assert sorted(event["type"] for event in events) == ["handoff.ended", "handoff.started"]
     assert all(event["conversation"]["number"] == PERSON and event["data"] == {"by": "admin-api"} for event in events)
+
+
+def test_an_event_queued_twice_from_transactions_is_posted_once(start_workers, receiver, redis, events_settings):
+    start_workers(2, **events_env_overrides(events_settings))  # two workers: the two runs could overlap
+    receiver.latency_seconds = 0.3
+    sid = new_sid()
+    for _ in range(2):  # a transaction cannot read the marker first: the job is queued each time
+        with redis.pipeline() as pipe:
+            pipe.multi()
+            emit_event(pipe, events_settings, "conversation.opted_out", event_id=f"opted_out:{sid}",
+                       conversation_id=CID, number=PERSON)
+            pipe.execute()
+
+    wait_for(lambda: receiver.calls("event"), message="the event at the receiver")
+    wait_idle(redis)
+    assert len(receiver.calls("event")) == 1
+    assert redis.get(event_marker_key(f"opted_out:{sid}")) == b"sent"

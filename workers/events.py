@@ -52,10 +52,11 @@ def deliver_event(event: dict[str, Any], event_id: str) -> dict[str, Any]:
     marker = event_marker_key(event_id)
     if redis.get(marker) == SENT.encode():
         return {"delivered": True, "duplicate": True}
-    # Two runs of one event (queued twice from a pipeline) must not post it at once.
+    # Two runs of one event (queued twice from a pipeline) must not post it at once: the second tries again
+    # later, and then finds it sent (or, if the first died mid-post, posts it once its claim has expired).
     sending = key("event-sending", event_digest(event_id))
     if not redis.set(sending, "1", nx=True, ex=int(2 * settings.events_timeout_seconds + 30)):
-        return {"delivered": False, "reason": "another run of this event is posting it"}
+        raise EventNotDelivered("another run of this event is posting it")
     try:
         status = _post(settings, event)
         if 200 <= status < 300:
@@ -63,6 +64,7 @@ def deliver_event(event: dict[str, Any], event_id: str) -> dict[str, Any]:
                 pipe.set(marker, SENT, xx=True, keepttl=True)
                 pipe.set(marker, SENT, nx=True, ex=settings.dedupe_ttl_seconds)  # its marker expired meanwhile
                 pipe.execute()
+            log.info("event %s (%s) posted: HTTP %d", event["id"], event["type"], status)
             return {"delivered": True, "status": status}
         if status == 429 or status >= 500:
             raise EventNotDelivered(f"the events receiver answered {status}")

@@ -104,8 +104,9 @@ def twilio_app(state: State) -> web.Application:
         if not to or not body or not (form.get("From") or form.get("MessagingServiceSid")):
             return web.json_response({"code": 21211, "message": "To, Body and a sender are required",
                                       "status": 400}, status=400)
-        match = TOKEN.search(body)
-        state.sent.append((match[1] if match else "", time.monotonic(), to))
+        arrived = time.monotonic()
+        # A burst's texts are answered in one turn: its reply quotes every token of the turn.
+        state.sent.extend((token, arrived, to) for token in TOKEN.findall(body) or [""])
         sid = state.new_message_sid()
         return web.json_response({
             "sid": sid, "account_sid": state.account_sid, "to": to, "from": form.get("From"), "body": body,

@@ -118,6 +118,13 @@ def markdown(results: dict) -> str:
                          f"{over['answered']}/{over['messages']} |")
         lines.append(f"| {scenario} | worker CPU per message | | | | "
                      f"{e2e['gateway_worker_cpu_ms_per_message']:.1f} ms CPU | | |")
+    window = results.get("e2e_default_window")
+    if window:
+        over = window["overhead"]
+        lines += ["", f"With the default quiet window (`INBOUND_QUIET_SECONDS`, workers restarted; the rows above "
+                  f"run with it at 0), one text per conversation at {window['rate']:.0f} msg/s, 100 ms upstream: "
+                  f"end to end minus upstream p50 {_ms(over['p50_ms'])}, p95 {_ms(over['p95_ms'])}, "
+                  f"{over['answered']}/{over['messages']} answered (the window is waited out before each turn)."]
     fakes = results["fakes"]
     lines += ["", f"Fakes: {fakes['requests']} requests on {fakes['cpu_seconds']:.1f} s CPU "
               f"({1e6 * fakes['cpu_seconds'] / max(1, fakes['requests']):.0f} us per request).", ""]

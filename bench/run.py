@@ -101,6 +101,7 @@ class Bench:
             "TWILIO_API_BASE_URL": f"http://127.0.0.1:{self.twilio_port}", "TWILIO_FROM_NUMBER": GATEWAY_NUMBER,
             "PUBLIC_BASE_URL": f"http://127.0.0.1:{self.web_ports[target]}",
             "LOOP_BREAKER_REPLIES": "0",  # the load texts faster than a person: the loop breaker would hold it
+            "INBOUND_QUIET_SECONDS": "0",  # the gateway's own overhead; phase 6 measures the default window
         }
 
     def start(self) -> None:
@@ -343,6 +344,24 @@ async def end_to_end(bench: Bench, latency: float, rate: float, seconds: float, 
     }
 
 
+async def end_to_end_default_window(bench: Bench, rate: float = 10, seconds: float = 3.0) -> dict:
+    """End to end as a person sees it with the default quiet window (the workers restarted without the override).
+
+    One text per conversation at ``rate``, 100 ms on each completion; overhead = reply minus send minus latency.
+    """
+    procs.stop(bench.workers)
+    settings = {k: v for k, v in bench.settings("gateway").items() if k != "INBOUND_QUIET_SECONDS"}
+    bench.workers = procs.start_workers(bench.worker_count, settings, bench.logs)
+    bench.set_upstream_latency(0.1)
+    count = max(1, int(rate * seconds))
+    step = await bench.step("gateway", rate, seconds, count, "w")
+    tokens = {o.token for o in step.outcomes if o.status == 200 and not o.error}
+    replies = bench.wait_for_replies(tokens, bench.plan.drain_timeout_seconds)
+    bench.set_upstream_latency(0.0)
+    return {"rate": rate, "seconds": seconds, "upstream_latency_s": 0.1, "overhead": measure.overhead_summary(
+        [1000 * (min(times) - bench.send_times[token] - 0.1) for token, times in replies.items()], len(tokens))}
+
+
 def exactly_once(bench: Bench) -> dict:
     acked = set(bench.gateway_acked)
     counts = Counter(token for token, _t, _to in bench.sent_records())
@@ -375,6 +394,9 @@ async def run(bench: Bench, quick: bool, load_average: float) -> dict:
     results["e2e_slow"] = await end_to_end(bench, 3.0, 20, bench.plan.e2e_slow_seconds, overlap_naive=True)
     print("phase 5: exactly-once check", flush=True)
     results["exactly_once"] = exactly_once(bench)
+    print("phase 6: end to end with the default quiet window (INBOUND_QUIET_SECONDS), 100 ms upstream", flush=True)
+    results["e2e_default_window"] = await end_to_end_default_window(bench)
+    print(f"  p50 {results['e2e_default_window']['overhead']['p50_ms']:.0f} ms over the agent's latency", flush=True)
     results["worker_rss_mb_end"] = procs.rss_mb([w.pid for w in bench.workers])
     results["fakes"] = bench.fakes_stats()
     results["seconds"] = time.monotonic() - began

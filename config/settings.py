@@ -183,6 +183,16 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _non_negative_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("must be a number") from None
+    if not (number >= 0 and math.isfinite(number)):
+        raise ValueError("must be zero or a positive number")
+    return number
+
+
 def _seconds_list(value: str) -> tuple[float, ...]:
     try:
         items = tuple(float(item) for item in value.split(",") if item.strip())
@@ -329,6 +339,8 @@ class Settings:
     loop_breaker_replies: int = _setting("LOOP_BREAKER_REPLIES", _non_negative_int, 5)
     loop_breaker_seconds: float = _setting("LOOP_BREAKER_SECONDS", _positive_float, 5.0)
     loop_breaker_cooldown_seconds: int = _setting("LOOP_BREAKER_COOLDOWN_SECONDS", _positive_int, 3600)
+    inbound_quiet_seconds: float = _setting("INBOUND_QUIET_SECONDS", _non_negative_float, 2.0)
+    inbound_max_wait_seconds: float = _setting("INBOUND_MAX_WAIT_SECONDS", _non_negative_float, 10.0)
     outbound_opening_prompt: str = _setting(
         "OUTBOUND_OPENING_PROMPT", _text,
         "[The business is starting this SMS conversation; the person has not written yet. "

@@ -18,6 +18,7 @@ from prometheus_client import Counter, Histogram
 
 FAST_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SLOW_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+TURN_TEXT_BUCKETS = (1, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50)
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 
 
@@ -41,6 +42,9 @@ class GatewayMetrics:
             **kwargs)
         self.loop_held = Counter(
             "smsgw_loop_held_messages", "Inbound texts kept but not forwarded while a loop breaker is open", **kwargs)
+        self.turn_texts = Histogram(
+            "smsgw_turn_texts", "Inbound texts answered together in one agent turn (a burst is one turn)",
+            buckets=TURN_TEXT_BUCKETS, **kwargs)
         self.status_callbacks = Counter(
             "smsgw_status_callbacks", "Delivery status callbacks received", ["status"], **kwargs)
         self.messages_out = Counter(

@@ -222,6 +222,9 @@ def show_conversation(number: str):
         "handoff": _handoff_view(state),
         "away_log": [_away_view(entry) for entry in store.away_log(cid)],
         "recent_messages": [_sent_view(row) for row in recent],
+        # Which texts (MessageSids, in order) each of the latest agent turns answered, newest first.
+        "turns": [{"texts": turn.get("sids", []), "at": since_epoch(turn.get("at"))}
+                  for turn in store.recent_turns(cid)],
         "chat": None,
     }
     if view["chat_id"]:

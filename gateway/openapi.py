@@ -146,6 +146,11 @@ _SCHEMAS: dict[str, Any] = {
             "away_log": {"type": "array", "items": _ref("AwayEntry"),
                          "description": "What the person and the operator said while the agent was away (kept "
                                         "DATA_RETENTION_DAYS), oldest first."},
+            "turns": {"type": "array", "description": "The latest agent turns, newest first: which texts made each.",
+                      "items": {"type": "object", "properties": {
+                          "texts": {"type": "array", "items": {"type": "string"},
+                                    "description": "MessageSids of the turn's texts, in order"},
+                          "at": _nullable("string", format="date-time")}}},
             "chat": {"allOf": [_ref("Chat")], "nullable": True},
             "chat_error": {"type": "object", "properties": {"code": {"type": "string"},
                                                             "message": {"type": "string"}}},

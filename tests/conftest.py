@@ -53,6 +53,11 @@ def wait_for(condition, timeout: float = 20.0, interval: float = 0.02, message: 
 SCHEDULED_SOON_SECONDS = 10.0
 
 
+def turn_lines(uponai) -> list[str]:
+    """Every text the agent received, in order: the lines of each turn (a burst is one turn, a text a line)."""
+    return [line for _, turn in uponai.completion_log for line in turn.split("\n")]
+
+
 def pending_work(redis: Redis) -> list[str]:
     """What the gateway still has to do, read from Redis: [] when nothing more can reach UponAI or Twilio.
 
@@ -218,6 +223,7 @@ def settings_env(redis_server, uponai_server, twilio_server, **overrides) -> dic
         "RETRY_INTERVALS_SECONDS": "0.2,0.4,0.8",
         "AMBIGUOUS_RETRY_DELAY_SECONDS": "1.5",
         "WORKER_THREADS": "1",  # one RQ worker per process unless a test asks for threads (they stop slower)
+        "INBOUND_QUIET_SECONDS": "0",  # a text is answered at once (texts already waiting are still one turn)
     }
     env.update({k: str(v) for k, v in overrides.items()})
     return env

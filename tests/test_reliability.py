@@ -10,7 +10,7 @@ from rq.job import Job
 
 from core.model import conversation_id
 from sandbox.httpfake import Fault
-from tests.conftest import GATEWAY_NUMBER, inbound_form, post_signed, wait_for, wait_idle
+from tests.conftest import GATEWAY_NUMBER, inbound_form, post_signed, turn_lines, wait_for, wait_idle
 
 PERSON = "+14155550142"
 CID = conversation_id(GATEWAY_NUMBER, PERSON)
@@ -167,7 +167,10 @@ def test_redis_restart_web_answers_503_then_recovers_and_loses_nothing(start_wor
     assert post_signed(client, "/twilio/sms", during).status_code == 200  # Twilio's retry
     assert post_signed(client, "/twilio/sms", inbound_form("after", from_=PERSON)).status_code == 200
 
-    expected = [f"You said: before {i}" for i in range(3)] + ["You said: during", "You said: after"]
-    wait_for(lambda: len(twilio.sent_to(PERSON)) >= 5, timeout=90, message="every accepted message answered")
+    # Texts waiting together are one turn: every text in exactly one answered turn, in order.
+    expected = [f"before {i}" for i in range(3)] + ["during", "after"]
+    wait_for(lambda: turn_lines(uponai) == expected, timeout=90, message="every accepted message forwarded")
+    wait_for(lambda: len(twilio.sent_to(PERSON)) >= len(uponai.completion_log), message="every turn answered")
     wait_idle(redis)
-    assert twilio.sent_to(PERSON) == expected
+    assert turn_lines(uponai) == expected
+    assert twilio.sent_to(PERSON) == [f"You said: {text}" for _, text in uponai.completion_log]

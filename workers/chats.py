@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from core.metrics import metrics
 from core.model import InboundMessage
+from workers.bursts import Turn
 from workers.errors import ChatNotFoundError, UponAIPermanentError
 from workers.locking import LOCK_TTL_SECONDS, holding
 from workers.services import Services
@@ -21,59 +23,72 @@ IDLE_CHECK_BUSY_RETRY_SECONDS = 5.0
 
 def ensure_chat(services: Services, message: InboundMessage, conversation: dict[str, str] | None = None) -> str:
     """The conversation's chat id, creating the chat when there is none (``conversation``: its hash, if read)."""
-    return _chat_for(services, message, conversation, turn=False)[0]
-
-
-def _chat_for(services: Services, message: InboundMessage, conversation: dict[str, str] | None, *,
-              turn: bool) -> tuple[str, bool]:
-    """(chat id, whether the message's turn was marked started with a chat created now, in one write)."""
     store = services.store
     cid = message.conversation_id
     chat_id = (conversation if conversation is not None else store.conversation(cid)).get("chat_id")
     if chat_id:
-        return chat_id, False
+        return chat_id
     agent_id = services.settings.agent_for(message.to)
     chat = services.agent.create_chat(agent_id=agent_id, metadata={"channel": "sms", "conversation_id": cid})
-    store.set_chat(cid, chat.chat_id, agent_id, turn_of=message.sid if turn else None)
+    store.set_chat(cid, chat.chat_id, agent_id)
     log.info("conversation=%s chat=%s created agent=%s", cid, chat.chat_id, agent_id)
-    return chat.chat_id, turn
+    return chat.chat_id
 
 
-def run_turn(services: Services, message: InboundMessage, earlier_turn_chat_id: str | None,
-             conversation: dict[str, str] | None = None) -> list[ChatMessage]:
-    """One agent turn for the message's text; never posts the same text twice to one chat.
+def run_turn(services: Services, turn: Turn, conversation: dict[str, str] | None = None) -> list[ChatMessage]:
+    """One agent turn for the turn's texts; never posts them twice to one chat.
 
     ``conversation``: the conversation's hash as the caller read it under the lock (saves a read).
     """
-    replies = _turn(services, message, earlier_turn_chat_id, conversation)
+    replies = _turn(services, turn, conversation)
     if not any(m.content.strip() for m in replies):
         # Well-formed but silent (no agent text, or only tool calls): the person gets nothing, so say so.
-        services.store.note_empty_turn(message.conversation_id)
+        services.store.note_empty_turn(turn.first.conversation_id)
         metrics().uponai_empty_turns.inc()
         log.warning("message=%s conversation=%s the agent's turn had no text; nothing to send",
-                    message.sid, message.conversation_id)
+                    turn.first.sid, turn.first.conversation_id)
     return replies
 
 
-def _turn(services: Services, message: InboundMessage, earlier_turn_chat_id: str | None,
-          conversation: dict[str, str] | None) -> list[ChatMessage]:
-    text = message.body.strip()
-    chat_id, marked = _chat_for(services, message, conversation, turn=True)
-    answer = complete_once(services, message.sid, chat_id, text, earlier_turn_chat_id, marked=marked)
+def _turn(services: Services, turn: Turn, conversation: dict[str, str] | None) -> list[ChatMessage]:
+    fixing = _TurnFixer(services, turn)
+    chat_id = ensure_chat(services, turn.first, conversation)
+    answer = complete_once(services, turn.first.sid, chat_id, turn.content, turn.progress.turn_chat_id,
+                           fix=fixing.fix)
     if answer is not None:
         return answer
     # The chat is gone, or ended (the agent's auto-close, or elsewhere) without our turn: answer in a new one.
-    return _answer_in_new_chat(services, message, chat_id, text)
+    old_chat_id = chat_id
+    log.info("message=%s chat=%s has ended; starting a new chat", turn.first.sid, old_chat_id)
+    services.store.forget_chat(turn.first.conversation_id, old_chat_id)
+    chat_id = ensure_chat(services, turn.first, None)
+    return services.agent.complete(chat_id, fixing.fix(chat_id))
+
+
+class _TurnFixer:
+    """Fixes the turn (its texts and words) in the step that marks it started in a chat; returns the words."""
+
+    def __init__(self, services: Services, turn: Turn):
+        self.services, self.turn = services, turn
+
+    def fix(self, chat_id: str) -> str:
+        turn = self.turn
+        fresh, content = self.services.store.fix_turn(turn.first.conversation_id, turn.sids, turn.content, chat_id)
+        if fresh:
+            metrics().turn_texts.observe(len(turn.messages))
+        return content
 
 
 def complete_once(services: Services, turn_id: str, chat_id: str, text: str,
-                  earlier_turn_chat_id: str | None, *, marked: bool = False) -> list[ChatMessage] | None:
+                  earlier_turn_chat_id: str | None, *, fix: Callable[[str], str] | None = None
+                  ) -> list[ChatMessage] | None:
     """The agent's answer to ``text`` in the chat; ``text`` is posted at most once per ``turn_id`` and chat.
 
     When an earlier attempt of the turn posted ``text`` to this chat (``earlier_turn_chat_id``), it may
     have been applied, so the answer is read back from the chat instead of asked for again. Returns None
     when the chat is gone or has ended without the turn: it was not applied there, and cannot be.
-    ``marked``: the turn was already marked started in this chat (stored with the chat when it was created).
+    ``fix(chat_id)``: marks the turn started in the chat (fixing what it posts) and returns the words to
+    post; without it the turn is only marked started.
     """
     agent = services.agent
     if earlier_turn_chat_id == chat_id:
@@ -87,7 +102,9 @@ def complete_once(services: Services, turn_id: str, chat_id: str, text: str,
             return found
         if chat.is_ended:
             return None
-    if not marked:
+    if fix is not None:
+        text = fix(chat_id)
+    else:
         services.store.mark_turn_started(turn_id, chat_id)
     try:
         return agent.complete(chat_id, text)
@@ -95,16 +112,6 @@ def complete_once(services: Services, turn_id: str, chat_id: str, text: str,
         if not _chat_is_gone(agent, chat_id, exc):
             raise
     return None
-
-
-def _answer_in_new_chat(services: Services, message: InboundMessage, old_chat_id: str, text: str) -> list[ChatMessage]:
-    """Answer in a new chat, once: the old one is over."""
-    log.info("message=%s chat=%s has ended; starting a new chat", message.sid, old_chat_id)
-    services.store.forget_chat(message.conversation_id, old_chat_id)
-    chat_id, marked = _chat_for(services, message, None, turn=True)
-    if not marked:
-        services.store.mark_turn_started(message.sid, chat_id)
-    return services.agent.complete(chat_id, text)
 
 
 def _chat_is_gone(agent: UponAIClient, chat_id: str, exc: UponAIPermanentError) -> bool:

@@ -1,10 +1,12 @@
 """The business flow of the worker, free of RQ and Flask.
 
 ``drain_conversation`` is run by one job at a time per conversation (a Redis lock) and handles the
-conversation's inbox head first, so the agent sees messages in arrival order. For each message it
-applies keywords (STOP/START/HELP families, the reset word) and the loop breaker, ensures an UponAI chat, runs one agent
-turn, and sends the reply parts, recording progress in Redis so that a job that runs again resumes
-instead of repeating:
+conversation's inbox head first, so the agent sees messages in arrival order. The texts waiting together
+(a burst, see ``workers.bursts``) make one agent turn, once the person has stopped typing; keywords
+(STOP/START/HELP families, the reset word), texts held by the loop breaker or over the rate limit are
+handled alone, at their place in order. For a turn it ensures an UponAI chat, fixes and posts the turn,
+and sends the reply parts, recording progress in Redis so that a job that runs again resumes instead
+of repeating:
 
 - a turn whose completion may have been applied is read back from the chat, not posted twice;
 - each SMS part is claimed before it is sent; a part whose send may or may not have gone out (a
@@ -29,7 +31,7 @@ from core.metrics import metrics
 from core.model import InboundMessage
 from core.state import ConversationStore, Progress
 from core.state.counters import IDLE_CHECK_OVERDUE_SECONDS
-from workers import sms_text
+from workers import bursts, sms_text
 from workers.chats import end_chat, run_turn
 from workers.delivery import give_up, send_part
 from workers.errors import PermanentError, TransientError
@@ -76,15 +78,16 @@ def backoff_seconds(attempt: int, intervals: tuple[float, ...], retry_after: flo
 
 
 def drain_conversation(services: Services, cid: str, token: str, *, budget_seconds: float | None = None) -> int:
-    """Handle the conversation's inbox in order until it is empty; return how many were handled.
+    """Answer the conversation's waiting texts in order until none is left; return how many were handled.
 
     Returns 0 at once when another drain job holds the conversation (it will handle our message too).
-    Raises RetryLater on a transient failure (or while a non-drain operation holds the conversation)
-    and MessagesFailed when a message had to be given up.
+    Raises RetryLater on a transient failure (or while a non-drain operation holds the conversation, or
+    to start the next turn when the person has stopped typing) and MessagesFailed when a message had to
+    be given up.
     """
     store = services.store
     token = token if token.startswith(DRAIN_TOKEN_PREFIX) else DRAIN_TOKEN_PREFIX + token
-    # One round trip: the job has started (clears drain_pending), the lock, the conversation, the inbox head.
+    # One round trip: the job has started (clears drain_pending), the lock, the conversation, the waiting texts.
     start = store.start_drain(cid, token, LOCK_TTL_SECONDS)
     if not start.acquired:
         if start.holder and not start.holder.startswith(DRAIN_TOKEN_PREFIX):
@@ -93,41 +96,54 @@ def drain_conversation(services: Services, cid: str, token: str, *, budget_secon
     pause = start.conversation
     retry_at = float(pause.get("retry_at") or 0)
     if pause.get("retry_token") == token:
-        # The scheduled retry itself. RQ's scheduler counts whole seconds, so it can start up to a second
-        # early: wait out the rest (the pause before reading back an uncertain call must hold), then end the
-        # backoff, or drain jobs of texts arriving before ``retry_at`` would be turned away with no one left
-        # to answer them.
+        # The scheduled retry itself (after a failure, or at the end of a quiet window). RQ's scheduler
+        # counts whole seconds, so it can start up to a second early: wait out the rest (the pause before
+        # reading back an uncertain call must hold), then end the backoff, or drain jobs of texts arriving
+        # before ``retry_at`` would be turned away with no one left to answer them.
         early = retry_at - time.time()
         if 0 < early <= EARLY_RETRY_GRACE_SECONDS:
             time.sleep(early)
         store.clear_retry(cid)
     elif time.time() < retry_at:
-        # The conversation is backing off after a failure: only the job scheduled for the retry goes on,
-        # or the backoff (and the wait before reading back an uncertain call) would be skipped.
+        # The conversation is backing off after a failure, or waiting for the person to finish typing: only
+        # the job scheduled for then goes on (it answers this job's text too), or the backoff (and the wait
+        # before reading back an uncertain call) would be skipped.
         store.release_lock(cid, token)
         return 0
     failed_sids: list[str] = []
     reasons: list[str] = []
     handled = 0
     started = time.monotonic()
-    conversation: dict[str, str] | None = pause  # read under the lock: good for the first message
+    conversation: dict[str, str] | None = pause  # read under the lock: good for the first step
     with LockKeeper(store, cid, token) as keeper:
-        head = start.head
+        waiting = start.waiting
         while True:
-            if head is None:
+            if not waiting:
                 if store.release_if_idle(cid, token):
                     keeper.released = True
                     break
-                head = store.peek(cid)
+                waiting = store.waiting(cid)
                 continue
             if budget_seconds is not None and time.monotonic() - started > budget_seconds:
                 keeper.release()
                 raise RetryLater(0.0, TransientError("drain budget used up; continuing in a new job"))
-            raw, message = head
+            if conversation is None:
+                conversation = store.conversation(cid)
+            head = waiting[0][1]
             try:
-                handle_message(services, message, conversation)
+                taken = _next_step(services, waiting, conversation)
+            except _NotYet as wait:
+                if wait.seconds <= bursts.SHORT_WAIT_SECONDS:
+                    time.sleep(wait.seconds)  # shorter than the scheduler could wait: look again after it
+                    waiting = store.waiting(cid)
+                    continue
+                # The person may still be typing: a drain job scheduled for the end of the window takes over
+                # (noted before the lock is let go, so another job's drain leaves the texts to it).
+                store.touch(cid, retry_at=f"{wait.due_at:.3f}", retry_token=token)
+                keeper.release()
+                raise RetryLater(wait.seconds, TransientError("waiting for the person to finish typing")) from None
             except TransientError as exc:
-                attempts = store.count_attempt(message.sid)
+                attempts = store.count_attempt(head.sid)
                 if attempts < services.settings.max_attempts:
                     delay = backoff_seconds(attempts, services.settings.retry_intervals_seconds,
                                             exc.retry_after_seconds)
@@ -137,21 +153,22 @@ def drain_conversation(services: Services, cid: str, token: str, *, budget_secon
                         delay = max(delay, services.settings.ambiguous_retry_delay_seconds)
                     # The true count: attempts are counted per message (RQ's own retry line counts job runs).
                     log.warning("message=%s conversation=%s attempt=%d of %d transient failure: %s; next attempt "
-                                "in %.1f s", message.sid, cid, attempts, services.settings.max_attempts, exc, delay)
+                                "in %.1f s", head.sid, cid, attempts, services.settings.max_attempts, exc, delay)
                     # Noted before the lock is let go, so no other drain job slips in ahead of the retry.
                     store.touch(cid, retry_at=f"{time.time() + delay:.3f}", retry_token=token)
                     keeper.release()
                     raise RetryLater(delay, exc) from exc
-                reasons.append(f"{message.sid}: gave up after {attempts} attempts: {exc}")
-                give_up(services, message, exc)
-                failed_sids.append(message.sid)
+                taken = _taken_by(store, waiting)
+                reasons.append(f"{head.sid}: gave up after {attempts} attempts: {exc}")
+                failed_sids.extend(_give_up(services, taken, exc))
             except PermanentError as exc:
-                reasons.append(f"{message.sid}: {exc}")
-                give_up(services, message, exc)
-                failed_sids.append(message.sid)
-            keeper.released, head = store.finish_head(cid, raw, token)  # the lock goes with the last message
-            conversation = None  # this message changed it (chat, last reply): the next one reads it again
-            handled += 1
+                taken = _taken_by(store, waiting)
+                reasons.append(f"{head.sid}: {exc}")
+                failed_sids.extend(_give_up(services, taken, exc))
+            # The texts go in one step (the lock with the last of them).
+            keeper.released, waiting = store.finish_texts(cid, [raw for raw, _ in taken], token)
+            conversation = None  # this step changed it (chat, last reply): the next one reads it again
+            handled += len(taken)
             if keeper.released:
                 break
     if failed_sids:
@@ -159,10 +176,146 @@ def drain_conversation(services: Services, cid: str, token: str, *, budget_secon
     return handled
 
 
-def handle_message(services: Services, message: InboundMessage, conversation: dict[str, str] | None = None) -> None:
-    """Answer one inbound message, resuming whatever an earlier attempt already did.
+class _NotYet(Exception):
+    """The next turn should wait: the person may still be typing."""
 
-    ``conversation``: the conversation's hash if the caller read it under the lock (read here otherwise).
+    def __init__(self, due_at: float):
+        super().__init__(f"turn due at {due_at:.3f}")
+        self.due_at = due_at
+        self.seconds = max(0.0, due_at - time.time())
+
+
+def _next_step(services: Services, waiting: list[tuple[str, InboundMessage]], conversation: dict[str, str]
+               ) -> list[tuple[str, InboundMessage]]:
+    """Handle the next step of the waiting texts: one agent turn, or one text handled alone; return its texts.
+
+    Raises _NotYet when a new turn would start before the quiet window is over.
+    """
+    store, settings = services.store, services.settings
+    raw, head = waiting[0]
+    progress = store.progress(head.sid)  # also holds the decisions an earlier attempt took, and its turn
+    if progress.turn_sids is not None:
+        # An earlier attempt fixed this turn (and may have posted it): resume exactly that one.
+        taken = bursts.fixed_messages(waiting, progress.turn_sids) or [(raw, head)]
+        answer_turn(services, bursts.Turn(tuple(m for _, m in taken), progress), conversation)
+        return taken
+    if not _may_join_turn(settings, head, conversation):
+        handle_message(services, head, conversation, progress)
+        return [(raw, head)]
+    due_at = bursts.turn_due_at(settings, [m for _, m in waiting])
+    if due_at > time.time():
+        raise _NotYet(due_at)
+    run = _gather_turn(services, waiting, conversation, progress)
+    if not run:
+        handle_message(services, head, conversation, progress)  # held, or over the rate limit: alone
+        return [(raw, head)]
+    answer_turn(services, bursts.Turn(tuple(m for _, m in run), progress), conversation)
+    return run
+
+
+def _taken_by(store: ConversationStore, waiting: list[tuple[str, InboundMessage]]) -> list[tuple[str, InboundMessage]]:
+    """The texts the failed step was working on: the fixed turn at the head, else the head alone."""
+    raw, head = waiting[0]
+    sids = store.progress(head.sid).turn_sids
+    return (bursts.fixed_messages(waiting, sids) if sids else None) or [(raw, head)]
+
+
+def _give_up(services: Services, taken: list[tuple[str, InboundMessage]], exc: Exception) -> list[str]:
+    """Give the step's texts up: all kept for a replay, one apology (for the first); returns their sids."""
+    first = taken[0][1]
+    for _, message in taken[1:]:
+        services.store.keep_dead_letter(message)
+    give_up(services, first, exc)
+    return [message.sid for _, message in taken]
+
+
+def _may_join_turn(settings, message: InboundMessage, conversation: dict[str, str]) -> bool:
+    """Whether the text may start or join an agent turn: no keyword, and the conversation answers at all."""
+    if keyword_of(message, settings.reset_keyword) is not None:
+        return False
+    return conversation.get("opted_out") != "1"
+
+
+def _gather_turn(services: Services, waiting: list[tuple[str, InboundMessage]], conversation: dict[str, str],
+                 head_progress: Progress) -> list[tuple[str, InboundMessage]]:
+    """The texts of the next turn: the longest run from the head that may go to the agent.
+
+    Each text is judged on its own, in order, and the verdicts are remembered per text (a retry judges the
+    same): the rate limit counts every text forwarded; the loop breaker judges a burst by its first text (a
+    bot answers each of our replies once; a person's burst after one reply is no loop), and holds every text
+    while it is open. The first text that is held or over the limit ends the run (it is then handled alone).
+    """
+    settings = services.settings
+    candidates = []
+    for raw, message in waiting:
+        if not _may_join_turn(settings, message, conversation):
+            break
+        candidates.append((raw, message))
+    progresses = [head_progress, *services.store.progresses([m.sid for _, m in candidates[1:]])]
+    run = []
+    for index, ((raw, message), progress) in enumerate(zip(candidates, progresses, strict=True)):
+        if index and progress.turn_sids is not None:
+            break  # the first text of another fixed turn (a replayed one): it goes alone, later
+        if index == 0:
+            held = _is_held(services, message, conversation, progress)
+        else:
+            held = time.time() < float(conversation.get("loop_breaker_until") or 0)
+        if held:
+            break
+        if message.body.strip() and not _within_rate(services, message, progress):
+            break
+        run.append((raw, message))
+    return run
+
+
+def _is_held(services: Services, message: InboundMessage, conversation: dict[str, str], progress: Progress) -> bool:
+    """The loop breaker's verdict on the text (taken once, remembered)."""
+    settings = services.settings
+    held = progress.decisions.get("loop_held")
+    if held is None and settings.loop_breaker_replies > 0 and not _plainly_not_held(settings, message, conversation):
+        held = _loop_held(services, message, conversation)
+    return bool(held)
+
+
+def answer_turn(services: Services, turn: bursts.Turn, conversation: dict[str, str]) -> None:
+    """Answer one agent turn (its texts already judged), resuming whatever an earlier attempt already did."""
+    store, settings = services.store, services.settings
+    first = turn.first
+    cid = first.conversation_id
+    if conversation.get("opted_out") == "1":
+        # Only a fixed turn gets here after an opt-out (a 21610 status callback): nothing more is sent.
+        log.info("message=%s conversation=%s turn not answered: opted out", first.sid, cid)
+        return
+    for message in turn.messages:
+        if message.num_media > 0:
+            progress = turn.progress if message is first else store.progress(message.sid)
+            if _decide(store, progress, message.sid, "mms_notice", lambda: store.claim_notice(
+                    "mms", cid, settings.mms_notice_interval_seconds)):
+                send_part(services, message, "notice", settings.mms_notice_text)
+    if turn.content:
+        parts = turn.progress.reply_parts
+        first_claimed_at = None
+        if parts is None:
+            agent_messages = run_turn(services, turn, conversation)
+            parts = sms_text.shape_reply([m.content for m in agent_messages], max_segments=settings.sms_max_segments,
+                                         transliterate=settings.sms_transliterate)
+            first_claimed_at = time.time()
+            # The first part is claimed in the step that records the reply: one round trip less.
+            if not (parts and store.record_reply(first.sid, parts, claim="reply:0", claimed_at=first_claimed_at)):
+                first_claimed_at = None
+        for index, part in enumerate(parts):
+            send_part(services, first, f"reply:{index}", part, claimed_at=first_claimed_at if index == 0 else None)
+        log.info("message=%s conversation=%s answered texts=%d parts=%d", first.sid, cid, len(turn.messages),
+                 len(parts))
+    _note_activity(services, cid, conversation)
+
+
+def handle_message(services: Services, message: InboundMessage, conversation: dict[str, str] | None = None,
+                   progress: Progress | None = None) -> None:
+    """Handle one text on its own (a keyword, or one held, over the rate limit or ignored); a text that may go
+    to the agent is answered as a turn of its own.
+
+    ``conversation``, ``progress``: as the caller read them under the lock (read here otherwise).
     """
     store, settings = services.store, services.settings
     cid = message.conversation_id
@@ -184,11 +337,9 @@ def handle_message(services: Services, message: InboundMessage, conversation: di
     if conversation.get("opted_out") == "1":
         log.info("message=%s conversation=%s ignored: opted out", message.sid, cid)
         return
-    progress = store.progress(message.sid)  # also holds the decisions an earlier attempt took
-    held = progress.decisions.get("loop_held")
-    if held is None and settings.loop_breaker_replies > 0 and not _plainly_not_held(settings, message, conversation):
-        held = _loop_held(services, message, conversation)
-    if held:
+    if progress is None:
+        progress = store.progress(message.sid)
+    if _is_held(services, message, conversation, progress):
         # Kept in the conversation's count, not forwarded and not answered: nothing goes back into the loop.
         store.count_held(cid)
         metrics().loop_held.inc()
@@ -198,42 +349,32 @@ def handle_message(services: Services, message: InboundMessage, conversation: di
         end_chat(services, cid, conversation.get("chat_id"))
         send_part(services, message, "reset", settings.reset_confirmation_text)
         return
-    if message.num_media > 0 and _decide(store, progress, message.sid, "mms_notice", lambda: store.claim_notice(
-            "mms", cid, settings.mms_notice_interval_seconds)):
-        send_part(services, message, "notice", settings.mms_notice_text)
-    text = message.body.strip()
-    if text:
-        if progress.reply_parts is None and not _within_rate(services, message, progress):
-            if _decide(store, progress, message.sid, "rate_notice", lambda: store.claim_notice(
-                    "rate", cid, settings.rate_limit_window_seconds)):
-                send_part(services, message, "rate", settings.rate_limit_notice_text)
-            log.warning("message=%s conversation=%s not forwarded: rate limit", message.sid, cid)
-            return
-        parts = progress.reply_parts
-        if parts is None:
-            agent_messages = run_turn(services, message, progress.turn_chat_id, conversation)
-            parts = sms_text.shape_reply([m.content for m in agent_messages], max_segments=settings.sms_max_segments,
-                                         transliterate=settings.sms_transliterate)
-            first_claimed_at = time.time()
-            # The first part is claimed in the step that records the reply: one round trip less.
-            if not (parts and store.record_reply(message.sid, parts, claim="reply:0", claimed_at=first_claimed_at)):
-                first_claimed_at = None
-        else:
-            first_claimed_at = None
-        for index, part in enumerate(parts):
-            send_part(services, message, f"reply:{index}", part, claimed_at=first_claimed_at if index == 0 else None)
-        log.info("message=%s conversation=%s answered parts=%d", message.sid, cid, len(parts))
+    if message.body.strip() and progress.reply_parts is None and not _within_rate(services, message, progress):
+        if message.num_media > 0 and _decide(store, progress, message.sid, "mms_notice", lambda: store.claim_notice(
+                "mms", cid, settings.mms_notice_interval_seconds)):
+            send_part(services, message, "notice", settings.mms_notice_text)
+        if _decide(store, progress, message.sid, "rate_notice", lambda: store.claim_notice(
+                "rate", cid, settings.rate_limit_window_seconds)):
+            send_part(services, message, "rate", settings.rate_limit_notice_text)
+        log.warning("message=%s conversation=%s not forwarded: rate limit", message.sid, cid)
+        _note_activity(services, cid, conversation)
+        return
+    answer_turn(services, bursts.Turn((message,), progress), conversation)
+
+
+def _note_activity(services: Services, cid: str, conversation: dict[str, str]) -> None:
+    """Note the conversation's activity time, and make sure an idle check is scheduled."""
     now = time.time()
-    timeout = settings.chat_idle_timeout_seconds
+    timeout = services.settings.chat_idle_timeout_seconds
     # The idle check is claimed from the hash read under the lock (only the lock holder writes it), in the
     # same write as the activity time.
     due = conversation.get("idle_check_due_at")
     claim = due is None or float(due) <= now - IDLE_CHECK_OVERDUE_SECONDS
     if not claim:
-        store.touch(cid, last_activity_at=f"{now:.3f}")
+        services.store.touch(cid, last_activity_at=f"{now:.3f}")
         return
-    store.touch(cid, last_activity_at=f"{now:.3f}", idle_check_due_at=f"{now + timeout:.3f}",
-                then=lambda pipe: services.jobs.schedule_idle_check(cid, timeout, pipeline=pipe))
+    services.store.touch(cid, last_activity_at=f"{now:.3f}", idle_check_due_at=f"{now + timeout:.3f}",
+                         then=lambda pipe: services.jobs.schedule_idle_check(cid, timeout, pipeline=pipe))
 
 
 def _decide(store: ConversationStore, progress: Progress, sid: str, name: str, decide) -> bool:

@@ -20,10 +20,11 @@ refreshed and released by token from different threads and jobs (``Lock`` keeps 
 thread-local by default, and has no "confirm I hold it" acquire), and the drain's release must check the
 inbox is empty and leave the active set in the same atomic step, which ``Lock.release`` cannot.
 
-A drain job starts with one step (``start_drain``: drain_pending cleared, the lock, the hash, the inbox
-head) and ends each message with one (``finish_head``: the head removed, the next one, or the lock
-released); the loop breaker's verdict on a text is also one step (``loop_verdict``, which remembers it
-in the message's progress hash ``msg:{MessageSid}``, see ``core.state.deliveries``).
+A drain job starts with one step (``start_drain``: drain_pending cleared, the lock, the hash, the waiting
+texts) and ends each turn (or text handled alone) with one (``finish_texts``: its texts removed, the next
+waiting ones, or the lock released); the loop breaker's verdict on a text is also one step
+(``loop_verdict``, which remembers it in the message's progress hash ``msg:{MessageSid}``, see
+``core.state.deliveries``).
 """
 
 from __future__ import annotations
@@ -70,16 +71,19 @@ redis.call('HDEL', KEYS[1], 'drain_pending')
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return {0, holder} end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-return {1, redis.call('HGETALL', KEYS[1]), redis.call('LINDEX', KEYS[3], 0)}
+return {1, redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[3], 0, tonumber(ARGV[3]) - 1)}
 """
-# Done with the inbox head: remove it, and return the next one, or release the lock when there is none.
-_FINISH_HEAD = """
-if redis.call('LINDEX', KEYS[1], 0) == ARGV[1] then redis.call('LPOP', KEYS[1]) end
-local head = redis.call('LINDEX', KEYS[1], 0)
-if head then return {0, head} end
-if redis.call('GET', KEYS[2]) ~= ARGV[2] then return {-1} end
+# Done with the texts at the inbox head (ARGV[4...], in order): remove them, and return the next waiting
+# ones (at most ARGV[3]), or release the lock when there are none.
+_FINISH_TEXTS = """
+for i = 4, #ARGV do
+  if redis.call('LINDEX', KEYS[1], 0) == ARGV[i] then redis.call('LPOP', KEYS[1]) end
+end
+local waiting = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)
+if #waiting > 0 then return {0, waiting} end
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {-1} end
 redis.call('DEL', KEYS[2])
-redis.call('SREM', KEYS[3], ARGV[3])
+redis.call('SREM', KEYS[3], ARGV[2])
 return {1}
 """
 # The loop breaker's verdict on one text, once per message (KEYS[1], its progress hash): a quick text
@@ -103,28 +107,30 @@ return {verdict, opened}
 """
 
 
+# How many waiting texts a drain step reads at once: at most this many make one agent turn.
+WAITING_READ = 50
+
+
 @dataclass(frozen=True)
 class DrainStart:
-    """What a drain job's first step found: the lock (or its other holder), the conversation, the inbox head."""
+    """What a drain job's first step found: the lock (or its other holder), the conversation, the waiting texts."""
 
     acquired: bool
     holder: str | None
     conversation: dict[str, str]
-    head: tuple[str, InboundMessage] | None
+    waiting: list[tuple[str, InboundMessage]]
 
 
-def _head(raw: bytes | str | None) -> tuple[str, InboundMessage] | None:
-    if raw is None:
-        return None
-    raw = text(raw)
-    return raw, InboundMessage.from_json(raw)
+def _waiting(raws) -> list[tuple[str, InboundMessage]]:
+    """Inbox entries as (raw JSON, message), oldest first."""
+    return [(raw, InboundMessage.from_json(raw)) for raw in map(text, raws or [])]
 
 
 class Conversations(StateBase):
     """The conversation's hash and lock."""
 
     SCRIPTS = {"_release_if_idle": _RELEASE_IF_IDLE, "_release": _RELEASE, "_refresh": _REFRESH,
-               "_forget_chat": _FORGET_CHAT, "_start_drain": _START_DRAIN, "_finish_head": _FINISH_HEAD,
+               "_forget_chat": _FORGET_CHAT, "_start_drain": _START_DRAIN, "_finish_texts": _FINISH_TEXTS,
                "_loop_verdict": _LOOP_VERDICT}
 
     # -- the lock -----------------------------------------------------------------------------------
@@ -153,21 +159,29 @@ class Conversations(StateBase):
     # -- a drain job's steps --------------------------------------------------------------------------
 
     def start_drain(self, cid: str, token: str, ttl_seconds: float) -> DrainStart:
-        """Note that a drain job started, take the lock (or keep ours), read the hash and the inbox head."""
+        """Note that a drain job started, take the lock (or keep ours), read the hash and the waiting texts."""
         reply = self._start_drain(keys=[key("conv", cid), key("lock", cid), key("inbox", cid)],
-                                  args=[token, int(ttl_seconds * 1000)])
+                                  args=[token, int(ttl_seconds * 1000), WAITING_READ])
         if int(reply[0]) == 0:
-            return DrainStart(False, text(reply[1]), {}, None)
+            return DrainStart(False, text(reply[1]), {}, [])
         flat = [text(item) for item in reply[1]]
         return DrainStart(True, token, dict(zip(flat[::2], flat[1::2], strict=True)),
-                          _head(reply[2] if len(reply) > 2 else None))
+                          _waiting(reply[2] if len(reply) > 2 else None))
 
-    def finish_head(self, cid: str, raw: str, token: str) -> tuple[bool, tuple[str, InboundMessage] | None]:
-        """Remove the handled head ``raw``; return (released, next head): the lock goes when the inbox is empty."""
-        reply = self._finish_head(keys=[key("inbox", cid), key("lock", cid), key("active")], args=[raw, token, cid])
+    def finish_texts(self, cid: str, raws: list[str], token: str) -> tuple[bool, list[tuple[str, InboundMessage]]]:
+        """Remove the handled texts ``raws`` from the inbox head; return (released, the texts waiting next).
+
+        The lock goes in the same step when nothing is left waiting.
+        """
+        reply = self._finish_texts(keys=[key("inbox", cid), key("lock", cid), key("active")],
+                                   args=[token, cid, WAITING_READ, *raws])
         if int(reply[0]) == 0:
-            return False, _head(reply[1])
-        return True, None  # released (or no longer ours: nothing to release)
+            return False, _waiting(reply[1])
+        return True, []  # released (or no longer ours: nothing to release)
+
+    def waiting(self, cid: str) -> list[tuple[str, InboundMessage]]:
+        """The texts waiting at the inbox head (at most ``WAITING_READ``), oldest first."""
+        return _waiting(self.redis.lrange(key("inbox", cid), 0, WAITING_READ - 1))
 
     def sweep_view(self, cids: list[str]) -> list[tuple[str | None, dict[str, str]]]:
         """Each conversation's lock holder and hash, read in one round trip (the recovery sweep)."""
@@ -183,16 +197,13 @@ class Conversations(StateBase):
     def conversation(self, cid: str) -> dict[str, str]:
         return text_hash(self.redis.hgetall(key("conv", cid)))
 
-    def set_chat(self, cid: str, chat_id: str, agent_id: str, *, turn_of: str | None = None) -> None:
-        """Store the conversation's new chat; ``turn_of`` (a message sid) also marks its turn started in it."""
+    def set_chat(self, cid: str, chat_id: str, agent_id: str) -> None:
+        """Store the conversation's new chat."""
         with self.redis.pipeline() as pipe:
             pipe.hset(key("conv", cid), mapping={
                 "chat_id": chat_id, "agent_id": agent_id, "chat_started_at": f"{time.time():.3f}"})
             pipe.sadd(key("chats", cid), chat_id)
             self._keep(key("conv", cid), key("chats", cid), pipe=pipe)
-            if turn_of is not None:  # what Deliveries.mark_turn_started writes, in the same step
-                pipe.hset(key("msg", turn_of), "turn_chat_id", chat_id)
-                pipe.expire(key("msg", turn_of), self.progress_ttl_seconds)
             pipe.execute()
 
     def forget_chat(self, cid: str, chat_id: str) -> bool:

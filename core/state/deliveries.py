@@ -3,7 +3,10 @@
 Keys (under ``smsgw:``)::
 
     msg:{MessageSid}         hash: progress of one inbound message: reply (JSON parts), turn_chat_id, attempts,
-                             decision:{name}, part:{part} (a Twilio sid, sending:<ts>, uncertain:<ts>, failed:<code>)
+                             decision:{name}, part:{part} (a Twilio sid, sending:<ts>, uncertain:<ts>, failed:<code>);
+                             for the first text of an agent turn also its record: turn_sids (JSON: every text
+                             of the turn, in order), turn_text (exactly what is posted), turn_at
+    turns:{cid}              list (newest first, capped) of the conversation's latest turns: JSON {sids, at}
     sent:{twilio sid}        hash: one outbound SMS (conversation_id, inbound_sid, ...) and its delivery status
     recent:{cid}             list of the conversation's latest outbound SMS sids
     dead:{MessageSid}        an inbound message that was given up, kept for a replay
@@ -22,6 +25,26 @@ from core.model import InboundMessage
 from core.state.keys import StateBase, key, text, text_hash
 
 RECENT_SENT_KEPT = 20
+TURNS_KEPT = 20  # turns listed in the conversation view
+
+# Fix an agent turn before it is posted (KEYS[1]: the progress hash of its first text; KEYS[2]: the
+# conversation's turns log): which texts, and the exact text, unless an earlier attempt fixed them already
+# (then those stand). Marks the turn started in chat ARGV[1] in the same step. Returns {fresh, text}.
+_FIX_TURN = """
+local stored = redis.call('HGET', KEYS[1], 'turn_text')
+local fresh = 0
+if not stored then
+  stored = ARGV[3]
+  redis.call('HSET', KEYS[1], 'turn_text', stored, 'turn_sids', ARGV[2], 'turn_at', ARGV[4])
+  redis.call('LPUSH', KEYS[2], cjson.encode({sids = cjson.decode(ARGV[2]), at = tonumber(ARGV[4])}))
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[7]) - 1)
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
+  fresh = 1
+end
+redis.call('HSET', KEYS[1], 'turn_chat_id', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return {fresh, stored}
+"""
 
 STATUS_RANK = {"accepted": 0, "scheduled": 0, "queued": 0, "sending": 1, "sent": 2, "receiving": 2, "received": 2,
                "delivered": 3, "undelivered": 3, "failed": 3, "canceled": 3, "read": 4}
@@ -46,25 +69,42 @@ class Progress:
     attempts: int
     parts: dict[str, str]
     decisions: dict[str, bool] = field(default_factory=dict)  # yes/no taken for the message, by name
+    turn_sids: tuple[str, ...] | None = None  # the texts of the turn this message starts, once it is fixed
+    turn_text: str | None = None  # exactly what that turn posts (or posted) to the agent
+
+
+def _progress(data: dict[str, str]) -> Progress:
+    reply = data.get("reply")
+    sids = data.get("turn_sids")
+    return Progress(
+        reply_parts=json.loads(reply) if reply is not None else None,
+        turn_chat_id=data.get("turn_chat_id"),
+        attempts=int(data.get("attempts", 0)),
+        parts={k[5:]: v for k, v in data.items() if k.startswith("part:")},
+        decisions={k[9:]: v == "1" for k, v in data.items() if k.startswith("decision:")},
+        turn_sids=tuple(json.loads(sids)) if sids is not None else None,
+        turn_text=data.get("turn_text"),
+    )
 
 
 class Deliveries(StateBase):
     """Per-message progress, the sent log and dead letters."""
 
-    SCRIPTS = {"_record_status": _RECORD_STATUS}
+    SCRIPTS = {"_record_status": _RECORD_STATUS, "_fix_turn": _FIX_TURN}
 
     # -- progress of one inbound message ----------------------------------------------------------
 
     def progress(self, message_sid: str) -> Progress:
-        data = text_hash(self.redis.hgetall(key("msg", message_sid)))
-        reply = data.get("reply")
-        return Progress(
-            reply_parts=json.loads(reply) if reply is not None else None,
-            turn_chat_id=data.get("turn_chat_id"),
-            attempts=int(data.get("attempts", 0)),
-            parts={k[5:]: v for k, v in data.items() if k.startswith("part:")},
-            decisions={k[9:]: v == "1" for k, v in data.items() if k.startswith("decision:")},
-        )
+        return _progress(text_hash(self.redis.hgetall(key("msg", message_sid))))
+
+    def progresses(self, message_sids: list[str]) -> list[Progress]:
+        """The progress of several messages, read in one round trip."""
+        if not message_sids:
+            return []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for sid in message_sids:
+                pipe.hgetall(key("msg", sid))
+            return [_progress(text_hash(raw)) for raw in pipe.execute()]
 
     def _set_progress(self, message_sid: str, mapping: dict[str, str], pipe: Pipeline | None = None) -> None:
         name = key("msg", message_sid)
@@ -89,6 +129,22 @@ class Deliveries(StateBase):
 
     def mark_turn_started(self, message_sid: str, chat_id: str) -> None:
         self._set_progress(message_sid, {"turn_chat_id": chat_id})
+
+    def fix_turn(self, cid: str, sids: list[str], content: str, chat_id: str) -> tuple[bool, str]:
+        """Fix the agent turn of ``sids`` (its first text keys it) as ``content`` and mark it started in ``chat_id``.
+
+        One step, before the turn is posted: a retry finds the same texts and the same words (to read the
+        turn back by), never a second turn. An already fixed turn stays as it was. Returns (fixed now, its text).
+        """
+        fresh, stored = self._fix_turn(
+            keys=[key("msg", sids[0]), key("turns", cid)],
+            args=[chat_id, json.dumps(sids), content, f"{time.time():.3f}", self.progress_ttl_seconds,
+                  self.retention_seconds, TURNS_KEPT])
+        return int(fresh) == 1, text(stored)
+
+    def recent_turns(self, cid: str) -> list[dict[str, Any]]:
+        """The conversation's latest agent turns, newest first: {"sids": [...], "at": epoch seconds}."""
+        return [json.loads(raw) for raw in self.redis.lrange(key("turns", cid), 0, -1)]
 
     def record_reply(self, message_sid: str, parts: list[str], *, claim: str | None = None,
                      claimed_at: float | None = None) -> bool:

@@ -23,7 +23,9 @@ class Erasure(StateBase):
         state = self.conversation(cid)
         chats = self.chats(cid)
         sids = {message.sid for message in self.inbox(cid)}
-        doomed = {key(kind, cid) for kind in ("conv", "inbox", "recent", "chats", "away", "away-refs")}
+        for turn in self.recent_turns(cid):
+            sids.update(turn.get("sids") or [])
+        doomed = {key(kind, cid) for kind in ("conv", "inbox", "recent", "chats", "away", "away-refs", "turns")}
         doomed.update(text(k) for k in self.redis.scan_iter(match=key("rate", cid, "*"), count=1000))
         doomed.update(text(k) for k in self.redis.scan_iter(match=key("notice", "*", cid), count=1000))
         sent = set()

@@ -1,8 +1,9 @@
 """Key names, retention and the shared base of the Redis state modules (every key lives under ``smsgw:``).
 
 Retention: every key that holds a number or words expires. The conversation's own keys (conv, inbox,
-recent, chats, away, away-refs) get DATA_RETENTION_DAYS again on each write, so they go that long after the last
-activity; per-message records (msg, sent, dead, outbound) expire at most that long after they were written.
+recent, chats, away, away-refs, turns) get DATA_RETENTION_DAYS again on each write, so they go that long
+after the last activity; per-message records (msg, sent, dead, outbound) expire at most that long after they
+were written.
 """
 
 from __future__ import annotations

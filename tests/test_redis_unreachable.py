@@ -4,7 +4,7 @@
 name that never resolves (the ``.invalid`` top-level domain is reserved for that: no query leaves the machine
 with an answer), and at a Redis of the test's own that wants a password the URL does not have. A worker waits
 for a Redis that is down (tests/test_worker.py checks it starts once it answers) but stops, non-zero, when
-waiting cannot help: a name that does not exist, a wrong password.
+waiting cannot help: a name that does not exist, a wrong password; and a one-off worker (``--burst``) never waits.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ def command_env(redis_server, uponai_server, twilio_server, redis_url: str) -> d
             **settings_env(redis_server, uponai_server, twilio_server, REDIS_URL=redis_url)}
 
 
-def run_worker(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
+def run_worker(env: dict[str, str], tmp_path: Path, *options: str) -> subprocess.CompletedProcess:
     """``sms-gateway worker`` until it exits by itself (killed after 60 s: a worker that waits forever fails)."""
-    process = subprocess.Popen([str(Path(sys.executable).with_name("sms-gateway")), "worker"], env=env,
+    process = subprocess.Popen([str(Path(sys.executable).with_name("sms-gateway")), "worker", *options], env=env,
                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     try:
@@ -103,6 +103,20 @@ def test_a_worker_that_can_never_reach_redis_says_why_in_one_line_and_exits_non_
     assert len(lines) == 1, output
     assert f"Redis at {address} not usable: {cause}" in lines[0], output
     assert "not-the-password" not in output
+
+
+def test_a_one_off_worker_does_not_wait_for_redis(redis_server, uponai_server, twilio_server, tmp_path):
+    port = free_port()  # nothing listens there
+    env = command_env(redis_server, uponai_server, twilio_server, f"redis://127.0.0.1:{port}/0")
+    result = run_worker(env, tmp_path, "--burst")
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, output
+    assert f"Redis at 127.0.0.1:{port} not reachable: connection refused; a one-off (--burst, --max-jobs) worker " \
+        "does not wait" in lines[0], output
 
 
 @pytest.mark.parametrize(("where", "cause", "fix"), [

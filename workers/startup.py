@@ -84,11 +84,13 @@ class RedisUnusable(Exception):
 
 
 def wait_for_redis(connection: Redis, stop_event: threading.Event, *, announce: bool = True,
-                   at_start: bool = False) -> bool:
+                   at_start: bool = False, one_off: bool = False) -> bool:
     """Block until Redis answers a PING (True) or a stop is requested (False); one log line per failed try.
 
     ``at_start`` (a worker starting): a failure that waiting does not cure (a host name that does not resolve,
     a wrong password) is logged once and raises RedisUnusable instead; the supervisor sees the process fail.
+    ``one_off`` (``--burst``, ``--max-jobs``: run from a shell or a scheduled task, nobody restarts it): any
+    failure does, so the run fails now rather than waits unseen.
     """
     attempt = 0
     try:
@@ -98,6 +100,10 @@ def wait_for_redis(connection: Redis, stop_event: threading.Event, *, announce: 
             except RedisError as exc:
                 if at_start and is_permanent(exc):
                     log.error("Redis at %s not usable: %s; the worker stops (fix REDIS_URL)",
+                              redis_address(connection), redis_failure(exc))
+                    raise RedisUnusable(redis_failure(exc)) from None
+                if one_off:
+                    log.error("Redis at %s not reachable: %s; a one-off (--burst, --max-jobs) worker does not wait",
                               redis_address(connection), redis_failure(exc))
                     raise RedisUnusable(redis_failure(exc)) from None
                 pause = REDIS_RETRY_SECONDS[min(attempt, len(REDIS_RETRY_SECONDS) - 1)]

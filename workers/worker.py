@@ -150,7 +150,7 @@ def run(connection, queue_names: list[str], *, threads: int = 1, burst: bool = F
     """Work until SIGTERM/SIGINT (each worker finishes its current job first)."""
     stop_event = threading.Event()
     exit_children_with_this_process()  # RQ's scheduler child must not outlive this process and keep its lock
-    if not wait_for_redis(connection, stop_event, at_start=True):  # RedisUnusable: a bad REDIS_URL
+    if not wait_for_redis(connection, stop_event, at_start=True, one_off=burst or max_jobs is not None):
         return
     if burst or max_jobs is not None:
         threads = 1

@@ -16,8 +16,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from sandbox.sim_state import StateFile
 
 
 @dataclass
@@ -87,6 +90,7 @@ class FakeServer:
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
+        self.state_file: StateFile | None = None
 
     @property
     def url(self) -> str:
@@ -101,6 +105,32 @@ class FakeServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+        if self.state_file is not None:
+            self.state_file.close()
+
+    # -- state kept across restarts (the sandbox's simulators; the tests' fakes keep none) -----------
+
+    def keep_state_in(self, path: Path) -> FakeServer:
+        """Take up the state saved in ``path`` (if any) and save it there after each change."""
+        self.state_file = StateFile(path, self.snapshot)
+        saved = self.state_file.load()
+        if saved is not None:
+            self.restore(saved)
+        self.state_file.start()
+        return self
+
+    def changed(self) -> None:
+        """The state changed: save it soon (when it is kept)."""
+        if self.state_file is not None:
+            self.state_file.changed()
+
+    def snapshot(self) -> Any:
+        """The state to keep, as JSON-ready data."""
+        raise NotImplementedError
+
+    def restore(self, saved: Any) -> None:
+        """Take up a state that ``snapshot`` returned."""
+        raise NotImplementedError
 
     # -- fault injection --------------------------------------------------------------------------
 
@@ -182,6 +212,9 @@ class FakeServer:
             with contextlib.suppress(OSError):
                 handler.connection.shutdown(2)
             return
+        finally:
+            if action is not None and request.method != "GET":
+                self.changed()
         self._write(handler, reply)
 
     @staticmethod

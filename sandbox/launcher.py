@@ -7,7 +7,9 @@ simulator (which signs webhooks and sends status callbacks), a phone page to tex
 browser, and an admin API token. The web and worker processes are the Procfile's own commands, so
 the production code paths run unchanged: only URLs and credentials differ. Files live in
 ``SANDBOX_DATA_DIR`` (default ``var/``): Redis data, metrics, the sandbox's settings and admin token.
-Ctrl-C stops everything.
+The simulators keep their chats and messages there too
+(``sandbox/*-simulator.json``), and the ports chosen (``sandbox/ports.json``), so a restart carries on
+where it stopped. Ctrl-C stops the web and workers, then the simulators, then Redis.
 """
 
 from __future__ import annotations
@@ -261,7 +263,8 @@ def run(environ: dict[str, str] | None = None) -> int:
                 from sandbox.uponai_sim import UponAISimulator
 
                 sim = serve_on_a_free_port("UponAI simulator", ports, lambda port: UponAISimulator(
-                    api_key=SANDBOX_UPONAI_KEY, workspace_id=1, port=port)).start()
+                    api_key=SANDBOX_UPONAI_KEY, workspace_id=1, port=port))
+                sim.keep_state_in(data_dir / "sandbox" / "uponai-simulator.json").start()
                 servers.append(sim)
                 env.update(UPONAI_API_KEY=SANDBOX_UPONAI_KEY, UPONAI_BASE_URL=sim.url, UPONAI_WORKSPACE_ID="1")
                 env.setdefault("UPONAI_AGENT_ID", "sandbox-agent")
@@ -271,14 +274,15 @@ def run(environ: dict[str, str] | None = None) -> int:
 
                 twilio_sim = serve_on_a_free_port("Twilio simulator", ports, lambda port: TwilioSimulator(
                     account_sid=SANDBOX_ACCOUNT_SID, auth_token=SANDBOX_AUTH_TOKEN, status_callbacks=True,
-                    port=port)).start()
+                    port=port))
+                twilio_sim.keep_state_in(data_dir / "sandbox" / "twilio-simulator.json").start()
                 servers.append(twilio_sim)
                 env.update(TWILIO_ACCOUNT_SID=SANDBOX_ACCOUNT_SID, TWILIO_AUTH_TOKEN=SANDBOX_AUTH_TOKEN,
                            TWILIO_API_BASE_URL=twilio_sim.url)
                 env.setdefault("TWILIO_FROM_NUMBER", SANDBOX_NUMBER)
                 # The simulated number is already pointed at this gateway, as `configure-twilio` would do.
-                twilio_sim.add_number(env["TWILIO_FROM_NUMBER"], sms_url=f"{env['PUBLIC_BASE_URL']}/twilio/sms",
-                                      status_callback=f"{env['PUBLIC_BASE_URL']}/twilio/status")
+                twilio_sim.point_number(env["TWILIO_FROM_NUMBER"], sms_url=f"{env['PUBLIC_BASE_URL']}/twilio/sms",
+                                        status_callback=f"{env['PUBLIC_BASE_URL']}/twilio/status")
                 stand_ins.append(f"Twilio simulator at {twilio_sim.url}")
                 if not env.get("ADMIN_API_TOKEN"):
                     env["ADMIN_API_TOKEN"] = sandbox_admin_token(data_dir)

@@ -23,13 +23,13 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
 from sandbox.httpfake import FakeServer, Fault, Reply, Request
-from sandbox.twilio_webhook_sim import WebhookCaller
+from sandbox.twilio_webhook_sim import SimInbound, WebhookCaller
 
 _E164 = re.compile(r"^(\w+:)?\+[1-9]\d{6,14}$")
 _ACCOUNT = r"/2010-04-01/Accounts/([^/.]+)"
@@ -144,12 +144,40 @@ class TwilioSimulator(FakeServer, WebhookCaller):
         self.latency_seconds = 0.0
         self.clear_faults()
 
+    def snapshot(self) -> dict[str, Any]:
+        with self._state:
+            return {"messages": [asdict(m) for m in self.messages], "inbound": [asdict(m) for m in self.inbound],
+                    "keyword_replies": list(self.keyword_replies), "opted_out": sorted(self.opted_out),
+                    "numbers": [asdict(n) for n in self.numbers.values()],
+                    "services": [asdict(s) for s in self.services.values()]}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        with self._state:
+            self.messages = [SimMessage(**m) for m in saved.get("messages", [])]
+            self.inbound = [SimInbound(**m) for m in saved.get("inbound", [])]
+            self.keyword_replies = list(saved.get("keyword_replies", []))
+            self.opted_out = set(saved.get("opted_out", []))
+            self.numbers = {n["sid"]: SimNumber(**n) for n in saved.get("numbers", [])}
+            self.services = {s["sid"]: SimService(**s) for s in saved.get("services", [])}
+
     # -- set-up and helpers for tests and the phone page ------------------------------------------
 
     def add_number(self, phone_number: str, **config: str) -> SimNumber:
         number = SimNumber(sid="PN" + uuid.uuid4().hex, phone_number=phone_number, **config)
         with self._state:
             self.numbers[number.sid] = number
+        self.changed()
+        return number
+
+    def point_number(self, phone_number: str, **config: str) -> SimNumber:
+        """Set a number's webhooks (``sms_url``, ``status_callback``...), adding the number if it is new."""
+        number = self.number(phone_number)
+        if number is None:
+            return self.add_number(phone_number, **config)
+        with self._state:
+            for name, value in config.items():
+                setattr(number, name, value)
+        self.changed()
         return number
 
     def number(self, phone_number: str) -> SimNumber | None:
@@ -160,6 +188,7 @@ class TwilioSimulator(FakeServer, WebhookCaller):
         service = SimService(sid="MG" + uuid.uuid4().hex, friendly_name=friendly_name, number_sids=sids, **config)
         with self._state:
             self.services[service.sid] = service
+        self.changed()
         return service
 
     def service_of(self, number_sid: str) -> SimService | None:

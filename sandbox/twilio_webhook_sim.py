@@ -113,6 +113,7 @@ class WebhookCaller:
         url, service_sid = self.webhook_for(to)
         if not url:
             record.error = f"{to} is not a number of this account, or it has no SMS webhook"
+            self.changed()
             return record
         form = {"MessageSid": sid, "SmsSid": sid, "SmsMessageSid": sid, "AccountSid": self.account_sid,
                 "From": from_, "To": to, "Body": body, "NumMedia": str(len(media_urls)), "NumSegments": "1",
@@ -126,7 +127,9 @@ class WebhookCaller:
         if keyword:
             form["OptOutType"] = keyword
         record.url = url
+        self.changed()  # kept before the gateway answers: a restart then shows what was sent
         record.webhook_status, record.error = self.post_signed(url, form)
+        self.changed()
         return record
 
     def _opt_out_keyword(self, from_: str, body: str) -> str:
@@ -156,6 +159,7 @@ class WebhookCaller:
                     "ApiVersion": "2010-04-01"}
             if message.messaging_service_sid:
                 form["MessagingServiceSid"] = message.messaging_service_sid
+            self.changed()
             answer, _error = self.post_signed(message.status_callback, form)
             self.callback_log.append((message.sid, status, answer))
 

@@ -9,13 +9,12 @@ answer success with a body that is not the documented JSON (``MALFORMED_SHAPES``
 
 from __future__ import annotations
 
-import itertools
 import re
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sandbox.httpfake import FakeServer, Reply, Request
@@ -86,7 +85,7 @@ class UponAISimulator(FakeServer):
         self.responder = responder
         self.chats: dict[str, SimChat] = {}
         self.completion_log: list[tuple[str, str]] = []  # (chat_id, text) in the order applied
-        self._ids = itertools.count(1)
+        self._next_id = 1
         self._state = threading.Lock()
         self._malformed: dict[str, list[tuple[str, bool]]] = {}
 
@@ -113,6 +112,16 @@ class UponAISimulator(FakeServer):
         with self._state:
             self._malformed.setdefault(operation, []).extend((shape, applied) for shape in shapes)
 
+    def snapshot(self) -> dict[str, Any]:
+        with self._state:
+            return {"next_id": self._next_id, "chats": [asdict(chat) for chat in self.chats.values()]}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        chats = [SimChat(**chat) for chat in saved.get("chats", [])]
+        with self._state:
+            self.chats = {chat.chat_id: chat for chat in chats}
+            self._next_id = max(int(saved.get("next_id", 1)), len(chats) + 1)
+
     # -- helpers for tests ------------------------------------------------------------------------
 
     def texts_by_chat(self) -> dict[str, list[str]]:
@@ -123,6 +132,7 @@ class UponAISimulator(FakeServer):
         with self._state:
             self.chats[chat_id].status = "ended"
             self.chats[chat_id].ended_ms = int(time.time() * 1000)
+        self.changed()
 
     # -- routing ----------------------------------------------------------------------------------
 
@@ -188,7 +198,8 @@ class UponAISimulator(FakeServer):
             return Reply(422, {"status": "error", "message": "agent not found"})
         dyn_key = "uponai_dynamic_variables" if style == "reference" else "retell_llm_dynamic_variables"
         with self._state:
-            chat = SimChat(chat_id=f"chat_{next(self._ids):06d}_{uuid.uuid4().hex[:8]}", agent_id=body["agent_id"],
+            number, self._next_id = self._next_id, self._next_id + 1
+            chat = SimChat(chat_id=f"chat_{number:06d}_{uuid.uuid4().hex[:8]}", agent_id=body["agent_id"],
                            metadata=body.get("metadata") or {}, dynamic_variables=body.get(dyn_key) or {},
                            created_ms=int(time.time() * 1000))
             self.chats[chat.chat_id] = chat

@@ -74,8 +74,8 @@ class Sandbox:
         """Where the banner says each part listens."""
         found = {"phone": self.phone_url}
         for name, pattern in (("redis", r"embedded Redis on (127\.0\.0\.1:\d+)"),
-                              ("uponai", r"UponAI simulator at (http://\S+)"),
-                              ("twilio", r"Twilio simulator at (http://\S+)")):
+                              ("uponai", r"UponAI simulator at (http://[\d.:]+)"),
+                              ("twilio", r"Twilio simulator at (http://[\d.:]+)")):
             found[name] = re.search(pattern, self.text)[1]
         return found
 
@@ -251,5 +251,61 @@ def test_ctrl_c_stops_everything_in_order_and_a_restart_keeps_ports_and_data(tmp
         assert again.ports() == ports_before
         assert "moved:" not in again.text
         assert again.api("/api/conversation", number=person)["chat_id"] == chat_before  # Redis kept it
+        # The Twilio simulator kept the thread: the phone page shows it as it was.
+        assert bodies(again, person) == ["keep me", "You said: keep me"]
+        # The UponAI simulator kept the chat: the conversation carries on in it.
+        sent = requests.post(again.phone_url + "api/send", json={"from": person, "body": "still there?"}, timeout=30)
+        assert sent.status_code == 200, sent.text
+        wait_for(lambda: bodies(again, person)[-1:] == ["You said: still there?"], timeout=60, message="the reply")
+        assert again.api("/api/conversation", number=person)["chat_id"] == chat_before
+        chat = requests.get(f"{again.ports()['uponai']}/api/chats/{chat_before}", params={"workspaceId": 1},
+                            headers={"Authorization": "Bearer sandbox-uponai-key"}, timeout=5)
+        assert chat.status_code == 200, chat.text
+        assert [m["content"] for m in chat.json()["messages"]] == [
+            "keep me", "You said: keep me", "still there?", "You said: still there?"]
     finally:
         assert again.stop(timeout=15) == 0
+
+
+def bodies(sandbox: Sandbox, person: str) -> list[str]:
+    """What the phone page's thread shows, both ways, oldest first."""
+    return [m["body"] for m in sandbox.api("/api/thread", number=person)["messages"]]
+
+
+def test_simulators_take_up_the_state_they_saved(tmp_path):
+    """What the simulators saved (chats, messages, numbers) is what they answer with after a restart."""
+    from sandbox.twilio_sim import TwilioSimulator
+    from sandbox.uponai_sim import UponAISimulator
+
+    auth = {"Authorization": "Bearer k"}
+    uponai = UponAISimulator(api_key="k").keep_state_in(tmp_path / "uponai.json").start()
+    twilio = TwilioSimulator(account_sid="AC" + "1" * 32, auth_token="t").keep_state_in(tmp_path / "twilio.json")
+    twilio.start()
+    try:
+        chat = requests.post(f"{uponai.url}/create-chat", json={"agent_id": "a"}, headers=auth, timeout=5).json()
+        requests.post(f"{uponai.url}/create-chat-completion", json={"chat_id": chat["chat_id"], "content": "hi"},
+                      headers=auth, timeout=5).raise_for_status()
+        twilio.add_number("+15005550006", sms_url="http://127.0.0.1:1/twilio/sms")
+        sent = requests.post(f"{twilio.url}/2010-04-01/Accounts/{twilio.account_sid}/Messages.json",
+                             data={"To": PERSON, "From": "+15005550006", "Body": "hello"},
+                             auth=(twilio.account_sid, "t"), timeout=5)
+        assert sent.status_code == 201, sent.text
+    finally:
+        uponai.stop()
+        twilio.stop()
+    assert not list(tmp_path.glob("*.tmp"))  # written whole, then renamed
+
+    uponai = UponAISimulator(api_key="k").keep_state_in(tmp_path / "uponai.json").start()
+    twilio = TwilioSimulator(account_sid="AC" + "1" * 32, auth_token="t").keep_state_in(tmp_path / "twilio.json")
+    twilio.start()
+    try:
+        again = requests.get(f"{uponai.url}/get-chat/{chat['chat_id']}", headers=auth, timeout=5)
+        assert again.status_code == 200, again.text
+        assert [m["content"] for m in again.json()["message_with_tool_calls"]] == ["hi", "You said: hi"]
+        second = requests.post(f"{uponai.url}/create-chat", json={"agent_id": "a"}, headers=auth, timeout=5).json()
+        assert second["chat_id"].startswith("chat_000002_")  # numbering goes on
+        assert twilio.sent_to(PERSON) == ["hello"]
+        assert twilio.number("+15005550006").sms_url == "http://127.0.0.1:1/twilio/sms"
+    finally:
+        uponai.stop()
+        twilio.stop()

@@ -141,7 +141,7 @@ def test_a_worker_killed_mid_send_is_resumed_by_a_retry_without_a_second_sms(sta
     store = ConversationStore(redis)
     store.touch(CID, gateway=GATEWAY_NUMBER, person=PERSON, chat_id="chat_kept")
     pool = start_worker_processes(1)
-    twilio.inject("send", Fault(delay_seconds=1.0))  # Twilio takes the message after the worker is gone
+    twilio.inject("send", Fault(delay_seconds=1.5))  # Twilio takes it after the worker is gone (client timeout: 2 s)
     answer: list = []
     first = threading.Thread(target=lambda: answer.append(say(admin, "We found your keys.", key="keys")))
     first.start()

@@ -312,7 +312,7 @@ def run(environ: dict[str, str] | None = None) -> int:
                 return 1
             if stop.requested.is_set():
                 return 0
-            _print_banner(env, stand_ins, phone_url, data_dir, time.monotonic() - started, ports.moved)
+            _print_banner(env, settings, stand_ins, phone_url, data_dir, time.monotonic() - started, ports.moved)
             return _supervise(children, stop.requested)
         finally:
             _stop(services, servers, redis)
@@ -363,7 +363,7 @@ def _shown_path(path: Path) -> str:
         return str(path)
 
 
-def _print_banner(env: dict[str, str], stand_ins: list[str], phone_url: str | None, data_dir: Path,
+def _print_banner(env: dict[str, str], settings, stand_ins: list[str], phone_url: str | None, data_dir: Path,
                   seconds: float, moved: list[str]) -> None:
     base = env["PUBLIC_BASE_URL"]
     local = f"http://127.0.0.1:{env['PORT']}"
@@ -379,10 +379,42 @@ def _print_banner(env: dict[str, str], stand_ins: list[str], phone_url: str | No
         lines.append("  stand-ins for settings you did not give: " + "; ".join(stand_ins))
     if moved:
         lines.append("  moved:     " + "; ".join(moved))
-    settings_file = _shown_path(data_dir / "sandbox" / "sandbox.env")
-    lines.append(f"  settings:  {settings_file}   (check them: set -a; . {settings_file}; sms-gateway doctor)")
-    lines.append("  Ctrl-C stops everything.")
+    lines.append("  limits:    " + limits_in_force(settings))
+    settings_file = shlex.quote(_shown_path(data_dir / "sandbox" / "sandbox.env"))
+    lines += [f"  settings:  {settings_file}; to check them, paste these two lines in a shell:",
+              *(f"      {command}" for command in doctor_commands(settings_file)),
+              "  Ctrl-C stops everything."]
     print("\n".join(lines), flush=True)
+
+
+def doctor_commands(settings_file: str) -> list[str]:
+    """Shell lines that load the sandbox's settings and run ``doctor``, as printed: they work when pasted."""
+    installed = Path(sys.executable).parent / "sms-gateway"  # .venv/bin/: `make run` does not put it in PATH
+    command = "sms-gateway"
+    if installed.exists():
+        shown = _shown_path(installed)
+        command = shlex.quote(shown if "/" in shown else f"./{shown}")  # a bare name would be looked up in PATH
+    return [f"set -a; . {settings_file}; set +a", f"{command} doctor"]
+
+
+def limits_in_force(settings) -> str:
+    """The production limits the sandbox keeps, which a person trying it out may run into."""
+    window = _duration(settings.rate_limit_window_seconds)
+    rate = (f"{settings.rate_limit_messages} texts per number per {window} reach the agent, then one notice "
+            f"(RATE_LIMIT_MESSAGES, RATE_LIMIT_WINDOW_SECONDS)" if settings.rate_limit_messages
+            else "no rate limit (RATE_LIMIT_MESSAGES=0)")
+    loop = (f"; {settings.loop_breaker_replies} texts in a row each within {settings.loop_breaker_seconds:g}s of "
+            f"a reply look like a loop and go unanswered for {_duration(settings.loop_breaker_cooldown_seconds)} "
+            f"(LOOP_BREAKER_*)" if settings.loop_breaker_replies else "")
+    return rate + loop
+
+
+def _duration(seconds: float) -> str:
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600:g} h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60:g} min"
+    return f"{seconds:g} s"
 
 
 def _supervise(children: list[tuple[str, subprocess.Popen]], stopping: threading.Event) -> int:

@@ -75,6 +75,10 @@ def create_phone_app(*, twilio: TwilioSimulator, gateway_url: str, gateway_numbe
     def static_file(name: str):
         return send_from_directory(STATIC, name)
 
+    @app.get("/favicon.ico")
+    def favicon():  # asked for by browsers that do not read the page's <link rel="icon">
+        return send_from_directory(STATIC, "favicon.svg", mimetype="image/svg+xml")
+
     @app.get("/api/config")
     def config():
         return jsonify({"gateway_number": gateway_number, "default_person": DEFAULT_PERSON,
@@ -122,11 +126,7 @@ def create_phone_app(*, twilio: TwilioSimulator, gateway_url: str, gateway_numbe
                                headers={"Authorization": f"Bearer {admin_token}", **(headers or {})})
         except requests.RequestException as exc:
             return jsonify({"error": f"The gateway did not answer: {type(exc).__name__}."}), 502
-        try:
-            body = answer.json()
-        except ValueError:
-            body = {"error": {"message": answer.text[:200]}}
-        return jsonify({"status": answer.status_code, "answer": body}), 200 if answer.ok else 502
+        return relayed(answer)
 
     @app.post("/api/handoff")
     def handoff():
@@ -160,13 +160,25 @@ def create_phone_app(*, twilio: TwilioSimulator, gateway_url: str, gateway_numbe
                                headers={"Authorization": f"Bearer {admin_token}"})
         except requests.RequestException as exc:
             return jsonify({"error": f"The gateway did not answer: {type(exc).__name__}."}), 502
-        try:
-            body = answer.json()
-        except ValueError:
-            body = {"error": {"message": answer.text[:200]}}
-        return jsonify({"status": answer.status_code, "answer": body}), 200 if answer.ok else 502
+        return relayed(answer)
 
     return app
+
+
+def relayed(answer: requests.Response):
+    """The page's answer for the admin API's: a refusal (4xx) keeps its status and message, a failure is 502."""
+    try:
+        body = answer.json()
+    except ValueError:
+        body = {"error": {"message": answer.text[:200]}}
+    if answer.ok:
+        return jsonify({"status": answer.status_code, "answer": body}), 200
+    if 400 <= answer.status_code < 500:
+        error = body.get("error") if isinstance(body, dict) else None
+        message = error.get("message") if isinstance(error, dict) else error
+        return jsonify({"status": answer.status_code, "answer": body,
+                        "error": str(message or f"The gateway refused it ({answer.status_code}).")}), answer.status_code
+    return jsonify({"status": answer.status_code, "answer": body}), 502
 
 
 class PhoneServer:

@@ -13,13 +13,14 @@ from sandbox.phone import create_phone_app
 from tests.conftest import GATEWAY_NUMBER, free_port, wait_for
 
 PERSON = "+14155550177"
+TOKEN = "phone-page-admin-token"
 
 
 @pytest.fixture
 def served(env, redis, twilio):
     """The gateway on a real local port (PUBLIC_BASE_URL points at it); the simulator's number points there."""
     port = free_port()
-    env = {**env, "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}"}
+    env = {**env, "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}", "ADMIN_API_TOKEN": TOKEN}
     server = make_server("127.0.0.1", port, create_app(env), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -54,6 +55,10 @@ def state_of(phone, number=PERSON) -> dict:
 def test_page_and_config_are_served(phone):
     with phone.get("/") as page:
         assert page.status_code == 200 and b'id="body"' in page.data and b"/static/phone.js" in page.data
+        assert b'rel="icon" href="/static/favicon.svg"' in page.data
+    for path in ("/static/favicon.svg", "/favicon.ico"):  # the latter for browsers that ask for it anyway
+        with phone.get(path) as icon:
+            assert icon.status_code == 200 and icon.mimetype == "image/svg+xml" and b"<svg" in icon.data
     with phone.get("/static/phone.js") as script:
         assert script.status_code == 200 and b"/api/send" in script.data
     config = phone.get("/api/config").get_json()
@@ -114,3 +119,27 @@ def test_a_number_that_is_not_pointed_at_the_gateway_shows_the_error(phone, twil
     answer = phone.post("/api/send", json={"from": PERSON, "body": "anyone?"})
     assert answer.status_code == 502 and "no SMS webhook" in answer.get_json()["error"]
     assert thread_of(phone)[0]["error"]
+
+
+def test_the_admin_apis_refusal_keeps_its_status_and_message(served, answering, twilio):
+    phone = create_phone_app(twilio=twilio, gateway_url=served["PUBLIC_BASE_URL"], gateway_number=GATEWAY_NUMBER,
+                             redis_url=served["REDIS_URL"], admin_token=TOKEN, idle_timeout_seconds=600).test_client()
+    phone.post("/api/send", json={"from": PERSON, "body": "STOP"})
+    wait_for(lambda: state_of(phone)["opted_out"], message="opt-out recorded")
+
+    refused = phone.post("/api/outbound", json={"to": PERSON, "message": "Your order is ready"})
+    assert refused.status_code == 409, refused.get_json()  # the admin API's 409, not a 502 of the page's own
+    assert "opted out" in refused.get_json()["error"]
+    assert refused.get_json()["answer"]["error"]["code"] == "opted_out"
+    assert twilio.sent_to(PERSON) == []
+
+
+def test_a_rate_limit_notice_shows_in_the_thread_like_any_text(phone, served, start_workers, twilio):
+    start_workers(1, PUBLIC_BASE_URL=served["PUBLIC_BASE_URL"], RATE_LIMIT_MESSAGES="1")
+    assert phone.post("/api/send", json={"from": PERSON, "body": "first"}).status_code == 200
+    wait_for(lambda: twilio.sent_to(PERSON), message="the answer to the first text")
+    assert phone.post("/api/send", json={"from": PERSON, "body": "second"}).status_code == 200
+
+    out = wait_for(lambda: (out := [m["body"] for m in thread_of(phone) if m["direction"] == "out"])[1:] and out,
+                   message="the rate-limit notice")
+    assert out[0] == "You said: first" and "faster than we can answer" in out[1]

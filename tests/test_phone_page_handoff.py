@@ -70,6 +70,7 @@ def test_without_the_admin_api_the_operator_side_says_why(served, twilio):
     blank = phone_for(served, twilio, TOKEN).post("/api/operator", json={"number": PERSON, "message": " "})
     assert blank.status_code == 400 and "Type" in blank.get_json()["error"]
     unknown = phone_for(served, twilio, TOKEN).post("/api/operator", json={"number": PERSON, "message": "hi"})
-    assert unknown.status_code == 502
+    assert unknown.status_code == 404  # the admin API's refusal, passed through with its message
     assert unknown.get_json()["answer"]["error"]["code"] == "conversation_not_found"
+    assert unknown.get_json()["error"] == unknown.get_json()["answer"]["error"]["message"]
     assert twilio.messages == []

@@ -40,13 +40,14 @@ class Sandbox:
     can send SIGINT to the whole group, as the terminal does on Ctrl-C.
     """
 
-    def __init__(self, data_dir, port: int | None = None):
+    def __init__(self, data_dir, port: int | None = None, cwd=None):
         self.data_dir = data_dir
         self.port = port or free_port()
         self.output: list[str] = []
         env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"),
                "SANDBOX_DATA_DIR": str(data_dir), "PORT": str(self.port), "CHAT_IDLE_TIMEOUT_SECONDS": "900"}
-        self.process = subprocess.Popen([sys.executable, "-m", "cli", "run"], cwd=data_dir, env=env,
+        self.env, self.cwd = env, cwd or data_dir
+        self.process = subprocess.Popen([sys.executable, "-m", "cli", "run"], cwd=self.cwd, env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                         process_group=0)
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -174,6 +175,8 @@ def test_a_message_typed_in_the_phone_page_is_answered(sandbox, phone, tmp_path)
     wait_for_text(browser, "#thread .bubble.out", "You said: Hello from Chromium")
     wait_for_text(browser, "#thread .status", "delivered")  # the simulator's status callbacks
     wait_for_text(browser, "#state-recent", "delivered")  # ...as the gateway recorded them
+    deliveries = texts(browser, "#state-recent > div")  # one line per delivery
+    assert deliveries and all(re.fullmatch(r"SM\w{6}…: \w+", line) for line in deliveries), deliveries
     assert texts(browser, "#state-chat")[0].startswith("chat_")
     assert "chat ends in" in texts(browser, "#state-idle")[0]
     assert texts(browser, "#state-optout") == ["no"]
@@ -221,8 +224,10 @@ def test_stop_opts_the_number_out(phone):
 
 def test_ctrl_c_stops_everything_in_order_and_a_restart_keeps_ports_and_data(tmp_path):
     person = "+14155550146"
-    sandbox = Sandbox(tmp_path)  # its own: stopping it leaves the browser tests' sandbox alone
+    # Its own (stopping it leaves the browser tests' sandbox alone), started where `make run` starts it.
+    sandbox = Sandbox(tmp_path, cwd=ROOT)
     try:
+        check_settings_as_the_banner_says(sandbox)
         sent = requests.post(sandbox.phone_url + "api/send", json={"from": person, "body": "keep me"}, timeout=30)
         assert sent.status_code == 200, sent.text
         wait_for(lambda: [m for m in sandbox.api("/api/thread", number=person)["messages"] if m["direction"] == "out"],
@@ -309,3 +314,15 @@ def test_simulators_take_up_the_state_they_saved(tmp_path):
     finally:
         uponai.stop()
         twilio.stop()
+
+
+def check_settings_as_the_banner_says(sandbox: Sandbox) -> None:
+    """The banner's lines for checking the settings work when pasted in a shell, in a clean environment."""
+    lines = sandbox.text.splitlines()
+    at = next(i for i, line in enumerate(lines) if "paste these two lines in a shell" in line)
+    commands = [line.strip() for line in lines[at + 1:at + 3]]
+    assert commands[0].startswith("set -a; . ") and commands[0].endswith("; set +a"), commands
+    shell = subprocess.run(["bash", "-c", "\n".join(commands)], cwd=sandbox.cwd, capture_output=True, text=True,
+                           timeout=120, env={"PATH": "/usr/bin:/bin", "HOME": sandbox.env["HOME"]})
+    said = shell.stdout + shell.stderr
+    assert shell.returncode == 0 and "not found" not in said, said

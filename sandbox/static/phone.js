@@ -59,8 +59,12 @@ function renderState(state) {
   $("state-idle").textContent = idle === null || idle === undefined ? "–" :
     `chat ends in ${Math.floor(idle / 60)}m ${idle % 60}s without a message`;
   $("state-waiting").textContent = String(state.waiting_messages);
-  $("state-recent").textContent = state.recent.length ?
-    state.recent.slice(0, 5).map((r) => `${r.sid.slice(0, 8)}…: ${r.status || "?"}`).join("\n") : "–";
+  // One line per delivery.
+  $("state-recent").replaceChildren(...(state.recent.length ? state.recent.slice(0, 5).map((r) => {
+    const line = document.createElement("div");
+    line.textContent = `${r.sid.slice(0, 8)}…: ${r.status || "?"}`;
+    return line;
+  }) : ["–"]));
 }
 
 function renderHandoff(state) {

@@ -319,6 +319,9 @@ class Settings:
     gunicorn_access_log: bool = _setting("GUNICORN_ACCESS_LOG", _flag, False)
     uponai_agent_routes: dict[str, str] = _setting("UPONAI_AGENT_ROUTES", _agent_routes, {})
     reset_keyword: str = _setting("RESET_KEYWORD", _keyword, "RESET")
+    handoff_keyword: str | None = _setting("HANDOFF_KEYWORD", _keyword)
+    handoff_confirmation_text: str = _setting(
+        "HANDOFF_CONFIRMATION_TEXT", _text, "Thanks. A person from our team will answer you here as soon as they can.")
     reset_confirmation_text: str = _setting(
         "RESET_CONFIRMATION_TEXT", _text, "Your conversation has been reset. Your next message starts a new one.")
     mms_notice_interval_seconds: int = _setting("MMS_NOTICE_INTERVAL_SECONDS", _non_negative_int, 3600)
@@ -466,6 +469,8 @@ def _cross_checks(settings: Settings) -> list[str]:
         # The conversation record (and the chat id in it) would expire before the idle close ends the chat.
         problems.append(f"DATA_RETENTION_DAYS={settings.data_retention_days:g} is invalid: it must be longer than "
                         f"CHAT_IDLE_TIMEOUT_SECONDS={settings.chat_idle_timeout_seconds}")
+    if settings.handoff_keyword and settings.handoff_keyword == settings.reset_keyword:
+        problems.append(f"HANDOFF_KEYWORD={settings.handoff_keyword} is invalid: it must differ from RESET_KEYWORD")
     if settings.events_webhook_url and not settings.events_webhook_secret:
         # An unsigned event could be forged by anyone who finds the receiver's address.
         problems.append("EVENTS_WEBHOOK_SECRET is required when EVENTS_WEBHOOK_URL is set (events are signed with it)")

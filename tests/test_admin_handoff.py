@@ -12,6 +12,7 @@ from rq.registry import StartedJobRegistry
 from core.model import conversation_id
 from core.queues import ADMIN_QUEUE_NAME
 from core.state import ConversationStore
+from core.state.deliveries import DEFAULT_AWAY_PREFACE
 from gateway import create_app
 from sandbox.httpfake import Fault
 from tests.conftest import GATEWAY_NUMBER, inbound_form, post_signed, wait_for, wait_idle
@@ -102,8 +103,12 @@ def test_an_operator_message_needs_no_handoff_and_never_resets_the_chat(start_wo
     text_and_answer(admin, twilio, "thanks")
 
     wait_idle(redis)
+    # The agent hears of the operator's message with the next turn (the away log as a marked preface).
+    heard = "\n".join([DEFAULT_AWAY_PREFACE.header, "Business: A note from the team: we open at 9 tomorrow.",
+                       DEFAULT_AWAY_PREFACE.footer, "thanks"])
+    assert [text for _, text in uponai.completion_log] == ["hi", heard]
     assert twilio.sent_to(PERSON) == ["You said: hi", "A note from the team: we open at 9 tomorrow.",
-                                      "You said: thanks"]
+                                      f"You said: {heard}"]
     assert len(uponai.calls("create_chat")) == 1 and redis.hget(f"smsgw:conv:{CID}", "chat_id").decode() == chat_id
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 
-from core.events import emit_delivery_failed
+from core.events import emit_delivery_failed, emit_event
 from core.model import InboundMessage
 from core.redaction import mask_number
 from workers import sms_text
@@ -81,6 +81,9 @@ def send_part(services: Services, message: InboundMessage, part: str, body: str,
                     mask_number(message.from_), exc.code)
         if exc.code == OPTED_OUT_CODE:
             store.set_opted_out(message.conversation_id, True)
+            emit_event(store.redis, services.settings, "conversation.opted_out",
+                       event_id=f"conversation.opted_out:{message.sid}:{part}", conversation_id=message.conversation_id,
+                       number=message.from_, error_code=str(exc.code))
         else:  # refused outright: no status callback will come for it (an opt-out is not a failure to report)
             emit_delivery_failed(store, services.settings, message.conversation_id, status="refused",
                                  event_id=f"delivery.failed:{message.sid}:{part}", error_code=str(exc.code),

@@ -27,6 +27,7 @@ import logging
 import random
 import time
 
+from core.events import emit_event
 from core.metrics import metrics
 from core.model import InboundMessage
 from core.state import ConversationStore, Progress
@@ -229,11 +230,15 @@ def _give_up(services: Services, taken: list[tuple[str, InboundMessage]], exc: E
     return [message.sid for _, message in taken]
 
 
+def _keyword(settings, message: InboundMessage) -> str | None:
+    return keyword_of(message, settings.reset_keyword, settings.handoff_keyword)
+
+
 def _may_join_turn(settings, message: InboundMessage, conversation: dict[str, str]) -> bool:
-    """Whether the text may start or join an agent turn: no keyword, and the conversation answers at all."""
-    if keyword_of(message, settings.reset_keyword) is not None:
+    """Whether the text may start or join an agent turn: no keyword, and the agent answers the conversation."""
+    if _keyword(settings, message) is not None:
         return False
-    return conversation.get("opted_out") != "1"
+    return conversation.get("opted_out") != "1" and conversation.get("handoff") != "1"
 
 
 def _gather_turn(services: Services, waiting: list[tuple[str, InboundMessage]], conversation: dict[str, str],
@@ -321,11 +326,13 @@ def handle_message(services: Services, message: InboundMessage, conversation: di
     cid = message.conversation_id
     if conversation is None:
         conversation = store.conversation(cid)
-    keyword = keyword_of(message, settings.reset_keyword)
+    keyword = _keyword(settings, message)
     if keyword == "STOP":
         # Twilio itself answers and blocks further sends; we stop talking and close the chat.
         store.set_opted_out(cid, True)
         end_chat(services, cid, conversation.get("chat_id"))
+        emit_event(store.redis, settings, "conversation.opted_out", event_id=f"conversation.opted_out:{message.sid}",
+                   conversation_id=cid, number=message.from_, message_sid=message.sid)
         log.info("message=%s conversation=%s opted out", message.sid, cid)
         return
     if keyword == "START":
@@ -339,6 +346,13 @@ def handle_message(services: Services, message: InboundMessage, conversation: di
         return
     if progress is None:
         progress = store.progress(message.sid)
+    if keyword == "HANDOFF" and _decide(store, progress, message.sid, "handoff_requested",
+                                        lambda: conversation.get("handoff") != "1"):
+        _hand_over(services, message)
+        return
+    if keyword == "HANDOFF" or (conversation.get("handoff") == "1" and keyword != "RESET"):
+        _keep_for_operator(services, message)  # the reset word still acts during a handoff
+        return
     if _is_held(services, message, conversation, progress):
         # Kept in the conversation's count, not forwarded and not answered: nothing goes back into the loop.
         store.count_held(cid)
@@ -360,6 +374,36 @@ def handle_message(services: Services, message: InboundMessage, conversation: di
         _note_activity(services, cid, conversation)
         return
     answer_turn(services, bursts.Turn((message,), progress), conversation)
+
+
+def _hand_over(services: Services, message: InboundMessage) -> None:
+    """The person asked for a human (``HANDOFF_KEYWORD``): hand the conversation over, tell them once, and the operator.
+
+    Decided once per text (``handoff_requested``) before anything is done, so a retry repeats the same steps,
+    each of them once: the handoff (already on: nothing), the event (by its id), the confirmation (a claimed part).
+    """
+    store, settings = services.store, services.settings
+    cid = message.conversation_id
+    store.start_handoff(cid, by="person")
+    emit_event(store.redis, settings, "handoff.requested", event_id=f"handoff.requested:{message.sid}",
+               conversation_id=cid, number=message.from_, text=message.body.strip(), message_sid=message.sid,
+               by="person")
+    send_part(services, message, "handoff", settings.handoff_confirmation_text)
+    log.info("message=%s conversation=%s handed over: the person asked for a human", message.sid, cid)
+
+
+def _keep_for_operator(services: Services, message: InboundMessage) -> None:
+    """A text during a handoff: kept in the away log (the agent hears it after the resume), not answered."""
+    store = services.store
+    cid = message.conversation_id
+    words = message.body.strip()
+    if message.num_media:
+        words = f"{words} [{message.num_media} attachment(s)]".strip()
+    store.add_away(cid, "person", words, ref=message.sid)  # once per text, whatever the retries
+    emit_event(store.redis, services.settings, "handoff.message_received",
+               event_id=f"handoff.message_received:{message.sid}", conversation_id=cid, number=message.from_,
+               text=words, message_sid=message.sid)
+    log.info("message=%s conversation=%s kept for the operator: handed off", message.sid, cid)
 
 
 def _note_activity(services: Services, cid: str, conversation: dict[str, str]) -> None:

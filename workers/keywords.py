@@ -42,12 +42,18 @@ def twilio_keyword(body: str) -> str | None:
     return None
 
 
-def keyword_of(message: InboundMessage, reset_word: str) -> str | None:
-    """``STOP``, ``START``, ``HELP`` or ``RESET`` when the message is that keyword, else None."""
+def keyword_of(message: InboundMessage, reset_word: str, handoff_word: str | None = None) -> str | None:
+    """``STOP``, ``START``, ``HELP``, ``RESET`` or ``HANDOFF`` when the message is that keyword, else None.
+
+    The reset and handoff words (settings, upper case) match the whole text in any case, like Twilio's.
+    """
     if message.opt_out_type in ("STOP", "START", "HELP"):
         return message.opt_out_type
     if keyword := twilio_keyword(message.body):
         return keyword
-    if message.body.strip().upper() == reset_word:
+    word = message.body.strip().upper()
+    if word == reset_word:
         return "RESET"
+    if handoff_word and word == handoff_word:
+        return "HANDOFF"
     return None

@@ -17,26 +17,45 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.client import Pipeline
 
 from core.model import InboundMessage
-from core.state.keys import StateBase, key, text, text_hash
+from core.state.keys import StateBase, away_key, key, text, text_hash
 
 RECENT_SENT_KEPT = 20
 TURNS_KEPT = 20  # turns listed in the conversation view
 
 # Fix an agent turn before it is posted (KEYS[1]: the progress hash of its first text; KEYS[2]: the
-# conversation's turns log): which texts, and the exact text, unless an earlier attempt fixed them already
-# (then those stand). Marks the turn started in chat ARGV[1] in the same step. Returns {fresh, text}.
+# conversation's turns log; KEYS[3]: its away log): which texts, and the exact text, unless an earlier attempt
+# fixed them already (then those stand). What was said while the agent was away (the away log, JSON entries
+# {who, text, ...}) becomes a marked preface of the text and leaves the log in the same step (its refs set
+# stays, so a retried entry is not added again). Marks the turn started in chat ARGV[1]. Returns {fresh, text}.
 _FIX_TURN = """
 local stored = redis.call('HGET', KEYS[1], 'turn_text')
 local fresh = 0
 if not stored then
-  stored = ARGV[3]
-  redis.call('HSET', KEYS[1], 'turn_text', stored, 'turn_sids', ARGV[2], 'turn_at', ARGV[4])
-  redis.call('LPUSH', KEYS[2], cjson.encode({sids = cjson.decode(ARGV[2]), at = tonumber(ARGV[4])}))
+  local preface = ''
+  local entries = redis.call('LRANGE', KEYS[3], 0, -1)
+  if #entries > 0 then
+    local lines = {ARGV[8]}
+    for _, raw in ipairs(entries) do
+      local ok, entry = pcall(cjson.decode, raw)
+      if ok and type(entry) == 'table' and type(entry['text']) == 'string' then
+        local label = ARGV[10]
+        if entry['who'] == 'operator' then label = ARGV[11] end
+        table.insert(lines, label .. entry['text'])
+      end
+    end
+    table.insert(lines, ARGV[9])
+    preface = table.concat(lines, '\\n') .. '\\n'
+    redis.call('DEL', KEYS[3])
+  end
+  stored = preface .. ARGV[3]
+  redis.call('HSET', KEYS[1], 'turn_text', stored, 'turn_sids', ARGV[2], 'turn_at', ARGV[4], 'turn_away', #entries)
+  redis.call('LPUSH', KEYS[2], cjson.encode({sids = cjson.decode(ARGV[2]), at = tonumber(ARGV[4]),
+                                             away = #entries}))
   redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[7]) - 1)
   redis.call('EXPIRE', KEYS[2], ARGV[6])
   fresh = 1
@@ -58,6 +77,21 @@ if (not current) or tonumber(current) <= tonumber(ARGV[2]) then
 end
 return redis.call('HGET', KEYS[1], 'conversation_id')
 """
+
+
+class AwayPreface(NamedTuple):
+    """How the away log is marked in front of the next turn's text (one entry a line)."""
+
+    header: str
+    footer: str
+    person: str  # before each thing the person said
+    operator: str  # before each thing the business's operator said
+
+
+DEFAULT_AWAY_PREFACE = AwayPreface(
+    header="[While you were away, a person from the business took part in this conversation:]",
+    footer="[End of that part. The customer's new message follows:]",
+    person="Customer: ", operator="Business: ")
 
 
 @dataclass(frozen=True)
@@ -130,16 +164,19 @@ class Deliveries(StateBase):
     def mark_turn_started(self, message_sid: str, chat_id: str) -> None:
         self._set_progress(message_sid, {"turn_chat_id": chat_id})
 
-    def fix_turn(self, cid: str, sids: list[str], content: str, chat_id: str) -> tuple[bool, str]:
+    def fix_turn(self, cid: str, sids: list[str], content: str, chat_id: str, *,
+                 away_preface: AwayPreface = DEFAULT_AWAY_PREFACE) -> tuple[bool, str]:
         """Fix the agent turn of ``sids`` (its first text keys it) as ``content`` and mark it started in ``chat_id``.
 
         One step, before the turn is posted: a retry finds the same texts and the same words (to read the
-        turn back by), never a second turn. An already fixed turn stays as it was. Returns (fixed now, its text).
+        turn back by), never a second turn. The away log (what the person and an operator said while the agent
+        was away) goes in front of ``content`` as ``away_preface`` marks it, and leaves the log in the same step.
+        An already fixed turn stays as it was. Returns (fixed now, its text).
         """
         fresh, stored = self._fix_turn(
-            keys=[key("msg", sids[0]), key("turns", cid)],
+            keys=[key("msg", sids[0]), key("turns", cid), away_key(cid)],
             args=[chat_id, json.dumps(sids), content, f"{time.time():.3f}", self.progress_ttl_seconds,
-                  self.retention_seconds, TURNS_KEPT])
+                  self.retention_seconds, TURNS_KEPT, *away_preface])
         return int(fresh) == 1, text(stored)
 
     def recent_turns(self, cid: str) -> list[dict[str, Any]]:

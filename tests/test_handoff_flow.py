@@ -1,0 +1,182 @@
+"""A human takes over, seen from the worker (issue 12, part 2): texts kept from the agent during a handoff, what
+was said meanwhile reaching the agent with the next turn after the resume, the keywords, the handoff word, events."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from config import load_settings
+from core.model import conversation_id
+from core.state.deliveries import DEFAULT_AWAY_PREFACE
+from sandbox.httpfake import Fault
+from tests.conftest import GATEWAY_NUMBER, wait_for, wait_idle
+from tests.test_events import SECRET, EventsReceiver, events_env_overrides, verify
+from workers import flow
+from workers.jobs import build_services
+
+PERSON = "+14155550188"
+CID = conversation_id(GATEWAY_NUMBER, PERSON)
+
+
+def services_for(env, redis, **overrides):
+    return build_services(load_settings({**env, **{k: str(v) for k, v in overrides.items()}}, dotenv_path=None), redis)
+
+
+def preface(*lines: str) -> str:
+    return "\n".join([DEFAULT_AWAY_PREFACE.header, *lines, DEFAULT_AWAY_PREFACE.footer]) + "\n"
+
+
+@pytest.fixture
+def receiver():
+    server = EventsReceiver().start()
+    yield server
+    server.stop()
+
+
+def test_texts_during_a_handoff_are_kept_from_the_agent_and_unanswered(env, redis, text_in, uponai, twilio):
+    services = services_for(env, redis)
+    store = services.store
+    text_in("hi", from_=PERSON)
+    assert flow.drain_conversation(services, CID, "job") == 1  # a chat with the agent exists
+    assert store.start_handoff(CID, by="admin-api")
+
+    sids = [text_in(text, from_=PERSON)["MessageSid"] for text in ("I want a human", "my ref is K7")]
+    assert flow.drain_conversation(services, CID, "job-2") == 2
+    assert [text for _, text in uponai.completion_log] == ["hi"]  # nothing more reached the agent
+    assert twilio.sent_to(PERSON) == ["You said: hi"]  # and nothing was answered
+    assert [(e["who"], e["text"], e["ref"]) for e in store.away_log(CID)] == [
+        ("person", "I want a human", sids[0]), ("person", "my ref is K7", sids[1])]
+    assert store.inbox_length(CID) == 0
+
+
+def test_after_the_resume_the_next_turn_brings_what_was_said_as_a_marked_preface(env, redis, text_in, uponai,
+                                                                                 twilio):
+    services = services_for(env, redis)
+    store = services.store
+    store.start_handoff(CID, by="admin-api")
+    text_in("can I move my booking to Friday?", from_=PERSON)
+    flow.drain_conversation(services, CID, "job")
+    store.add_away(CID, "operator", "Done: Friday 10:00.", ref="op-1")  # what the operator-message job writes
+    assert store.end_handoff(CID)
+
+    text_in("thanks! and the address?", from_=PERSON)
+    flow.drain_conversation(services, CID, "job-2")
+    expected = preface("Customer: can I move my booking to Friday?", "Business: Done: Friday 10:00.") \
+        + "thanks! and the address?"
+    assert [text for _, text in uponai.completion_log] == [expected]
+    assert len(twilio.sent_to(PERSON)) == 1
+    assert store.away_log(CID) == []  # heard by the agent: gone from the log, in the step that fixed the turn
+
+    text_in("see you", from_=PERSON)
+    flow.drain_conversation(services, CID, "job-3")
+    assert [text for _, text in uponai.completion_log][-1] == "see you"  # once only
+
+
+def test_a_retried_turn_resends_the_same_preface_and_a_later_entry_waits_for_the_next_turn(env, redis, text_in,
+                                                                                           uponai, twilio):
+    services = services_for(env, redis, AMBIGUOUS_RETRY_DELAY_SECONDS="0.1", RETRY_INTERVALS_SECONDS="0")
+    store = services.store
+    store.add_away(CID, "operator", "We called you back.", ref="op-1")
+    text_in("ok, thanks", from_=PERSON)
+    uponai.inject("complete", Fault(drop_after_apply=True))  # applied at UponAI, the answer lost
+    with pytest.raises(flow.RetryLater):
+        flow.drain_conversation(services, CID, "job")
+    store.add_away(CID, "operator", "One more thing.", ref="op-2")  # an operator message between the attempts
+    wait_for(lambda: float(store.conversation(CID).get("retry_at") or 0) < time.time(), timeout=5,
+             message="the retry to be due")
+    flow.drain_conversation(services, CID, "job")
+
+    first = preface("Business: We called you back.") + "ok, thanks"
+    assert [text for _, text in uponai.completion_log] == [first]  # read back, not posted again
+    assert twilio.sent_to(PERSON) == [f"You said: {first}"]
+    assert [e["text"] for e in store.away_log(CID)] == ["One more thing."]
+    text_in("bye", from_=PERSON)
+    flow.drain_conversation(services, CID, "job-2")
+    assert [text for _, text in uponai.completion_log][-1] == preface("Business: One more thing.") + "bye"
+
+
+def test_a_keyword_after_the_resume_keeps_the_away_log_for_the_next_real_turn(env, redis, text_in, uponai, twilio):
+    services = services_for(env, redis)
+    store = services.store
+    store.start_handoff(CID, by="admin-api")
+    text_in("where is my parcel", from_=PERSON)
+    flow.drain_conversation(services, CID, "job")
+    store.end_handoff(CID)
+    text_in("HELP", from_=PERSON)
+    flow.drain_conversation(services, CID, "job-2")
+    assert uponai.completion_log == [] and len(store.away_log(CID)) == 1
+    text_in("hello again", from_=PERSON)
+    flow.drain_conversation(services, CID, "job-3")
+    assert [text for _, text in uponai.completion_log] == [preface("Customer: where is my parcel") + "hello again"]
+
+
+def test_stop_during_a_handoff_opts_out(env, redis, text_in, uponai, twilio):
+    services = services_for(env, redis)
+    store = services.store
+    store.start_handoff(CID, by="admin-api")
+    text_in("STOP", from_=PERSON)
+    text_in("are you there", from_=PERSON)
+    flow.drain_conversation(services, CID, "job")
+    assert store.conversation(CID)["opted_out"] == "1"
+    assert store.away_log(CID) == []  # neither the STOP nor what follows it is kept for the operator
+    assert uponai.completion_log == [] and twilio.sent_to(PERSON) == []
+
+
+def test_the_handoff_word_hands_over_and_confirms_once(env, redis, text_in, uponai, twilio):
+    services = services_for(env, redis, HANDOFF_KEYWORD="human", AMBIGUOUS_RETRY_DELAY_SECONDS="0.1",
+                            RETRY_INTERVALS_SECONDS="0")
+    store = services.store
+    text_in("Human", from_=PERSON)
+    twilio.inject("send", Fault(drop_after_apply=True))  # the confirmation went out, the answer was lost
+    with pytest.raises(flow.RetryLater):
+        flow.drain_conversation(services, CID, "job")
+    wait_for(lambda: float(store.conversation(CID).get("retry_at") or 0) < time.time(), timeout=5,
+             message="the retry to be due")
+    flow.drain_conversation(services, CID, "job")
+    conversation = store.conversation(CID)
+    assert (conversation["handoff"], conversation["handoff_by"]) == ("1", "person")
+    assert twilio.sent_to(PERSON) == [services.settings.handoff_confirmation_text]  # once
+    assert uponai.completion_log == []
+
+    text_in("HUMAN", from_=PERSON)  # asked again while handed over: kept for the operator, not confirmed again
+    flow.drain_conversation(services, CID, "job-2")
+    assert twilio.sent_to(PERSON) == [services.settings.handoff_confirmation_text]
+    assert [e["text"] for e in store.away_log(CID)] == ["HUMAN"]
+
+
+def test_the_handoff_word_is_off_by_default_and_checked(env, redis, text_in, uponai):
+    from config import SettingsError
+
+    services = services_for(env, redis)
+    assert services.settings.handoff_keyword is None
+    text_in("human", from_=PERSON)
+    flow.drain_conversation(services, CID, "job")
+    assert [text for _, text in uponai.completion_log] == ["human"]
+    with pytest.raises(SettingsError, match="HANDOFF_KEYWORD"):
+        load_settings({**env, "HANDOFF_KEYWORD": "reset"}, dotenv_path=None)
+    with pytest.raises(SettingsError, match="HANDOFF_KEYWORD"):
+        load_settings({**env, "HANDOFF_KEYWORD": "a person"}, dotenv_path=None)
+
+
+def test_the_operator_hears_of_it_through_events_once_each(start_workers, receiver, redis, redis_server,
+                                                           uponai_server, twilio_server, text_in, uponai, twilio):
+    from tests.test_events import events_env
+
+    settings = load_settings(events_env(redis_server, uponai_server, twilio_server, receiver), dotenv_path=None)
+    start_workers(1, HANDOFF_KEYWORD="HUMAN", **events_env_overrides(settings))
+    asked = text_in("human", from_=PERSON)["MessageSid"]
+    wait_for(lambda: twilio.sent_to(PERSON), message="the confirmation")
+    kept = text_in("my booking ref is K7", from_=PERSON)["MessageSid"]
+    stop = text_in("STOP", from_=PERSON)["MessageSid"]
+    wait_for(lambda: len(receiver.calls("event")) >= 3, timeout=30, message="three events")
+    wait_idle(redis)
+
+    calls = receiver.calls("event")
+    assert all(verify(SECRET, c.headers, c.body) for c in calls)
+    events = sorted((c.json() for c in calls), key=lambda e: e["type"])
+    assert [(e["type"], e["data"].get("message_sid")) for e in events] == [
+        ("conversation.opted_out", stop), ("handoff.message_received", kept), ("handoff.requested", asked)]
+    assert all(e["conversation"] == {"id": CID, "number": PERSON} and "text" not in e["data"] for e in events)
+    assert uponai.completion_log == []

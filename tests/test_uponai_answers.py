@@ -71,6 +71,7 @@ def test_a_turn_without_text_is_a_warning_a_metric_and_shown_to_operators(start_
     pool = start_worker_processes(1, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
     uponai.responder = lambda chat, text: [] if text == "silent" else [f"You said: {text}"]
     text_in("silent", from_=PERSON)
+    wait_for(lambda: uponai.completion_log, message="the silent turn")  # not one turn with the next text
     text_in("loud", from_=PERSON)
     wait_for(lambda: twilio.sent_to(PERSON), message="the reply to the second text")
     wait_for(lambda: settled(redis), message="the drain to finish")

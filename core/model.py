@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 
 def conversation_id(gateway_number: str, person_number: str) -> str:
@@ -34,7 +34,10 @@ class InboundMessage:
         return conversation_id(self.to, self.from_)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)
+        # Field by field rather than dataclasses.asdict (a deep copy): this runs on every inbound webhook.
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        fields["media_types"] = list(self.media_types)
+        return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> InboundMessage:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, Request, Response, request
 from redis.exceptions import RedisError
@@ -39,9 +39,10 @@ def form_problem(req: Request) -> str | None:
     if req.mimetype != FORM_TYPE:
         return f"Content-Type must be {FORM_TYPE}"
     # Werkzeug quietly keeps undecodable escapes (or drops the whole form): check the raw bytes.
-    # get_data caches them, so the form is still parsed from them afterwards.
+    # get_data caches them, so the form is still parsed from them afterwards. Unescaping the whole body at
+    # once is as strict as field by field ('&' and '=' are ASCII, never part of a UTF-8 sequence) and cheaper.
     try:
-        parse_qsl(req.get_data(cache=True).decode("utf-8"), keep_blank_values=True, errors="strict")
+        unquote_to_bytes(req.get_data(cache=True)).decode("utf-8")
     except UnicodeDecodeError:
         return "the form is not valid UTF-8"
     return None

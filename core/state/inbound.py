@@ -5,8 +5,8 @@ Keys (under ``smsgw:``)::
     seen:{MessageSid}        dedupe marker: "pending:{time}" while its drain job is being queued, then "queued"
                              ("skipped": a sender no reply can reach)
     signature:{hash}         the MessageSid a webhook signature was first accepted with (re-cut replays)
-    numbers                  set of the gateway's own numbers: every To of a signed inbound text (expires
-                             DEDUPE_TTL_SECONDS after the last inbound text)
+    numbers                  set of the gateway's own numbers: every To of a signed inbound text (expires at
+                             most DEDUPE_TTL_SECONDS after the last inbound text; see ``keys``)
     inbox:{cid}              list of inbound messages (JSON), oldest first; the head stays until done
     active                   set of conversation ids whose inbox may hold messages (for crash recovery)
 
@@ -40,18 +40,28 @@ from redis.client import Pipeline
 from redis.exceptions import RedisError
 
 from core.model import InboundMessage
-from core.state.keys import StateBase, bare_address, key, text
+from core.state.keys import EXPIRY_REFRESH_SLACK, StateBase, bare_address, key, text
 
 # KEYS: seen, inbox, conv, active, signature, numbers.
 # ARGV: message JSON, dedupe ttl, gateway, person, received_at, messaging service sid, cid, sid,
 #       bare To, bare From, skip ('1': a sender the web found unanswerable), retention seconds, now,
-#       seconds a "pending" claim is left to its holder.
+#       seconds a "pending" claim is left to its holder, expiry refresh slack (fraction of a period).
 # Returns {outcome, needs_job}: outcome 1 new, 0 duplicate, 3 replay (the signature belongs to another
 # sid), 4 skipped; needs_job 1 when the caller must queue a drain job (the text is "pending").
+#
+# An expiry is written only when the key's remaining time has fallen more than the slack below its full
+# period (``keep``): reads instead of writes on almost every webhook, and a key still goes at most its
+# period after the last webhook (and at least period * (1 - slack) after it).
 _ACCEPT = """
-local signed = redis.call('GET', KEYS[5])
+local function keep(name, seconds)
+  local ms = math.floor(tonumber(seconds) * 1000)
+  if redis.call('PTTL', name) < ms - math.floor(ms * tonumber(ARGV[15])) then
+    redis.call('PEXPIRE', name, ms)
+  end
+end
+local seen = redis.call('MGET', KEYS[5], KEYS[1])
+local signed, state = seen[1], seen[2]
 if signed and signed ~= ARGV[8] then return {3, 0} end
-local state = redis.call('GET', KEYS[1])
 if state == 'queued' or state == 'skipped' then return {0, 0} end
 if not signed then redis.call('SET', KEYS[5], ARGV[8], 'EX', ARGV[2]) end
 if state and string.sub(state, 1, 7) == 'pending' then
@@ -61,9 +71,10 @@ if state and string.sub(state, 1, 7) == 'pending' then
   redis.call('SET', KEYS[1], 'pending:' .. ARGV[13], 'KEEPTTL')
   return {1, 1}
 end
-redis.call('SADD', KEYS[6], ARGV[9])
-redis.call('EXPIRE', KEYS[6], ARGV[2])
-if ARGV[11] == '1' or redis.call('SISMEMBER', KEYS[6], ARGV[10]) == 1 then
+local members = redis.call('SMISMEMBER', KEYS[6], ARGV[9], ARGV[10])
+if members[1] == 0 then redis.call('SADD', KEYS[6], ARGV[9]) end
+keep(KEYS[6], ARGV[2])
+if ARGV[11] == '1' or members[2] == 1 or ARGV[9] == ARGV[10] then
   redis.call('SET', KEYS[1], 'skipped', 'EX', ARGV[2])
   return {4, 0}
 end
@@ -71,8 +82,8 @@ redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[7])
 redis.call('HSET', KEYS[3], 'gateway', ARGV[3], 'person', ARGV[4], 'last_inbound_at', ARGV[5])
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[3], 'messaging_service_sid', ARGV[6]) end
-redis.call('EXPIRE', KEYS[2], ARGV[12])
-redis.call('EXPIRE', KEYS[3], ARGV[12])
+keep(KEYS[2], ARGV[12])
+keep(KEYS[3], ARGV[12])
 -- A drain job that is queued and has not started yet will take this text too: no second job.
 if redis.call('HEXISTS', KEYS[3], 'drain_pending') == 1 then
   redis.call('SET', KEYS[1], 'queued', 'EX', ARGV[2])
@@ -131,7 +142,7 @@ class Inbound(StateBase):
         args = [message.to_json(), self.dedupe_ttl_seconds, message.to, message.from_,
                 f"{message.received_at:.3f}", message.messaging_service_sid, cid, message.sid,
                 bare_address(message.to), bare_address(message.from_), "1" if skip else "0",
-                self.retention_seconds, f"{time.time():.3f}", PENDING_CLAIM_SECONDS]
+                self.retention_seconds, f"{time.time():.3f}", PENDING_CLAIM_SECONDS, EXPIRY_REFRESH_SLACK]
         acknowledged = replicas
         if replicas:
             with self.redis.pipeline(transaction=False) as pipe:  # one connection: the script, then its WAIT

@@ -3,7 +3,9 @@
 Retention: every key that holds a number or words expires. The conversation's own keys (conv, inbox,
 recent, chats, away, away-refs, turns) get DATA_RETENTION_DAYS again on each write, so they go that long
 after the last activity; per-message records (msg, sent, dead, outbound) expire at most that long after they
-were written.
+were written. An inbound text (the hot path) writes an expiry only once the key's remaining time has fallen
+more than EXPIRY_REFRESH_SLACK of the period below the full period: its keys still go at most the period after
+the last activity, and at least (1 - EXPIRY_REFRESH_SLACK) of it after.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ PREFIX = "smsgw"
 PROGRESS_TTL_SECONDS = 14 * 24 * 3600
 DEFAULT_RETENTION_SECONDS = 30 * 24 * 3600
 DEFAULT_DEDUPE_TTL_SECONDS = 7 * 24 * 3600
+# Fraction of a key's period its remaining time may fall before an inbound text writes the expiry again
+# (30 days: refreshed at most every 7.2 hours per key, so the key may go up to 7.2 hours before the period).
+EXPIRY_REFRESH_SLACK = 0.01
 
 CHANNEL_ADDRESS = re.compile(r"([a-z][a-z0-9-]*):(.+)")  # whatsapp:+1..., messenger:1234..., rcs:...
 

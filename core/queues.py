@@ -61,11 +61,13 @@ def failure_ttl_seconds(settings) -> int:
     return kept_seconds(settings, DRAIN_FAILURE_TTL_SECONDS)
 
 
-def enqueue_drain(queue: Queue, conversation_id: str, settings, *, pipeline=None):
+def enqueue_drain(queue: Queue, conversation_id: str, settings, *, pipeline=None, mark_pending: bool = True):
     """Queue a drain job for the conversation (cheap to repeat: extra jobs find nothing to do).
 
     Marks the conversation ``drain_pending`` until a drain job starts: texts arriving meanwhile need no
     job of their own, and the recovery sweep can tell a job still waiting from one a dead worker took.
+    ``mark_pending=False``: the caller has marked it already (the webhook's accept script claims the
+    wake-up when it takes the text).
     """
     pipe = pipeline if pipeline is not None else queue.connection.pipeline(transaction=False)
     job = queue.enqueue_call(
@@ -77,7 +79,8 @@ def enqueue_drain(queue: Queue, conversation_id: str, settings, *, pipeline=None
         failure_ttl=failure_ttl_seconds(settings),
         pipeline=pipe,
     )
-    ConversationStore.mark_drain_pending(conversation_id, pipe)
+    if mark_pending:
+        ConversationStore.mark_drain_pending(conversation_id, pipe)
     if pipeline is None:
         pipe.execute()
     return job

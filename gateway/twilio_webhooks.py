@@ -119,7 +119,8 @@ def inbound_sms():
     try:
         outcome = web.store.accept(message, signature=request.headers.get("X-Twilio-Signature", ""),
                                   skip=unanswerable is not None, enqueue=lambda pipe: enqueue_drain(
-                                      web.queue, message.conversation_id, web.settings, pipeline=pipe),
+                                      web.queue, message.conversation_id, web.settings, pipeline=pipe,
+                                      mark_pending=False),  # the accept script claimed the wake-up
                                   replicas=web.settings.redis_wait_replicas,
                                   replica_timeout_seconds=web.settings.redis_wait_timeout_seconds)
     except NotReplicated as exc:

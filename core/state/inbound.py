@@ -84,12 +84,12 @@ redis.call('HSET', KEYS[3], 'gateway', ARGV[3], 'person', ARGV[4], 'last_inbound
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[3], 'messaging_service_sid', ARGV[6]) end
 keep(KEYS[2], ARGV[12])
 keep(KEYS[3], ARGV[12])
--- A drain job that is queued and has not started yet will take this text too: no second job.
-if redis.call('HEXISTS', KEYS[3], 'drain_pending') == 1 then
+-- A drain job that is queued and has not started yet will take this text too: no second job. Otherwise
+-- this text claims the wake-up (drain_pending set, in the same command that looks).
+if redis.call('HSETNX', KEYS[3], 'drain_pending', ARGV[13]) == 0 then
   redis.call('SET', KEYS[1], 'queued', 'EX', ARGV[2])
   return {1, 0}
 end
-redis.call('HSET', KEYS[3], 'drain_pending', ARGV[13])
 redis.call('SET', KEYS[1], 'pending:' .. ARGV[13], 'EX', ARGV[2])
 return {1, 1}
 """

@@ -14,6 +14,7 @@ where it stopped. Ctrl-C stops the web and workers, then the simulators, then Re
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -315,20 +316,25 @@ def run(environ: dict[str, str] | None = None) -> int:
             _print_banner(env, settings, stand_ins, phone_url, data_dir, time.monotonic() - started, ports.moved)
             return _supervise(children, stop.requested)
         finally:
-            _stop(services, servers, redis)
+            _stop(services, servers, redis, stop.hurry)
 
 
 class StopSignal:
-    """Ctrl-C (SIGINT) and SIGTERM set ``requested``; the launcher then stops its parts in order."""
+    """Ctrl-C (SIGINT) and SIGTERM set ``requested``: the launcher stops its parts in order. A second one
+    sets ``hurry``: what is still running is killed instead of waited for."""
 
     def __init__(self):
         self.requested = threading.Event()
+        self.hurry = threading.Event()
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopSignal:
         for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, lambda *_: self.requested.set())
+            self._previous[signum] = signal.signal(signum, self._received)
         return self
+
+    def _received(self, signum, frame) -> None:
+        (self.hurry if self.requested.is_set() else self.requested).set()
 
     def __exit__(self, *exc_info) -> None:
         for signum, handler in self._previous.items():
@@ -427,34 +433,39 @@ def _supervise(children: list[tuple[str, subprocess.Popen]], stopping: threading
     return 0
 
 
-def _stop(services: list[tuple[str, subprocess.Popen]], servers: list, redis: subprocess.Popen | None) -> None:
+def _stop(services: list[tuple[str, subprocess.Popen]], servers: list, redis: subprocess.Popen | None,
+          hurry: threading.Event) -> None:
     """Stop the gateway's processes first (workers finish their job), then the simulators, Redis last."""
     began = time.monotonic()
     running = [(name, process) for name, process in services if process.poll() is None]
     if running:
         names = ", ".join(name for name, _ in running)
-        print(f"sms-gateway: stopping {names}", file=sys.stderr, flush=True)
-        _terminate(running)
+        print(f"sms-gateway: stopping {names} (Ctrl-C again to kill them)", file=sys.stderr, flush=True)
+        _terminate(running, hurry)
         print(f"sms-gateway: {names} stopped in {time.monotonic() - began:.1f}s", file=sys.stderr, flush=True)
     for server in servers:
         server.stop()
     if redis is not None and redis.poll() is None:
         print("sms-gateway: stopping Redis", file=sys.stderr, flush=True)
-        _terminate([("redis", redis)])
+        _terminate([("redis", redis)], threading.Event())  # quick, and killing it could lose the last writes
         print(f"sms-gateway: Redis stopped; all stopped in {time.monotonic() - began:.1f}s", file=sys.stderr,
               flush=True)
 
 
-def _terminate(processes: list[tuple[str, subprocess.Popen]]) -> None:
-    """SIGTERM to each, then wait; a process that has not ended after STOP_TIMEOUT_SECONDS is killed."""
+def _terminate(processes: list[tuple[str, subprocess.Popen]], hurry: threading.Event) -> None:
+    """SIGTERM to each, then wait; killed if still there after STOP_TIMEOUT_SECONDS or when ``hurry`` is set."""
     for _name, process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-    for name, process in processes:
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            print(f"sms-gateway: {name} did not stop in {STOP_TIMEOUT_SECONDS}s; killing it", file=sys.stderr)
-            process.kill()
-            process.wait()
+    while any(process.poll() is None for _name, process in processes):
+        if hurry.is_set() or time.monotonic() > deadline:
+            for name, process in processes:
+                if process.poll() is None:
+                    why = "on a second Ctrl-C" if hurry.is_set() else f"after {STOP_TIMEOUT_SECONDS}s"
+                    print(f"sms-gateway: killing {name} {why}", file=sys.stderr, flush=True)
+                    with contextlib.suppress(ProcessLookupError):  # its session: its own children too
+                        os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+            return
+        hurry.wait(0.05)

@@ -3,6 +3,7 @@ processes), used through the phone page in headless Chromium, then stopped with 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import requests
@@ -326,3 +328,41 @@ def check_settings_as_the_banner_says(sandbox: Sandbox) -> None:
                            timeout=120, env={"PATH": "/usr/bin:/bin", "HOME": sandbox.env["HOME"]})
     said = shell.stdout + shell.stderr
     assert shell.returncode == 0 and "not found" not in said, said
+
+
+def child_pids(parent: int) -> list[int]:
+    """The processes whose parent is ``parent`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_the_processes_end_with_the_sandbox_even_when_it_is_killed(tmp_path):
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs Linux's /proc to find the sandbox's processes (and its parent-death signal)")
+    sandbox = Sandbox(tmp_path)
+    children = child_pids(sandbox.process.pid)
+    assert len(children) == 3, children  # Redis, web, worker
+    os.kill(sandbox.process.pid, signal.SIGKILL)  # no chance to stop them itself
+    sandbox.process.wait()
+    try:
+        wait_for(lambda: not any(running(pid) for pid in children), timeout=60, interval=0.2,
+                 message="the sandbox's processes to end after it was killed")
+    finally:
+        for pid in children:  # each leads a process group of its own: what is left of it goes
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        sandbox.stop()

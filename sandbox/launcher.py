@@ -385,7 +385,8 @@ def _print_banner(env: dict[str, str], settings, stand_ins: list[str], phone_url
         lines.append("  stand-ins for settings you did not give: " + "; ".join(stand_ins))
     if moved:
         lines.append("  moved:     " + "; ".join(moved))
-    lines.append("  limits:    " + limits_in_force(settings))
+    for index, limit in enumerate(limits_in_force(settings)):
+        lines.append(("  limits:    " if index == 0 else " " * 13) + limit)
     settings_file = shlex.quote(_shown_path(data_dir / "sandbox" / "sandbox.env"))
     lines += [f"  settings:  {settings_file}; to check them, paste these two lines in a shell:",
               *(f"      {command}" for command in doctor_commands(settings_file)),
@@ -403,16 +404,16 @@ def doctor_commands(settings_file: str) -> list[str]:
     return [f"set -a; . {settings_file}; set +a", f"{command} doctor"]
 
 
-def limits_in_force(settings) -> str:
-    """The production limits the sandbox keeps, which a person trying it out may run into."""
-    window = _duration(settings.rate_limit_window_seconds)
-    rate = (f"{settings.rate_limit_messages} texts per number per {window} reach the agent, then one notice "
-            f"(RATE_LIMIT_MESSAGES, RATE_LIMIT_WINDOW_SECONDS)" if settings.rate_limit_messages
-            else "no rate limit (RATE_LIMIT_MESSAGES=0)")
-    loop = (f"; {settings.loop_breaker_replies} texts in a row each within {settings.loop_breaker_seconds:g}s of "
-            f"a reply look like a loop and go unanswered for {_duration(settings.loop_breaker_cooldown_seconds)} "
-            f"(LOOP_BREAKER_*)" if settings.loop_breaker_replies else "")
-    return rate + loop
+def limits_in_force(settings) -> list[str]:
+    """The production limits the sandbox keeps, which a person trying it out may run into, one a line."""
+    limits = [f"{settings.rate_limit_messages} texts per number per {_duration(settings.rate_limit_window_seconds)} "
+              f"reach the agent, then one notice (RATE_LIMIT_MESSAGES, RATE_LIMIT_WINDOW_SECONDS)"
+              if settings.rate_limit_messages else "no rate limit (RATE_LIMIT_MESSAGES=0)"]
+    if settings.loop_breaker_replies:
+        limits.append(f"{settings.loop_breaker_replies} texts in a row, each within {settings.loop_breaker_seconds:g}s "
+                      f"of a reply, look like a loop: unanswered for "
+                      f"{_duration(settings.loop_breaker_cooldown_seconds)} (LOOP_BREAKER_*)")
+    return limits
 
 
 def _duration(seconds: float) -> str:

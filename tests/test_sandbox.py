@@ -4,10 +4,12 @@ processes), used through the phone page in headless Chromium, then stopped with 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -230,6 +232,7 @@ def test_ctrl_c_stops_everything_in_order_and_a_restart_keeps_ports_and_data(tmp
     sandbox = Sandbox(tmp_path, cwd=ROOT)
     try:
         check_settings_as_the_banner_says(sandbox)
+        assert re.search(r"limits: +30 texts per number per 1 h reach the agent", sandbox.text), sandbox.text
         sent = requests.post(sandbox.phone_url + "api/send", json={"from": person, "body": "keep me"}, timeout=30)
         assert sent.status_code == 200, sent.text
         wait_for(lambda: [m for m in sandbox.api("/api/thread", number=person)["messages"] if m["direction"] == "out"],
@@ -366,3 +369,32 @@ def test_the_processes_end_with_the_sandbox_even_when_it_is_killed(tmp_path):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
         sandbox.stop()
+
+
+def test_a_port_left_with_old_connections_is_kept_and_a_taken_one_is_moved(tmp_path):
+    """Connections of the last run in TIME_WAIT do not move a part; a program listening on its port does."""
+    from sandbox.launcher import PortBook, port_is_free
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    (tmp_path / "ports.json").write_text(json.dumps({"phone page": port}))
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    accepted.close()  # the server's side closes first, so it is the one left in TIME_WAIT
+    client.close()
+
+    taken = PortBook(tmp_path / "ports.json")
+    moved_to = taken.choose("phone page")
+    assert moved_to != port and taken.moved == [f"phone page on :{moved_to} (:{port} is in use by another program)"]
+
+    listener.close()
+    with socket.socket() as plain, pytest.raises(OSError):  # what the old check did: the port looked taken
+        plain.bind(("127.0.0.1", port))
+    assert port_is_free(port)
+    kept = PortBook(tmp_path / "ports.json")
+    assert kept.choose("phone page") == port and kept.moved == []
+    kept.save()
+    assert json.loads((tmp_path / "ports.json").read_text()) == {"phone page": port}

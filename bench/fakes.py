@@ -37,6 +37,8 @@ class State:
         self.chats: dict[str, list[dict]] = {}
         self.sent: list[tuple[str, float, str]] = []  # (token, arrived monotonic, to)
         self.requests = 0
+        self.completions_in_flight = 0  # completions waiting out the injected latency right now
+        self.peak_completions_in_flight = 0  # since the last /bench/config
         self._ids = itertools.count(1)
 
     def new_chat_id(self) -> str:
@@ -68,7 +70,12 @@ def uponai_app(state: State) -> web.Application:
             return web.json_response({"status": "error", "message": "chat not found"}, status=422)
         content = (await request.json()).get("content", "")
         if state.completion_latency_seconds:
-            await asyncio.sleep(state.completion_latency_seconds)
+            state.completions_in_flight += 1
+            state.peak_completions_in_flight = max(state.peak_completions_in_flight, state.completions_in_flight)
+            try:
+                await asyncio.sleep(state.completion_latency_seconds)
+            finally:
+                state.completions_in_flight -= 1
         reply = f"You said: {content}"
         chat.extend(({"role": "user", "content": content}, {"role": "agent", "content": reply}))
         return web.json_response({"messages": [{"content": reply, "name": "agent", "tool_calls": []}]}, status=201)
@@ -84,6 +91,7 @@ def uponai_app(state: State) -> web.Application:
     async def configure(request: web.Request) -> web.Response:
         body = await request.json()
         state.completion_latency_seconds = float(body.get("completion_latency_seconds", 0.0))
+        state.peak_completions_in_flight = state.completions_in_flight
         return web.json_response({"completion_latency_seconds": state.completion_latency_seconds})
 
     app = web.Application()
@@ -120,7 +128,9 @@ def twilio_app(state: State) -> web.Application:
 
     async def stats(request: web.Request) -> web.Response:
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return web.json_response({"requests": state.requests, "cpu_seconds": usage.ru_utime + usage.ru_stime})
+        return web.json_response({"requests": state.requests, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                                  "completions_in_flight": state.completions_in_flight,
+                                  "peak_completions_in_flight": state.peak_completions_in_flight})
 
     app = web.Application()
     app.router.add_post(r"/2010-04-01/Accounts/{account}/Messages.json", send)

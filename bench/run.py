@@ -1,6 +1,7 @@
 """Speed benchmark: the gateway against a bare Flask ceiling and the naive inline design, in one run.
 
     .venv/bin/python bench/run.py [--quick] [--workers N]
+    .venv/bin/python bench/run.py --scenario slow-agent [--quick] [--worker-threads N]  (bench/slow_agent.py)
 
 Starts its own redis-server, the lean fakes (``bench/fakes.py``), three web processes with the
 Procfile's exact gunicorn line (the gateway, ``bench.refs.bare:app``, ``bench.refs.naive:app``) and
@@ -415,12 +416,19 @@ def _commit() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench import slow_agent  # it builds on this module's Bench
+
     parser = argparse.ArgumentParser(description="Speed benchmark of the gateway (see bench/README.md).")
     parser.add_argument("--quick", action="store_true", help="short steps; runs in under about two minutes")
     parser.add_argument("--workers", type=int, default=8,
                         help="worker processes, copies of the Procfile's worker line (default 8)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the report goes (bench/results)")
+    parser.add_argument("--scenario", choices=("speed", "slow-agent"), default="speed",
+                        help="speed: the phases above (default); slow-agent: bench/slow_agent.py")
+    slow_agent.add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.scenario == "slow-agent":
+        return slow_agent.run(quick=args.quick, worker_threads=args.worker_threads, results_dir=args.results)
     plan = Plan.for_mode(args.quick)
     shutil.rmtree(args.results / "redis", ignore_errors=True)
     shutil.rmtree(args.results / "logs", ignore_errors=True)

@@ -36,13 +36,14 @@ class RedisSettings(Protocol):
 
 
 def connect_redis(settings: RedisSettings | str, *, for_web: bool = False,
-                  socket_timeout: float | None = None) -> Redis:
+                  socket_timeout: float | None = None, max_connections: int | None = None) -> Redis:
     """A Redis client with explicit timeouts, through the sentinels when the settings name them.
 
     ``settings`` may be a bare URL (the sandbox's phone page knows only that). The web gives up after one
     quick reconnect, so it can answer 503 within a second or two while Redis is away; workers ride out a
     short restart with a few backed-off reconnects. ``socket_timeout`` overrides the read timeout, for a
-    client that blocks on purpose (waiting for an admin job's result).
+    client that blocks on purpose (waiting for an admin job's result). A worker running many jobs at once
+    needs a pool of ``max_connections`` (redis-py's default allows 100).
     """
     if for_web:
         # One quick reconnect for a connection that went stale (Redis restarted), no retry of a timeout.
@@ -53,6 +54,8 @@ def connect_redis(settings: RedisSettings | str, *, for_web: bool = False,
                        retry=Retry(ExponentialBackoff(cap=2, base=0.1), 5))
     if socket_timeout is not None:
         options["socket_timeout"] = socket_timeout
+    if max_connections is not None:
+        options["max_connections"] = max_connections
     if isinstance(settings, str) or not settings.redis_sentinels:
         return Redis.from_url(settings if isinstance(settings, str) else settings.redis_url, **options)
     return _sentinel_master(settings, options)

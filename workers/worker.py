@@ -1,13 +1,17 @@
-"""The gateway's RQ worker: RQ's in-process worker, several to a process, plus crash recovery.
+"""The gateway's RQ worker: one RQ worker per process that runs up to ``WORKER_THREADS`` jobs at once.
 
-An agent turn mostly waits on UponAI, so one process runs ``WORKER_THREADS`` RQ workers: one in the
-main thread (signals, the scheduler) and the rest in threads (timeouts by timer instead of SIGALRM).
-SIGTERM/SIGINT stop them all; each finishes its current job first.
+An agent turn mostly waits on UponAI (seconds), so a process waits on many turns at once. One RQ worker
+(one registration, one heartbeat, one Redis connection pool) takes a job from the queue whenever one of
+its job threads (``workers.turn_threads``) is free, and hands it to that thread; the job runs through
+RQ's own ``perform_job`` (registries, retries, failed-job registry, callbacks as with any RQ worker).
+The RQ worker runs in the main thread (signals, the scheduler); SIGTERM/SIGINT stop taking jobs and let
+the jobs in flight finish, a second one stops at once (RQ's cold shutdown). A killed process's jobs are
+recovered as any dead worker's: RQ's StartedJobRegistry cleanup and ``jobs.recover_stalled``.
 
 A worker is alive while its heartbeat is recent (``core.queues.live_workers``): RQ keeps a killed worker's
 registry entry for minutes, so readiness and the ``smsgw_workers`` gauge look at the heartbeat, which
-each worker renews at least every ``WORKER_TTL_SECONDS - 15`` s while it waits for a job and every
-``JOB_MONITORING_INTERVAL_SECONDS`` while it runs one.
+the worker renews at least every ``WORKER_TTL_SECONDS - 15`` s while it waits for a job and every
+``JOB_MONITORING_INTERVAL_SECONDS`` while all its threads are busy.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 from core.queues import WORKER_TTL_SECONDS
 from workers import jobs
 from workers.startup import exit_children_with_this_process, redis_address, redis_failure, wait_for_redis
+from workers.turn_threads import TurnThreads
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +39,92 @@ MAINTENANCE_INTERVAL_SECONDS = 15
 THREAD_WORKER_TTL_SECONDS = 17  # RQ waits for a job up to TTL - 15 s: an idle thread sees a stop within 2 s
 JOB_MONITORING_INTERVAL_SECONDS = 5
 HEARTBEAT_COALESCE_SECONDS = 1.0  # far below every heartbeat TTL (WORKER_TTL_SECONDS + 60 and more)
+REDIS_CONNECTIONS_HEADROOM = 8  # beyond one per job thread: the worker loop, the scheduler, RQ's command listener
+
+
+def redis_connections_needed(job_threads: int) -> int:
+    """How many Redis connections a worker process with ``job_threads`` job threads may hold at once."""
+    return job_threads + REDIS_CONNECTIONS_HEADROOM
 
 
 class GatewayWorker(SimpleWorker):
-    """Runs jobs in its own process (no fork per job) and re-queues conversations left behind by crashes."""
+    """Runs up to ``concurrency`` jobs at once on threads of its own process, and re-queues conversations
+    left behind by crashes."""
 
-    stop_event: threading.Event | None = None  # shared by the workers of one process
+    # Jobs run in job threads, where SIGALRM cannot reach: a timer raises the job's timeout in its thread.
+    death_penalty_class = TimerDeathPenalty
+    log_result_lifespan = False  # one log line less per job ("result is kept for 60 seconds")
+    stop_event: threading.Event | None = None  # set when the process is asked to stop
+
+    def __init__(self, *args, concurrency: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.concurrency = concurrency
+        self.turns = TurnThreads(concurrency, name=f"job-{self.name[:8]}")
+        self.stopping = False
+        self.forced = False
+        self._between_jobs = False  # the loop waits for a free thread or a job: a stop may interrupt it
+
+    # -- taking jobs ------------------------------------------------------------------------------
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        """Take a job only once a thread is free to run it (heartbeating while all are busy)."""
+        self._between_jobs = True
+        try:
+            while not self.turns.take_slot(JOB_MONITORING_INTERVAL_SECONDS):
+                self._check_stop()
+                self.heartbeat()
+            try:
+                self._check_stop()
+                result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            except BaseException:
+                self.turns.give_back_slot()
+                raise
+            if result is None:
+                self.turns.give_back_slot()
+            return result
+        finally:
+            self._between_jobs = False
+
+    def _check_stop(self) -> None:
+        if self.stopping or (self.stop_event is not None and self.stop_event.is_set()):
+            raise StopRequested()
+
+    def execute_job(self, job, queue):
+        """Hand the job to the slot's thread: RQ's execution record (and the worker's busy state) first."""
+        try:
+            execution = self.prepare_execution(job)
+        except BaseException:
+            self.turns.give_back_slot()
+            raise
+        self.turns.run(lambda: self._perform(job, queue, execution))
+
+    def _perform(self, job, queue, execution) -> None:
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            if self.turns.running <= 1 and super().get_state() != WorkerStatus.IDLE:
+                try:  # the last job in flight (this one counts until it returns)
+                    super().set_state(WorkerStatus.IDLE)
+                except RedisError as exc:
+                    log.warning("worker state update failed: %s", type(exc).__name__)
+
+    def get_state(self) -> str:
+        # Busy while any job is in flight or just taken from the queue (RQ's warm shutdown then lets them
+        # finish instead of quitting at once).
+        if self.turns.running or (self.turns.busy and not self._between_jobs):
+            return WorkerStatus.BUSY
+        return super().get_state()
+
+    def set_state(self, state: str, pipeline=None):
+        # RQ writes "idle" after each job and again before the next dequeue: only a change goes to Redis,
+        # and "idle" only once no job is in flight.
+        if state == WorkerStatus.IDLE and self.turns.running:
+            return
+        if pipeline is None and state == super().get_state():
+            return
+        super().set_state(state, pipeline=pipeline)
+
+    # -- heartbeat, maintenance --------------------------------------------------------------------
 
     def run_maintenance_tasks(self):
         super().run_maintenance_tasks()
@@ -55,27 +140,6 @@ class GatewayWorker(SimpleWorker):
         if recovered:
             log.warning("recovery: queued %d conversation(s) left without a worker", recovered)
 
-    def execute_job(self, job, queue):
-        # A SimpleWorker runs the job in its own thread and sends no heartbeat until it ends (a turn can
-        # take minutes): a companion thread keeps it, so a live worker never looks like a dead one.
-        finished = threading.Event()
-        beats = threading.Thread(target=self._beat_until, args=(finished, self.get_heartbeat_ttl(job)),
-                                 name=f"{self.name}-heartbeat", daemon=True)
-        beats.start()
-        try:
-            return super().execute_job(job, queue)
-        finally:
-            finished.set()
-            beats.join()
-
-    def _beat_until(self, finished: threading.Event, ttl_seconds: int) -> None:
-        while not finished.wait(JOB_MONITORING_INTERVAL_SECONDS):
-            try:
-                # GatewayWorker's heartbeat, not ThreadWorker's: its stop check belongs to the worker's own loop.
-                GatewayWorker.heartbeat(self, ttl_seconds)
-            except RedisError as exc:
-                log.warning("worker heartbeat during a job failed: %s", type(exc).__name__)
-
     def heartbeat(self, timeout: int | None = None, pipeline=None):
         # RQ beats before and after each dequeue and after each job, three commands each time: send them as
         # one pipeline, and skip a plain beat when one went out under a second ago (its TTL still stands).
@@ -89,22 +153,35 @@ class GatewayWorker(SimpleWorker):
             beat.execute()
         return None
 
-    def set_state(self, state: str, pipeline=None):
-        # RQ writes "idle" after each job and again before the next dequeue: the second write changes nothing.
-        if pipeline is None and state == self.get_state():
-            return
-        super().set_state(state, pipeline=pipeline)
+    # -- stopping ----------------------------------------------------------------------------------
 
     def request_stop(self, signum, frame):
+        self.stopping = True
         if self.stop_event is not None:
-            self.stop_event.set()  # the thread workers of this process stop too
-        super().request_stop(signum, frame)
+            self.stop_event.set()
+        super().request_stop(signum, frame)  # RQ: quits now when idle, else after the current loop step
+        if self._between_jobs:
+            raise StopRequested()  # waiting for a job or a thread: take no further job
+
+    def request_force_stop(self, signum, frame):
+        self.forced = True
+        super().request_force_stop(signum, frame)
+        self.forced = False  # RQ ignored it (a repeat of the first signal within a second)
+
+    def teardown(self):
+        """Let the jobs in flight finish (heartbeating meanwhile), then register the worker's death."""
+        try:
+            while not self.forced and not self.turns.wait_until_idle(JOB_MONITORING_INTERVAL_SECONDS):
+                try:
+                    self.heartbeat()
+                except RedisError as exc:
+                    log.warning("worker heartbeat while stopping failed: %s", type(exc).__name__)
+        finally:
+            super().teardown()
 
 
 class ThreadWorker(GatewayWorker):
-    """A GatewayWorker in a non-main thread: job timeouts by timer, stops when the process is asked to."""
-
-    death_penalty_class = TimerDeathPenalty
+    """A GatewayWorker in a non-main thread: stops when ``stop_event`` is set, leaves signals alone."""
 
     # No public extension point exists (rq 3.0; pyproject pins rq>=3.0,<4): BaseWorker.work() always calls
     # this hook, whose signal.signal() raises ValueError outside the main thread, and rq has no option to skip
@@ -113,23 +190,23 @@ class ThreadWorker(GatewayWorker):
     def _install_signal_handlers(self):
         pass
 
-    def heartbeat(self, *args, **kwargs):
-        # RQ calls this between waits for a job and after each job: a safe point to leave.
-        if self.stop_event is not None and self.stop_event.is_set() and self.get_state() != WorkerStatus.BUSY:
-            raise StopRequested()
-        return super().heartbeat(*args, **kwargs)
+    def heartbeat(self, timeout: int | None = None, pipeline=None):
+        # RQ beats between waits for a job: a safe point to leave, when the loop is not handing a job over.
+        if pipeline is None and self._between_jobs:
+            self._check_stop()
+        return super().heartbeat(timeout, pipeline=pipeline)
 
 
 def _work_until_stopped(worker_class: type[GatewayWorker], connection, queue_names: list[str],
                         stop_event: threading.Event, *, with_scheduler: bool, burst: bool, max_jobs: int | None,
-                        logging_level: str, ttl: int) -> None:
+                        logging_level: str, ttl: int, concurrency: int = 1) -> None:
     """Run one RQ worker until a stop is requested, starting a fresh one once Redis is back after an outage."""
     announce = worker_class is GatewayWorker  # one line per outage from the main worker, not one per thread
     while wait_for_redis(connection, stop_event, announce=announce):
         try:
             worker = worker_class(queue_names, connection=connection, log_job_description=False,
                                   maintenance_interval=MAINTENANCE_INTERVAL_SECONDS, worker_ttl=ttl,
-                                  job_monitoring_interval=JOB_MONITORING_INTERVAL_SECONDS)
+                                  job_monitoring_interval=JOB_MONITORING_INTERVAL_SECONDS, concurrency=concurrency)
             worker.stop_event = stop_event
             worker.work(with_scheduler=with_scheduler, burst=burst, max_jobs=max_jobs, logging_level=logging_level)
         except StopRequested:
@@ -147,26 +224,15 @@ def _work_until_stopped(worker_class: type[GatewayWorker], connection, queue_nam
 
 def run(connection, queue_names: list[str], *, threads: int = 1, burst: bool = False, max_jobs: int | None = None,
         logging_level: str = "INFO") -> None:
-    """Work until SIGTERM/SIGINT (each worker finishes its current job first)."""
+    """Work until SIGTERM/SIGINT, up to ``threads`` jobs at once (the jobs in flight finish first).
+
+    ``connection``'s pool must allow ``redis_connections_needed(threads)`` connections.
+    """
     stop_event = threading.Event()
     exit_children_with_this_process()  # RQ's scheduler child must not outlive this process and keep its lock
     if not wait_for_redis(connection, stop_event, at_start=True, one_off=burst or max_jobs is not None):
         return
     if burst or max_jobs is not None:
-        threads = 1
-    siblings = [
-        threading.Thread(target=_work_until_stopped, name=f"rq-worker-{index}", args=(
-            ThreadWorker, connection, queue_names, stop_event),
-            kwargs={"with_scheduler": False, "burst": False, "max_jobs": None, "logging_level": logging_level,
-                    "ttl": THREAD_WORKER_TTL_SECONDS})
-        for index in range(1, threads)
-    ]
-    for thread in siblings:
-        thread.start()
-    try:
-        _work_until_stopped(GatewayWorker, connection, queue_names, stop_event, with_scheduler=True, burst=burst,
-                            max_jobs=max_jobs, logging_level=logging_level, ttl=WORKER_TTL_SECONDS)
-    finally:
-        stop_event.set()
-        for thread in siblings:
-            thread.join()
+        threads = 1  # RQ's burst and max_jobs count jobs one after the other
+    _work_until_stopped(GatewayWorker, connection, queue_names, stop_event, with_scheduler=True, burst=burst,
+                        max_jobs=max_jobs, logging_level=logging_level, ttl=WORKER_TTL_SECONDS, concurrency=threads)

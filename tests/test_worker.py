@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from redis import Redis
@@ -14,7 +15,7 @@ from rq import Worker
 from rq.scheduler import RQScheduler
 
 from sandbox.httpfake import Fault
-from tests.conftest import ROOT, RedisServer, free_port, settings_env, wait_for
+from tests.conftest import ROOT, RedisServer, free_port, settings_env, wait_for, wait_idle
 
 PERSON = "+14155550199"
 
@@ -104,8 +105,6 @@ def test_worker_started_while_redis_is_away_says_so_in_one_line_and_starts_when_
 
 def test_a_thread_worker_runs_jobs_and_leaves_the_process_signal_handlers_alone(redis, env):
     """ThreadWorker relies on rq 3.x calling its signal hook from work(): in a thread it must run, not raise."""
-    import threading
-
     from rq import Queue
 
     from config import load_settings
@@ -148,3 +147,47 @@ def test_a_retried_turn_logs_the_true_attempt_count_not_rqs_backstop(start_worke
     assert "attempt=1 of 4 transient failure" in output, output
     assert ": scheduled to run again at " in output, output
     assert "remaining" not in output, output  # RQ's count of its backstop (999 remaining) is gone
+
+
+def test_one_worker_process_waits_on_as_many_agent_turns_at_once_as_it_has_threads(start_worker_processes, redis,
+                                                                                     text_in, uponai, twilio):
+    """WORKER_THREADS is how many turns one process waits on at once: each turn here waits for all the others."""
+    threads = 64
+    together = threading.Barrier(threads, timeout=60)  # broken unless all 64 turns reach the fake UponAI at once
+    uponai.responder = lambda chat, text: (together.wait(), [f"re: {text}"])[1]
+    start_worker_processes(1, WORKER_THREADS=str(threads), UPONAI_READ_TIMEOUT_SECONDS="90")
+    people = [f"+1415555{index:04d}" for index in range(threads)]
+    for person in people:
+        text_in(f"hello from {person[-4:]}", from_=person)
+
+    wait_for(lambda: all(twilio.sent_to(person) for person in people), timeout=90,
+             message=f"{threads} turns answered together")
+    wait_idle(redis)
+    assert not together.broken
+    assert [twilio.sent_to(person) for person in people] == [[f"re: hello from {person[-4:]}"] for person in people]
+    assert len(uponai.calls("complete")) == threads
+
+
+def test_a_job_past_its_timeout_is_stopped_in_its_own_thread_by_the_watchdog():
+    """Job threads have no SIGALRM: the process's watchdog raises RQ's JobTimeoutException in the job's thread."""
+    from rq.timeouts import JobTimeoutException
+
+    from workers.job_timeouts import WatchdogDeathPenalty
+
+    outcomes: dict[str, str] = {}
+
+    def job(name: str, seconds: int) -> None:
+        try:
+            with WatchdogDeathPenalty(seconds, JobTimeoutException):
+                while name not in outcomes:  # Python code running (an async exception lands between bytecodes)
+                    pass
+        except JobTimeoutException as exc:
+            outcomes[name] = str(exc)
+
+    threads = [threading.Thread(target=job, args=(name, 1), daemon=True) for name in ("first", "second")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert outcomes == {"first": "Task exceeded maximum timeout value (1 seconds)",
+                        "second": "Task exceeded maximum timeout value (1 seconds)"}

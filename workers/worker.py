@@ -22,12 +22,12 @@ import time
 
 from redis.exceptions import RedisError
 from rq.exceptions import StopRequested
-from rq.timeouts import TimerDeathPenalty
 from rq.utils import now as rq_now
 from rq.worker import SimpleWorker, WorkerStatus
 
 from core.queues import WORKER_TTL_SECONDS
 from workers import jobs
+from workers.job_timeouts import WatchdogDeathPenalty
 from workers.startup import exit_children_with_this_process, redis_address, redis_failure, wait_for_redis
 from workers.turn_threads import TurnThreads
 
@@ -39,6 +39,11 @@ MAINTENANCE_INTERVAL_SECONDS = 15
 THREAD_WORKER_TTL_SECONDS = 17  # RQ waits for a job up to TTL - 15 s: an idle thread sees a stop within 2 s
 JOB_MONITORING_INTERVAL_SECONDS = 5
 HEARTBEAT_COALESCE_SECONDS = 1.0  # far below every heartbeat TTL (WORKER_TTL_SECONDS + 60 and more)
+SUSPENSION_CHECK_SECONDS = 1.0  # `rq suspend` is seen within a second, not checked (one round trip) per job
+# RQ's INFO lines for every job (taken, completed, "Job OK"): three log lines a message, each a JSON write.
+# The flow logs each message answered; failures still come from RQ at WARNING and above.
+PER_JOB_LOG_TEMPLATES = frozenset({"Worker %s: %s: %s", "Worker %s: %s: %s (%s)",
+                                   "Successfully completed job %s in %ss on worker %s"})
 REDIS_CONNECTIONS_HEADROOM = 8  # beyond one per job thread: the worker loop, the scheduler, RQ's command listener
 
 
@@ -51,8 +56,8 @@ class GatewayWorker(SimpleWorker):
     """Runs up to ``concurrency`` jobs at once on threads of its own process, and re-queues conversations
     left behind by crashes."""
 
-    # Jobs run in job threads, where SIGALRM cannot reach: a timer raises the job's timeout in its thread.
-    death_penalty_class = TimerDeathPenalty
+    # Jobs run in job threads, where SIGALRM cannot reach: a watchdog raises the job's timeout in its thread.
+    death_penalty_class = WatchdogDeathPenalty
     log_result_lifespan = False  # one log line less per job ("result is kept for 60 seconds")
     stop_event: threading.Event | None = None  # set when the process is asked to stop
 
@@ -63,6 +68,7 @@ class GatewayWorker(SimpleWorker):
         self.stopping = False
         self.forced = False
         self._between_jobs = False  # the loop waits for a free thread or a job: a stop may interrupt it
+        self._suspension_checked_at = -SUSPENSION_CHECK_SECONDS
 
     # -- taking jobs ------------------------------------------------------------------------------
 
@@ -125,6 +131,13 @@ class GatewayWorker(SimpleWorker):
         super().set_state(state, pipeline=pipeline)
 
     # -- heartbeat, maintenance --------------------------------------------------------------------
+
+    def check_for_suspension(self, burst: bool):
+        # RQ checks before every job (a round trip with a heartbeat): once a second is soon enough.
+        now = time.monotonic()
+        if burst or now - self._suspension_checked_at >= SUSPENSION_CHECK_SECONDS:
+            self._suspension_checked_at = now
+            super().check_for_suspension(burst)
 
     def run_maintenance_tasks(self):
         super().run_maintenance_tasks()
@@ -197,6 +210,13 @@ class ThreadWorker(GatewayWorker):
         return super().heartbeat(timeout, pipeline=pipeline)
 
 
+class PerJobLines(logging.Filter):
+    """Drops RQ's INFO lines about each job (see PER_JOB_LOG_TEMPLATES); keeps everything else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or record.msg not in PER_JOB_LOG_TEMPLATES
+
+
 def _work_until_stopped(worker_class: type[GatewayWorker], connection, queue_names: list[str],
                         stop_event: threading.Event, *, with_scheduler: bool, burst: bool, max_jobs: int | None,
                         logging_level: str, ttl: int, concurrency: int = 1) -> None:
@@ -232,6 +252,9 @@ def run(connection, queue_names: list[str], *, threads: int = 1, burst: bool = F
     exit_children_with_this_process()  # RQ's scheduler child must not outlive this process and keep its lock
     if not wait_for_redis(connection, stop_event, at_start=True, one_off=burst or max_jobs is not None):
         return
+    rq_log = logging.getLogger("rq.worker")
+    if not any(isinstance(f, PerJobLines) for f in rq_log.filters):
+        rq_log.addFilter(PerJobLines())
     if burst or max_jobs is not None:
         threads = 1  # RQ's burst and max_jobs count jobs one after the other
     _work_until_stopped(GatewayWorker, connection, queue_names, stop_event, with_scheduler=True, burst=burst,

@@ -184,7 +184,8 @@ def report(results: dict) -> str:
 
     in_flight = max(steady["peak_in_flight_at_uponai"], peak["peak_in_flight_at_uponai"])
     rss = max(steady["worker_rss_mb_peak"], peak["worker_rss_mb_peak"])
-    held = steady["answered"] == steady["acknowledged"] == steady["sent"]
+    held = steady["answered"] == steady["acknowledged"] == steady["sent"] and \
+        steady["answered_per_second"] >= 0.95 * steady["rate"]
     exact = once["missing_count"] == 0 and once["doubled_count"] == 0
     lines = [
         f"## Slow agent: one worker process, WORKER_THREADS={results['worker_threads']}, "
@@ -197,7 +198,8 @@ def report(results: dict) -> str:
         "|---|---|---|---|",
         f"| turns in flight (peak, at the fake UponAI) | {steady['peak_in_flight_at_uponai']} | "
         f"{peak['peak_in_flight_at_uponai']} | >= 200: {mark(in_flight >= TARGETS['in_flight'])} |",
-        f"| messages answered / s | {steady['answered_per_second']:.1f} ({steady['answered']}/{steady['sent']}) | "
+        f"| messages answered / s (answered/sent) | {steady['answered_per_second']:.1f} "
+        f"({steady['answered']}/{steady['sent']}) | "
         f"{peak['answered_per_second']:.1f} ({peak['answered']}/{peak['sent']}) | 50 held: {mark(held)} |",
         f"| worker RSS peak (MB) | {steady['worker_rss_mb_peak']:.0f} | {peak['worker_rss_mb_peak']:.0f} | "
         f"<= 400: {mark(rss <= TARGETS['rss_mb'])} |",

@@ -333,7 +333,7 @@ class Settings:
     sms_max_segments: int = _setting("SMS_MAX_SEGMENTS", _positive_int, 10)
     sms_transliterate: bool = _setting("SMS_TRANSLITERATE", _flag, True)
     ambiguous_retry_delay_seconds: float = _setting("AMBIGUOUS_RETRY_DELAY_SECONDS", _positive_float, 15.0)
-    worker_threads: int = _setting("WORKER_THREADS", _positive_int, 4)
+    worker_threads: int = _setting("WORKER_THREADS", _positive_int, 64)
     admin_wait_seconds: float = _setting("ADMIN_WAIT_SECONDS", _positive_float, 20.0)
     admin_max_waiting: int = _setting("ADMIN_MAX_WAITING", _non_negative_int, 2)
     admin_idempotency_ttl_seconds: int = _setting("ADMIN_IDEMPOTENCY_TTL_SECONDS", _positive_int, 24 * 3600)

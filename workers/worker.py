@@ -154,13 +154,16 @@ class GatewayWorker(SimpleWorker):
             log.warning("recovery: queued %d conversation(s) left without a worker", recovered)
 
     def heartbeat(self, timeout: int | None = None, pipeline=None):
-        # RQ beats before and after each dequeue and after each job, three commands each time: send them as
-        # one pipeline, and skip a plain beat when one went out under a second ago (its TTL still stands).
-        if pipeline is not None:
-            return super().heartbeat(timeout, pipeline=pipeline)
-        if timeout is None and self.last_heartbeat is not None and \
+        # RQ beats before and after each dequeue, as each job starts and after it, three commands each time:
+        # skip a beat when one went out under a second ago (its TTL, at least WORKER_TTL_SECONDS + 60, still
+        # stands: this loop beats at least every WORKER_TTL_SECONDS - 15 s), and send a beat as one pipeline.
+        # RQ's longer TTL for a job's duration is for a forking worker whose loop waits on its child; this
+        # loop keeps beating while jobs run.
+        if self.last_heartbeat is not None and \
                 (rq_now() - self.last_heartbeat).total_seconds() < HEARTBEAT_COALESCE_SECONDS:
             return None
+        if pipeline is not None:
+            return super().heartbeat(timeout, pipeline=pipeline)
         with self.connection.pipeline() as beat:
             super().heartbeat(timeout, pipeline=beat)
             beat.execute()

@@ -180,3 +180,20 @@ def test_the_operator_hears_of_it_through_events_once_each(start_workers, receiv
         ("conversation.opted_out", stop), ("handoff.message_received", kept), ("handoff.requested", asked)]
     assert all(e["conversation"] == {"id": CID, "number": PERSON} and "text" not in e["data"] for e in events)
     assert uponai.completion_log == []
+
+
+def test_a_send_refused_as_opted_out_is_an_opted_out_event(start_workers, receiver, redis, redis_server,
+                                                           uponai_server, twilio_server, text_in, twilio):
+    from tests.test_events import events_env
+
+    settings = load_settings(events_env(redis_server, uponai_server, twilio_server, receiver), dotenv_path=None)
+    start_workers(1, **events_env_overrides(settings))
+    twilio.inject("send", Fault(status=400, body={"code": 21610, "message": "Attempt to send to unsubscribed "
+                                                                           "recipient", "status": 400}))
+    text_in("hello", from_=PERSON)
+    [call] = wait_for(lambda: receiver.calls("event"), timeout=30, message="the event")
+    wait_idle(redis)
+    assert len(receiver.calls("event")) == 1
+    event = call.json()
+    assert event["type"] == "conversation.opted_out" and event["data"] == {"error_code": "21610"}
+    assert redis.hget(f"smsgw:conv:{CID}", "opted_out") == b"1"

@@ -136,7 +136,7 @@ def drain_conversation(services: Services, cid: str, token: str, *, budget_secon
             except _NotYet as wait:
                 if wait.seconds <= bursts.SHORT_WAIT_SECONDS:
                     time.sleep(wait.seconds)  # shorter than the scheduler could wait: look again after it
-                    waiting = store.waiting(cid)
+                    waiting, conversation = store.waiting(cid), None  # (an operator may have taken over)
                     continue
                 # The person may still be typing: a drain job scheduled for the end of the window takes over
                 # (noted before the lock is let go, so another job's drain leaves the texts to it).

@@ -313,6 +313,8 @@ def run(environ: dict[str, str] | None = None) -> int:
                 return 1
             if stop.requested.is_set():
                 return 0
+            if twilio_sim is not None:
+                twilio_sim.resume_status_callbacks()  # of replies sent just before the last stop
             _print_banner(env, settings, stand_ins, phone_url, data_dir, time.monotonic() - started, ports.moved)
             return _supervise(children, stop.requested)
         finally:

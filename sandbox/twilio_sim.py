@@ -61,6 +61,7 @@ class SimMessage:
     created_at: float
     status: str = "queued"
     num_segments: int = 1
+    status_told: str | None = None  # the last status the gateway acknowledged (2xx) in a status callback
 
 
 @dataclass

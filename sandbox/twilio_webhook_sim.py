@@ -33,6 +33,7 @@ KEYWORD_REPLIES = {
     "HELP": "Reply STOP to unsubscribe. Msg&Data Rates May Apply.",
 }
 WEBHOOK_TIMEOUT_SECONDS = 15  # Twilio's own limit for an answer
+STATUS_STEPS = ("queued", "sent", "delivered")  # the status callbacks of a message that goes through
 
 
 def tiny_png() -> bytes:
@@ -150,8 +151,22 @@ class WebhookCaller:
         threading.Thread(target=self._run_status_callbacks, args=(message,), daemon=True,
                          name=f"status-{message.sid}").start()
 
+    def resume_status_callbacks(self) -> int:
+        """Carry on the status callbacks that a stop cut short; returns how many messages get them.
+
+        The web process stops before the simulator does, so the last callbacks of a reply sent just before
+        a stop may not have reached the gateway: each message goes on from the first status the gateway
+        did not acknowledge, so its delivery ends ``delivered`` on both sides.
+        """
+        with self._state:
+            unfinished = [m for m in self.messages if m.status in STATUS_STEPS and m.status_told != STATUS_STEPS[-1]]
+        for message in unfinished:
+            self.schedule_status_callbacks(message)
+        return len(unfinished)
+
     def _run_status_callbacks(self, message) -> None:
-        for status in ("queued", "sent", "delivered"):
+        told = message.status_told
+        for status in STATUS_STEPS[STATUS_STEPS.index(told) + 1:] if told in STATUS_STEPS else STATUS_STEPS:
             time.sleep(self.status_interval_seconds)
             message.status = status
             form = {"MessageSid": message.sid, "SmsSid": message.sid, "MessageStatus": status, "SmsStatus": status,
@@ -162,6 +177,9 @@ class WebhookCaller:
             self.changed()
             answer, _error = self.post_signed(message.status_callback, form)
             self.callback_log.append((message.sid, status, answer))
+            if answer is not None and 200 <= answer < 300:
+                message.status_told = status
+                self.changed()
 
     # -- the sandbox's own routes (no auth: this machine only) ------------------------------------
 

@@ -263,6 +263,17 @@ def test_ctrl_c_stops_everything_in_order_and_a_restart_keeps_ports_and_data(tmp
         assert again.api("/api/conversation", number=person)["chat_id"] == chat_before  # Redis kept it
         # The Twilio simulator kept the thread: the phone page shows it as it was.
         assert bodies(again, person) == ["keep me", "You said: keep me"]
+        # Status callbacks cut short by the stop carry on: the reply ends delivered, as the gateway records it.
+        wait_for(lambda: [m["status"] for m in again.api("/api/thread", number=person)["messages"]
+                          if m["direction"] == "out"] == ["delivered"], timeout=30, message="the reply delivered")
+        wait_for(lambda: [r["status"] for r in again.api("/api/conversation", number=person)["recent"]]
+                 == ["delivered"], timeout=30, message="the gateway to record it delivered")
+        # ...and the chat: what `sms-gateway show` prints comes from the admin API's conversation view.
+        token = (tmp_path / "sandbox" / "admin-token").read_text().strip()
+        view = requests.get(f"http://127.0.0.1:{again.port}/admin/conversations/{person}", timeout=30,
+                            headers={"Authorization": f"Bearer {token}"})
+        assert view.status_code == 200 and "chat_error" not in view.json(), view.text
+        assert view.json()["chat"]["chat_id"] == chat_before
         # The UponAI simulator kept the chat: the conversation carries on in it.
         sent = requests.post(again.phone_url + "api/send", json={"from": person, "body": "still there?"}, timeout=30)
         assert sent.status_code == 200, sent.text

@@ -191,3 +191,28 @@ def test_a_job_past_its_timeout_is_stopped_in_its_own_thread_by_the_watchdog():
         thread.join(30)
     assert outcomes == {"first": "Task exceeded maximum timeout value (1 seconds)",
                         "second": "Task exceeded maximum timeout value (1 seconds)"}
+
+
+def test_sigterm_lets_every_turn_in_flight_finish_and_leaves_waiting_texts_to_the_next_worker(
+        start_worker_processes, redis, text_in, uponai, twilio):
+    release = threading.Event()
+    uponai.responder = lambda chat, text: (release.wait(60), [f"re: {text}"])[1]
+    pool = start_worker_processes(1, WORKER_THREADS="4", UPONAI_READ_TIMEOUT_SECONDS="90")
+    busy = [f"+1415556{index:04d}" for index in range(4)]
+    for person in busy:
+        text_in("deploy now", from_=person)
+    wait_for(lambda: len(uponai.calls("complete")) == 4, message="four turns in flight in one process")
+    text_in("anyone there?", from_=PERSON)  # every job thread is busy: its job waits in the queue
+    pool.processes[0].send_signal(signal.SIGTERM)
+    wait_for(lambda: "warm shut down requested" in pool.output(), message="the worker to take the stop")
+    release.set()
+
+    assert pool.processes[0].wait(30) == 0
+    assert [twilio.sent_to(person) for person in busy] == [["re: deploy now"]] * 4  # finished, not dropped
+    assert twilio.sent_to(PERSON) == []  # not taken by a worker on its way out
+    pool.spawn()
+    wait_for(lambda: twilio.sent_to(PERSON), timeout=30, message="the next worker to answer the waiting text")
+    wait_idle(redis)
+    assert twilio.sent_to(PERSON) == ["re: anyone there?"]
+    assert [twilio.sent_to(person) for person in busy] == [["re: deploy now"]] * 4
+    assert "Traceback" not in pool.output()

@@ -322,8 +322,8 @@ def run(environ: dict[str, str] | None = None) -> int:
 
 
 class StopSignal:
-    """Ctrl-C (SIGINT) and SIGTERM set ``requested``: the launcher stops its parts in order. A second one
-    sets ``hurry``: what is still running is killed instead of waited for."""
+    """Ctrl-C (SIGINT), SIGTERM and SIGHUP (the terminal closed) set ``requested``: the launcher stops its
+    parts in order. A second one sets ``hurry``: what is still running is killed instead of waited for."""
 
     def __init__(self):
         self.requested = threading.Event()
@@ -331,7 +331,7 @@ class StopSignal:
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopSignal:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             self._previous[signum] = signal.signal(signum, self._received)
         return self
 
@@ -431,7 +431,7 @@ def _supervise(children: list[tuple[str, subprocess.Popen]], stopping: threading
     while not stopping.wait(0.2):
         for name, process in children:
             if process.poll() is not None:
-                print(f"sms-gateway: {name} exited with {process.returncode}; stopping", file=sys.stderr)
+                _say(f"sms-gateway: {name} exited with {process.returncode}; stopping")
                 return 1
     return 0
 
@@ -443,16 +443,15 @@ def _stop(services: list[tuple[str, subprocess.Popen]], servers: list, redis: su
     running = [(name, process) for name, process in services if process.poll() is None]
     if running:
         names = ", ".join(name for name, _ in running)
-        print(f"sms-gateway: stopping {names} (Ctrl-C again to kill them)", file=sys.stderr, flush=True)
+        _say(f"sms-gateway: stopping {names} (Ctrl-C again to kill them)")
         _terminate(running, hurry)
-        print(f"sms-gateway: {names} stopped in {time.monotonic() - began:.1f}s", file=sys.stderr, flush=True)
+        _say(f"sms-gateway: {names} stopped in {time.monotonic() - began:.1f}s")
     for server in servers:
         server.stop()
     if redis is not None and redis.poll() is None:
-        print("sms-gateway: stopping Redis", file=sys.stderr, flush=True)
+        _say("sms-gateway: stopping Redis")
         _terminate([("redis", redis)], threading.Event())  # quick, and killing it could lose the last writes
-        print(f"sms-gateway: Redis stopped; all stopped in {time.monotonic() - began:.1f}s", file=sys.stderr,
-              flush=True)
+        _say(f"sms-gateway: Redis stopped; all stopped in {time.monotonic() - began:.1f}s")
 
 
 def _terminate(processes: list[tuple[str, subprocess.Popen]], hurry: threading.Event) -> None:
@@ -466,9 +465,15 @@ def _terminate(processes: list[tuple[str, subprocess.Popen]], hurry: threading.E
             for name, process in processes:
                 if process.poll() is None:
                     why = "on a second Ctrl-C" if hurry.is_set() else f"after {STOP_TIMEOUT_SECONDS}s"
-                    print(f"sms-gateway: killing {name} {why}", file=sys.stderr, flush=True)
+                    _say(f"sms-gateway: killing {name} {why}")
                     with contextlib.suppress(ProcessLookupError):  # its session: its own children too
                         os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
             return
         hurry.wait(0.05)
+
+
+def _say(line: str) -> None:
+    """One line to stderr; a terminal that was closed (SIGHUP) must not keep the rest from stopping."""
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr, flush=True)

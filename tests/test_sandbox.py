@@ -84,10 +84,10 @@ class Sandbox:
             found[name] = re.search(pattern, self.text)[1]
         return found
 
-    def stop(self, timeout: float = 60) -> int:
-        """Ctrl-C in a terminal: SIGINT to the whole process group; returns the exit code."""
+    def stop(self, timeout: float = 60, signum: int = signal.SIGINT) -> int:
+        """Ctrl-C in a terminal: SIGINT to the whole process group (SIGHUP: the terminal closed); the exit code."""
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)
+            os.killpg(self.process.pid, signum)
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -247,14 +247,7 @@ def test_ctrl_c_stops_everything_in_order_and_a_restart_keeps_ports_and_data(tmp
         assert sandbox.stop(timeout=15) == 0
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{sandbox.port}/healthz", timeout=2)
-    said = sandbox.text
-    assert "Traceback" not in said and "not reachable" not in said and "Connection refused" not in said, said
-    # Web and worker stopped (their own lines say so) before Redis was asked to stop.
-    lines = said.splitlines()
-    web_stopped = next(i for i, line in enumerate(lines) if re.search(r"web, worker stopped", line))
-    assert "Shutting down: Master" in "\n".join(lines[:web_stopped])  # gunicorn's last line
-    assert "stopping Redis" in "\n".join(lines[web_stopped:])
-    assert "stopping Redis" not in "\n".join(lines[:web_stopped])
+    stopped_in_order(sandbox)
 
     again = Sandbox(tmp_path, port=sandbox.port)  # at once: the old connections are still in TIME_WAIT
     try:
@@ -409,3 +402,20 @@ def test_a_port_left_with_old_connections_is_kept_and_a_taken_one_is_moved(tmp_p
     assert kept.choose("phone page") == port and kept.moved == []
     kept.save()
     assert json.loads((tmp_path / "ports.json").read_text()) == {"phone page": port}
+
+
+def stopped_in_order(sandbox: Sandbox) -> None:
+    """Web and worker stopped (gunicorn's last line, then the launcher's) before Redis, with no traceback."""
+    said = sandbox.text
+    assert "Traceback" not in said and "not reachable" not in said and "Connection refused" not in said, said
+    lines = said.splitlines()
+    web_stopped = next(i for i, line in enumerate(lines) if re.search(r"web, worker stopped", line))
+    assert "Shutting down: Master" in "\n".join(lines[:web_stopped])
+    assert "stopping Redis" in "\n".join(lines[web_stopped:])
+    assert "stopping Redis" not in "\n".join(lines[:web_stopped])
+
+
+def test_closing_the_terminal_stops_everything_in_order_too(tmp_path):
+    sandbox = Sandbox(tmp_path)
+    assert sandbox.stop(timeout=15, signum=signal.SIGHUP) == 0  # what the shell passes on when its terminal closes
+    stopped_in_order(sandbox)

@@ -31,6 +31,7 @@ import urllib.request
 from pathlib import Path
 
 from config import SettingsError, load_settings, read_environment
+from sandbox.redis_keeper import STOP_AT_ONCE
 from workers.startup import parent_death_signal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,8 +137,10 @@ def start_embedded_redis(data_dir: Path, port: int) -> subprocess.Popen:
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / "redis.log"
     log_size = log.stat().st_size if log.exists() else 0
+    # Through the keeper, which keeps Redis until the web and workers are gone even if the launcher is killed.
     process = start_child(
-        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+        [sys.executable, "-m", "sandbox.redis_keeper", str(port),
+         redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
          "--appendonly", "yes", "--save", "", "--logfile", str(log)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
@@ -450,15 +453,17 @@ def _stop(services: list[tuple[str, subprocess.Popen]], servers: list, redis: su
         server.stop()
     if redis is not None and redis.poll() is None:
         _say("sms-gateway: stopping Redis")
-        _terminate([("redis", redis)], threading.Event())  # quick, and killing it could lose the last writes
+        # Quick, and killing it could lose the last writes: never hurried.
+        _terminate([("redis", redis)], threading.Event(), STOP_AT_ONCE)
         _say(f"sms-gateway: Redis stopped; all stopped in {time.monotonic() - began:.1f}s")
 
 
-def _terminate(processes: list[tuple[str, subprocess.Popen]], hurry: threading.Event) -> None:
-    """SIGTERM to each, then wait; killed if still there after STOP_TIMEOUT_SECONDS or when ``hurry`` is set."""
+def _terminate(processes: list[tuple[str, subprocess.Popen]], hurry: threading.Event,
+               signum: int = signal.SIGTERM) -> None:
+    """``signum`` to each, then wait; killed if still there after STOP_TIMEOUT_SECONDS or when ``hurry`` is set."""
     for _name, process in processes:
         if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(signum)
     deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
     while any(process.poll() is None for _name, process in processes):
         if hurry.is_set() or time.monotonic() > deadline:

@@ -362,17 +362,22 @@ def test_the_processes_end_with_the_sandbox_even_when_it_is_killed(tmp_path):
         pytest.skip("needs Linux's /proc to find the sandbox's processes (and its parent-death signal)")
     sandbox = Sandbox(tmp_path)
     children = child_pids(sandbox.process.pid)
-    assert len(children) == 3, children  # Redis, web, worker
+    assert len(children) == 3, children  # Redis (its keeper), web, worker
+    everyone = children + [pid for child in children for pid in child_pids(child)]  # redis-server, gunicorn's...
     os.kill(sandbox.process.pid, signal.SIGKILL)  # no chance to stop them itself
     sandbox.process.wait()
     try:
-        wait_for(lambda: not any(running(pid) for pid in children), timeout=60, interval=0.2,
+        wait_for(lambda: not any(running(pid) for pid in everyone), timeout=60, interval=0.2,
                  message="the sandbox's processes to end after it was killed")
     finally:
         for pid in children:  # each leads a process group of its own: what is left of it goes
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
         sandbox.stop()
+    # Redis outlived the web and the worker: they stopped without losing it under them.
+    said = sandbox.text
+    assert "Shutting down: Master" in said and "warm shut down" in said, said
+    assert "Traceback" not in said and "not reachable" not in said and "Connection refused" not in said, said
 
 
 def test_a_port_left_with_old_connections_is_kept_and_a_taken_one_is_moved(tmp_path):

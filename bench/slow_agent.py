@@ -149,10 +149,11 @@ def exactly_once(bench: SlowAgentBench, tokens: set[str]) -> dict:
 
 
 async def warm_up(bench: SlowAgentBench) -> None:
-    """Imports, connections, Lua scripts and the job threads' first sessions, before anything is measured."""
-    bench.set_upstream_latency(0.0)
+    """Imports, connections, Lua scripts, and every job thread's first turn (it builds its HTTP clients then),
+    before anything is measured: with the agent at 3 s, 100 msg/s for 2.5 s keeps about 250 threads busy."""
+    bench.set_upstream_latency(AGENT_LATENCY_SECONDS)
     for target in ("gateway", "naive"):
-        await bench.step(target, 100, 1.0, CONVERSATIONS, "w")
+        await bench.step(target, 100, 2.5, CONVERSATIONS, "w", timeout=AGENT_LATENCY_SECONDS + 30)
     bench.wait_for_replies(set(bench.gateway_acked), bench.plan.drain_timeout_seconds)
     bench.wait_until_idle(bench.plan.drain_timeout_seconds)
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from config import SettingsError, load_settings, read_environment
 from sandbox.redis_keeper import STOP_AT_ONCE
+from sandbox.sim_state import write_atomically
 from workers.startup import parent_death_signal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,10 +76,11 @@ class PortBook:
         try:
             remembered = json.loads(path.read_text())
         except (OSError, ValueError):
+            remembered = None
+        if not isinstance(remembered, dict):
             remembered = {}
         self.ports: dict[str, int] = {name: port for name, port in remembered.items()
-                                      if isinstance(port, int) and 0 < port < 65536} \
-            if isinstance(remembered, dict) else {}
+                                      if isinstance(port, int) and 0 < port < 65536}
 
     def wanted(self, name: str) -> int:
         return self.ports.get(name) or DEFAULT_PORTS[name]
@@ -98,14 +100,6 @@ class PortBook:
 
     def save(self) -> None:
         write_atomically(self.path, json.dumps(self.ports, indent=1, sort_keys=True) + "\n")
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write a whole file or nothing (a reader never sees half of it, a crash leaves the old one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def start_child(command: list[str], **kwargs) -> subprocess.Popen:

@@ -58,10 +58,7 @@ class StateFile:
         self.write()
 
     def write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(json.dumps(self.snapshot(), separators=(",", ":")))
-        os.replace(temporary, self.path)
+        write_atomically(self.path, json.dumps(self.snapshot(), separators=(",", ":")))
 
     def _run(self) -> None:
         while True:
@@ -74,3 +71,11 @@ class StateFile:
                 self.write()
             except (OSError, TypeError, ValueError) as exc:
                 log.warning("could not save the state to %s: %s", self.path, exc)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write a whole file or nothing (a reader never sees half of it, a crash leaves the old one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)

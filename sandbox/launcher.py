@@ -88,7 +88,7 @@ class PortBook:
     def choose(self, name: str) -> int:
         """The port ``name`` had last time (else its default) if it is free, else a free one."""
         wanted = self.wanted(name)
-        return wanted if port_is_free(wanted) else self.taken(name, any_free_port())
+        return self.taken(name, wanted if port_is_free(wanted) else any_free_port())
 
     def taken(self, name: str, port: int) -> int:
         """Note that ``name`` listens on ``port`` (moved, when that is not the port it wanted)."""

@@ -405,8 +405,9 @@ def test_a_port_left_with_old_connections_is_kept_and_a_taken_one_is_moved(tmp_p
     assert port_is_free(port)
     kept = PortBook(tmp_path / "ports.json")
     assert kept.choose("phone page") == port and kept.moved == []
+    redis_port = kept.choose("redis")  # not remembered yet: its default, or any free port
     kept.save()
-    assert json.loads((tmp_path / "ports.json").read_text()) == {"phone page": port}
+    assert json.loads((tmp_path / "ports.json").read_text()) == {"phone page": port, "redis": redis_port}
 
 
 def stopped_in_order(sandbox: Sandbox) -> None:

@@ -136,7 +136,8 @@ def _print_away_log(entries: list[dict[str, Any]]) -> None:
     if entries:
         print("Said while the agent was away (oldest first):")
         for entry in entries:
-            print(f"  {entry.get('at') or '-'}  {entry.get('who')}: {entry.get('text')}")
+            heard = "  (heard by the agent)" if entry.get("heard_by_agent") else ""
+            print(f"  {entry.get('at') or '-'}  {entry.get('who')}: {entry.get('text')}{heard}")
 
 
 def _show_handoff(data: dict[str, Any]) -> None:

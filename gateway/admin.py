@@ -289,7 +289,7 @@ def _handoff_view(state: dict[str, str]) -> dict[str, Any]:
 
 def _away_view(entry: dict[str, Any]) -> dict[str, Any]:
     return {"who": entry.get("who"), "text": entry.get("text"), "at": since_epoch(entry.get("at")),
-            "ref": entry.get("ref")}
+            "ref": entry.get("ref"), "heard_by_agent": bool(entry.get("heard_by_agent"))}
 
 
 def _handoff_answer(cid: str, changed: bool):

@@ -145,7 +145,7 @@ _SCHEMAS: dict[str, Any] = {
             "handoff": _ref("Handoff"),
             "away_log": {"type": "array", "items": _ref("AwayEntry"),
                          "description": "What the person and the operator said while the agent was away (kept "
-                                        "DATA_RETENTION_DAYS), oldest first."},
+                                        "DATA_RETENTION_DAYS, also once the agent has heard it), oldest first."},
             "turns": {"type": "array", "description": "The latest agent turns, newest first: which texts made each.",
                       "items": {"type": "object", "properties": {
                           "texts": {"type": "array", "items": {"type": "string"},
@@ -165,11 +165,14 @@ _SCHEMAS: dict[str, Any] = {
     },
     "AwayEntry": {
         "type": "object",
-        "required": ["who", "text", "at"],
+        "required": ["who", "text", "at", "heard_by_agent"],
         "properties": {"who": {"type": "string", "enum": ["person", "operator"]}, "text": {"type": "string"},
                        "at": _nullable("string", format="date-time"),
                        "ref": _nullable("string", description="The text's MessageSid, or the operator message's "
-                                                               "operation id.")},
+                                                               "operation id."),
+                       "heard_by_agent": {"type": "boolean",
+                                          "description": "A turn has carried it to the agent (the preface after the "
+                                                         "resume); the entry is kept either way."}},
     },
     "HandoffState": {
         "type": "object",

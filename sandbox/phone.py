@@ -112,8 +112,8 @@ def create_phone_app(*, twilio: TwilioSimulator, gateway_url: str, gateway_numbe
             "recent": [{"sid": row["sid"], "status": row.get("status"), "part": row.get("part")}
                        for row in store.recent_sent(cid)],
             "handoff": state.get("handoff") == "1",
-            "away_log": [{"who": entry.get("who"), "text": entry.get("text"), "at": float(entry.get("at") or 0)}
-                         for entry in store.away_log(cid)],
+            "away_log": [{"who": entry.get("who"), "text": entry.get("text"), "at": float(entry.get("at") or 0),
+                          "heard_by_agent": bool(entry.get("heard_by_agent"))} for entry in store.away_log(cid)],
         })
 
     def admin_call(path: str, payload: dict | None = None, headers: dict[str, str] | None = None):

@@ -210,11 +210,15 @@ def test_handoff_say_and_resume_from_the_console(start_workers, served, cli, upo
 
     shown = cli("show", PERSON)
     assert "Handed off to an operator since" in shown.stdout
-    assert "operator: It left our warehouse today." in shown.stdout
+    assert "operator: It left our warehouse today.\n" in shown.stdout  # not heard by the agent yet
 
     given = cli("resume", PERSON)
     assert given.returncode == 0 and "The agent answers conversation" in given.stdout
     assert twilio.sent_to(PERSON) == ["You said: where is my parcel?", "It left our warehouse today."]
+
+    text_in(app, "thanks!")  # the next turn carries the operator's message to the agent; it stays in the log
+    wait_for(lambda: len(twilio.sent_to(PERSON)) == 3, message="the agent's next answer")
+    assert "operator: It left our warehouse today.  (heard by the agent)" in cli("show", PERSON).stdout
 
 
 def test_say_to_an_unknown_conversation_exits_1_with_the_reason(served, cli, twilio):

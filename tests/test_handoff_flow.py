@@ -67,11 +67,61 @@ def test_after_the_resume_the_next_turn_brings_what_was_said_as_a_marked_preface
         + "thanks! and the address?"
     assert [text for _, text in uponai.completion_log] == [expected]
     assert len(twilio.sent_to(PERSON)) == 1
-    assert store.away_log(CID) == []  # heard by the agent: gone from the log, in the step that fixed the turn
+    # Heard by the agent (marked in the step that fixed the turn), and still kept for the conversation view.
+    assert [(e["text"], e["heard_by_agent"]) for e in store.away_log(CID)] == [
+        ("can I move my booking to Friday?", True), ("Done: Friday 10:00.", True)]
 
     text_in("see you", from_=PERSON)
     flow.drain_conversation(services, CID, "job-3")
     assert [text for _, text in uponai.completion_log][-1] == "see you"  # once only
+    assert [e["heard_by_agent"] for e in store.away_log(CID)] == [True, True]
+
+
+def test_the_conversation_view_keeps_what_was_said_marked_heard_after_the_resume(env, redis, text_in, uponai,
+                                                                                 twilio):
+    from gateway import create_app
+
+    token = "handoff-view-token-0123456789"
+    client = create_app({**env, "ADMIN_API_TOKEN": token, "ADMIN_WAIT_SECONDS": "0.2"}).test_client()
+    auth = {"Authorization": f"Bearer {token}"}
+    services = services_for(env, redis)
+    store = services.store
+    text_in("hello", from_=PERSON)
+    flow.drain_conversation(services, CID, "job")
+    assert client.post(f"/admin/conversations/{PERSON}/handoff", headers=auth).status_code == 200
+    kept = text_in("my ref is K7", from_=PERSON)["MessageSid"]
+    flow.drain_conversation(services, CID, "job-2")
+    store.add_away(CID, "operator", "Found it: K7 ships today.", ref="op-7")
+    view = client.get(f"/admin/conversations/{PERSON}", headers=auth).get_json()
+    assert [(e["who"], e["text"], e["heard_by_agent"]) for e in view["away_log"]] == [
+        ("person", "my ref is K7", False), ("operator", "Found it: K7 ships today.", False)]
+    assert client.post(f"/admin/conversations/{PERSON}/resume", headers=auth).status_code == 200
+
+    text_in("great, thanks", from_=PERSON)
+    flow.drain_conversation(services, CID, "job-3")
+    text_in("one more question", from_=PERSON)
+    flow.drain_conversation(services, CID, "job-4")
+
+    assert [text for _, text in uponai.completion_log] == [
+        "hello", preface("Customer: my ref is K7", "Business: Found it: K7 ships today.") + "great, thanks",
+        "one more question"]  # the following turn does not repeat them
+    view = client.get(f"/admin/conversations/{PERSON}", headers=auth).get_json()
+    assert [(e["who"], e["text"], e["ref"], e["heard_by_agent"]) for e in view["away_log"]] == [
+        ("person", "my ref is K7", kept, True), ("operator", "Found it: K7 ships today.", "op-7", True)]
+    assert all(e["at"] for e in view["away_log"])
+
+    # A second handoff: its entries are new and unheard, the earlier ones stay heard, and only the new ones
+    # reach the agent.
+    store.start_handoff(CID, by="admin-api")
+    text_in("it did not arrive", from_=PERSON)
+    flow.drain_conversation(services, CID, "job-5")
+    store.end_handoff(CID)
+    view = client.get(f"/admin/conversations/{PERSON}", headers=auth).get_json()
+    assert [e["heard_by_agent"] for e in view["away_log"]] == [True, True, False]
+    text_in("any news?", from_=PERSON)
+    flow.drain_conversation(services, CID, "job-6")
+    assert [text for _, text in uponai.completion_log][-1] == preface("Customer: it did not arrive") + "any news?"
+    assert [e["heard_by_agent"] for e in store.away_log(CID)] == [True, True, True]
 
 
 def test_a_retried_turn_resends_the_same_preface_and_a_later_entry_waits_for_the_next_turn(env, redis, text_in,
@@ -91,10 +141,13 @@ def test_a_retried_turn_resends_the_same_preface_and_a_later_entry_waits_for_the
     first = preface("Business: We called you back.") + "ok, thanks"
     assert [text for _, text in uponai.completion_log] == [first]  # read back, not posted again
     assert twilio.sent_to(PERSON) == [f"You said: {first}"]
-    assert [e["text"] for e in store.away_log(CID)] == ["One more thing."]
+    # The entry added between the attempts is not heard yet: it waits for the next turn.
+    assert [(e["text"], e["heard_by_agent"]) for e in store.away_log(CID)] == [
+        ("We called you back.", True), ("One more thing.", False)]
     text_in("bye", from_=PERSON)
     flow.drain_conversation(services, CID, "job-2")
     assert [text for _, text in uponai.completion_log][-1] == preface("Business: One more thing.") + "bye"
+    assert [e["heard_by_agent"] for e in store.away_log(CID)] == [True, True]
 
 
 def test_a_keyword_after_the_resume_keeps_the_away_log_for_the_next_real_turn(env, redis, text_in, uponai, twilio):
@@ -106,7 +159,7 @@ def test_a_keyword_after_the_resume_keeps_the_away_log_for_the_next_real_turn(en
     store.end_handoff(CID)
     text_in("HELP", from_=PERSON)
     flow.drain_conversation(services, CID, "job-2")
-    assert uponai.completion_log == [] and len(store.away_log(CID)) == 1
+    assert uponai.completion_log == [] and [e["heard_by_agent"] for e in store.away_log(CID)] == [False]
     text_in("hello again", from_=PERSON)
     flow.drain_conversation(services, CID, "job-3")
     assert [text for _, text in uponai.completion_log] == [preface("Customer: where is my parcel") + "hello again"]

@@ -61,7 +61,7 @@ def test_the_away_log_keeps_order_and_each_ref_once(store, redis):
 
 def test_an_entry_consumed_from_the_list_is_not_added_again_by_a_retry(store, redis):
     store.add_away(CID, "operator", "We have you down for Friday.", ref="idem-9")
-    redis.delete(away_key(CID))  # the agent heard it (a turn took the entries)
+    redis.delete(away_key(CID))  # the log is gone (it expired, or was trimmed): the refs set still holds the ref
 
     assert store.add_away(CID, "operator", "We have you down for Friday.", ref="idem-9") is False
     assert store.away_log(CID) == []
@@ -166,3 +166,46 @@ def test_an_event_emitted_in_the_callers_transaction_goes_out_with_it(redis, eve
 def test_an_unknown_event_type_is_a_programming_error(redis, events_settings):
     with pytest.raises(ValueError, match="unknown event type"):
         emit_event(redis, events_settings, "handoff.maybe", event_id="x", conversation_id=CID, number=PERSON)
+
+
+def test_entries_stay_once_heard_and_the_cap_drops_only_heard_ones(store, redis):
+    """Entries are numbered; the turn that hears them moves a cursor (they stay); past ``AWAY_KEPT`` the oldest
+    heard entries go, never an unheard one, and the cursor stays right."""
+    from core.state.handoff import AWAY_KEPT
+
+    store.touch(CID, gateway=GATEWAY_NUMBER, person=PERSON)
+    for index in range(AWAY_KEPT - 50):
+        store.add_away(CID, "person", f"text {index}", ref=f"SM{index}")
+    fresh, content = store.fix_turn(CID, ["SMturn1"], "hello", "chat-1")
+    assert fresh and content.count("\nCustomer: text ") == AWAY_KEPT - 50
+    assert all(e["heard_by_agent"] for e in store.away_log(CID))
+
+    for index in range(AWAY_KEPT - 50, AWAY_KEPT + 300):  # 350 more, none heard
+        store.add_away(CID, "person", f"text {index}", ref=f"SM{index}")
+    log = store.away_log(CID)
+    # Every heard entry went to make room; the 350 unheard ones all stay, over the cap.
+    assert [e["seq"] for e in log] == list(range(AWAY_KEPT - 50 + 1, AWAY_KEPT + 300 + 1))
+    assert not any(e["heard_by_agent"] for e in log)
+
+    fresh, content = store.fix_turn(CID, ["SMturn2"], "again", "chat-1")
+    lines = content.splitlines()
+    assert lines[1] == f"Customer: text {AWAY_KEPT - 50}" and lines[-3] == f"Customer: text {AWAY_KEPT + 299}"
+    assert len(lines) == 350 + 3 and lines[-1] == "again"
+    assert all(e["heard_by_agent"] for e in store.away_log(CID))
+
+    store.add_away(CID, "operator", "one more", ref="op-1")  # over the cap: heard ones go, oldest first
+    log = store.away_log(CID)
+    assert len(log) == AWAY_KEPT and log[-1]["seq"] == AWAY_KEPT + 301 and not log[-1]["heard_by_agent"]
+    assert store.fix_turn(CID, ["SMturn3"], "last", "chat-1")[1].splitlines()[1:-1] == [
+        "Business: one more", "[End of that part. The customer's new message follows:]"]
+
+
+def test_a_log_gone_before_the_conversation_numbers_on_from_the_cursor(store, redis):
+    store.touch(CID, gateway=GATEWAY_NUMBER, person=PERSON)
+    store.add_away(CID, "person", "first", ref="SM1")
+    store.fix_turn(CID, ["SMturn1"], "hello", "chat-1")
+    redis.delete(away_key(CID))  # the log expired (its last entry was long ago); the conversation's hash lives on
+    store.add_away(CID, "person", "second", ref="SM2")
+    [entry] = store.away_log(CID)
+    assert entry["seq"] == 2 and entry["heard_by_agent"] is False
+    assert "Customer: second" in store.fix_turn(CID, ["SMturn2"], "hi", "chat-1")[1]

@@ -59,8 +59,14 @@ def test_the_page_takes_over_answers_as_the_business_and_gives_back(served, star
     assert twilio.sent_to(PERSON) == ["You said: is the shop open?", "Yes, until 6pm today."]
     assert [(e["who"], e["text"]) for e in state_of(phone)["away_log"]] == [("operator", "Yes, until 6pm today.")]
 
+    assert state_of(phone)["away_log"][0]["heard_by_agent"] is False
+
     given = phone.post("/api/handoff", json={"number": PERSON, "on": False})
     assert given.status_code == 200 and state_of(phone)["handoff"] is False
+    assert phone.post("/api/send", json={"from": PERSON, "body": "thanks"}).status_code == 200
+    wait_for(lambda: len(twilio.sent_to(PERSON)) == 3, message="the agent's next answer")
+    # The agent heard it with that turn; the page still shows it.
+    assert [(e["who"], e["heard_by_agent"]) for e in state_of(phone)["away_log"]] == [("operator", True)]
 
 
 def test_without_the_admin_api_the_operator_side_says_why(served, twilio):

@@ -28,34 +28,47 @@ RECENT_SENT_KEPT = 20
 TURNS_KEPT = 20  # turns listed in the conversation view
 
 # Fix an agent turn before it is posted (KEYS[1]: the progress hash of its first text; KEYS[2]: the
-# conversation's turns log; KEYS[3]: its away log): which texts, and the exact text, unless an earlier attempt
-# fixed them already (then those stand). What was said while the agent was away (the away log, JSON entries
-# {who, text, ...}) becomes a marked preface of the text and leaves the log in the same step (its refs set
-# stays, so a retried entry is not added again). Marks the turn started in chat ARGV[1]. Returns {fresh, text}.
+# conversation's turns log; KEYS[3]: its away log; KEYS[4]: its hash): which texts, and the exact text, unless an
+# earlier attempt fixed them already (then those stand). What was said while the agent was away and it has not
+# heard yet (away log entries, JSON {seq, who, text, ...}, whose seq is above the hash's away_heard) becomes a
+# marked preface of the text, and away_heard moves to the newest of them in the same step: the entries stay in
+# the log (the conversation view shows them), a retry re-sends the fixed text, and an entry added after this
+# step waits for the next turn. Marks the turn started in chat ARGV[1]. Returns {fresh, text}.
 _FIX_TURN = """
 local stored = redis.call('HGET', KEYS[1], 'turn_text')
 local fresh = 0
 if not stored then
-  local preface = ''
-  local entries = redis.call('LRANGE', KEYS[3], 0, -1)
-  if #entries > 0 then
-    local lines = {ARGV[8]}
-    for _, raw in ipairs(entries) do
-      local ok, entry = pcall(cjson.decode, raw)
-      if ok and type(entry) == 'table' and type(entry['text']) == 'string' then
+  local function decoded(raw)
+    local ok, entry = pcall(cjson.decode, raw)
+    if ok and type(entry) == 'table' then return entry end
+    return {}
+  end
+  local heard = tonumber(redis.call('HGET', KEYS[4], 'away_heard')) or -1
+  local preface, count = '', 0
+  local last = redis.call('LINDEX', KEYS[3], -1)
+  if last and (tonumber(decoded(last)['seq']) or 0) > heard then
+    local lines, newest = {ARGV[8]}, heard
+    for _, raw in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
+      local entry = decoded(raw)
+      local seq = tonumber(entry['seq']) or 0
+      if seq > heard and type(entry['text']) == 'string' then
         local label = ARGV[10]
         if entry['who'] == 'operator' then label = ARGV[11] end
         table.insert(lines, label .. entry['text'])
+        count = count + 1
+        if seq > newest then newest = seq end
       end
     end
-    table.insert(lines, ARGV[9])
-    preface = table.concat(lines, '\\n') .. '\\n'
-    redis.call('DEL', KEYS[3])
+    if count > 0 then
+      table.insert(lines, ARGV[9])
+      preface = table.concat(lines, '\\n') .. '\\n'
+      redis.call('HSET', KEYS[4], 'away_heard', newest)
+    end
   end
   stored = preface .. ARGV[3]
-  redis.call('HSET', KEYS[1], 'turn_text', stored, 'turn_sids', ARGV[2], 'turn_at', ARGV[4], 'turn_away', #entries)
+  redis.call('HSET', KEYS[1], 'turn_text', stored, 'turn_sids', ARGV[2], 'turn_at', ARGV[4], 'turn_away', count)
   redis.call('LPUSH', KEYS[2], cjson.encode({sids = cjson.decode(ARGV[2]), at = tonumber(ARGV[4]),
-                                             away = #entries}))
+                                             away = count}))
   redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[7]) - 1)
   redis.call('EXPIRE', KEYS[2], ARGV[6])
   fresh = 1
@@ -169,12 +182,13 @@ class Deliveries(StateBase):
         """Fix the agent turn of ``sids`` (its first text keys it) as ``content`` and mark it started in ``chat_id``.
 
         One step, before the turn is posted: a retry finds the same texts and the same words (to read the
-        turn back by), never a second turn. The away log (what the person and an operator said while the agent
-        was away) goes in front of ``content`` as ``away_preface`` marks it, and leaves the log in the same step.
+        turn back by), never a second turn. What the person and an operator said while the agent was away and it
+        has not heard yet (the away log) goes in front of ``content`` as ``away_preface`` marks it, and is marked
+        heard in the same step (it stays in the log, for the conversation view).
         An already fixed turn stays as it was. Returns (fixed now, its text).
         """
         fresh, stored = self._fix_turn(
-            keys=[key("msg", sids[0]), key("turns", cid), away_key(cid)],
+            keys=[key("msg", sids[0]), key("turns", cid), away_key(cid), key("conv", cid)],
             args=[chat_id, json.dumps(sids), content, f"{time.time():.3f}", self.progress_ttl_seconds,
                   self.retention_seconds, TURNS_KEPT, *away_preface])
         return int(fresh) == 1, text(stored)

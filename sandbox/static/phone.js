@@ -71,7 +71,8 @@ function renderHandoff(state) {
   if (document.activeElement !== $("handoff")) $("handoff").checked = Boolean(state.handoff);
   $("handoff-label").textContent = state.handoff ? "Handed off: uncheck to give it back to the agent" : "Take over";
   $("away-log").textContent = (state.away_log || []).length ? "Said while the agent was away:\n" +
-    state.away_log.map((e) => `${time(e.at)} ${e.who}: ${e.text}`).join("\n") : "";
+    state.away_log.map((e) => `${time(e.at)} ${e.who}: ${e.text}${e.heard_by_agent ? " (heard by the agent)" : ""}`)
+      .join("\n") : "";
   $("away-log").style.whiteSpace = "pre-wrap";
 }
 

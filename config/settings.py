@@ -61,13 +61,17 @@ def _secret(value: str) -> str:
 MIN_ADMIN_TOKEN_CHARS = 16
 
 
-def _admin_token(value: str) -> str:
+def _long_secret(value: str, what: str = "token") -> str:
     value = _secret(value)
-    # A short token can be guessed by anyone who can reach /admin; refuse it before the API is served.
     if len(value) < MIN_ADMIN_TOKEN_CHARS:
-        raise ValueError(f"must be at least {MIN_ADMIN_TOKEN_CHARS} characters; use a long random token, e.g. "
+        raise ValueError(f"must be at least {MIN_ADMIN_TOKEN_CHARS} characters; use a long random {what}, e.g. "
                          "the output of: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
     return value
+
+
+def _admin_token(value: str) -> str:
+    # A short token can be guessed by anyone who can reach /admin; refuse it before the API is served.
+    return _long_secret(value, "token")
 
 
 HEX_32 = re.compile(r"[0-9a-fA-F]{32}")
@@ -111,12 +115,8 @@ def _webhook_url(value: str) -> str:
 
 
 def _signing_secret(value: str) -> str:
-    value = _secret(value)
     # Anyone who knows it can forge events to the operator's receiver: refuse one that can be guessed.
-    if len(value) < MIN_ADMIN_TOKEN_CHARS:
-        raise ValueError(f"must be at least {MIN_ADMIN_TOKEN_CHARS} characters; use a long random secret, e.g. "
-                         "the output of: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
-    return value
+    return _long_secret(value, "secret")
 
 
 def _redis_url(value: str) -> str:

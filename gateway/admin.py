@@ -82,6 +82,18 @@ def _jobs() -> AdminJobs:
     return current_app.extensions["sms_gateway_admin"]
 
 
+def _once(start):
+    """Run ``start`` (an idempotent job start) and turn a key reused or raced into the operator's 4xx."""
+    try:
+        return start()
+    except IdempotencyConflict:
+        raise AdminProblem(422, "idempotency_key_reused",
+                           "This Idempotency-Key was used with a different request.") from None
+    except IdempotencyBusy:
+        raise AdminProblem(409, "idempotency_key_busy",
+                           "Requests with this Idempotency-Key kept racing; retry with the same key.") from None
+
+
 @bp.errorhandler(AdminProblem)
 def _problem(exc: AdminProblem):
     return error_response(exc.status, exc.code, exc.message, exc.headers)
@@ -172,15 +184,8 @@ def start_sms():
         if web.store.conversation(cid).get("opted_out") == "1":
             raise AdminProblem(409, "opted_out", "The number has opted out (STOP); it must text START first.")
 
-    try:
-        outcome = _jobs().start_outbound(outbound, cid, idempotency_key=key, fingerprint=check.fingerprint(body),
-                                         may_start=may_start)
-    except IdempotencyConflict:
-        raise AdminProblem(422, "idempotency_key_reused",
-                           "This Idempotency-Key was used with a different request body.") from None
-    except IdempotencyBusy:
-        raise AdminProblem(409, "idempotency_key_busy",
-                           "Requests with this Idempotency-Key kept racing; retry with the same key.") from None
+    outcome = _once(lambda: _jobs().start_outbound(outbound, cid, idempotency_key=key,
+                                                   fingerprint=check.fingerprint(body), may_start=may_start))
     log.info("admin outbound to=%s conversation=%s %s job=%s", mask_number(outbound["to"]), cid, outcome.state,
              outcome.job_id)
     unfinished = _unfinished(outcome, conversation_id=cid)
@@ -351,16 +356,10 @@ def operator_message(number: str):
             raise AdminProblem(409, "opted_out", "The number has opted out (STOP); nothing was sent. It must text "
                                                  "START first.")
 
-    try:
-        # The conversation is part of the fingerprint: one key sends one message into one conversation.
-        outcome = _jobs().send_message(message, cid, idempotency_key=key, may_start=may_start,
-                                       fingerprint=check.fingerprint({"conversation_id": cid, "message": text}))
-    except IdempotencyConflict:
-        raise AdminProblem(422, "idempotency_key_reused",
-                           "This Idempotency-Key was used with a different request.") from None
-    except IdempotencyBusy:
-        raise AdminProblem(409, "idempotency_key_busy",
-                           "Requests with this Idempotency-Key kept racing; retry with the same key.") from None
+    # The conversation is part of the fingerprint: one key sends one message into one conversation.
+    outcome = _once(lambda: _jobs().send_message(message, cid, idempotency_key=key, may_start=may_start,
+                                                 fingerprint=check.fingerprint({"conversation_id": cid,
+                                                                                "message": text})))
     log.info("admin operator message to=%s conversation=%s %s job=%s", mask_number(message["to"]), cid,
              outcome.state, outcome.job_id)
     unfinished = _unfinished(outcome, conversation_id=cid)

@@ -35,8 +35,12 @@ class GatewayMetrics:
         self.duplicates_dropped = Counter(
             "smsgw_duplicates_dropped", "Inbound webhooks dropped as repeats of a MessageSid", **kwargs)
         self.not_forwarded = Counter(
-            "smsgw_inbound_not_forwarded", "Signed inbound webhooks not forwarded to the agent, by reason "
-            "(alphanumeric, short_code, own_number, replayed_signature)", ["reason"], **kwargs)
+            "smsgw_inbound_not_forwarded", "Signed inbound texts not forwarded to the agent, by reason "
+            "(alphanumeric, short_code, own_number, replayed_signature; opted_out: a STOP waited behind it)",
+            ["reason"], **kwargs)
+        self.replies_withheld = Counter(
+            "smsgw_replies_withheld", "Agent replies not sent because the person opted out while the agent answered",
+            **kwargs)
         self.loop_breaker_trips = Counter(
             "smsgw_loop_breaker_trips", "Conversations stopped because they answered faster than a person types",
             **kwargs)

@@ -64,19 +64,99 @@ def test_texts_sent_while_the_agent_answers_make_exactly_one_more_turn(start_wor
     assert twilio.sent_to(PERSON) == ["re: first", "re: second\nthird\nfourth"]
 
 
+def not_forwarded_for_opt_out() -> float:
+    from core.metrics import metrics
+
+    return next((s.value for m in metrics().not_forwarded.collect() for s in m.samples
+                 if s.name.endswith("_total") and s.labels.get("reason") == "opted_out"), 0.0)
+
+
 def test_stop_inside_a_burst_stops_what_follows(env, redis, text_in, uponai, twilio):
     services = services_for(env, redis)
+    before = not_forwarded_for_opt_out()
     for text in ("hello", "are you there", "STOP", "one more", "and another"):
         text_in(text, from_=PERSON)
     assert flow.drain_conversation(services, CID, "job") == 5
-    # What came before the STOP is one turn, at its place; nothing after it is forwarded or sent.
-    assert [text for _, text in uponai.completion_log] == ["hello\nare you there"]
-    assert twilio.sent_to(PERSON) == ["You said: hello\nare you there"]
+    # The texts before the STOP waited with it: they are not forwarded, and nothing is sent for them (a reply
+    # would reach the person after their STOP); nothing after it either.
+    assert uponai.completion_log == [] and uponai.calls("create_chat") == []
+    assert twilio.sent_to(PERSON) == []
     assert services.store.conversation(CID)["opted_out"] == "1"
+    assert not_forwarded_for_opt_out() - before == 2
+    assert services.store.inbox_length(CID) == 0
     text_in("START", from_=PERSON)
     text_in("back again", from_=PERSON)
     assert flow.drain_conversation(services, CID, "job-2") == 2
-    assert [text for _, text in uponai.completion_log][-1] == "back again"
+    assert [text for _, text in uponai.completion_log] == ["back again"]
+    assert twilio.sent_to(PERSON) == ["You said: back again"]
+
+
+def test_a_stop_at_the_end_of_a_typed_burst_stops_it_all_with_the_default_window(start_workers, redis, text_in,
+                                                                                uponai, twilio):
+    start_workers(1, INBOUND_QUIET_SECONDS="2")
+    for i, text in enumerate(["hi", "I need to move my booking", "stop"]):
+        if i:
+            time.sleep(0.3)  # the person's typing pace, not synchronisation
+        text_in(text, from_=PERSON)
+    wait_for(lambda: redis.hget(f"smsgw:conv:{CID}", "opted_out") == b"1", timeout=30, message="the opt-out")
+    wait_idle(redis)
+    assert uponai.completion_log == [] and twilio.messages == []
+
+
+def test_texts_after_a_keyword_that_only_changes_state_still_wait_for_a_stop_behind(env, redis, text_in, uponai,
+                                                                                   twilio):
+    """HELP at the head is handled at its place (Twilio answers it); the text after it, with a STOP behind, is
+    not forwarded; the reset word before a STOP sends no confirmation."""
+    services = services_for(env, redis)
+    for text in ("HELP", "what are your hours", "RESET", "STOP"):
+        text_in(text, from_=PERSON)
+    assert flow.drain_conversation(services, CID, "job") == 4
+    assert uponai.completion_log == [] and twilio.messages == []
+    assert services.store.conversation(CID)["opted_out"] == "1"
+
+
+def test_a_stop_sent_while_the_agent_answers_withholds_the_reply(start_workers, redis, text_in, uponai, twilio):
+    release = threading.Event()
+    uponai.responder = lambda chat, text: (release.wait(30), [f"re: {text}"])[1]
+    start_workers(2)
+    first = text_in("what time do you open", from_=PERSON)["MessageSid"]
+    wait_for(lambda: uponai.calls("complete"), timeout=30, message="the turn to be in flight")
+    text_in("STOP", from_=PERSON)
+    release.set()
+    wait_for(lambda: redis.hget(f"smsgw:conv:{CID}", "opted_out") == b"1", timeout=30, message="the opt-out")
+    wait_idle(redis)
+    assert [text for _, text in uponai.completion_log] == ["what time do you open"]
+    assert twilio.messages == []  # the reply to the text before the STOP was withheld
+    assert redis.hget(f"smsgw:msg:{first}", "part:reply:0") == b"withheld:opted_out"
+
+
+def test_a_retried_turn_sends_nothing_once_a_stop_waits_behind_it(env, redis, text_in, uponai, twilio):
+    services = services_for(env, redis, AMBIGUOUS_RETRY_DELAY_SECONDS="0.1", RETRY_INTERVALS_SECONDS="0")
+    text_in("part one", from_=PERSON)
+    text_in("part two", from_=PERSON)
+    uponai.inject("complete", Fault(drop_after_apply=True))  # posted and answered at UponAI, the answer lost
+    with pytest.raises(flow.RetryLater):
+        flow.drain_conversation(services, CID, "job")
+    text_in("STOP", from_=PERSON)
+    wait_for(lambda: float(services.store.conversation(CID).get("retry_at") or 0) < time.time(), timeout=5,
+             message="the retry to be due")
+    assert flow.drain_conversation(services, CID, "job") == 3
+    assert [text for _, text in uponai.completion_log] == ["part one\npart two"]  # neither read back nor posted
+    assert len(uponai.calls("complete")) == 1 and uponai.calls("get_chat") == []
+    assert twilio.messages == []
+    assert services.store.conversation(CID)["opted_out"] == "1"
+
+
+def test_a_reply_refused_as_opted_out_sends_no_further_part(env, redis, text_in, uponai, twilio):
+    services = services_for(env, redis)
+    uponai.responder = lambda chat, text: ["first part", "second part"]
+    twilio.inject("send", Fault(status=400, body={"code": 21610, "message": "Attempt to send to unsubscribed "
+                                                                           "recipient", "status": 400}))
+    first = text_in("hello", from_=PERSON)["MessageSid"]
+    assert flow.drain_conversation(services, CID, "job") == 1
+    assert json.loads(redis.hget(f"smsgw:msg:{first}", "reply")) == ["first part", "second part"]
+    assert len(twilio.calls("send")) == 1 and twilio.messages == []  # the second part was not tried
+    assert services.store.conversation(CID)["opted_out"] == "1"
 
 
 def test_keywords_and_notices_act_per_text_at_their_place(env, redis, text_in, uponai, twilio):

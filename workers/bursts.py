@@ -8,9 +8,10 @@ waiting text. A text arriving while the agent answers waits in the inbox for the
 
 A turn is the longest run of waiting texts, from the inbox head, that go to the agent: a keyword (STOP,
 START, HELP, the reset word), a text held by the loop breaker or over the rate limit ends the run and is
-handled alone, at its place in order. Before the turn is posted, its texts and its exact words are fixed in
-Redis (``ConversationStore.fix_turn``, keyed by the first text's sid): a retry resumes that turn, reading
-it back from the chat by those words, and never splits or doubles it.
+handled alone, at its place in order; a STOP waiting behind the run means the run is not forwarded at all
+(``workers.flow``: a reply would reach the person after their STOP). Before the turn is posted, its texts
+and its exact words are fixed in Redis (``ConversationStore.fix_turn``, keyed by the first text's sid): a
+retry resumes that turn, reading it back from the chat by those words, and never splits or doubles it.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import time
 from core.events import emit_delivery_failed, emit_event
 from core.model import InboundMessage
 from core.redaction import mask_number
+from core.state.deliveries import WITHHELD
 from workers import sms_text
 from workers.errors import TransientError, TwilioPermanentError
 from workers.services import Services
@@ -38,10 +39,12 @@ def sender_number(message: InboundMessage) -> str | None:
 
 
 def send_part(services: Services, message: InboundMessage, part: str, body: str, *,
-              claimed_at: float | None = None) -> None:
+              claimed_at: float | None = None) -> bool:
     """Send one SMS of the answer to ``message`` exactly once, whatever happened to earlier attempts.
 
     ``claimed_at``: the caller claimed the part at that time (in the step that recorded the reply).
+    Returns False when the part is not sent because the person opted out (Twilio refused it with 21610, now
+    or in an earlier attempt, or it was withheld): the caller sends no more parts.
     """
     store = services.store
     sender = services.sender
@@ -53,7 +56,8 @@ def send_part(services: Services, message: InboundMessage, part: str, body: str,
     if not claimed:
         state = store.progress(message.sid).parts.get(part, "")
         if not state.startswith(("sending", "uncertain")):
-            return  # sent (a Twilio sid) or refused for good
+            # sent (a Twilio sid) or refused for good
+            return state not in (f"failed:{OPTED_OUT_CODE}", WITHHELD)
         # An earlier attempt may have sent it (a crash or timeout mid-send): ask Twilio before sending again.
         claimed_at = float(state.partition(":")[2] or 0)
         found = sender.find_sent(to=message.from_, body=body, from_=from_, messaging_service_sid=service,
@@ -61,7 +65,7 @@ def send_part(services: Services, message: InboundMessage, part: str, body: str,
         if found:
             _record(services, message, part, body, found, status=None)  # settles the part in the same step
             log.info("message=%s part=%s found at Twilio, not sent again", message.sid, part)
-            return
+            return True
         # Not found: send again, keeping the first claim's time, so a later look-up still covers that attempt.
         store.settle_part(message.sid, part, f"sending:{claimed_at:.3f}")
     settings = services.settings
@@ -84,12 +88,14 @@ def send_part(services: Services, message: InboundMessage, part: str, body: str,
             emit_event(store.redis, services.settings, "conversation.opted_out",
                        event_id=f"conversation.opted_out:{message.sid}:{part}", conversation_id=message.conversation_id,
                        number=message.from_, error_code=str(exc.code))
-        else:  # refused outright: no status callback will come for it (an opt-out is not a failure to report)
-            emit_delivery_failed(store, services.settings, message.conversation_id, status="refused",
-                                 event_id=f"delivery.failed:{message.sid}:{part}", error_code=str(exc.code),
-                                 number=message.from_)
-        return
+            return False
+        # refused outright: no status callback will come for it (an opt-out is not a failure to report)
+        emit_delivery_failed(store, services.settings, message.conversation_id, status="refused",
+                             event_id=f"delivery.failed:{message.sid}:{part}", error_code=str(exc.code),
+                             number=message.from_)
+        return True
     _record(services, message, part, body, sent.sid, status=sent.status)  # settles the part in the same step
+    return True
 
 
 def _known_sids(services: Services, message: InboundMessage) -> set[str]:

@@ -4,9 +4,10 @@
 conversation's inbox head first, so the agent sees messages in arrival order. The texts waiting together
 (a burst, see ``workers.bursts``) make one agent turn, once the person has stopped typing; keywords
 (STOP/START/HELP families, the reset word), texts held by the loop breaker or over the rate limit are
-handled alone, at their place in order. For a turn it ensures an UponAI chat, fixes and posts the turn,
-and sends the reply parts, recording progress in Redis so that a job that runs again resumes instead
-of repeating:
+handled alone, at their place in order. A STOP means nothing after it is forwarded or sent: the texts
+waiting in front of it are not forwarded either, and a reply the agent was writing when it came is withheld.
+For a turn it ensures an UponAI chat, fixes and posts the turn, and sends the reply parts, recording
+progress in Redis so that a job that runs again resumes instead of repeating:
 
 - a turn whose completion may have been applied is read back from the chat, not posted twice;
 - each SMS part is claimed before it is sent; a part whose send may or may not have gone out (a
@@ -196,10 +197,21 @@ def _next_step(services: Services, waiting: list[tuple[str, InboundMessage]], co
     raw, head = waiting[0]
     progress = store.progress(head.sid)  # also holds the decisions an earlier attempt took, and its turn
     if progress.turn_sids is not None:
-        # An earlier attempt fixed this turn (and may have posted it): resume exactly that one.
+        # An earlier attempt fixed this turn (and may have posted it): resume exactly that one, unless the
+        # person opted out behind it meanwhile (then nothing more is sent for it).
         taken = bursts.fixed_messages(waiting, progress.turn_sids) or [(raw, head)]
-        answer_turn(services, bursts.Turn(tuple(m for _, m in taken), progress), conversation)
+        turn = bursts.Turn(tuple(m for _, m in taken), progress)
+        if _opt_out_among(settings, waiting[len(taken):]):
+            _withhold_for_opt_out(turn)
+            return taken
+        answer_turn(services, turn, conversation)
         return taken
+    stop = _opt_out_ahead(settings, waiting, conversation)
+    if stop:
+        # A STOP waits behind: what comes before it is neither forwarded nor answered (no need to wait for
+        # the person to finish typing either); the STOP is the next step.
+        _not_forwarded_for_opt_out([m for _, m in waiting[:stop]])
+        return waiting[:stop]
     if not _may_join_turn(settings, head, conversation):
         handle_message(services, head, conversation, progress)
         return [(raw, head)]
@@ -232,6 +244,58 @@ def _give_up(services: Services, taken: list[tuple[str, InboundMessage]], exc: E
 
 def _keyword(settings, message: InboundMessage) -> str | None:
     return keyword_of(message, settings.reset_keyword, settings.handoff_keyword)
+
+
+def _is_opt_out(settings, message: InboundMessage) -> bool:
+    return _keyword(settings, message) == "STOP"
+
+
+def _opt_out_among(settings, waiting: list[tuple[str, InboundMessage]]) -> bool:
+    """Whether one of the ``waiting`` texts opts the person out (STOP and its family)."""
+    return any(_is_opt_out(settings, message) for _, message in waiting)
+
+
+def _opt_out_ahead(settings, waiting: list[tuple[str, InboundMessage]], conversation: dict[str, str]) -> int:
+    """Where the first waiting opt-out is when the head would be forwarded or answered, else 0.
+
+    A STOP inside a burst means nothing after it is forwarded or sent, and a reply to the texts before it
+    would reach the person after their STOP: so the texts before it go unanswered. Only texts that would be
+    forwarded or answered are concerned: while opted out nothing is anyway (a START goes first, at its
+    place); during a handoff texts are kept for the operator, unanswered; START and HELP only change state
+    (or nothing), and the STOP follows.
+    """
+    if conversation.get("opted_out") == "1":
+        return 0
+    keyword = _keyword(settings, waiting[0][1])
+    if keyword in ("STOP", "START", "HELP"):
+        return 0
+    if keyword != "RESET" and conversation.get("handoff") == "1":
+        return 0  # kept for the operator, nothing sent (the handoff word again too)
+    return next((index for index, (_, message) in enumerate(waiting) if _is_opt_out(settings, message)), 0)
+
+
+def _not_forwarded_for_opt_out(messages: list[InboundMessage]) -> None:
+    """The texts before a waiting STOP: consumed in order, neither forwarded nor answered, counted and logged."""
+    for message in messages:
+        metrics().count_not_forwarded("opted_out")
+        log.info("message=%s conversation=%s not forwarded: the person opted out right after it", message.sid,
+                 message.conversation_id)
+
+
+def _withhold_for_opt_out(turn: bursts.Turn) -> None:
+    """A fixed turn whose person opted out before its reply went out: what is not sent yet is not sent.
+
+    (A retry that finds the whole reply sent already, by an attempt that ended before its texts were
+    removed, has nothing to withhold.)
+    """
+    progress = turn.progress
+    parts = progress.reply_parts
+    if parts is not None and all(progress.parts.get(f"reply:{index}", "").startswith(("SM", "MM"))
+                                 for index in range(len(parts))):
+        return
+    metrics().replies_withheld.inc()
+    log.info("message=%s conversation=%s reply not sent: the person opted out while the agent answered",
+             turn.first.sid, turn.first.conversation_id)
 
 
 def _may_join_turn(settings, message: InboundMessage, conversation: dict[str, str]) -> bool:
@@ -304,12 +368,23 @@ def answer_turn(services: Services, turn: bursts.Turn, conversation: dict[str, s
             agent_messages = run_turn(services, turn, conversation)
             parts = sms_text.shape_reply([m.content for m in agent_messages], max_segments=settings.sms_max_segments,
                                          transliterate=settings.sms_transliterate)
-            first_claimed_at = time.time()
-            # The first part is claimed in the step that records the reply: one round trip less.
-            if not (parts and store.record_reply(first.sid, parts, claim="reply:0", claimed_at=first_claimed_at)):
-                first_claimed_at = None
+            first_claimed_at = None
+            if parts:
+                # The first part is claimed in the step that records the reply (one round trip less), which also
+                # reads whether the person opted out while the agent answered (a STOP waiting behind the turn).
+                recorded = store.record_turn_reply(first.sid, cid, parts, claim="reply:0", claimed_at=time.time())
+                if recorded.opted_out or _opt_out_among(
+                        settings, [(raw, m) for raw, m in recorded.waiting if m.sid not in set(turn.sids)]):
+                    store.withhold_parts(first.sid, [f"reply:{index}" for index in range(len(parts))])
+                    _withhold_for_opt_out(turn)
+                    return
+                first_claimed_at = recorded.claimed_at
         for index, part in enumerate(parts):
-            send_part(services, first, f"reply:{index}", part, claimed_at=first_claimed_at if index == 0 else None)
+            if not send_part(services, first, f"reply:{index}", part,
+                             claimed_at=first_claimed_at if index == 0 else None):
+                # Twilio refused it: the person opted out (21610). The rest would be refused too.
+                log.info("message=%s conversation=%s rest of the reply not sent: opted out", first.sid, cid)
+                break
         log.info("message=%s conversation=%s answered texts=%d parts=%d", first.sid, cid, len(turn.messages),
                  len(parts))
     _note_activity(services, cid, conversation)

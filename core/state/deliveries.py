@@ -3,7 +3,8 @@
 Keys (under ``smsgw:``)::
 
     msg:{MessageSid}         hash: progress of one inbound message: reply (JSON parts), turn_chat_id, attempts,
-                             decision:{name}, part:{part} (a Twilio sid, sending:<ts>, uncertain:<ts>, failed:<code>);
+                             decision:{name}, part:{part} (a Twilio sid, sending:<ts>, uncertain:<ts>, failed:<code>,
+                             withheld:opted_out);
                              for the first text of an agent turn also its record: turn_sids (JSON: every text
                              of the turn, in order), turn_text (exactly what is posted), turn_at
     turns:{cid}              list (newest first, capped) of the conversation's latest turns: JSON {sids, at}
@@ -22,6 +23,7 @@ from typing import Any, NamedTuple
 from redis.client import Pipeline
 
 from core.model import InboundMessage
+from core.state.conversations import WAITING_READ
 from core.state.keys import StateBase, away_key, key, text, text_hash
 
 RECENT_SENT_KEPT = 20
@@ -90,6 +92,17 @@ if (not current) or tonumber(current) <= tonumber(ARGV[2]) then
 end
 return redis.call('HGET', KEYS[1], 'conversation_id')
 """
+
+
+WITHHELD = "withheld:opted_out"  # a reply part never sent: the person opted out before it went
+
+
+class RecordedReply(NamedTuple):
+    """What ``record_turn_reply`` found in the step that recorded the reply."""
+
+    claimed_at: float | None  # the claim's time when the part was claimed now, else None
+    opted_out: bool  # the conversation's opt-out flag
+    waiting: list[tuple[str, InboundMessage]]  # the texts in the inbox (the turn's own first), oldest first
 
 
 class AwayPreface(NamedTuple):
@@ -197,20 +210,32 @@ class Deliveries(StateBase):
         """The conversation's latest agent turns, newest first: {"sids": [...], "at": epoch seconds}."""
         return [json.loads(raw) for raw in self.redis.lrange(key("turns", cid), 0, -1)]
 
-    def record_reply(self, message_sid: str, parts: list[str], *, claim: str | None = None,
-                     claimed_at: float | None = None) -> bool:
-        """Record the reply's parts; ``claim`` also claims that part in the same step (see ``claim_part``).
+    def record_reply(self, message_sid: str, parts: list[str]) -> None:
+        """Record the reply's parts (to send each once, whatever the retries)."""
+        self._set_progress(message_sid, {"reply": json.dumps(parts, ensure_ascii=False)})
 
-        Returns whether ``claim`` was claimed (False without one).
+    def record_turn_reply(self, message_sid: str, cid: str, parts: list[str], *, claim: str,
+                          claimed_at: float) -> RecordedReply:
+        """Record an agent turn's reply, claim its part ``claim`` (see ``claim_part``) and read whether the person
+        opted out meanwhile (the conversation's flag, and the texts now waiting), all in one step.
+
+        A STOP that arrived while the agent answered waits in the inbox behind the turn's texts: the caller
+        withholds the reply (``withhold_parts``) instead of sending it after the person's STOP.
         """
         name = key("msg", message_sid)
         with self.redis.pipeline() as pipe:
             pipe.hset(name, "reply", json.dumps(parts, ensure_ascii=False))
-            if claim is not None:
-                pipe.hsetnx(name, f"part:{claim}", f"sending:{time.time() if claimed_at is None else claimed_at:.3f}")
+            pipe.hsetnx(name, f"part:{claim}", f"sending:{claimed_at:.3f}")
             pipe.expire(name, self.progress_ttl_seconds)
-            replies = pipe.execute()
-        return claim is not None and bool(replies[1])
+            pipe.hget(key("conv", cid), "opted_out")
+            pipe.lrange(key("inbox", cid), 0, WAITING_READ - 1)
+            _, claimed, _, opted_out, waiting = pipe.execute()
+        return RecordedReply(claimed_at=claimed_at if claimed else None, opted_out=text(opted_out) == "1",
+                             waiting=[(raw, InboundMessage.from_json(raw)) for raw in map(text, waiting)])
+
+    def withhold_parts(self, message_sid: str, parts: list[str]) -> None:
+        """Settle the parts as never to be sent (``withheld:opted_out``): the person opted out before they went."""
+        self._set_progress(message_sid, {f"part:{part}": WITHHELD for part in parts})
 
     def count_attempt(self, message_sid: str) -> int:
         name = key("msg", message_sid)
@@ -232,7 +257,8 @@ class Deliveries(StateBase):
         self.redis.hdel(key("msg", message_sid), f"part:{part}")
 
     def settle_part(self, message_sid: str, part: str, outcome: str) -> None:
-        """Record a claimed part's state: a Twilio sid, ``sending:<ts>``, ``uncertain:<ts>`` or ``failed:<code>``."""
+        """Record a claimed part's state: a Twilio sid, ``sending:<ts>``, ``uncertain:<ts>``, ``failed:<code>``
+        (or ``withheld:opted_out``, see ``withhold_parts``)."""
         self._set_progress(message_sid, {f"part:{part}": outcome})
 
     # -- outbound messages ------------------------------------------------------------------------

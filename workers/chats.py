@@ -23,16 +23,24 @@ IDLE_CHECK_BUSY_RETRY_SECONDS = 5.0
 
 def ensure_chat(services: Services, message: InboundMessage, conversation: dict[str, str] | None = None) -> str:
     """The conversation's chat id, creating the chat when there is none (``conversation``: its hash, if read)."""
-    store = services.store
+    chat_id, new_agent = _chat_for(services, message, conversation)
+    if new_agent is not None:
+        services.store.set_chat(message.conversation_id, chat_id, new_agent)
+    return chat_id
+
+
+def _chat_for(services: Services, message: InboundMessage, conversation: dict[str, str] | None
+              ) -> tuple[str, str | None]:
+    """The conversation's chat id, and the agent id when the chat was created now (not stored yet: the caller
+    stores it, ``set_chat`` or in the step that fixes the turn)."""
     cid = message.conversation_id
-    chat_id = (conversation if conversation is not None else store.conversation(cid)).get("chat_id")
+    chat_id = (conversation if conversation is not None else services.store.conversation(cid)).get("chat_id")
     if chat_id:
-        return chat_id
+        return chat_id, None
     agent_id = services.settings.agent_for(message.to)
     chat = services.agent.create_chat(agent_id=agent_id, metadata={"channel": "sms", "conversation_id": cid})
-    store.set_chat(cid, chat.chat_id, agent_id)
     log.info("conversation=%s chat=%s created agent=%s", cid, chat.chat_id, agent_id)
-    return chat.chat_id
+    return chat.chat_id, agent_id
 
 
 def run_turn(services: Services, turn: Turn, conversation: dict[str, str] | None = None) -> list[ChatMessage]:
@@ -52,7 +60,7 @@ def run_turn(services: Services, turn: Turn, conversation: dict[str, str] | None
 
 def _turn(services: Services, turn: Turn, conversation: dict[str, str] | None) -> list[ChatMessage]:
     fixing = _TurnFixer(services, turn)
-    chat_id = ensure_chat(services, turn.first, conversation)
+    chat_id, fixing.new_chat_agent = _chat_for(services, turn.first, conversation)
     answer = complete_once(services, turn.first.sid, chat_id, turn.content, turn.progress.turn_chat_id,
                            fix=fixing.fix)
     if answer is not None:
@@ -61,19 +69,25 @@ def _turn(services: Services, turn: Turn, conversation: dict[str, str] | None) -
     old_chat_id = chat_id
     log.info("message=%s chat=%s has ended; starting a new chat", turn.first.sid, old_chat_id)
     services.store.forget_chat(turn.first.conversation_id, old_chat_id)
-    chat_id = ensure_chat(services, turn.first, None)
+    chat_id, fixing.new_chat_agent = _chat_for(services, turn.first, None)
     return services.agent.complete(chat_id, fixing.fix(chat_id))
 
 
 class _TurnFixer:
-    """Fixes the turn (its texts and words) in the step that marks it started in a chat; returns the words."""
+    """Fixes the turn (its texts and words) in the step that marks it started in a chat; returns the words.
+
+    A chat created for the turn (``new_chat_agent`` set) becomes the conversation's chat in that same step.
+    """
 
     def __init__(self, services: Services, turn: Turn):
         self.services, self.turn = services, turn
+        self.new_chat_agent: str | None = None
 
     def fix(self, chat_id: str) -> str:
         turn = self.turn
-        fresh, content = self.services.store.fix_turn(turn.first.conversation_id, turn.sids, turn.content, chat_id)
+        fresh, content = self.services.store.fix_turn(turn.first.conversation_id, turn.sids, turn.content, chat_id,
+                                                      new_chat_agent=self.new_chat_agent)
+        self.new_chat_agent = None
         if fresh:
             metrics().turn_texts.observe(len(turn.messages))
         return content

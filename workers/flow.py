@@ -379,14 +379,20 @@ def answer_turn(services: Services, turn: bursts.Turn, conversation: dict[str, s
                     _withhold_for_opt_out(turn)
                     return
                 first_claimed_at = recorded.claimed_at
+        # The activity is noted in the step that records the last part as sent (one round trip less).
+        noted: list[bool] = []
+        activity = _activity_note(services, cid, conversation, noted)
         for index, part in enumerate(parts):
             if not send_part(services, first, f"reply:{index}", part,
-                             claimed_at=first_claimed_at if index == 0 else None):
+                             claimed_at=first_claimed_at if index == 0 else None,
+                             then=activity if index == len(parts) - 1 else None):
                 # Twilio refused it: the person opted out (21610). The rest would be refused too.
                 log.info("message=%s conversation=%s rest of the reply not sent: opted out", first.sid, cid)
                 break
         log.info("message=%s conversation=%s answered texts=%d parts=%d", first.sid, cid, len(turn.messages),
                  len(parts))
+        if noted:
+            return
     _note_activity(services, cid, conversation)
 
 
@@ -483,17 +489,30 @@ def _keep_for_operator(services: Services, message: InboundMessage) -> None:
 
 def _note_activity(services: Services, cid: str, conversation: dict[str, str]) -> None:
     """Note the conversation's activity time, and make sure an idle check is scheduled."""
-    now = time.time()
-    timeout = services.settings.chat_idle_timeout_seconds
-    # The idle check is claimed from the hash read under the lock (only the lock holder writes it), in the
-    # same write as the activity time.
-    due = conversation.get("idle_check_due_at")
-    claim = due is None or float(due) <= now - IDLE_CHECK_OVERDUE_SECONDS
-    if not claim:
-        services.store.touch(cid, last_activity_at=f"{now:.3f}")
-        return
-    services.store.touch(cid, last_activity_at=f"{now:.3f}", idle_check_due_at=f"{now + timeout:.3f}",
-                         then=lambda pipe: services.jobs.schedule_idle_check(cid, timeout, pipeline=pipe))
+    with services.store.redis.pipeline() as pipe:
+        _activity_note(services, cid, conversation)(pipe)
+        pipe.execute()
+
+
+def _activity_note(services: Services, cid: str, conversation: dict[str, str], noted: list[bool] | None = None):
+    """The commands that note the conversation's activity time (and schedule an idle check if none is), for a
+    pipeline: ``_note_activity`` writes them alone, a reply's last part with its record (``noted`` then says so)."""
+
+    def note(pipe) -> None:
+        if noted is not None:
+            noted.append(True)
+        now = time.time()
+        timeout = services.settings.chat_idle_timeout_seconds
+        # The idle check is claimed from the hash read under the lock (only the lock holder writes it), in the
+        # same write as the activity time.
+        due = conversation.get("idle_check_due_at")
+        if due is not None and float(due) > now - IDLE_CHECK_OVERDUE_SECONDS:
+            services.store.touch_on(pipe, cid, last_activity_at=f"{now:.3f}")
+            return
+        services.store.touch_on(pipe, cid, last_activity_at=f"{now:.3f}", idle_check_due_at=f"{now + timeout:.3f}",
+                                then=lambda p: services.jobs.schedule_idle_check(cid, timeout, pipeline=p))
+
+    return note
 
 
 def _decide(store: ConversationStore, progress: Progress, sid: str, name: str, decide) -> bool:

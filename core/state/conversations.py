@@ -215,11 +215,16 @@ class Conversations(StateBase):
     def touch(self, cid: str, *, then: Callable[[Pipeline], object] | None = None, **fields: Any) -> None:
         """Set fields of the conversation's hash; ``then`` adds more commands to the same atomic step."""
         with self.redis.pipeline() as pipe:
-            pipe.hset(key("conv", cid), mapping={k: str(v) for k, v in fields.items()})
-            self._keep(key("conv", cid), key("recent", cid), key("chats", cid), pipe=pipe)
-            if then is not None:
-                then(pipe)
+            self.touch_on(pipe, cid, then=then, **fields)
             pipe.execute()
+
+    def touch_on(self, pipe: Pipeline, cid: str, *, then: Callable[[Pipeline], object] | None = None,
+                 **fields: Any) -> None:
+        """``touch``'s commands, added to ``pipe`` (another step that writes them with its own)."""
+        pipe.hset(key("conv", cid), mapping={k: str(v) for k, v in fields.items()})
+        self._keep(key("conv", cid), key("recent", cid), key("chats", cid), pipe=pipe)
+        if then is not None:
+            then(pipe)
 
     def note_empty_turn(self, cid: str) -> None:
         """Count an agent turn that had no text (shown in the conversation view)."""

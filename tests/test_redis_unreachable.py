@@ -18,12 +18,16 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
-from rq import Queue, Worker
+from rq import Worker
+from rq.scheduler import RQScheduler
 
+from gateway import create_app
+from sandbox.httpfake import Fault
 from sandbox.launcher import redis_server_binary
-from tests.conftest import ROOT, RedisServer, free_port, settings_env, wait_for
+from tests.conftest import ROOT, RedisServer, free_port, inbound_form, post_signed, settings_env, wait_for
 
 UNRESOLVABLE = "redis-host.invalid"
+PERSON = "+14155550142"
 
 
 def command_env(redis_server, uponai_server, twilio_server, redis_url: str) -> dict[str, str]:
@@ -144,7 +148,13 @@ def test_doctor_names_where_redis_is_and_why_it_is_not_reachable(where, cause, f
 
 
 def test_a_redis_outage_is_one_line_not_one_per_worker_thread_and_retry(redis_server, uponai_server, twilio_server,
-                                                                       tmp_path):
+                                                                       uponai, twilio, tmp_path):
+    """A worker process with four job threads and its scheduler child, through a Redis stop and restart.
+
+    The process says that Redis is away once per interval (not once per thread per retry), with no traceback
+    (RQ's own scheduler child died with one), and afterwards answers a text whose first attempt fails: its
+    retry is a scheduled job that only a scheduler that came through the outage puts back on the queue.
+    """
     server = RedisServer(tmp_path)
     server.start()
     env = {**command_env(redis_server, uponai_server, twilio_server, server.url), "WORKER_THREADS": "4"}
@@ -154,15 +164,20 @@ def test_a_redis_outage_is_one_line_not_one_per_worker_thread_and_retry(redis_se
                                   cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     direct = Redis(port=server.port, socket_connect_timeout=0.5)
     try:
-        wait_for(lambda: Worker.count(connection=direct) == 4, timeout=45, message="four RQ workers to register")
+        wait_for(lambda: Worker.count(connection=direct) == 1, timeout=45, message="the RQ worker to register")
+        wait_for(lambda: direct.get(RQScheduler.get_locking_key("sms")) is not None, timeout=30,
+                 message="the scheduler to take its lock")
         server.stop()
-        wait_for(lambda: any(said in log_path.read_text() for said in ("not reachable", "could not connect")),
-                 timeout=30, message="the worker to see the outage")
+        wait_for(lambda: "not reachable" in log_path.read_text() and "scheduler paused" in log_path.read_text(),
+                 timeout=30, message="the worker and its scheduler to see the outage")
         server.start()
-        # Every RQ worker of the process is back once a job on each queue is done.
-        jobs = [Queue(name, connection=direct).enqueue("builtins.len", "four") for name in ("sms-admin", "sms")]
-        wait_for(lambda: all(job.get_status(refresh=True) == "finished" for job in jobs), timeout=60,
-                 message="the workers to run jobs again")
+
+        uponai.inject("complete", Fault(status=500))  # the first attempt fails: the answer comes from the retry
+        response = post_signed(create_app(env).test_client(), "/twilio/sms", inbound_form("back?", from_=PERSON))
+        assert response.status_code == 200, response.get_data(as_text=True)
+        wait_for(lambda: twilio.sent_to(PERSON), timeout=60, message="the answer after a scheduled retry")
+        assert twilio.sent_to(PERSON) == ["You said: back?"]
+        assert len(uponai.calls("complete")) == 2
     finally:
         direct.close()
         worker.send_signal(signal.SIGTERM)
@@ -174,9 +189,11 @@ def test_a_redis_outage_is_one_line_not_one_per_worker_thread_and_retry(redis_se
         server.stop()
 
     output = log_path.read_text()
-    # Four RQ workers and their four listeners each said it on every retry; now the process says it once.
+    assert "Traceback" not in output, output
+    # Four job threads, RQ's worker and its listener could each say it on every retry; the process says it once
+    # per interval, and the scheduler once per outage.
     assert "could not connect to Redis instance" not in output, output
     outage_lines = [line for line in output.splitlines() if "not reachable" in line]
     assert 1 <= len(outage_lines) <= 3, output
-    assert f"Redis at 127.0.0.1:{server.port} not reachable: connection refused; the workers keep trying" \
-        in outage_lines[0], output
+    assert f"Redis at 127.0.0.1:{server.port} not reachable: connection refused" in outage_lines[0], output
+    assert len([line for line in output.splitlines() if "scheduler paused" in line]) == 1, output

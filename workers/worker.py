@@ -4,9 +4,10 @@ An agent turn mostly waits on UponAI (seconds), so a process waits on many turns
 (one registration, one heartbeat, one Redis connection pool) takes a job from the queue whenever one of
 its job threads (``workers.turn_threads``) is free, and hands it to that thread; the job runs through
 RQ's own ``perform_job`` (registries, retries, failed-job registry, callbacks as with any RQ worker).
-The RQ worker runs in the main thread (signals, the scheduler); SIGTERM/SIGINT stop taking jobs and let
-the jobs in flight finish, a second one stops at once (RQ's cold shutdown). A killed process's jobs are
-recovered as any dead worker's: RQ's StartedJobRegistry cleanup and ``jobs.recover_stalled``.
+The RQ worker runs in the main thread (signals), the scheduler in a child process (``workers.scheduler``);
+SIGTERM/SIGINT stop taking jobs and let the jobs in flight finish, a second one stops at once (RQ's cold
+shutdown). A killed process's jobs are recovered as any dead worker's: RQ's StartedJobRegistry cleanup and
+``jobs.recover_stalled``.
 
 A worker is alive while its heartbeat is recent (``core.queues.live_workers``): RQ keeps a killed worker's
 registry entry for minutes, so readiness and the ``smsgw_workers`` gauge look at the heartbeat, which
@@ -26,7 +27,7 @@ from rq.utils import now as rq_now
 from rq.worker import SimpleWorker, WorkerStatus
 
 from core.queues import WORKER_TTL_SECONDS
-from workers import jobs
+from workers import jobs, scheduler
 from workers.job_timeouts import WatchdogDeathPenalty
 from workers.startup import exit_children_with_this_process, redis_address, redis_failure, wait_for_redis
 from workers.turn_threads import TurnThreads
@@ -252,13 +253,23 @@ def run(connection, queue_names: list[str], *, threads: int = 1, burst: bool = F
     ``connection``'s pool must allow ``redis_connections_needed(threads)`` connections.
     """
     stop_event = threading.Event()
-    exit_children_with_this_process()  # RQ's scheduler child must not outlive this process and keep its lock
+    exit_children_with_this_process()  # the scheduler child must not outlive this process and keep its lock
     if not wait_for_redis(connection, stop_event, at_start=True, one_off=burst or max_jobs is not None):
         return
     rq_log = logging.getLogger("rq.worker")
     if not any(isinstance(f, PerJobLines) for f in rq_log.filters):
         rq_log.addFilter(PerJobLines())
     if burst or max_jobs is not None:
-        threads = 1  # RQ's burst and max_jobs count jobs one after the other
-    _work_until_stopped(GatewayWorker, connection, queue_names, stop_event, with_scheduler=True, burst=burst,
-                        max_jobs=max_jobs, logging_level=logging_level, ttl=WORKER_TTL_SECONDS, concurrency=threads)
+        # RQ's burst and max_jobs count jobs one after the other; RQ's own scheduler (a burst moves the due jobs
+        # once, in this process) is enough for a one-off run.
+        _work_until_stopped(GatewayWorker, connection, queue_names, stop_event, with_scheduler=True, burst=burst,
+                            max_jobs=max_jobs, logging_level=logging_level, ttl=WORKER_TTL_SECONDS, concurrency=1)
+        return
+    # The scheduler child is ours (workers.scheduler), not RQ's: it waits out a Redis outage instead of dying
+    # with a traceback, and lives as long as this process, across the RQ workers started after an outage.
+    scheduler_process = scheduler.start(connection, queue_names, logging_level)
+    try:
+        _work_until_stopped(GatewayWorker, connection, queue_names, stop_event, with_scheduler=False, burst=False,
+                            max_jobs=None, logging_level=logging_level, ttl=WORKER_TTL_SECONDS, concurrency=threads)
+    finally:
+        scheduler.stop(scheduler_process)

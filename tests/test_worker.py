@@ -50,7 +50,7 @@ def test_a_killed_workers_scheduler_exits_and_a_new_workers_scheduler_takes_over
                                                                                  uponai, twilio):
     pool = start_worker_processes(1)
     first = wait_for(lambda: scheduler_pid(redis), message="the first worker's scheduler")
-    assert first != pool.processes[0].pid  # RQ runs it in a child process
+    assert first != pool.processes[0].pid  # the scheduler runs in a child process (workers.scheduler)
 
     os.kill(pool.processes[0].pid, signal.SIGKILL)  # the worker only, not its process group
     pool.processes[0].wait(10)

@@ -3,9 +3,9 @@
 A worker that starts while Redis is away says so in one line (where Redis is, why it is not reachable)
 and tries again with a growing pause, instead of dying with a traceback; one that can never reach it as
 configured (a host name that does not exist, a wrong password) says so in one line and exits non-zero.
-RQ runs its scheduler in a child process; ``exit_children_with_this_process`` makes every child forked
-from here end when this process dies, even by SIGKILL, so that a dead worker's scheduler does not keep
-the scheduler lock.
+The scheduler runs in a child process (``workers.scheduler``); ``exit_children_with_this_process`` makes
+every child forked from here end when this process dies, even by SIGKILL, so that a dead worker's
+scheduler does not keep the scheduler lock.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ class RedisOutageLines(logging.Filter):
 
 
 def exit_children_with_this_process() -> None:
-    """Make every child forked from now on (RQ's scheduler) get SIGTERM when its parent dies."""
+    """Make every child forked from now on (the scheduler) get SIGTERM when its parent dies."""
     global _hooks_registered
     if not _hooks_registered:
         os.register_at_fork(before=_note_forking_process, after_in_child=_follow_parent)

@@ -17,11 +17,14 @@ the worker renews at least every ``WORKER_TTL_SECONDS - 15`` s while it waits fo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.exceptions import StopRequested
 from rq.utils import now as rq_now
 from rq.worker import SimpleWorker, WorkerStatus
@@ -115,6 +118,17 @@ class GatewayWorker(SimpleWorker):
                 except RedisError as exc:
                     log.warning("worker state update failed: %s", type(exc).__name__)
 
+    def handle_exception(self, job, *exc_info):
+        # RQ logs a job's exception with its traceback. A Redis outage fails every job in flight at once (often
+        # after its work was done: RQ cannot record the result); that is one line each, naming where and why.
+        # (RQ's handler stack is skipped with it: the gateway pushes no handler.)
+        exc = exc_info[1] if len(exc_info) > 1 else None
+        if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+            log.error("job %s stopped by Redis at %s: %s", job.id, redis_address(self.connection),
+                      redis_failure(exc))
+            return
+        super().handle_exception(job, *exc_info)
+
     def get_state(self) -> str:
         # Busy while any job is in flight or just taken from the queue (RQ's warm shutdown then lets them
         # finish instead of quitting at once).
@@ -138,10 +152,16 @@ class GatewayWorker(SimpleWorker):
         now = time.monotonic()
         if burst or now - self._suspension_checked_at >= SUSPENSION_CHECK_SECONDS:
             self._suspension_checked_at = now
-            super().check_for_suspension(burst)
+            # Redis away: the wait for a job that follows says so (and waits); RQ's loop would quit with a traceback.
+            with contextlib.suppress(RedisError):
+                super().check_for_suspension(burst)
 
     def run_maintenance_tasks(self):
-        super().run_maintenance_tasks()
+        try:
+            super().run_maintenance_tasks()
+        except RedisError as exc:  # RQ's loop would quit with a traceback; the wait for a job then says it once
+            log.warning("worker maintenance skipped: %s", type(exc).__name__)
+            return
         try:
             services = jobs.current_services()
             # One sweep at a time across all workers: the others' would find the same conversations.
@@ -167,7 +187,10 @@ class GatewayWorker(SimpleWorker):
             return super().heartbeat(timeout, pipeline=pipeline)
         with self.connection.pipeline() as beat:
             super().heartbeat(timeout, pipeline=beat)
-            beat.execute()
+            # Redis away: RQ's loop would quit with a traceback (a beat while every thread is busy, or between
+            # jobs). A missed beat is renewed by the next; the wait for a job says that Redis is away.
+            with contextlib.suppress(RedisError):
+                beat.execute()
         return None
 
     # -- stopping ----------------------------------------------------------------------------------

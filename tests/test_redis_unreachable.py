@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
-from rq import Worker
+from rq import Queue, Worker
 from rq.scheduler import RQScheduler
 
 from gateway import create_app
@@ -197,3 +197,46 @@ def test_a_redis_outage_is_one_line_not_one_per_worker_thread_and_retry(redis_se
     assert 1 <= len(outage_lines) <= 3, output
     assert f"Redis at 127.0.0.1:{server.port} not reachable: connection refused" in outage_lines[0], output
     assert len([line for line in output.splitlines() if "scheduler paused" in line]) == 1, output
+
+
+def test_jobs_in_flight_when_redis_goes_away_end_in_one_line_each_and_the_worker_carries_on(
+        redis_server, uponai_server, twilio_server, tmp_path):
+    """Every job thread busy when Redis stops: RQ's loop (heartbeats while it waits for a free thread) and the jobs
+    (RQ cannot record them) meet the outage; each job says so in one line, nothing prints a traceback, and the
+    worker takes jobs again once Redis is back."""
+    server = RedisServer(tmp_path)
+    server.start()
+    env = {**command_env(redis_server, uponai_server, twilio_server, server.url), "WORKER_THREADS": "2"}
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log_file:
+        worker = subprocess.Popen([str(Path(sys.executable).with_name("sms-gateway")), "worker"], env=env,
+                                  cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    direct = Redis(port=server.port, socket_connect_timeout=0.5)
+    try:
+        wait_for(lambda: Worker.count(connection=direct) == 1, timeout=45, message="the RQ worker to register")
+        busy = [Queue("sms", connection=direct).enqueue("time.sleep", 3) for _ in range(2)]
+        wait_for(lambda: all(job.get_status(refresh=True) == "started" for job in busy), timeout=30,
+                 message="both job threads to be busy")
+        server.stop()
+        stopped = f"ended unrecorded: Redis at 127.0.0.1:{server.port} not reachable: connection refused"
+        wait_for(lambda: log_path.read_text().count(stopped) == 2, timeout=30,
+                 message="both jobs to end while Redis is away")
+        server.start()
+        after = Queue("sms", connection=direct).enqueue("builtins.len", "four")
+        wait_for(lambda: after.get_status(refresh=True) == "finished", timeout=60,
+                 message="the worker to run a job again")
+        assert worker.poll() is None
+    finally:
+        direct.close()
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+        server.stop()
+
+    output = log_path.read_text()
+    assert "Traceback" not in output, output
+    assert "could not connect to Redis instance" not in output, output
+    assert output.count(stopped) == 2, output

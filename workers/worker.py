@@ -71,6 +71,7 @@ class GatewayWorker(SimpleWorker):
         self.turns = TurnThreads(concurrency, name=f"job-{self.name[:8]}")
         self.stopping = False
         self.forced = False
+        self._reported = threading.local()  # the job a job thread last said Redis stopped
         self._between_jobs = False  # the loop waits for a free thread or a job: a stop may interrupt it
         self._suspension_checked_at = -SUSPENSION_CHECK_SECONDS
 
@@ -111,6 +112,8 @@ class GatewayWorker(SimpleWorker):
     def _perform(self, job, queue, execution) -> None:
         try:
             self.perform_job(job, queue, execution)
+        except (RedisConnectionError, RedisTimeoutError) as exc:  # RQ could record neither the end nor a failure
+            self._stopped_by_redis(job, exc)
         finally:
             if self.turns.running <= 1 and super().get_state() != WorkerStatus.IDLE:
                 try:  # the last job in flight (this one counts until it returns)
@@ -124,10 +127,17 @@ class GatewayWorker(SimpleWorker):
         # (RQ's handler stack is skipped with it: the gateway pushes no handler.)
         exc = exc_info[1] if len(exc_info) > 1 else None
         if isinstance(exc, RedisConnectionError | RedisTimeoutError):
-            log.error("job %s stopped by Redis at %s: %s", job.id, redis_address(self.connection),
-                      redis_failure(exc))
+            self._stopped_by_redis(job, exc)
             return
         super().handle_exception(job, *exc_info)
+
+    def _stopped_by_redis(self, job, exc: BaseException) -> None:
+        """One line per job (RQ may fail to record its failure after failing to record its end)."""
+        if getattr(self._reported, "job_id", None) == job.id:
+            return
+        self._reported.job_id = job.id  # per job thread
+        log.error("job %s ended unrecorded: Redis at %s not reachable: %s", job.id, redis_address(self.connection),
+                  redis_failure(exc))
 
     def get_state(self) -> str:
         # Busy while any job is in flight or just taken from the queue (RQ's warm shutdown then lets them

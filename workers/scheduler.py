@@ -77,18 +77,20 @@ class Loop:
                 self.step()
             except RedisError as exc:
                 self._redis_failed(exc)
+            except Exception:  # a bug, not an outage: say it all, and keep moving due jobs (nobody restarts this)
+                log.exception("scheduler step failed")
             stop_event.wait(INTERVAL_SECONDS)
         self.finish()
 
     def step(self) -> None:
         scheduler = self.scheduler
         now = time.monotonic()
-        if not scheduler.acquired_locks and (
+        if scheduler.acquired_locks != set(self.queue_names) and (
                 self.asked_for_locks_at is None or now - self.asked_for_locks_at >= LOCK_RETRY_SECONDS):
             self.asked_for_locks_at = now
             scheduler.acquire_locks()
         if not scheduler.acquired_locks:
-            return  # another process's scheduler holds the locks
+            return  # another process's scheduler holds the locks (a lock may be held by each of two)
         if not self.registered:
             scheduler.register_birth()  # (again after an outage: a restarted Redis may have lost the record)
             self.registered = True

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,10 @@ def test_a_redis_outage_is_one_line_not_one_per_worker_thread_and_retry(redis_se
                  timeout=30, message="the worker and its scheduler to see the outage")
         server.start()
 
+        # Only a scheduler moves a scheduled job to its queue (the recovery sweep knows nothing of this one).
+        scheduled = Queue("sms", connection=direct).enqueue_in(timedelta(seconds=1), "builtins.len", "four")
+        wait_for(lambda: scheduled.get_status(refresh=True) == "finished", timeout=30,
+                 message="the scheduler to enqueue a scheduled job after the outage")
         uponai.inject("complete", Fault(status=500))  # the first attempt fails: the answer comes from the retry
         response = post_signed(create_app(env).test_client(), "/twilio/sms", inbound_form("back?", from_=PERSON))
         assert response.status_code == 200, response.get_data(as_text=True)

@@ -23,6 +23,7 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from workers.errors import TwilioMalformedAnswerError, TwilioPermanentError, TwilioTransientError
+from workers.http_environment import pin_environment
 from workers.request_failures import describe_failure
 
 DEFAULT_ORIGIN = "https://api.twilio.com"
@@ -52,6 +53,8 @@ class _RedirectingHttpClient(TwilioHttpClient):
         super().__init__(timeout=timeout[1])
         self.timeout = timeout  # a (connect, read) pair goes straight to requests
         self.origin = origin.rstrip("/")
+        if self.session is not None:  # twilio's pooled session: the environment read once, not per request
+            pin_environment(self.session, self.origin)
 
     def request(self, method, url, *args, **kwargs):
         if self.origin != DEFAULT_ORIGIN:

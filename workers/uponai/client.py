@@ -23,6 +23,7 @@ from typing import Any
 import requests
 
 from workers.errors import ChatNotFoundError, MalformedAnswerError, UponAIPermanentError, UponAITransientError
+from workers.http_environment import pin_environment
 from workers.request_failures import describe_failure
 from workers.uponai.models import Chat, ChatMessage, ChatPage
 from workers.uponai.styles import STYLES, Request
@@ -80,7 +81,7 @@ class UponAIClient:
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = self._local.session = requests.Session()
+            session = self._local.session = pin_environment(requests.Session(), self.base_url)
             session.headers.update(self._headers)
         return session
 

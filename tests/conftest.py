@@ -106,6 +106,16 @@ def wait_idle(redis: Redis, timeout: float = 30.0, settle_seconds: float = 0.2) 
         time.sleep(0.02)
 
 
+def stop_process(process: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM a process started in its own session; SIGKILL its whole group if it has not left by ``timeout``."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -25,7 +25,7 @@ from rq.scheduler import RQScheduler
 from gateway import create_app
 from sandbox.httpfake import Fault
 from sandbox.launcher import redis_server_binary
-from tests.conftest import ROOT, RedisServer, free_port, inbound_form, post_signed, settings_env, wait_for
+from tests.conftest import ROOT, RedisServer, free_port, inbound_form, post_signed, settings_env, stop_process, wait_for
 
 UNRESOLVABLE = "redis-host.invalid"
 PERSON = "+14155550142"
@@ -185,12 +185,7 @@ def test_a_redis_outage_is_one_line_not_one_per_worker_thread_and_retry(redis_se
         assert len(uponai.calls("complete")) == 2
     finally:
         direct.close()
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        stop_process(worker)
         server.stop()
 
     output = log_path.read_text()
@@ -233,12 +228,7 @@ def test_jobs_in_flight_when_redis_goes_away_end_in_one_line_each_and_the_worker
         assert worker.poll() is None
     finally:
         direct.close()
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        stop_process(worker)
         server.stop()
 
     output = log_path.read_text()

@@ -15,7 +15,7 @@ from rq import Worker
 from rq.scheduler import RQScheduler
 
 from sandbox.httpfake import Fault
-from tests.conftest import ROOT, RedisServer, free_port, settings_env, wait_for, wait_idle
+from tests.conftest import ROOT, RedisServer, free_port, settings_env, stop_process, wait_for, wait_idle
 
 PERSON = "+14155550199"
 
@@ -94,12 +94,7 @@ def test_worker_started_while_redis_is_away_says_so_in_one_line_and_starts_when_
             wait_for(lambda: Worker.count(connection=direct) == 1, timeout=45, message="the worker to register")
         assert "Traceback" not in log_path.read_text()
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        stop_process(worker)
         server.stop()
 
 

@@ -87,13 +87,13 @@ def check_workers(settings: Settings) -> Check:
     from redis.exceptions import RedisError
     from rq import Queue
 
-    from core.queues import QUEUE_NAME, live_workers
+    from core.queues import QUEUE_NAME, live_workers, queue_depth
     from core.redis import connect_redis
 
     client = connect_redis(settings, for_web=True)
     try:
         count = len(live_workers(client))
-        depth = Queue(QUEUE_NAME, connection=client).count
+        depth = queue_depth(Queue(QUEUE_NAME, connection=client))
     except RedisError:
         raise Skip("Redis is not reachable") from None
     finally:

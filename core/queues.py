@@ -1,4 +1,4 @@
-"""The gateway's RQ queues, seen from both sides: their names, the jobs the web enqueues, the live workers.
+"""The gateway's RQ queues, seen from both sides: their names, the jobs enqueued, the depth, the live workers.
 
 Job functions are named by their dotted path (RQ imports them in the worker), so this module, and the
 web with it, never imports the worker side.
@@ -15,6 +15,7 @@ from rq import Queue, Worker
 from rq.job import Job
 
 from core.state import ConversationStore
+from core.state.inbound import WAKE_KEY
 
 QUEUE_NAME = "sms"
 ADMIN_QUEUE_NAME = "sms-admin"  # workers take it before any drain job
@@ -84,6 +85,16 @@ def enqueue_drain(queue: Queue, conversation_id: str, settings, *, pipeline=None
     if pipeline is None:
         pipe.execute()
     return job
+
+
+def queue_depth(queue: Queue) -> int:
+    """Jobs waiting in ``queue``; for the conversation queue also the wake-ups no worker has made a job yet."""
+    if queue.name != QUEUE_NAME:
+        return queue.count
+    with queue.connection.pipeline(transaction=False) as pipe:
+        pipe.llen(queue.key)
+        pipe.llen(WAKE_KEY)
+        return sum(pipe.execute())
 
 
 # -- admin jobs -----------------------------------------------------------------------------------

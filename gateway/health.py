@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 from redis.exceptions import RedisError
 
-from core.queues import live_workers
+from core.queues import live_workers, queue_depth
 from gateway.context import web_context
 
 bp = Blueprint("health", __name__)
@@ -21,7 +21,7 @@ def readyz():
     web = web_context()
     try:
         web.redis.ping()
-        depth = web.queue.count
+        depth = queue_depth(web.queue)
         workers = len(live_workers(web.redis))
     except RedisError as exc:
         return jsonify({"status": "unavailable", "redis": f"unreachable ({type(exc).__name__})"}), 503

@@ -141,12 +141,12 @@ class _QueueCollector:
         from prometheus_client.core import GaugeMetricFamily
         from redis.exceptions import RedisError
 
-        from core.queues import live_workers
+        from core.queues import live_workers, queue_depth
         from gateway.context import web_context
 
         web = web_context()
         try:
-            depth = web.queue.count
+            depth = queue_depth(web.queue)
             failed = web.queue.failed_job_registry.count
             workers = len(live_workers(web.redis))
             up = 1
@@ -154,7 +154,7 @@ class _QueueCollector:
             depth = failed = workers = 0
             up = 0
         yield GaugeMetricFamily("smsgw_redis_up", "Whether Redis answered this scrape", value=up)
-        yield GaugeMetricFamily("smsgw_queue_depth", "Jobs waiting in the queue", value=depth)
+        yield GaugeMetricFamily("smsgw_queue_depth", "Drain jobs and wake-ups waiting", value=depth)
         yield GaugeMetricFamily("smsgw_failed_jobs", "Jobs in the failed-job registry", value=failed)
         yield GaugeMetricFamily("smsgw_workers", "Workers whose heartbeat is recent", value=workers)
 

@@ -23,6 +23,7 @@ from rq.scheduler import RQScheduler
 from twilio.request_validator import RequestValidator
 
 from core.queues import ADMIN_QUEUE_NAME, QUEUE_NAME
+from core.state.inbound import WAKE_KEY
 from gateway import create_app
 from sandbox.launcher import redis_server_binary
 from sandbox.twilio_sim import TwilioSimulator
@@ -62,7 +63,8 @@ def pending_work(redis: Redis) -> list[str]:
     """What the gateway still has to do, read from Redis: [] when nothing more can reach UponAI or Twilio.
 
     RQ's queues (and the intermediate list a job passes through), jobs started, jobs scheduled to run
-    within SCHEDULED_SOON_SECONDS (retries), conversation locks held and inboxes holding a text.
+    within SCHEDULED_SOON_SECONDS (retries), wake-ups not yet made jobs, conversation locks held and inboxes
+    holding a text.
     """
     from rq.registry import StartedJobRegistry
 
@@ -76,6 +78,8 @@ def pending_work(redis: Redis) -> list[str]:
         due = len(queue.scheduled_job_registry.get_jobs_to_schedule(due_by))
         work += [f"{n} job(s) {what} on {queue.name}" for n, what in
                  ((waiting, "queued"), (started, "started"), (due, "scheduled soon")) if n]
+    wakeups = redis.llen(ConversationStore.key("wake"))
+    work += [f"{wakeups} wake-up(s) not yet made drain jobs"] if wakeups else []
     locks = list(redis.scan_iter(match=ConversationStore.key("lock", "*")))
     inboxes = [key for key in redis.scan_iter(match=ConversationStore.key("inbox", "*")) if redis.llen(key)]
     work += [f"{len(locks)} conversation lock(s) held"] if locks else []
@@ -179,11 +183,19 @@ def redis(redis_server):
 
 @pytest.fixture
 def queue(redis) -> Queue:
-    """The gateway's RQ queue, empty before and after the test."""
+    """The gateway's RQ queue, empty before and after the test (and no wake-up waiting)."""
     queue = Queue("sms", connection=redis)
     queue.empty()
+    redis.delete(WAKE_KEY)
     yield queue
     queue.empty()
+    redis.delete(WAKE_KEY)
+
+
+def waiting_drains(queue: Queue) -> list[str]:
+    """The conversations with a drain waiting: wake-ups the workers have not taken yet, then queued drain jobs."""
+    woken = [cid.decode() for cid in queue.connection.lrange(WAKE_KEY, 0, -1)]
+    return woken + [job.args[0] for job in queue.get_jobs() if job.func_name == "workers.jobs.drain"]
 
 
 @pytest.fixture(scope="session")

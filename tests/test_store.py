@@ -1,12 +1,11 @@
 """The conversation store under concurrency and failures: a text accepted mid-write never makes a write fail,
-one drain job per wake-up, none queued twice, none lost between accepting a text and queueing its job."""
+one wake-up per quiet conversation, none queued twice, none lost between taking a wake-up and queueing its job."""
 
 from __future__ import annotations
 
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -17,10 +16,11 @@ from rq import Queue
 
 from config import load_settings
 from core.model import InboundMessage, conversation_id
-from core.queues import QUEUE_NAME, enqueue_drain
+from core.queues import enqueue_drain, queue_depth
 from core.state import ConversationStore
-from tests.conftest import GATEWAY_NUMBER, inbound_form, new_sid, post_signed, wait_for
+from tests.conftest import GATEWAY_NUMBER, inbound_form, new_sid, post_signed, wait_for, waiting_drains
 from workers.jobs import RQJobPort, recover_stalled
+from workers.wakeups import BATCH, queue_woken
 
 PERSON = "+14155550188"
 CID = conversation_id(GATEWAY_NUMBER, PERSON)
@@ -50,15 +50,13 @@ class RedisWithArrivingTexts(Redis):
         return pipe
 
 
-def test_forgetting_a_chat_while_a_text_arrives_does_not_fail(env, redis, redis_server, queue):
+def test_forgetting_a_chat_while_a_text_arrives_does_not_fail(redis, redis_server, queue):
     webhook_side = ConversationStore(redis)
-    settings = load_settings(env, dotenv_path=None)
     arrived: list[str] = []
 
     def text_arrives():
         message = InboundMessage(sid=new_sid(), from_=PERSON, to=GATEWAY_NUMBER, body="are you there?")
-        arrived.append(webhook_side.accept(
-            message, enqueue=lambda pipe: enqueue_drain(queue, CID, settings, pipeline=pipe)))
+        arrived.append(webhook_side.accept(message))
 
     client = RedisWithArrivingTexts(redis_server.url, text_arrives)
     try:
@@ -106,106 +104,121 @@ def test_forgetting_a_chat_while_the_other_worker_starts_the_next_drain_job_does
     assert not redis.hexists(conv, "chat_id")
 
 
-# -- accepting a text: one drain job per wake-up, none twice, none lost between the two round trips -----------
+# -- accepting a text: one wake-up per quiet conversation, none queued twice, none lost on the way to a job ------
 
 
-class QueueThatFailsOnce(Queue):
-    """The gateway's real RQ queue, except that its first enqueue meets a Redis failure (after the accept step)."""
-
-    failures = 1
-
-    def enqueue_call(self, *args, **kwargs):
-        if self.failures:
-            self.failures -= 1
-            raise RedisConnectionError("Redis went away between accepting the text and queueing its job")
-        return super().enqueue_call(*args, **kwargs)
+def _accept(store: ConversationStore, body: str = "hello", sid: str | None = None) -> str:
+    return store.accept(InboundMessage(sid=sid or new_sid(), from_=PERSON, to=GATEWAY_NUMBER, body=body))
 
 
-def _queued_drains(queue: Queue) -> list[str]:
-    return [job.args[0] for job in queue.get_jobs()]
+def _services(env, store: ConversationStore, queue: Queue) -> SimpleNamespace:
+    return SimpleNamespace(store=store, jobs=RQJobPort(queue, load_settings(env, dotenv_path=None)))
 
 
-def test_a_retry_after_redis_failed_between_accepting_and_queueing_queues_it_once(app, client, redis, queue):
-    gw = app.extensions["sms_gateway"]
-    app.extensions["sms_gateway"] = replace(gw, queue=QueueThatFailsOnce(QUEUE_NAME, connection=redis))
-    form = inbound_form("are you there?", from_=PERSON)
-
-    assert post_signed(client, "/twilio/sms", form).status_code == 503  # Twilio retries a 503
-    assert redis.get(f"smsgw:seen:{form['MessageSid']}").startswith(b"pending") and queue.count == 0
-    assert post_signed(client, "/twilio/sms", form).status_code == 200  # the retry queues its job...
-    assert post_signed(client, "/twilio/sms", form).status_code == 200  # ...and a later repeat queues nothing
-
-    assert _queued_drains(queue) == [CID]
-    assert [m.sid for m in gw.store.inbox(CID)] == [form["MessageSid"]]
-    assert redis.get(f"smsgw:seen:{form['MessageSid']}") == b"queued"
-
-
-def test_concurrent_deliveries_of_one_webhook_queue_one_job(env, redis, queue):
+def test_concurrent_deliveries_of_one_webhook_wake_the_conversation_once(redis, queue):
     store = ConversationStore(redis)
-    settings = load_settings(env, dotenv_path=None)
-    message = InboundMessage(sid=new_sid(), from_=PERSON, to=GATEWAY_NUMBER, body="hello")
-    second_accepted = threading.Event()
+    sid = new_sid()
+    start = threading.Barrier(12)
 
-    def enqueue_slowly(pipe):  # the first delivery holds its claim (accepted, not queued) while the second runs
-        second_accepted.wait(10)
-        enqueue_drain(queue, CID, settings, pipeline=pipe)
+    def deliver(_: int) -> str:
+        start.wait(10)
+        return _accept(store, "hello", sid)
 
-    outcomes: list[str] = []
-    first = threading.Thread(target=lambda: outcomes.append(store.accept(message, enqueue=enqueue_slowly)))
-    first.start()
-    wait_for(lambda: (redis.get(f"smsgw:seen:{message.sid}") or b"").startswith(b"pending"),
-             message="the first delivery's accept")
-    outcomes.append(store.accept(message, enqueue=lambda pipe: enqueue_drain(queue, CID, settings, pipeline=pipe)))
-    second_accepted.set()
-    first.join(10)
+    with ThreadPoolExecutor(12) as pool:
+        outcomes = list(pool.map(deliver, range(12)))
 
-    assert sorted(outcomes) == ["duplicate", "new"]
-    assert _queued_drains(queue) == [CID] and store.inbox_length(CID) == 1
+    assert sorted(outcomes) == ["duplicate"] * 11 + ["new"]
+    assert waiting_drains(queue) == [CID] and store.inbox_length(CID) == 1
+    assert redis.get(f"smsgw:seen:{sid}") == b"queued"
 
 
-def test_texts_arriving_at_once_in_a_quiet_conversation_wake_it_with_one_job(env, redis, queue):
+def test_texts_arriving_at_once_in_a_quiet_conversation_wake_it_once(redis, queue):
     store = ConversationStore(redis)
-    settings = load_settings(env, dotenv_path=None)
     start = threading.Barrier(6)
 
     def deliver(index: int) -> str:
-        message = InboundMessage(sid=new_sid(), from_=PERSON, to=GATEWAY_NUMBER, body=f"text {index}")
         start.wait(10)
-        return store.accept(message, enqueue=lambda pipe: enqueue_drain(queue, CID, settings, pipeline=pipe))
+        return _accept(store, f"text {index}")
 
     with ThreadPoolExecutor(6) as pool:
         outcomes = list(pool.map(deliver, range(6)))
 
     assert outcomes == ["new"] * 6
-    assert _queued_drains(queue) == [CID] and store.inbox_length(CID) == 6
+    assert waiting_drains(queue) == [CID] and store.inbox_length(CID) == 6
 
 
-def test_a_burst_of_texts_while_the_drain_job_waits_joins_it(app, client, redis, queue):
+def test_a_burst_of_texts_while_the_drain_waits_joins_it(app, client, redis, queue):
     store = app.extensions["sms_gateway"].store
     for index in range(5):
         assert post_signed(client, "/twilio/sms", inbound_form(f"text {index}", from_=PERSON)).status_code == 200
-    assert _queued_drains(queue) == [CID] and store.inbox_length(CID) == 5
+    assert waiting_drains(queue) == [CID] and store.inbox_length(CID) == 5
 
-    store.clear_drain_pending(CID)  # the job started: the next text needs a job of its own
+    store.clear_drain_pending(CID)  # the drain job started: the next text needs a drain of its own
     assert post_signed(client, "/twilio/sms", inbound_form("one more", from_=PERSON)).status_code == 200
-    assert _queued_drains(queue) == [CID, CID]
+    assert waiting_drains(queue) == [CID, CID]
 
 
-def test_a_text_whose_web_died_before_queueing_is_recovered_by_the_sweep(env, redis, queue):
+def test_a_worker_turns_each_wakeup_into_one_drain_job(env, redis, queue):
     store = ConversationStore(redis)
-    settings = load_settings(env, dotenv_path=None)
-    message = InboundMessage(sid=new_sid(), from_=PERSON, to=GATEWAY_NUMBER, body="hello")
+    people = [f"+1415555{index:04d}" for index in range(70)]  # more than one batch
+    for person in people:
+        store.accept(InboundMessage(sid=new_sid(), from_=person, to=GATEWAY_NUMBER, body="hi"))
+    services = _services(env, store, queue)
 
-    def web_dies(pipe):
-        raise RedisConnectionError("the web was killed here")
+    assert queue_woken(services) == BATCH and queue_woken(services, block_seconds=0.1) == len(people) - BATCH
+    assert queue_woken(services) == 0
+    expected = [conversation_id(GATEWAY_NUMBER, person) for person in people]
+    assert waiting_drains(queue) == expected  # in arrival order, one job each
+    assert [job.func_name for job in queue.get_jobs()] == ["workers.jobs.drain"] * len(people)
+
+
+def test_waiting_for_a_wakeup_returns_as_one_arrives(env, redis, queue):
+    store = ConversationStore(redis)
+    services = _services(env, store, queue)
+    taken: list[int] = []
+    waiter = threading.Thread(target=lambda: taken.append(queue_woken(services, block_seconds=10)))
+    waiter.start()
+    wait_for(lambda: any(c.get("cmd") == "blpop" for c in redis.client_list()), message="the wait for a wake-up")
+    _accept(store)
+    waiter.join(10)
+
+    assert taken == [1] and waiting_drains(queue) == [CID]
+
+
+class _JobsThatFailOnce(RQJobPort):
+    def enqueue_woken_drains(self, cids):
+        raise RedisConnectionError("Redis went away between taking the wake-ups and queueing their jobs")
+
+
+def test_wakeups_taken_when_redis_fails_are_put_back_in_order(env, redis, queue):
+    store = ConversationStore(redis)
+    people = ["+14155550101", "+14155550102", "+14155550103"]
+    for person in people:
+        store.accept(InboundMessage(sid=new_sid(), from_=person, to=GATEWAY_NUMBER, body="hi"))
+    failing = SimpleNamespace(store=store, jobs=_JobsThatFailOnce(queue, load_settings(env, dotenv_path=None)))
 
     with pytest.raises(RedisConnectionError):
-        store.accept(message, enqueue=web_dies)
-    services = SimpleNamespace(store=store, jobs=RQJobPort(queue, settings))
-    assert recover_stalled(services) == 0 and queue.count == 0  # too fresh to tell from a job on its way
-    # Twilio did not retry; a minute later the claim of a waiting job is stale.
+        queue_woken(failing)
+    assert waiting_drains(queue) == [conversation_id(GATEWAY_NUMBER, p) for p in people]
+    assert queue_woken(_services(env, store, queue)) == 3 and queue.count == 3
+
+
+def test_a_wakeup_taken_by_a_worker_that_died_is_recovered_by_the_sweep(env, redis, queue):
+    store = ConversationStore(redis)
+    _accept(store)
+    assert store.take_wakeups(BATCH) == [CID]  # ...and the worker is killed before it queues the job
+    services = _services(env, store, queue)
+    assert recover_stalled(services) == 0 and waiting_drains(queue) == []  # too fresh to tell from one on its way
+    # A minute later the claim of a waiting drain is stale.
     long_ago = f"{time.time() - 3600:.3f}"
     store.touch(CID, last_inbound_at=long_ago, drain_pending=long_ago)
 
     assert recover_stalled(services) == 1
-    assert _queued_drains(queue) == [CID] and store.inbox_length(CID) == 1
+    assert waiting_drains(queue) == [CID] and store.inbox_length(CID) == 1
+
+
+def test_the_queue_depth_counts_wakeups_not_yet_made_jobs(env, redis, queue):
+    store = ConversationStore(redis)
+    _accept(store)
+    enqueue_drain(queue, "other", load_settings(env, dotenv_path=None))
+    assert queue_depth(queue) == 2 and queue.count == 1

@@ -40,6 +40,14 @@ class RQJobPort:
     def enqueue_drain(self, cid: str) -> None:
         enqueue_drain(self.queue, cid, self.settings)
 
+    def enqueue_woken_drains(self, cids: list[str]) -> None:
+        """One drain job per wake-up (each conversation once), in one transaction; their claims
+        (``drain_pending``) were set by the accept script that pushed them."""
+        with self.queue.connection.pipeline(transaction=True) as pipe:
+            for cid in dict.fromkeys(cids):
+                enqueue_drain(self.queue, cid, self.settings, pipeline=pipe, mark_pending=False)
+            pipe.execute()
+
     def schedule_idle_check(self, cid: str, delay_seconds: float, *, pipeline=None) -> None:
         """Schedule the conversation's idle check (on ``pipeline``: in the caller's atomic step)."""
         self.queue.enqueue_in(

@@ -30,7 +30,7 @@ from rq.utils import now as rq_now
 from rq.worker import SimpleWorker, WorkerStatus
 
 from core.queues import WORKER_TTL_SECONDS
-from workers import jobs, scheduler
+from workers import jobs, scheduler, wakeups
 from workers.job_timeouts import WatchdogDeathPenalty
 from workers.startup import exit_children_with_this_process, redis_address, redis_failure, wait_for_redis
 from workers.turn_threads import TurnThreads
@@ -74,8 +74,22 @@ class GatewayWorker(SimpleWorker):
         self._reported = threading.local()  # the job a job thread last said Redis stopped
         self._between_jobs = False  # the loop waits for a free thread or a job: a stop may interrupt it
         self._suspension_checked_at = -SUSPENSION_CHECK_SECONDS
+        self._burst = False  # see work()
 
     # -- taking jobs ------------------------------------------------------------------------------
+
+    def work(self, *args, **kwargs):
+        """RQ's work loop, with a thread that turns the web's wake-ups into drain jobs (``workers.wakeups``).
+
+        A burst has no such thread: when it finds no job it turns the waiting wake-ups into jobs and looks
+        again, so that it does not end with wake-ups left over."""
+        self._burst = bool(kwargs.get("burst"))
+        waker = None if self._burst else wakeups.Waker(jobs.current_services, name=f"wake-{self.name[:8]}").start()
+        try:
+            return super().work(*args, **kwargs)
+        finally:
+            if waker is not None:
+                waker.stop()
 
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
         """Take a job only once a thread is free to run it (heartbeating while all are busy)."""
@@ -87,6 +101,8 @@ class GatewayWorker(SimpleWorker):
             try:
                 self._check_stop()
                 result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+                if result is None and self._burst and self._queue_woken():  # a burst's last look
+                    result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
             except BaseException:
                 self.turns.give_back_slot()
                 raise
@@ -95,6 +111,13 @@ class GatewayWorker(SimpleWorker):
             return result
         finally:
             self._between_jobs = False
+
+    def _queue_woken(self) -> int:
+        """Queue drain jobs for the waiting wake-ups (a burst has no wake-up thread)."""
+        try:
+            return wakeups.queue_woken(jobs.current_services())
+        except RedisError:  # Redis away: the wait for a job says so
+            return 0
 
     def _check_stop(self) -> None:
         if self.stopping or (self.stop_event is not None and self.stop_event.is_set()):

@@ -1,53 +1,46 @@
-"""Inbound texts: deduplication, signatures, the gateway's numbers, the inbox and the set of active conversations.
+"""Inbound texts: deduplication, signatures, the gateway's numbers, the inbox, wake-ups and active conversations.
 
 Keys (under ``smsgw:``)::
 
-    seen:{MessageSid}        dedupe marker: "pending:{time}" while its drain job is being queued, then "queued"
+    seen:{MessageSid}        dedupe marker: "queued" once the text is in its inbox with a path to its answer
                              ("skipped": a sender no reply can reach)
     signature:{hash}         the MessageSid a webhook signature was first accepted with (re-cut replays)
     numbers                  set of the gateway's own numbers: every To of a signed inbound text (expires at
                              most DEDUPE_TTL_SECONDS after the last inbound text; see ``keys``)
     inbox:{cid}              list of inbound messages (JSON), oldest first; the head stays until done
+    wake                     list of conversation ids that need a drain job, oldest first: a worker turns each
+                             into one RQ drain job (``workers.wakeups``)
     active                   set of conversation ids whose inbox may hold messages (for crash recovery)
 
-Accepting a text takes one round trip, plus one more when the conversation needs a drain job:
+Accepting a text is one round trip: the accept script (every key declared) decides new / duplicate / replay
+/ skipped. A new text joins the inbox. If a drain of the conversation is already waiting (``drain_pending``
+on the conversation hash, see ``core.state.conversations``; set when a wake-up is claimed, cleared when a
+drain job starts), the text joins it. Otherwise the text claims the wake-up: ``drain_pending`` is set and the
+conversation id is pushed on ``wake``, in the same script. Either way the text is marked "queued" there too,
+so a repeat of its ``MessageSid`` (concurrent or later) is a duplicate and never queued twice.
 
-1. The accept script (every key declared) decides new / duplicate / replay / skipped. A new text joins the
-   inbox; if a drain job of the conversation is already waiting (``drain_pending`` on the conversation hash,
-   see ``core.state.conversations``), the text joins it and is marked "queued" at once. Otherwise the script
-   claims the wake-up (sets ``drain_pending``, so texts arriving meanwhile join it too) and marks the text
-   "pending" with the time of the claim.
-2. One MULTI transaction queues the drain job through RQ's public API (``Queue.enqueue_call(...,
-   pipeline=pipe)``) and marks the text "queued". Of concurrent identical webhooks one holds the claim; the
-   others find it fresh (younger than ``PENDING_CLAIM_SECONDS``) and report a duplicate.
-
-If the web dies (or Redis fails) between the two, the text is in the inbox and still "pending": Twilio's
-retry of that sid, once the claim is stale (a failed queueing gives its claim up at once when Redis still
-answers), queues the job instead of being dropped as a duplicate, and the workers' recovery sweep
-queues a drain for a conversation whose ``drain_pending`` claim grew stale with messages waiting
-(``workers.jobs.recover_stalled``). So nothing is acknowledged without a path to its answer, and no repeat
-is queued twice.
+The web never builds an RQ job: the workers turn wake-ups into drain jobs through RQ's public API
+(``Queue.enqueue_call``), a batch per round trip. A wake-up taken by a worker that dies before its job is
+queued leaves ``drain_pending`` to grow stale with the text waiting: the workers' recovery sweep queues a
+drain for it (``workers.jobs.recover_stalled``). So nothing is acknowledged without a path to its answer.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
-from collections.abc import Callable
-
-from redis.client import Pipeline
-from redis.exceptions import RedisError
 
 from core.model import InboundMessage
 from core.state.keys import EXPIRY_REFRESH_SLACK, StateBase, bare_address, key, text
 
-# KEYS: seen, inbox, conv, active, signature, numbers.
+WAKE_KEY = key("wake")
+
+# KEYS: seen, inbox, conv, active, signature, numbers, wake.
 # ARGV: message JSON, dedupe ttl, gateway, person, received_at, messaging service sid, cid, sid,
 #       bare To, bare From, skip ('1': a sender the web found unanswerable), retention seconds, now,
-#       seconds a "pending" claim is left to its holder, expiry refresh slack (fraction of a period).
-# Returns {outcome, needs_job}: outcome 1 new, 0 duplicate, 3 replay (the signature belongs to another
-# sid), 4 skipped; needs_job 1 when the caller must queue a drain job (the text is "pending").
+#       expiry refresh slack (fraction of a period).
+# Returns {outcome, woke}: outcome 1 new, 0 duplicate, 3 replay (the signature belongs to another sid),
+# 4 skipped; woke 1 when the text claimed the conversation's wake-up (pushed on the wake list).
 #
 # An expiry is written only when the key's remaining time has fallen more than the slack below its full
 # period (``keep``): reads instead of writes on almost every webhook, and a key still goes at most its
@@ -55,22 +48,15 @@ from core.state.keys import EXPIRY_REFRESH_SLACK, StateBase, bare_address, key, 
 _ACCEPT = """
 local function keep(name, seconds)
   local ms = math.floor(tonumber(seconds) * 1000)
-  if redis.call('PTTL', name) < ms - math.floor(ms * tonumber(ARGV[15])) then
+  if redis.call('PTTL', name) < ms - math.floor(ms * tonumber(ARGV[14])) then
     redis.call('PEXPIRE', name, ms)
   end
 end
 local seen = redis.call('MGET', KEYS[5], KEYS[1])
 local signed, state = seen[1], seen[2]
 if signed and signed ~= ARGV[8] then return {3, 0} end
-if state == 'queued' or state == 'skipped' then return {0, 0} end
+if state then return {0, 0} end
 if not signed then redis.call('SET', KEYS[5], ARGV[8], 'EX', ARGV[2]) end
-if state and string.sub(state, 1, 7) == 'pending' then
-  -- Another delivery of this webhook is queueing its job right now: a duplicate.
-  if tonumber(ARGV[13]) - (tonumber(string.sub(state, 9)) or 0) < tonumber(ARGV[14]) then return {0, 0} end
-  -- Accepted before, but its job was never confirmed queued (the web died, or Redis failed): queue it now.
-  redis.call('SET', KEYS[1], 'pending:' .. ARGV[13], 'KEEPTTL')
-  return {1, 1}
-end
 local members = redis.call('SMISMEMBER', KEYS[6], ARGV[9], ARGV[10])
 if members[1] == 0 then redis.call('SADD', KEYS[6], ARGV[9]) end
 keep(KEYS[6], ARGV[2])
@@ -84,13 +70,11 @@ redis.call('HSET', KEYS[3], 'gateway', ARGV[3], 'person', ARGV[4], 'last_inbound
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[3], 'messaging_service_sid', ARGV[6]) end
 keep(KEYS[2], ARGV[12])
 keep(KEYS[3], ARGV[12])
--- A drain job that is queued and has not started yet will take this text too: no second job. Otherwise
--- this text claims the wake-up (drain_pending set, in the same command that looks).
-if redis.call('HSETNX', KEYS[3], 'drain_pending', ARGV[13]) == 0 then
-  redis.call('SET', KEYS[1], 'queued', 'EX', ARGV[2])
-  return {1, 0}
-end
-redis.call('SET', KEYS[1], 'pending:' .. ARGV[13], 'EX', ARGV[2])
+redis.call('SET', KEYS[1], 'queued', 'EX', ARGV[2])
+-- A drain that is waiting and has not started yet will take this text too: no second one. Otherwise this
+-- text claims the wake-up (drain_pending set, in the same command that looks) and pushes it.
+if redis.call('HSETNX', KEYS[3], 'drain_pending', ARGV[13]) == 0 then return {1, 0} end
+redis.call('RPUSH', KEYS[7], ARGV[7])
 return {1, 1}
 """
 
@@ -100,9 +84,6 @@ return 0
 """
 
 OUTCOMES = {1: "new", 0: "duplicate", 3: "replay", 4: "skipped"}
-# How long a "pending" text is left to the delivery that claimed it (queueing takes milliseconds); past that, a
-# retry of the webhook takes the claim over and queues the job.
-PENDING_CLAIM_SECONDS = 5.0
 
 
 class NotReplicated(Exception):
@@ -115,34 +96,32 @@ class NotReplicated(Exception):
 
 
 class Inbound(StateBase):
-    """Accepting inbound texts once, and the inbox a drain job works through."""
+    """Accepting inbound texts once, the wake-ups that become drain jobs, and the inbox a drain job works through."""
 
     SCRIPTS = {"_accept_script": _ACCEPT, "_pop_head": _POP_HEAD}
 
-    def accept(self, message: InboundMessage, *, enqueue: Callable[[Pipeline], object], signature: str = "",
-               skip: bool = False, replicas: int = 0, replica_timeout_seconds: float = 1.0) -> str:
-        """Record an inbound message once; returns "new", "duplicate", "replay" or "skipped".
+    def accept(self, message: InboundMessage, *, signature: str = "", skip: bool = False, replicas: int = 0,
+               replica_timeout_seconds: float = 1.0) -> str:
+        """Record an inbound message once, in one round trip; returns "new", "duplicate", "replay" or "skipped".
 
         "replay": ``signature`` was first accepted with another message. "skipped": a sender no reply can
-        reach (``skip``, or one of the gateway's own numbers), recorded as seen and never queued.
-        ``enqueue(pipeline)`` queues the conversation's drain job on a MULTI pipeline (RQ's public API with
-        ``pipeline=``); it is called only when the conversation needs one. It may raise (Redis failed): the
-        text stays "pending" and a retry of the same sid queues it.
+        reach (``skip``, or one of the gateway's own numbers), recorded as seen and never queued. A new text
+        is in its inbox with a drain waiting for it (joined, or a wake-up pushed) when this returns.
 
         With ``replicas``, the accept script's writes must reach that many replicas (Redis ``WAIT``, sent on
         the script's own connection: WAIT counts the writes of its connection) within
-        ``replica_timeout_seconds``, else ``NotReplicated`` is raised once the text is fully accepted (it is
-        answered unless the master is lost before it replicates). Those writes alone let the text be answered
-        after a failover: a drain job lost with the old master is queued again by the workers' recovery sweep.
+        ``replica_timeout_seconds``, else ``NotReplicated`` is raised (the text is answered unless the master
+        is lost before it replicates). Those writes alone let the text be answered after a failover: a wake-up
+        or drain job lost with the old master is queued again by the workers' recovery sweep.
         """
         cid = message.conversation_id
         signed = hashlib.sha256(signature.encode()).hexdigest()[:32] if signature else f"sid-{message.sid}"
-        seen = key("seen", message.sid)
-        keys = [seen, key("inbox", cid), key("conv", cid), key("active"), key("signature", signed), key("numbers")]
+        keys = [key("seen", message.sid), key("inbox", cid), key("conv", cid), key("active"),
+                key("signature", signed), key("numbers"), WAKE_KEY]
         args = [message.to_json(), self.dedupe_ttl_seconds, message.to, message.from_,
                 f"{message.received_at:.3f}", message.messaging_service_sid, cid, message.sid,
                 bare_address(message.to), bare_address(message.from_), "1" if skip else "0",
-                self.retention_seconds, f"{time.time():.3f}", PENDING_CLAIM_SECONDS, EXPIRY_REFRESH_SLACK]
+                self.retention_seconds, f"{time.time():.3f}", EXPIRY_REFRESH_SLACK]
         acknowledged = replicas
         if replicas:
             with self.redis.pipeline(transaction=False) as pipe:  # one connection: the script, then its WAIT
@@ -151,26 +130,30 @@ class Inbound(StateBase):
                 result, acknowledged = pipe.execute()
         else:
             result = self._accept_script(keys=keys, args=args)
-        code, needs_job = (int(v) for v in result)
-        outcome = OUTCOMES[code]
-        if needs_job:
-            self._queue_pending(seen, enqueue)
+        outcome = OUTCOMES[int(result[0])]
         if acknowledged < replicas and outcome in ("new", "duplicate"):  # the texts that are to be answered
             raise NotReplicated(outcome, acknowledged)
         return outcome
 
-    def _queue_pending(self, seen: str, enqueue: Callable[[Pipeline], object]) -> None:
-        """Queue the drain job of a text this delivery holds the "pending" claim of, and mark it "queued"."""
-        try:
-            with self.redis.pipeline(transaction=True) as pipe:
-                enqueue(pipe)
-                pipe.set(seen, "queued", keepttl=True)
-                pipe.execute()
-        except RedisError:
-            # Give the claim up if Redis still answers, so Twilio's retry queues the job at once.
-            with contextlib.suppress(RedisError):
-                self.redis.set(seen, "pending:0", xx=True, keepttl=True)
-            raise
+    # -- wake-ups (turned into drain jobs by the workers) ---------------------------------------------
+
+    def take_wakeups(self, count: int, block_seconds: float = 0) -> list[str]:
+        """Take up to ``count`` waiting wake-ups (conversation ids), oldest first, waiting up to ``block_seconds``
+        for the first (0: not at all). One round trip. The caller must queue a drain job for each."""
+        if block_seconds <= 0:
+            return [text(cid) for cid in self.redis.lpop(WAKE_KEY, count) or []]
+        with self.redis.pipeline(transaction=False) as pipe:  # the LPOP runs once the BLPOP has returned
+            pipe.blpop([WAKE_KEY], timeout=block_seconds)
+            if count > 1:
+                pipe.lpop(WAKE_KEY, count - 1)
+            replies = pipe.execute()
+        if not replies[0]:
+            return []
+        return [text(replies[0][1])] + [text(cid) for cid in (replies[1] if count > 1 else None) or []]
+
+    def wakeups_waiting(self) -> int:
+        """Wake-ups no worker has taken yet (drains waiting before they are RQ jobs)."""
+        return int(self.redis.llen(WAKE_KEY))
 
     def gateway_numbers(self) -> list[str]:
         """Every number that has been the To of a signed inbound text (bare, without a channel prefix)."""

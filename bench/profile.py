@@ -17,7 +17,8 @@ Each profile is summarised (CPU samples by package and the top functions, self a
 3. Round trips, in this process: the gateway app (Flask test client) takes signed webhooks and the
    real ``sms-gateway worker --burst`` answers them, while every Redis round trip (one
    ``send_packed_command``) is counted and attributed to the innermost gateway/workers/core function (and
-   the RQ function under it) that made it.
+   the RQ function under it) that made it. Then the worker loop of ``sms-gateway worker`` (in a thread)
+   answers webhooks sent one at a time, as people text: the worker's round trips per message at that pace.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -191,10 +193,11 @@ class RoundTrips:
 
     COMMAND = re.compile(rb"\*\d+\r\n\$\d+\r\n([A-Za-z]+)\r\n")
 
-    def __init__(self):
+    def __init__(self, *, skip_thread=None):
         self.by_caller: Counter = Counter()
         self.commands: Counter = Counter()
         self.total = 0
+        self.skip_thread = skip_thread  # a thread whose round trips are not counted (the web's, in one process)
 
     def __enter__(self) -> RoundTrips:
         from redis.connection import AbstractConnection
@@ -215,6 +218,8 @@ class RoundTrips:
         AbstractConnection.send_packed_command = self._original
 
     def record(self, command) -> None:
+        if self.skip_thread is not None and threading.current_thread() is self.skip_thread:
+            return
         self.total += 1
         packed = b"".join(command) if isinstance(command, list | tuple) else bytes(command)
         names = [name.decode().upper() for name in self.COMMAND.findall(packed)]
@@ -265,6 +270,7 @@ async def round_trips(bench: Bench, count: int) -> list[str]:
     http = bench.fakes_stats()["requests"] - http_before
     answered = len(bench.sent_records()) - sent_before
     noop = _noop_jobs(redis, settings, cli_main)
+    paced_answered, paced = _paced(bench, settings, client, url)
     redis.close()
     lines = ["## Redis round trips (in process)", "",
              f"Web: {count - 5} webhooks through the app (Flask test client), each in its own conversation.", ""]
@@ -272,11 +278,62 @@ async def round_trips(bench: Bench, count: int) -> list[str]:
     lines += [f"Worker: `sms-gateway worker --burst` answered {answered} messages with {http} HTTP requests to the "
               f"fakes ({http / max(1, answered):.1f} per message: create chat, completion, send).", ""]
     lines += worker.table(answered, "message")
+    lines += [f"Worker at a person's pace: the worker loop of `sms-gateway worker` (8 job threads, its wake-up "
+              f"thread; in this process) answered {paced_answered} webhooks sent one at a time, each once the one "
+              f"before was answered, each in its own conversation: the wake-up taken alone and its drain job "
+              f"queued alone, RQ's blocking dequeue (one BLPOP on both queues), heartbeats and worker state as "
+              f"they come at that pace.", ""]
+    lines += paced.table(paced_answered, "message")
     jobs, cpu, trips = noop
     lines += [f"A drain job whose conversation has nothing waiting (what each extra job per message and each recovery "
               f"re-queue costs): **{1000 * cpu / jobs:.2f} ms CPU and {trips.total / jobs:.1f} Redis round trips per "
               f"job** ({jobs} jobs, `sms-gateway worker --burst` in this process).", ""]
     return lines + trips.table(jobs, "empty job")
+
+
+def _paced(bench: Bench, settings: dict[str, str], client, url: str, count: int = 60) -> tuple[int, RoundTrips]:
+    """Webhooks one at a time, each sent once the one before was answered, to the real worker loop in a thread."""
+    from config import load_settings
+    from core.queues import ADMIN_QUEUE_NAME, QUEUE_NAME, WORKER_TTL_SECONDS
+    from core.redis import connect_redis
+    from workers import jobs
+    from workers.worker import ThreadWorker, _work_until_stopped, redis_connections_needed
+
+    loaded = load_settings(settings, dotenv_path=None)
+    connection = connect_redis(loaded, max_connections=redis_connections_needed(8))
+    jobs.install_services(jobs.build_services(loaded, connection))
+    stop = threading.Event()
+    worker = threading.Thread(target=_work_until_stopped, name="paced-worker", args=(
+        ThreadWorker, connection, [ADMIN_QUEUE_NAME, QUEUE_NAME], stop), kwargs={
+        "with_scheduler": False, "burst": False, "max_jobs": None, "logging_level": "WARNING",
+        "ttl": WORKER_TTL_SECONDS, "concurrency": 8})
+    forms = [loadgen.inbound_form(f"q{i:08d}", f"+1557{i:07d}", "+15005550006", settings["TWILIO_ACCOUNT_SID"])
+             for i in range(count + 2)]
+    sent = len(bench.sent_records())
+
+    def send_and_wait(form) -> None:
+        nonlocal sent
+        signature = bench.validator.compute_signature(url, form)
+        assert client.post("/twilio/sms", data=form, headers={"X-Twilio-Signature": signature}).status_code == 200
+        deadline = time.monotonic() + 30
+        while len(bench.sent_records()) <= sent:
+            if time.monotonic() > deadline:
+                raise RuntimeError("a paced message was not answered within 30 s")
+            time.sleep(0.005)
+        sent += 1
+
+    worker.start()
+    try:
+        for form in forms[:2]:  # warm-up: the worker registers, scripts load, connections open
+            send_and_wait(form)
+        with RoundTrips(skip_thread=threading.current_thread()) as trips:  # the webhooks are the web's
+            for form in forms[2:]:
+                send_and_wait(form)
+    finally:
+        stop.set()
+        worker.join(60)
+        connection.close()
+    return count, trips
 
 
 def _noop_jobs(redis: Redis, settings: dict[str, str], cli_main, count: int = 400) -> tuple[int, float, RoundTrips]:

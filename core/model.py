@@ -6,6 +6,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 def conversation_id(gateway_number: str, person_number: str) -> str:
@@ -29,7 +30,7 @@ class InboundMessage:
     opt_out_type: str = ""
     received_at: float = field(default_factory=time.time)
 
-    @property
+    @cached_property  # a hash: computed once per message (frozen: cached_property writes __dict__ directly)
     def conversation_id(self) -> str:
         return conversation_id(self.to, self.from_)
 

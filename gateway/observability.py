@@ -167,11 +167,8 @@ def _observe(response: Response) -> Response:
     started = g.pop("smsgw_started", None)
     rule = request.url_rule.rule if request.url_rule is not None else None
     if started is not None and rule is not None and rule.startswith("/twilio/"):
-        m = metrics()
-        m.webhook_seconds.labels(route=rule, status=str(response.status_code)).observe(
+        metrics().webhook_seconds.labels(route=rule, status=str(response.status_code)).observe(
             time.perf_counter() - started)
-        if rule == "/twilio/status" and response.status_code == 200:
-            m.status_callbacks.labels(status=request.form.get("MessageStatus", "")[:32] or "unknown").inc()
     return response
 
 

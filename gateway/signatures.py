@@ -39,9 +39,11 @@ def signed_url(request: Request, public_base_url: str | None) -> str:
     return f"{url}?{query}" if query else url
 
 
-def is_signed_by_twilio(request: Request, validator, public_base_url: str | None) -> bool:
-    """Whether the request carries a valid signature over its URL and form fields."""
+def is_signed_by_twilio(request: Request, validator, public_base_url: str | None, form=None) -> bool:
+    """Whether the request carries a valid signature over its URL and form fields (``form``: the request's
+    form as the caller parsed it; Werkzeug's ``request.form`` when None)."""
     signature = request.headers.get("X-Twilio-Signature", "")
     if not signature:
         return False
-    return validator.validate(signed_url(request, public_base_url), request.form, signature)
+    return validator.validate(signed_url(request, public_base_url), request.form if form is None else form,
+                              signature)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qsl
 
 from flask import Blueprint, Request, Response, request
 from redis.exceptions import RedisError
@@ -33,18 +33,26 @@ class InvalidInbound(ValueError):
     """The webhook's form is not a usable inbound message."""
 
 
-def form_problem(req: Request) -> str | None:
-    """Why the body is not a form Twilio could have sent, or None. Call it before ``req.form`` is read."""
+MAX_FIELDS = 1000
+
+
+def read_form(req: Request) -> tuple[MultiDict, str | None]:
+    """The form Twilio sent, parsed once, and why it is not a form Twilio could have sent (or None).
+
+    Werkzeug's form parser quietly keeps undecodable escapes (or drops the whole form): the body is parsed
+    here instead, strictly (its raw bytes and every escape must be UTF-8). A body that fails is still given
+    as Werkzeug reads it, so that its signature is checked (403) before its form (400).
+    """
     if req.mimetype != FORM_TYPE:
-        return f"Content-Type must be {FORM_TYPE}"
-    # Werkzeug quietly keeps undecodable escapes (or drops the whole form): check the raw bytes.
-    # get_data caches them, so the form is still parsed from them afterwards. Unescaping the whole body at
-    # once is as strict as field by field ('&' and '=' are ASCII, never part of a UTF-8 sequence) and cheaper.
+        return req.form, f"Content-Type must be {FORM_TYPE}"
     try:
-        unquote_to_bytes(req.get_data(cache=True)).decode("utf-8")
+        pairs = parse_qsl(req.get_data(cache=True).decode("utf-8"), keep_blank_values=True, errors="strict",
+                          max_num_fields=MAX_FIELDS)
     except UnicodeDecodeError:
-        return "the form is not valid UTF-8"
-    return None
+        return req.form, "the form is not valid UTF-8"
+    except ValueError:
+        return MultiDict(), f"the form has more than {MAX_FIELDS} fields"
+    return MultiDict(pairs), None
 
 
 IDENTIFYING_FIELDS = ("MessageSid", "AccountSid", "MessagingServiceSid", "From", "To", "Body", "NumMedia",
@@ -104,14 +112,14 @@ def _twiml() -> Response:
 @bp.post("/sms")
 def inbound_sms():
     web = web_context()
-    problem = form_problem(request)
-    if not is_signed_by_twilio(request, web.validator, web.settings.public_base_url):
+    form, problem = read_form(request)
+    if not is_signed_by_twilio(request, web.validator, web.settings.public_base_url, form):
         log.warning("inbound rejected: invalid or missing X-Twilio-Signature")
         return plain_text(403, "Invalid or missing X-Twilio-Signature.")
     try:
         if problem:
             raise InvalidInbound(problem)
-        message = parse_inbound(request.form)
+        message = parse_inbound(form)
     except InvalidInbound as exc:
         return plain_text(400, f"Bad inbound message: {exc}.")
     unanswerable = fields.unanswerable(message.from_, fields.own_numbers(web.settings.own_numbers()))
@@ -148,12 +156,11 @@ def inbound_sms():
 @bp.post("/status")
 def status_callback():
     web = web_context()
-    problem = form_problem(request)
-    if not is_signed_by_twilio(request, web.validator, web.settings.public_base_url):
+    form, problem = read_form(request)
+    if not is_signed_by_twilio(request, web.validator, web.settings.public_base_url, form):
         return plain_text(403, "Invalid or missing X-Twilio-Signature.")
     if problem:
         return plain_text(400, f"Bad status callback: {problem}.")
-    form = request.form
     sid = form.get("MessageSid", "")
     status = form.get("MessageStatus", "")
     error_code = form.get("ErrorCode", "")
@@ -176,5 +183,6 @@ def status_callback():
                                  error_code=error_code, message_sid=sid, number=form.get("To"))
     except RedisError:
         return plain_text(503, "Temporarily unable to record status; please retry.")
+    metrics().status_callbacks.labels(status=status[:32]).inc()  # MessageStatus's format: at most 32 characters
     log.info("status message=%s status=%s conversation=%s", sid, status, cid or "unknown")
     return plain_text(200, "ok")

@@ -280,9 +280,9 @@ async def round_trips(bench: Bench, count: int) -> list[str]:
     lines += worker.table(answered, "message")
     lines += [f"Worker at a person's pace: the worker loop of `sms-gateway worker` (8 job threads, its wake-up "
               f"thread; in this process) answered {paced_answered} webhooks sent one at a time, each once the one "
-              f"before was answered, each in its own conversation: the wake-up taken alone and its drain job "
-              f"queued alone, RQ's blocking dequeue (one BLPOP on both queues), heartbeats and worker state as "
-              f"they come at that pace.", ""]
+              f"before was answered, each in its own conversation: each wake-up taken alone and drained at once "
+              f"on a job thread (no RQ job), the worker marked busy and idle again for each, heartbeats as they "
+              f"come at that pace.", ""]
     lines += paced.table(paced_answered, "message")
     jobs, cpu, trips = noop
     lines += [f"A drain job whose conversation has nothing waiting (what each extra job per message and each recovery "

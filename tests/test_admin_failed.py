@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 from rq.registry import StartedJobRegistry
 
+from config import load_settings
+from core.state import ConversationStore
 from gateway import create_app
 from sandbox.httpfake import Fault
 from tests.conftest import inbound_form, post_signed, wait_for
+from workers.jobs import RQJobPort
+from workers.wakeups import queue_woken
 
 TOKEN = "admin-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -28,12 +33,16 @@ def failed_jobs(admin) -> list[dict]:
     return response.get_json()["jobs"]
 
 
-def test_a_killed_workers_job_answered_by_the_sweep_needs_no_operator(start_worker_processes, admin, client, redis,
-                                                                      uponai, twilio):
+def test_a_killed_workers_job_answered_by_the_sweep_needs_no_operator(start_worker_processes, env, admin, client,
+                                                                      redis, queue, uponai, twilio):
     release = threading.Event()
     uponai.responder = lambda chat, text: (release.wait(30), [f"re: {text}"])[1]
-    pool = start_worker_processes(1)
     assert post_signed(client, "/twilio/sms", inbound_form("still there?", from_=PERSON)).status_code == 200
+    # Its drain as an RQ job (a wake-up that found every job thread busy, a retry, a recovery): a killed
+    # worker's RQ job is what lands in the failed registry (a wake-up drained at once has no job to fail).
+    store = ConversationStore(redis)
+    assert queue_woken(SimpleNamespace(store=store, jobs=RQJobPort(queue, load_settings(env, dotenv_path=None)))) == 1
+    pool = start_worker_processes(1)
     wait_for(lambda: uponai.calls("complete"), message="the turn to start")
     pool.crash(pool.processes[0])
     release.set()

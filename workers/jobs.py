@@ -9,16 +9,31 @@ from __future__ import annotations
 import logging
 import math
 import time
+import traceback
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from redis import Redis
 from rq import Queue, Retry, get_current_job
+from rq.job import JobStatus
+from rq.results import Result
+from rq.timeouts import JobTimeoutException
 
-from core.queues import CLOSE_IDLE_JOB, QUEUE_NAME, drain_budget_seconds, enqueue_drain, failure_ttl_seconds
+from core.metrics import metrics
+from core.queues import (
+    CLOSE_IDLE_JOB,
+    DRAIN_JOB,
+    DRAIN_RESULT_TTL_SECONDS,
+    QUEUE_NAME,
+    drain_budget_seconds,
+    enqueue_drain,
+    failure_ttl_seconds,
+    job_timeout_seconds,
+)
 from core.state import ConversationStore
 from workers import chats, flow, metering
 from workers.errors import TransientError
+from workers.job_timeouts import WatchdogDeathPenalty
 from workers.services import Services
 
 # A retry that the flow asks for is counted per message, not per job, so the job's own cap is only
@@ -27,6 +42,7 @@ JOB_RETRY_BACKSTOP = 1000
 STALL_AFTER_SECONDS = 20
 QUEUED_JOB_STALE_SECONDS = 60  # a drain job queued this long and not started is taken as lost (a re-queue is harmless)
 
+log = logging.getLogger(__name__)
 _services: Services | None = None
 
 
@@ -46,6 +62,36 @@ class RQJobPort:
         with self.queue.connection.pipeline(transaction=True) as pipe:
             for cid in dict.fromkeys(cids):
                 enqueue_drain(self.queue, cid, self.settings, pipeline=pipe, mark_pending=False)
+            pipe.execute()
+
+    def retry_drain(self, cid: str, job_id: str, delay_seconds: float) -> None:
+        """Run a drain that asked to be retried again as the drain job ``job_id`` (its token), after the delay."""
+        options = dict(args=(cid,), job_id=job_id, description=f"drain conversation {cid}",
+                       timeout=job_timeout_seconds(self.settings), result_ttl=DRAIN_RESULT_TTL_SECONDS,
+                       failure_ttl=failure_ttl_seconds(self.settings))
+        if delay_seconds <= 0:
+            self.queue.enqueue_call(DRAIN_JOB, **options)
+            log.info("Job %s: queued to run again (conversation=%s)", job_id, cid)
+        else:  # RQ's scheduler counts whole seconds: as a drain job's own Retry would
+            delay = timedelta(seconds=math.ceil(delay_seconds))
+            self.queue.enqueue_in(delay, DRAIN_JOB, **options)
+            log.info("Job %s: scheduled to run again at %s (conversation=%s)", job_id,
+                     (datetime.now(UTC) + delay).isoformat(timespec="seconds"), cid)
+
+    def record_failed_drain(self, cid: str, job_id: str, failure: Exception, started_at: datetime) -> None:
+        """Put a failed drain job ``job_id`` in RQ's failed-job registry, as RQ records one that raised
+        ``failure``: the messages it gave up (``failure.sids``) are replayed when an operator requeues it."""
+        ttl = failure_ttl_seconds(self.settings)
+        job = self.queue.create_job(DRAIN_JOB, args=(cid,), job_id=job_id, description=f"drain conversation {cid}",
+                                    timeout=job_timeout_seconds(self.settings), result_ttl=DRAIN_RESULT_TTL_SECONDS,
+                                    failure_ttl=ttl, meta={"failed_sids": failure.sids, "conversation_id": cid})
+        job.enqueued_at, job.ended_at = started_at, datetime.now(UTC)
+        reason = "".join(traceback.format_exception(failure))
+        with self.queue.connection.pipeline() as pipe:
+            job.set_status(JobStatus.FAILED, pipeline=pipe)
+            job.save(pipeline=pipe)  # with its meta (the registry's save leaves the meta out)
+            self.queue.failed_job_registry.add(job, ttl=ttl, exc_string=reason, pipeline=pipe)
+            Result.create_failure(job, ttl, exc_string=reason, pipeline=pipe)
             pipe.execute()
 
     def schedule_idle_check(self, cid: str, delay_seconds: float, *, pipeline=None) -> None:
@@ -149,6 +195,36 @@ def close_idle(conversation_id: str):
     if again_in is not None:
         services.jobs.schedule_idle_check(conversation_id, again_in)
     return None
+
+
+def drain_woken(conversation_id: str) -> str:
+    """A drain straight from a wake-up, on a job thread of the worker process, with no RQ job of its own.
+
+    The common path of a message (``workers.wakeups``): what RQ does for a drain job (taking it, the job's
+    records, its result), about ten Redis round trips, is skipped. What needs RQ gets an RQ job with this
+    drain's id, so that it carries on exactly as the drain job would have: a retry (a transient failure,
+    the end of a quiet window) is a drain job scheduled under this id (its lock token, ``retry_token``),
+    and a message given up puts a failed drain job in RQ's failed-job registry, replayable by an operator.
+    Returns the outcome: ``ok``, ``retry`` or ``failed``.
+    """
+    services = current_services()
+    job_id = uuid.uuid4().hex
+    started, started_at = time.perf_counter(), datetime.now(UTC)
+    outcome = "failed"
+    try:
+        with WatchdogDeathPenalty(job_timeout_seconds(services.settings), JobTimeoutException, job_id=job_id):
+            flow.drain_conversation(services, conversation_id, job_id,
+                                    budget_seconds=drain_budget_seconds(services.settings))
+        outcome = "ok"
+    except flow.RetryLater as exc:
+        services.jobs.retry_drain(conversation_id, job_id, exc.delay_seconds)
+        outcome = "retry"
+    except flow.MessagesFailed as exc:
+        services.jobs.record_failed_drain(conversation_id, job_id, exc, started_at)
+    finally:
+        metrics().job_seconds.labels(kind="conversation", job="drain", outcome=outcome).observe(
+            time.perf_counter() - started)
+    return outcome
 
 
 def recover_stalled(services: Services) -> int:

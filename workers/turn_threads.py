@@ -48,6 +48,13 @@ class TurnThreads:
             self._busy += 1
             return True
 
+    def wait_for_idle_threads(self, timeout: float) -> int:
+        """How many threads run nothing (a slot reserved for a job still to come counts as free), waiting up to
+        ``timeout`` seconds for one; 0 if none came free."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._running < self.size, timeout)
+            return self.size - self._running
+
     def give_back_slot(self) -> None:
         """Release a slot reserved by ``take_slot`` that got no work (no job came)."""
         with self._changed:

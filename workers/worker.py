@@ -4,6 +4,8 @@ An agent turn mostly waits on UponAI (seconds), so a process waits on many turns
 (one registration, one heartbeat, one Redis connection pool) takes a job from the queue whenever one of
 its job threads (``workers.turn_threads``) is free, and hands it to that thread; the job runs through
 RQ's own ``perform_job`` (registries, retries, failed-job registry, callbacks as with any RQ worker).
+Beside it a thread takes the web's wake-ups, as many as there are job threads running nothing, and drains
+them on those threads with no RQ job (``workers.wakeups``, ``workers.jobs.drain_woken``).
 The RQ worker runs in the main thread (signals), the scheduler in a child process (``workers.scheduler``);
 SIGTERM/SIGINT stop taking jobs and let the jobs in flight finish, a second one stops at once (RQ's cold
 shutdown). A killed process's jobs are recovered as any dead worker's: RQ's StartedJobRegistry cleanup and
@@ -75,6 +77,7 @@ class GatewayWorker(SimpleWorker):
         self._between_jobs = False  # the loop waits for a free thread or a job: a stop may interrupt it
         self._suspension_checked_at = -SUSPENSION_CHECK_SECONDS
         self._burst = False  # see work()
+        self._waker: wakeups.Waker | None = None
 
     # -- taking jobs ------------------------------------------------------------------------------
 
@@ -84,12 +87,19 @@ class GatewayWorker(SimpleWorker):
         A burst has no such thread: when it finds no job it turns the waiting wake-ups into jobs and looks
         again, so that it does not end with wake-ups left over."""
         self._burst = bool(kwargs.get("burst"))
-        waker = None if self._burst else wakeups.Waker(jobs.current_services, name=f"wake-{self.name[:8]}").start()
         try:
             return super().work(*args, **kwargs)
         finally:
-            if waker is not None:
-                waker.stop()
+            if self._waker is not None:
+                self._waker.stop()
+
+    def bootstrap(self, *args, **kwargs):
+        """RQ's start (the worker's registration first), then the wake-up thread: a drain marks the worker busy,
+        which must come after RQ registered it."""
+        super().bootstrap(*args, **kwargs)
+        if not self._burst:
+            self._waker = wakeups.Waker(jobs.current_services, self.turns, self._drain_woken,
+                                        name=f"wake-{self.name[:8]}").start()
 
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
         """Take a job only once a thread is free to run it (heartbeating while all are busy)."""
@@ -138,11 +148,27 @@ class GatewayWorker(SimpleWorker):
         except (RedisConnectionError, RedisTimeoutError) as exc:  # RQ could record neither the end nor a failure
             self._stopped_by_redis(job, exc)
         finally:
-            if self.turns.running <= 1 and super().get_state() != WorkerStatus.IDLE:
-                try:  # the last job in flight (this one counts until it returns)
-                    super().set_state(WorkerStatus.IDLE)
-                except RedisError as exc:
-                    log.warning("worker state update failed: %s", type(exc).__name__)
+            self._idle_if_last()
+
+    def _drain_woken(self, cid: str) -> None:
+        """A drain straight from a wake-up (``workers.wakeups``), on this job thread: busy while it runs, as
+        with a job."""
+        try:
+            if super().get_state() != WorkerStatus.BUSY:
+                self.set_state(WorkerStatus.BUSY)
+            jobs.drain_woken(cid)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.error("drain of conversation=%s stopped: Redis at %s not reachable: %s (the recovery sweep "
+                      "answers it)", cid, redis_address(self.connection), redis_failure(exc))
+        finally:
+            self._idle_if_last()
+
+    def _idle_if_last(self) -> None:
+        if self.turns.running <= 1 and super().get_state() != WorkerStatus.IDLE:
+            try:  # the last job in flight (this one counts until it returns)
+                super().set_state(WorkerStatus.IDLE)
+            except RedisError as exc:
+                log.warning("worker state update failed: %s", type(exc).__name__)
 
     def handle_exception(self, job, *exc_info):
         # RQ logs a job's exception with its traceback. A Redis outage fails every job in flight at once (often
@@ -243,6 +269,8 @@ class GatewayWorker(SimpleWorker):
 
     def teardown(self):
         """Let the jobs in flight finish (heartbeating meanwhile), then register the worker's death."""
+        if self._waker is not None:
+            self._waker.stop_taking()  # it gives its slot back within a second
         try:
             while not self.forced and not self.turns.wait_until_idle(JOB_MONITORING_INTERVAL_SECONDS):
                 try:

@@ -8,8 +8,8 @@ Keys (under ``smsgw:``)::
     numbers                  set of the gateway's own numbers: every To of a signed inbound text (expires at
                              most DEDUPE_TTL_SECONDS after the last inbound text; see ``keys``)
     inbox:{cid}              list of inbound messages (JSON), oldest first; the head stays until done
-    wake                     list of conversation ids that need a drain job, oldest first: a worker turns each
-                             into one RQ drain job (``workers.wakeups``)
+    wake                     list of conversation ids that need a drain, oldest first: a worker takes each and
+                             drains the conversation (``workers.wakeups``)
     active                   set of conversation ids whose inbox may hold messages (for crash recovery)
 
 Accepting a text is one round trip: the accept script (every key declared) decides new / duplicate / replay
@@ -19,10 +19,11 @@ drain job starts), the text joins it. Otherwise the text claims the wake-up: ``d
 conversation id is pushed on ``wake``, in the same script. Either way the text is marked "queued" there too,
 so a repeat of its ``MessageSid`` (concurrent or later) is a duplicate and never queued twice.
 
-The web never builds an RQ job: the workers turn wake-ups into drain jobs through RQ's public API
-(``Queue.enqueue_call``), a batch per round trip. A wake-up taken by a worker that dies before its job is
-queued leaves ``drain_pending`` to grow stale with the text waiting: the workers' recovery sweep queues a
-drain for it (``workers.jobs.recover_stalled``). So nothing is acknowledged without a path to its answer.
+The web never builds an RQ job: a worker with a free job thread takes the wake-up and drains the
+conversation (``workers.wakeups``; it queues an RQ drain job through RQ's public API when the thread is
+the one its RQ loop holds). A wake-up taken by a worker that dies before its drain starts leaves
+``drain_pending`` to grow stale with the text waiting: the workers' recovery sweep queues a drain for it
+(``workers.jobs.recover_stalled``). So nothing is acknowledged without a path to its answer.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ class Inbound(StateBase):
 
     def take_wakeups(self, count: int, block_seconds: float = 0) -> list[str]:
         """Take up to ``count`` waiting wake-ups (conversation ids), oldest first, waiting up to ``block_seconds``
-        for the first (0: not at all). One round trip. The caller must queue a drain job for each."""
+        for the first (0: not at all). One round trip. The caller must drain each (or queue a drain job)."""
         if block_seconds <= 0:
             return [text(cid) for cid in self.redis.lpop(WAKE_KEY, count) or []]
         with self.redis.pipeline(transaction=False) as pipe:  # the LPOP runs once the BLPOP has returned
@@ -152,7 +153,7 @@ class Inbound(StateBase):
         return [text(replies[0][1])] + [text(cid) for cid in (replies[1] if count > 1 else None) or []]
 
     def wakeups_waiting(self) -> int:
-        """Wake-ups no worker has taken yet (drains waiting before they are RQ jobs)."""
+        """Wake-ups no worker has taken yet."""
         return int(self.redis.llen(WAKE_KEY))
 
     def gateway_numbers(self) -> list[str]:

@@ -455,3 +455,22 @@ def test_a_reply_reaches_twilio_in_parts_of_at_most_sms_max_segments_by_twilios_
     # the flags are one "word", so the cut is at the last space, and 160 whole flags are exactly 10 segments.
     assert sent == ["You said:", FLAG_US * 160]
     assert [segment_info(body).segments for body in sent] == [1, 10]  # SMS_MAX_SEGMENTS' default is 10
+
+
+def test_ascii_text_is_cut_into_graphemes_as_the_unicode_rules_cut_it():
+    """ASCII takes a shortcut (one character, one cluster; CR LF two, as Twilio's calculator counts them)."""
+    import regex
+
+    from workers.sms_text import graphemes
+
+    text = "".join(map(chr, range(128))) + "a\r\nb\r\r\n\n\r" + "\r\n" * 3
+
+    def by_the_rules(value: str) -> list[str]:
+        clusters: list[str] = []
+        for cluster in regex.findall(r"\X", value):
+            clusters.extend(cluster) if cluster == "\r\n" else clusters.append(cluster)
+        return clusters
+
+    assert graphemes(text) == by_the_rules(text)
+    mixed = "café\r\n👍🏽"
+    assert graphemes(mixed) == by_the_rules(mixed) == ["c", "a", "f", "é", "\r", "\n", "👍🏽"]

@@ -78,6 +78,8 @@ def is_gsm7(text: str) -> bool:
 
 def graphemes(text: str) -> list[str]:
     """The characters people see as one (extended grapheme clusters), CR LF as two as Twilio's calculator has it."""
+    if text.isascii():  # every ASCII character is a cluster of its own, but CR LF (two here anyway)
+        return list(text)
     clusters: list[str] = []
     for cluster in _GRAPHEME.findall(text):
         if cluster == "\r\n":

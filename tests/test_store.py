@@ -222,3 +222,12 @@ def test_the_queue_depth_counts_wakeups_not_yet_made_jobs(env, redis, queue):
     _accept(store)
     enqueue_drain(queue, "other", load_settings(env, dotenv_path=None))
     assert queue_depth(queue) == 2 and queue.count == 1
+
+
+def test_scripts_are_loaded_again_when_redis_lost_them(redis, queue):
+    """A restarted Redis (or SCRIPT FLUSH) no longer has the scripts: the next call loads them and goes on."""
+    store = ConversationStore(redis)
+    assert _accept(store, "before") == "new"
+    redis.script_flush()
+    assert _accept(store, "after") == "new"
+    assert store.inbox_length(CID) == 2 and waiting_drains(queue) == [CID]

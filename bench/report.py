@@ -100,10 +100,10 @@ def markdown(results: dict) -> str:
               f"Backlog of {drain['backlog']} messages ({drain['answered']} answered) drained by {drain['workers']} "
               f"workers at {drain['messages_per_second']:.0f} msg/s = **{drain['messages_per_second_per_worker']:.0f} "
               f"msg/s per worker** ({drain['worker_cpu_ms_per_message']:.1f} ms CPU per message, several messages "
-              f"per conversation and drain job; {drain['jobs']} jobs, one per message, done after "
-              f"{drain['seconds_until_queue_idle']:.1f} s = {drain['jobs_per_second']:.0f} jobs/s, "
-              f"{drain['worker_cpu_ms_per_job']:.1f} ms CPU per queued job; RQ counted {drain['jobs_executed']} "
-              f"jobs executed, recovery re-queues included). Worker RSS MB: "
+              f"per conversation and drain; all {drain['jobs']} done after "
+              f"{drain['seconds_until_queue_idle']:.1f} s = {drain['jobs_per_second']:.0f} msg/s; RQ counted "
+              f"{drain['jobs_executed']} jobs executed: a wake-up is drained on a free job thread with no RQ job, RQ "
+              f"runs retries, recoveries and wake-ups taken while the only free thread was its own). Worker RSS MB: "
               f"{', '.join(f'{v:.0f}' for v in results['worker_rss_mb_end'])}.", ""]
     lines += ["## End to end (overhead = reply at fake Twilio minus webhook sent minus injected latency)", "",
               "| scenario | design | ack p50 | ack p99 | ack > 1 s | overhead p50 | overhead p99 | answered |",

@@ -4,6 +4,8 @@ free for."""
 
 from __future__ import annotations
 
+import threading
+
 from rq import Queue
 from rq.job import Job
 from rq.registry import FinishedJobRegistry
@@ -70,3 +72,20 @@ def test_messages_a_drain_from_a_wakeup_gives_up_are_a_failed_job_an_operator_re
     wait_idle(redis)
     assert twilio.sent_to(PERSON)[1] == "You said: please answer"
     assert admin.get("/admin/failed", headers=AUTH).get_json()["jobs"] == []
+
+
+def test_a_drain_from_a_wakeup_killed_with_its_worker_is_answered_once_by_the_recovery_sweep(
+        start_worker_processes, client, redis, uponai, twilio):
+    release = threading.Event()
+    uponai.responder = lambda chat, text: (release.wait(30), [f"re: {text}"])[1]
+    pool = start_worker_processes(1, WORKER_THREADS="4")
+    assert post_signed(client, "/twilio/sms", inbound_form("are you there?", from_=PERSON)).status_code == 200
+    wait_for(lambda: uponai.calls("complete"), message="the turn to start")
+    pool.crash(pool.processes[0])  # SIGKILL mid-turn: no RQ job records this drain
+    release.set()
+
+    pool.spawn()  # its maintenance sweeps the conversation once its lock has expired
+    wait_for(lambda: twilio.sent_to(PERSON), timeout=120, message="the answer after the crash")
+    wait_idle(redis)
+    assert twilio.sent_to(PERSON) == ["re: are you there?"]
+    assert Queue("sms", connection=redis).failed_job_registry.count == 0  # nothing for an operator to do

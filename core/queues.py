@@ -62,6 +62,13 @@ def failure_ttl_seconds(settings) -> int:
     return kept_seconds(settings, DRAIN_FAILURE_TTL_SECONDS)
 
 
+def drain_job_options(conversation_id: str, settings) -> dict[str, Any]:
+    """What every drain job of the conversation is made with (queued, scheduled again, or recorded as failed)."""
+    return dict(args=(conversation_id,), description=f"drain conversation {conversation_id}",
+                timeout=job_timeout_seconds(settings), result_ttl=DRAIN_RESULT_TTL_SECONDS,
+                failure_ttl=failure_ttl_seconds(settings))
+
+
 def enqueue_drain(queue: Queue, conversation_id: str, settings, *, pipeline=None, mark_pending: bool = True):
     """Queue a drain job for the conversation (cheap to repeat: extra jobs find nothing to do).
 
@@ -71,15 +78,7 @@ def enqueue_drain(queue: Queue, conversation_id: str, settings, *, pipeline=None
     wake-up when it takes the text).
     """
     pipe = pipeline if pipeline is not None else queue.connection.pipeline(transaction=False)
-    job = queue.enqueue_call(
-        DRAIN_JOB,
-        args=(conversation_id,),
-        description=f"drain conversation {conversation_id}",
-        timeout=job_timeout_seconds(settings),
-        result_ttl=DRAIN_RESULT_TTL_SECONDS,
-        failure_ttl=failure_ttl_seconds(settings),
-        pipeline=pipe,
-    )
+    job = queue.enqueue_call(DRAIN_JOB, **drain_job_options(conversation_id, settings), pipeline=pipe)
     if mark_pending:
         ConversationStore.mark_drain_pending(conversation_id, pipe)
     if pipeline is None:

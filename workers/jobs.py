@@ -19,13 +19,12 @@ from rq.job import JobStatus
 from rq.results import Result
 from rq.timeouts import JobTimeoutException
 
-from core.metrics import metrics
 from core.queues import (
     CLOSE_IDLE_JOB,
     DRAIN_JOB,
-    DRAIN_RESULT_TTL_SECONDS,
     QUEUE_NAME,
     drain_budget_seconds,
+    drain_job_options,
     enqueue_drain,
     failure_ttl_seconds,
     job_timeout_seconds,
@@ -66,9 +65,7 @@ class RQJobPort:
 
     def retry_drain(self, cid: str, job_id: str, delay_seconds: float) -> None:
         """Run a drain that asked to be retried again as the drain job ``job_id`` (its token), after the delay."""
-        options = dict(args=(cid,), job_id=job_id, description=f"drain conversation {cid}",
-                       timeout=job_timeout_seconds(self.settings), result_ttl=DRAIN_RESULT_TTL_SECONDS,
-                       failure_ttl=failure_ttl_seconds(self.settings))
+        options = {**drain_job_options(cid, self.settings), "job_id": job_id}
         if delay_seconds <= 0:
             self.queue.enqueue_call(DRAIN_JOB, **options)
             log.info("Job %s: queued to run again (conversation=%s)", job_id, cid)
@@ -81,10 +78,10 @@ class RQJobPort:
     def record_failed_drain(self, cid: str, job_id: str, failure: Exception, started_at: datetime) -> None:
         """Put a failed drain job ``job_id`` in RQ's failed-job registry, as RQ records one that raised
         ``failure``: the messages it gave up (``failure.sids``) are replayed when an operator requeues it."""
-        ttl = failure_ttl_seconds(self.settings)
-        job = self.queue.create_job(DRAIN_JOB, args=(cid,), job_id=job_id, description=f"drain conversation {cid}",
-                                    timeout=job_timeout_seconds(self.settings), result_ttl=DRAIN_RESULT_TTL_SECONDS,
-                                    failure_ttl=ttl, meta={"failed_sids": failure.sids, "conversation_id": cid})
+        options = drain_job_options(cid, self.settings)
+        ttl = options["failure_ttl"]
+        job = self.queue.create_job(DRAIN_JOB, **options, job_id=job_id,
+                                    meta={"failed_sids": failure.sids, "conversation_id": cid})
         job.enqueued_at, job.ended_at = started_at, datetime.now(UTC)
         reason = "".join(traceback.format_exception(failure))
         with self.queue.connection.pipeline() as pipe:
@@ -197,6 +194,7 @@ def close_idle(conversation_id: str):
     return None
 
 
+@metering.timed_drain_from_wakeup
 def drain_woken(conversation_id: str) -> str:
     """A drain straight from a wake-up, on a job thread of the worker process, with no RQ job of its own.
 
@@ -209,22 +207,18 @@ def drain_woken(conversation_id: str) -> str:
     """
     services = current_services()
     job_id = uuid.uuid4().hex
-    started, started_at = time.perf_counter(), datetime.now(UTC)
-    outcome = "failed"
+    started_at = datetime.now(UTC)
     try:
         with WatchdogDeathPenalty(job_timeout_seconds(services.settings), JobTimeoutException, job_id=job_id):
             flow.drain_conversation(services, conversation_id, job_id,
                                     budget_seconds=drain_budget_seconds(services.settings))
-        outcome = "ok"
     except flow.RetryLater as exc:
         services.jobs.retry_drain(conversation_id, job_id, exc.delay_seconds)
-        outcome = "retry"
+        return "retry"
     except flow.MessagesFailed as exc:
         services.jobs.record_failed_drain(conversation_id, job_id, exc, started_at)
-    finally:
-        metrics().job_seconds.labels(kind="conversation", job="drain", outcome=outcome).observe(
-            time.perf_counter() - started)
-    return outcome
+        return "failed"
+    return "ok"
 
 
 def recover_stalled(services: Services) -> int:

@@ -82,7 +82,7 @@ class GatewayWorker(SimpleWorker):
     # -- taking jobs ------------------------------------------------------------------------------
 
     def work(self, *args, **kwargs):
-        """RQ's work loop, with a thread that turns the web's wake-ups into drain jobs (``workers.wakeups``).
+        """RQ's work loop, with a thread that drains the web's wake-ups on free job threads (``workers.wakeups``).
 
         A burst has no such thread: when it finds no job it turns the waiting wake-ups into jobs and looks
         again, so that it does not end with wake-ups left over."""

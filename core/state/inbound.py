@@ -152,10 +152,6 @@ class Inbound(StateBase):
             return []
         return [text(replies[0][1])] + [text(cid) for cid in (replies[1] if count > 1 else None) or []]
 
-    def wakeups_waiting(self) -> int:
-        """Wake-ups no worker has taken yet."""
-        return int(self.redis.llen(WAKE_KEY))
-
     def gateway_numbers(self) -> list[str]:
         """Every number that has been the To of a signed inbound text (bare, without a channel prefix)."""
         return sorted(text(n) for n in self.redis.smembers(key("numbers")))

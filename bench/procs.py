@@ -119,14 +119,20 @@ def rss_mb(pids: list[int]) -> list[float]:
     return sizes
 
 
-def cpu_seconds(pids: list[int]) -> float:
+def cpu_seconds(pids: list[int], *, children: bool = False) -> float:
+    """CPU seconds (user + system) of ``pids`` so far; with ``children``, of their child processes too (a
+    worker's scheduler child), as they are now."""
     total = 0.0
     for pid in pids:
         try:
-            times = psutil.Process(pid).cpu_times()
-            total += times.user + times.system
+            process = psutil.Process(pid)
+            family = [process, *process.children(recursive=True)] if children else [process]
         except psutil.NoSuchProcess:
-            pass
+            continue
+        for member in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = member.cpu_times()
+                total += times.user + times.system
     return total
 
 

@@ -294,7 +294,7 @@ def drain(bench: Bench) -> dict:
     bench.start_workers()
     pids = [w.pid for w in bench.workers]
     replies = bench.wait_for_replies(tokens, bench.plan.drain_timeout_seconds)
-    cpu_answered = procs.cpu_seconds(pids)
+    cpu_answered = procs.cpu_seconds(pids, children=True)
     times = sorted(t for values in replies.values() for t in values)
     span = times[-1] - times[0] if len(times) > 1 else math.nan
     # One job was queued per message; those that find their conversation drained already still cost a job.
@@ -305,7 +305,7 @@ def drain(bench: Bench) -> dict:
         "seconds_until_queue_idle": time.monotonic() - started, "jobs": len(tokens),
         "workers": bench.worker_count, "messages_per_second": len(times) / span if span else math.nan,
         "worker_cpu_ms_per_message": 1000 * cpu_answered / max(1, len(times)),
-        "worker_cpu_ms_per_job": 1000 * procs.cpu_seconds(pids) / max(1, len(tokens)),
+        "worker_cpu_ms_per_job": 1000 * procs.cpu_seconds(pids, children=True) / max(1, len(tokens)),
         "worker_rss_mb": procs.rss_mb(pids), "jobs_executed": bench.jobs_executed(),
     }
     result["jobs_per_second"] = len(tokens) / result["seconds_until_queue_idle"]
@@ -319,7 +319,7 @@ async def end_to_end(bench: Bench, latency: float, rate: float, seconds: float, 
     bench.set_upstream_latency(latency)
     tag = "a" if latency < 1 else "b"
     pids = [w.pid for w in bench.workers]
-    cpu_before = procs.cpu_seconds(pids)
+    cpu_before = procs.cpu_seconds(pids, children=True)
     gateway = await bench.step("gateway", rate, seconds, plan.e2e_conversations, tag + "g")
     tokens = {o.token for o in gateway.outcomes if o.status == 200 and not o.error}
     reply_timeout = plan.drain_timeout_seconds
@@ -332,7 +332,7 @@ async def end_to_end(bench: Bench, latency: float, rate: float, seconds: float, 
         replies = bench.wait_for_replies(tokens, reply_timeout)
         bench.wait_until_idle(reply_timeout)
         naive = await bench.step("naive", rate, seconds, plan.e2e_conversations, tag + "n")
-    gateway_cpu = procs.cpu_seconds(pids) - cpu_before
+    gateway_cpu = procs.cpu_seconds(pids, children=True) - cpu_before
     overheads = [1000 * (min(times) - bench.send_times[token] - latency) for token, times in replies.items()]
     naive_ok = [o for o in naive.outcomes if measure.is_ok(o, token_in_body=True)]
     bench.set_upstream_latency(0.0)

@@ -90,7 +90,7 @@ class Sampler:
 
 
 def _cpu(pids: list[int]) -> float:
-    return procs.cpu_seconds(pids)
+    return procs.cpu_seconds(pids, children=True)  # a worker's scheduler child counts (gunicorn workers have none)
 
 
 async def gateway_step(bench: SlowAgentBench, rate: float, seconds: float, tag: str) -> dict:

@@ -1,0 +1,77 @@
+"""The conversation lock kept alive while a turn runs: by one refresh thread for every lock a process holds."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from core.state import ConversationStore
+from workers.locking import LockKeeper
+
+TTL = 1.5  # seconds: a lock nobody refreshes is gone after this (refreshed every TTL / 3)
+
+
+def holder(redis, cid: str) -> str | None:
+    value = redis.get(ConversationStore.key("lock", cid))
+    return value.decode() if value is not None else None
+
+
+def watch_held(redis, tokens: dict[str, str], seconds: float) -> None:
+    """Check, throughout ``seconds`` (several TTLs), that every lock in ``tokens`` stays with its holder."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        for cid, token in tokens.items():
+            assert holder(redis, cid) == token, f"lock of {cid} lost while held"
+        time.sleep(0.02)
+
+
+def test_a_held_lock_outlives_its_ttl_and_is_released_on_the_way_out(redis):
+    store = ConversationStore(redis)
+    assert store.acquire_lock("c1", "drain:a", TTL)
+    with LockKeeper(store, "c1", "drain:a", ttl_seconds=TTL):
+        watch_held(redis, {"c1": "drain:a"}, 2.5 * TTL)
+    assert holder(redis, "c1") is None
+
+
+def test_many_locks_are_kept_by_one_thread(redis):
+    store = ConversationStore(redis)
+    tokens = {f"c{n}": f"drain:{n}" for n in range(40)}
+    for cid, token in tokens.items():
+        assert store.acquire_lock(cid, token, TTL)
+    threads_before = threading.active_count()
+    keepers = [LockKeeper(store, cid, token, ttl_seconds=TTL) for cid, token in tokens.items()]
+    for keeper in keepers:
+        keeper.__enter__()
+    try:
+        assert threading.active_count() <= threads_before + 1  # the refresher (if not started before)
+        watch_held(redis, tokens, 2.5 * TTL)
+    finally:
+        for keeper in keepers:
+            keeper.__exit__(None, None, None)
+    assert [cid for cid in tokens if holder(redis, cid)] == []
+
+
+def test_a_lock_taken_over_is_not_refreshed_or_released_by_its_old_holder(redis):
+    """A holder that stalled past the TTL lost the lock: its keeper must neither extend nor free the new one."""
+    store = ConversationStore(redis)
+    assert store.acquire_lock("c1", "drain:old", TTL)
+    with LockKeeper(store, "c1", "drain:old", ttl_seconds=TTL):
+        redis.set(ConversationStore.key("lock", "c1"), "drain:new", px=int(10 * TTL * 1000))
+        deadline = time.monotonic() + TTL  # past the old holder's refreshes (every TTL / 3)
+        while time.monotonic() < deadline:
+            assert holder(redis, "c1") == "drain:new"
+            # a refresh by the old holder would cut it to TTL
+            assert redis.pttl(ConversationStore.key("lock", "c1")) > 8 * TTL * 1000
+            time.sleep(0.02)
+    assert holder(redis, "c1") == "drain:new"
+
+
+def test_a_keeper_released_early_is_not_released_again(redis):
+    store = ConversationStore(redis)
+    assert store.acquire_lock("c1", "drain:a", TTL)
+    with LockKeeper(store, "c1", "drain:a", ttl_seconds=TTL) as keeper:
+        keeper.release()
+        assert holder(redis, "c1") is None
+        assert store.acquire_lock("c1", "drain:b", 10 * TTL)  # the next holder
+        watch_held(redis, {"c1": "drain:b"}, TTL / 2)
+    assert holder(redis, "c1") == "drain:b"

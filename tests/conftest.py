@@ -63,8 +63,8 @@ def pending_work(redis: Redis) -> list[str]:
     """What the gateway still has to do, read from Redis: [] when nothing more can reach UponAI or Twilio.
 
     RQ's queues (and the intermediate list a job passes through), jobs started, jobs scheduled to run
-    within SCHEDULED_SOON_SECONDS (retries), wake-ups not yet made jobs, conversation locks held and inboxes
-    holding a text.
+    within SCHEDULED_SOON_SECONDS (retries), idle checks due that soon, wake-ups not yet made jobs,
+    conversation locks held and inboxes holding a text.
     """
     from rq.registry import StartedJobRegistry
 
@@ -80,6 +80,8 @@ def pending_work(redis: Redis) -> list[str]:
                  ((waiting, "queued"), (started, "started"), (due, "scheduled soon")) if n]
     wakeups = redis.llen(ConversationStore.key("wake"))
     work += [f"{wakeups} wake-up(s) not yet made drain jobs"] if wakeups else []
+    idle_checks = redis.zcount(ConversationStore.key("idle-due"), "-inf", due_by)
+    work += [f"{idle_checks} idle check(s) due soon"] if idle_checks else []
     locks = list(redis.scan_iter(match=ConversationStore.key("lock", "*")))
     inboxes = [key for key in redis.scan_iter(match=ConversationStore.key("inbox", "*")) if redis.llen(key)]
     work += [f"{len(locks)} conversation lock(s) held"] if locks else []
@@ -362,7 +364,8 @@ SCHEDULER_POLL_SECONDS = 0.1  # how often due scheduled jobs (retries, idle chec
 
 
 class InProcessWorkers:
-    """RQ workers of the gateway in threads of the test process, plus a thread that moves due scheduled jobs.
+    """RQ workers of the gateway in threads of the test process, plus a thread that moves due scheduled jobs
+    (and queues due idle checks).
 
     The same job code, worker classes and worker loop as ``sms-gateway worker``, against the tests' Redis and
     the simulators, without a process start per test. ``stop()`` lets each worker finish its job and checks
@@ -400,6 +403,7 @@ class InProcessWorkers:
                 if not self.scheduler.acquired_locks:
                     self.scheduler.acquire_locks()
                 self.scheduler.enqueue_scheduled_jobs()
+                jobs.queue_due_idle_checks(jobs.current_services())  # as workers.scheduler's step does
             except RedisError:
                 pass  # Redis is away (a test restarts it): try again at the next poll, as RQ's scheduler would
         with contextlib.suppress(RedisError):

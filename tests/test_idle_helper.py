@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -13,12 +14,13 @@ from tests.conftest import pending_work, wait_idle
 
 
 def test_nothing_to_do_is_idle_even_with_an_idle_check_an_hour_away(redis):
-    Queue(QUEUE_NAME, connection=redis).enqueue_in(timedelta(hours=1), "workers.jobs.close_idle", "c1")
+    ConversationStore(redis).schedule_idle_check("c1", time.time() + 3600)
+    Queue(QUEUE_NAME, connection=redis).enqueue_in(timedelta(hours=1), "workers.jobs.drain", "c2")
     assert pending_work(redis) == []
     wait_idle(redis, timeout=2)
 
 
-@pytest.mark.parametrize("work", ["queued", "admin queued", "retry due soon", "lock", "inbox"])
+@pytest.mark.parametrize("work", ["queued", "admin queued", "retry due soon", "idle check due soon", "lock", "inbox"])
 def test_each_kind_of_work_keeps_the_gateway_busy(redis, work):
     sms, admin = Queue(QUEUE_NAME, connection=redis), Queue(ADMIN_QUEUE_NAME, connection=redis)
     if work == "queued":
@@ -27,6 +29,8 @@ def test_each_kind_of_work_keeps_the_gateway_busy(redis, work):
         admin.enqueue("workers.admin_ops.start_outbound_job", "op-1", {})
     elif work == "retry due soon":
         sms.enqueue_in(timedelta(seconds=2), "workers.jobs.drain", "c1")
+    elif work == "idle check due soon":
+        ConversationStore(redis).schedule_idle_check("c1", time.time() + 2)
     elif work == "lock":
         redis.set(ConversationStore.key("lock", "c1"), "drain:job-1")
     else:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from contextlib import contextmanager
 from typing import Any
@@ -31,7 +30,7 @@ from core.model import InboundMessage, conversation_id
 from core.queues import ADMIN_QUEUE_NAME, LOCK_WAIT_SECONDS, QUEUE_NAME
 from core.redaction import mask_number
 from core.state import ConversationStore
-from workers import sms_text
+from workers import flow, sms_text
 from workers.chats import complete_once, end_chat
 from workers.delivery import send_part
 from workers.errors import (
@@ -130,7 +129,7 @@ def start_outbound(services: Services, op_id: str, request: dict[str, Any]) -> d
         outcomes = store.progress(op_id).parts
         sids = [outcomes.get(f"{OPENING_PART}:{index}", "") for index in range(len(parts))]
         _check_sent(store, cid, sids)
-        _note_activity(services, cid)
+        flow.note_activity(services, cid)
         result = {"conversation_id": cid, "chat_id": chat_id, "agent_id": agent_id, "to": to, "from": gateway_number,
                   "message_sids": sids, "opening_generated": not request.get("message")}
         store.record_operation(op_id, result=json.dumps(result))
@@ -197,15 +196,6 @@ def _check_sent(store: ConversationStore, cid: str, sids: list[str]) -> None:
     raise AdminError(502, "twilio_rejected", f"Twilio refused the message (code {code})")
 
 
-def _note_activity(services: Services, cid: str) -> None:
-    now = time.time()
-    store = services.store
-    store.touch(cid, last_activity_at=f"{now:.3f}")
-    timeout = services.settings.chat_idle_timeout_seconds
-    if store.claim_idle_check(cid, now + timeout):
-        services.jobs.schedule_idle_check(cid, timeout)
-
-
 # -- an operator's message into the conversation -------------------------------------------------
 
 OPERATOR_PART = "operator"
@@ -238,7 +228,7 @@ def operator_message(services: Services, op_id: str, request: dict[str, Any]) ->
         sid = store.progress(op_id).parts.get(OPERATOR_PART, "")
         _check_sent(store, cid, [sid])
         store.add_away(cid, "operator", text, ref=op_id)  # once per operation, whatever the retries
-        _note_activity(services, cid)
+        flow.note_activity(services, cid)
         result = {"conversation_id": cid, "to": to, "from": gateway_number, "message_sid": sid,
                   "handoff": store.in_handoff(cid)}
         store.record_operation(op_id, result=json.dumps(result))

@@ -32,7 +32,6 @@ from core.events import emit_event
 from core.metrics import metrics
 from core.model import InboundMessage
 from core.state import ConversationStore, Progress
-from core.state.counters import IDLE_CHECK_OVERDUE_SECONDS
 from workers import bursts, sms_text
 from workers.chats import end_chat, run_turn
 from workers.delivery import give_up, send_part
@@ -381,7 +380,7 @@ def answer_turn(services: Services, turn: bursts.Turn, conversation: dict[str, s
                 first_claimed_at = recorded.claimed_at
         # The activity is noted in the step that records the last part as sent (one round trip less).
         noted: list[bool] = []
-        activity = _activity_note(services, cid, conversation, noted)
+        activity = _activity_note(services, cid, noted)
         for index, part in enumerate(parts):
             if not send_part(services, first, f"reply:{index}", part,
                              claimed_at=first_claimed_at if index == 0 else None,
@@ -393,7 +392,7 @@ def answer_turn(services: Services, turn: bursts.Turn, conversation: dict[str, s
                  len(parts))
         if noted:
             return
-    _note_activity(services, cid, conversation)
+    note_activity(services, cid)
 
 
 def handle_message(services: Services, message: InboundMessage, conversation: dict[str, str] | None = None,
@@ -452,7 +451,7 @@ def handle_message(services: Services, message: InboundMessage, conversation: di
                 "rate", cid, settings.rate_limit_window_seconds)):
             send_part(services, message, "rate", settings.rate_limit_notice_text)
         log.warning("message=%s conversation=%s not forwarded: rate limit", message.sid, cid)
-        _note_activity(services, cid, conversation)
+        note_activity(services, cid)
         return
     answer_turn(services, bursts.Turn((message,), progress), conversation)
 
@@ -487,30 +486,25 @@ def _keep_for_operator(services: Services, message: InboundMessage) -> None:
     log.info("message=%s conversation=%s kept for the operator: handed off", message.sid, cid)
 
 
-def _note_activity(services: Services, cid: str, conversation: dict[str, str]) -> None:
-    """Note the conversation's activity time, and make sure an idle check is scheduled."""
+def note_activity(services: Services, cid: str) -> None:
+    """Note the conversation's activity time; its idle check is due a CHAT_IDLE_TIMEOUT_SECONDS from now."""
     with services.store.redis.pipeline() as pipe:
-        _activity_note(services, cid, conversation)(pipe)
+        _activity_note(services, cid)(pipe)
         pipe.execute()
 
 
-def _activity_note(services: Services, cid: str, conversation: dict[str, str], noted: list[bool] | None = None):
-    """The commands that note the conversation's activity time (and schedule an idle check if none is), for a
-    pipeline: ``_note_activity`` writes them alone, a reply's last part with its record (``noted`` then says so)."""
+def _activity_note(services: Services, cid: str, noted: list[bool] | None = None):
+    """The commands that note the conversation's activity time (and move its idle check to a timeout from now),
+    for a pipeline: ``note_activity`` writes them alone, a reply's last part with its record (``noted`` then
+    says so)."""
 
     def note(pipe) -> None:
         if noted is not None:
             noted.append(True)
         now = time.time()
-        timeout = services.settings.chat_idle_timeout_seconds
-        # The idle check is claimed from the hash read under the lock (only the lock holder writes it), in the
-        # same write as the activity time.
-        due = conversation.get("idle_check_due_at")
-        if due is not None and float(due) > now - IDLE_CHECK_OVERDUE_SECONDS:
-            services.store.touch_on(pipe, cid, last_activity_at=f"{now:.3f}")
-            return
-        services.store.touch_on(pipe, cid, last_activity_at=f"{now:.3f}", idle_check_due_at=f"{now + timeout:.3f}",
-                                then=lambda p: services.jobs.schedule_idle_check(cid, timeout, pipeline=p))
+        due_at = now + services.settings.chat_idle_timeout_seconds
+        services.store.touch_on(pipe, cid, last_activity_at=f"{now:.3f}",
+                                then=lambda p: services.store.schedule_idle_check(cid, due_at, pipe=p))
 
     return note
 

@@ -91,12 +91,16 @@ class RQJobPort:
             Result.create_failure(job, ttl, exc_string=reason, pipeline=pipe)
             pipe.execute()
 
-    def schedule_idle_check(self, cid: str, delay_seconds: float, *, pipeline=None) -> None:
-        """Schedule the conversation's idle check (on ``pipeline``: in the caller's atomic step)."""
-        self.queue.enqueue_in(
-            timedelta(seconds=max(1.0, delay_seconds)), CLOSE_IDLE_JOB, args=(cid,),
-            description=f"idle check {cid}", timeout=int(2 * self.settings.uponai_read_timeout_seconds + 60),
-            result_ttl=0, failure_ttl=failure_ttl_seconds(self.settings), pipeline=pipeline)
+    def enqueue_idle_checks(self, cids: list[str], now: float) -> None:
+        """A ``close_idle`` job for each conversation whose idle check is due, with its lease, in one transaction."""
+        options = dict(timeout=int(2 * self.settings.uponai_read_timeout_seconds + 60), result_ttl=0,
+                       failure_ttl=failure_ttl_seconds(self.settings))
+        with self.queue.connection.pipeline(transaction=True) as pipe:
+            for cid in cids:
+                self.queue.enqueue_call(CLOSE_IDLE_JOB, args=(cid,), description=f"idle check {cid}", **options,
+                                        pipeline=pipe)
+            ConversationStore.lease_idle_checks(pipe, cids, now)
+            pipe.execute()
 
 
 def build_services(settings, redis: Redis | None = None) -> Services:
@@ -190,8 +194,28 @@ def close_idle(conversation_id: str):
     except TransientError as exc:
         return _retry(flow.backoff_seconds(1, services.settings.retry_intervals_seconds, exc.retry_after_seconds))
     if again_in is not None:
-        services.jobs.schedule_idle_check(conversation_id, again_in)
+        services.store.schedule_idle_check(conversation_id, time.time() + again_in)
     return None
+
+
+IDLE_CHECKS_PER_STEP = 500
+
+
+def queue_due_idle_checks(services: Services) -> int:
+    """Queue a ``close_idle`` job for every conversation whose idle check is due; return how many.
+
+    Run by the scheduler every second (``workers.scheduler``), as RQ moves its scheduled jobs: an idle check
+    is an entry in a sorted set written with the activity (no job per conversation until it is due).
+    """
+    queued = 0
+    while True:
+        now = time.time()
+        cids = services.store.due_idle_checks(now, IDLE_CHECKS_PER_STEP)
+        if cids:
+            services.jobs.enqueue_idle_checks(cids, now)
+            queued += len(cids)
+        if len(cids) < IDLE_CHECKS_PER_STEP:
+            return queued
 
 
 @metering.timed_drain_from_wakeup

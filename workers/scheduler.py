@@ -1,5 +1,5 @@
-"""The worker process's scheduler child: moves due scheduled jobs (retries, idle checks, a burst's quiet window)
-to their queues, and rides out a Redis outage without a traceback.
+"""The worker process's scheduler child: moves due scheduled jobs (retries, a burst's quiet window) to their
+queues, queues the idle checks that are due (``tick``), and rides out a Redis outage without a traceback.
 
 RQ's ``work(with_scheduler=True)`` forks a child that runs ``RQScheduler.work()``, which dies with a traceback
 (some 45 lines) at the first Redis error; the worker then forks another one. This child runs the same steps
@@ -17,6 +17,7 @@ import multiprocessing
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -31,10 +32,12 @@ LOCK_RETRY_SECONDS = 5  # a scheduler without the lock asks again this often (RQ
 STOP_SECONDS = 10  # how long the worker waits for its scheduler to release its locks and exit
 
 
-def start(connection: Redis, queue_names: list[str], logging_level: str = "INFO") -> multiprocessing.Process:
-    """Fork the scheduler child (a fork, as RQ does: the job functions and settings come along)."""
+def start(connection: Redis, queue_names: list[str], logging_level: str = "INFO",
+          tick: Callable[[], object] | None = None) -> multiprocessing.Process:
+    """Fork the scheduler child (a fork, as RQ does: the job functions and settings come along). ``tick`` runs
+    in each step after the due jobs are moved, in the scheduler holding the locks."""
     process = multiprocessing.get_context("fork").Process(
-        target=run, args=(connection, queue_names, logging_level), name="Scheduler", daemon=False)
+        target=run, args=(connection, queue_names, logging_level, tick), name="Scheduler", daemon=False)
     process.start()
     return process
 
@@ -49,21 +52,24 @@ def stop(process: multiprocessing.Process) -> None:
         process.join()
 
 
-def run(connection: Redis, queue_names: list[str], logging_level: str = "INFO") -> None:
+def run(connection: Redis, queue_names: list[str], logging_level: str = "INFO",
+        tick: Callable[[], object] | None = None) -> None:
     """The child's loop, until SIGTERM or SIGINT."""
     stop_event = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop_event.set())
     scheduler = RQScheduler(queue_names, connection=connection, interval=INTERVAL_SECONDS,
                             logging_level=logging_level)  # a connection pool of its own (none crosses the fork)
-    Loop(scheduler, queue_names, redis_address(connection)).run(stop_event)
+    Loop(scheduler, queue_names, redis_address(connection), tick).run(stop_event)
 
 
 class Loop:
     """RQScheduler.work()'s steps, one ``step()`` per interval, that wait out a Redis error instead of dying."""
 
-    def __init__(self, scheduler: RQScheduler, queue_names: list[str], address: str):
+    def __init__(self, scheduler: RQScheduler, queue_names: list[str], address: str,
+                 tick: Callable[[], object] | None = None):
         self.scheduler = scheduler
+        self.tick = tick
         self.queue_names = queue_names
         self.address = address
         self.registered = False
@@ -96,6 +102,8 @@ class Loop:
             self.registered = True
         scheduler.heartbeat()  # keeps (or re-takes) the locks; drops those another scheduler took over
         scheduler.enqueue_scheduled_jobs()
+        if self.tick is not None:
+            self.tick()
         if self.outage:
             self.outage = False
             log.info("scheduler: Redis at %s answers again", self.address)

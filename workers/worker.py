@@ -123,9 +123,11 @@ class GatewayWorker(SimpleWorker):
             self._between_jobs = False
 
     def _queue_woken(self) -> int:
-        """Queue drain jobs for the waiting wake-ups (a burst has no wake-up thread)."""
+        """Queue drain jobs for the waiting wake-ups, and the idle checks that are due (a burst has no wake-up
+        thread, and no scheduler child of ours)."""
         try:
-            return wakeups.queue_woken(jobs.current_services())
+            services = jobs.current_services()
+            return wakeups.queue_woken(services) + jobs.queue_due_idle_checks(services)
         except RedisError:  # Redis away: the wait for a job says so
             return 0
 
@@ -330,6 +332,10 @@ def _work_until_stopped(worker_class: type[GatewayWorker], connection, queue_nam
         time.sleep(1)
 
 
+def _queue_due_idle_checks() -> int:
+    return jobs.queue_due_idle_checks(jobs.current_services())
+
+
 def run(connection, queue_names: list[str], *, threads: int = 1, burst: bool = False, max_jobs: int | None = None,
         logging_level: str = "INFO") -> None:
     """Work until SIGTERM/SIGINT, up to ``threads`` jobs at once (the jobs in flight finish first).
@@ -351,7 +357,7 @@ def run(connection, queue_names: list[str], *, threads: int = 1, burst: bool = F
         return
     # The scheduler child is ours (workers.scheduler), not RQ's: it waits out a Redis outage instead of dying
     # with a traceback, and lives as long as this process, across the RQ workers started after an outage.
-    scheduler_process = scheduler.start(connection, queue_names, logging_level)
+    scheduler_process = scheduler.start(connection, queue_names, logging_level, tick=_queue_due_idle_checks)
     try:
         _work_until_stopped(GatewayWorker, connection, queue_names, stop_event, with_scheduler=False, burst=False,
                             max_jobs=None, logging_level=logging_level, ttl=WORKER_TTL_SECONDS, concurrency=threads)

@@ -6,7 +6,7 @@ numbers never appear in queue names, job descriptions or logs. Keys (under ``sms
     conv:{cid}               hash: gateway, person, messaging_service_sid, chat_id, agent_id, chat_started_at,
                              last_inbound_at, last_outbound_at, last_activity_at, drain_pending (a drain job
                              waits in the queue, since), retry_at, retry_token, opted_out, empty_turns, loop_streak,
-                             loop_breaker_until, loop_held, idle_check_due_at, handoff, away_heard (see
+                             loop_breaker_until, loop_held, handoff, away_heard (see
                              ``core.state.handoff``), ...
     chats:{cid}              set of the UponAI chat ids the conversation has had (to find its records on erase)
     lock:{cid}               token of the one job working on the conversation (expires)

@@ -5,7 +5,7 @@ Keys (under ``smsgw:``)::
     rate:{cid}:{window}      messages forwarded to the agent in the current rate-limit window
     notice:{kind}:{cid}      marker: a notice of this kind was sent recently (MMS, rate limit)
     sweep-lock               the worker running the recovery sweep now (one at a time; expires)
-    conv:{cid} idle_check_due_at   field of the conversation's hash: an idle check is scheduled for then
+    idle-due                 sorted set: each conversation with a chat -> when its idle check is due (epoch s)
 
 Per-message attempts are counted with the message's progress (``core.state.deliveries``); the rate
 verdict on a message is remembered there too (``decision:within_rate`` of ``msg:{MessageSid}``).
@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import time
 
+from redis.client import Pipeline
+
 from core.state.keys import StateBase, key, text
 
-IDLE_CHECK_OVERDUE_SECONDS = 300  # a scheduled idle check this late is taken as lost
+IDLE_DUE_KEY = key("idle-due")
+# An idle check handed to a job is due again this much later, in case the job is lost (a killed worker): the job
+# itself sets the next time (or removes the entry) when it runs.
+IDLE_CHECK_LEASE_SECONDS = 300
 
 # Count a message forwarded to the agent in the rate window and remember the verdict, once per message.
 _FORWARD_WITHIN_RATE = """
@@ -34,7 +39,7 @@ return verdict
 
 
 class Counters(StateBase):
-    """Rate windows, notice markers and idle-check markers."""
+    """Rate windows, notice markers, the idle checks' times."""
 
     SCRIPTS = {"_forward_within_rate": _FORWARD_WITHIN_RATE}
 
@@ -51,17 +56,23 @@ class Counters(StateBase):
             return True
         return bool(self.redis.set(key("notice", kind, cid), "1", nx=True, ex=interval_seconds))
 
-    def claim_idle_check(self, cid: str, due_at: float) -> bool:
-        """Note that an idle check is scheduled; False if one is scheduled already (and not long overdue)."""
-        name = key("conv", cid)
-        current = text(self.redis.hget(name, "idle_check_due_at"))
-        if current is not None and float(current) > time.time() - IDLE_CHECK_OVERDUE_SECONDS:
-            return False
-        self.redis.hset(name, "idle_check_due_at", f"{due_at:.3f}")
-        return True
+    def schedule_idle_check(self, cid: str, due_at: float, *, pipe: Pipeline | None = None) -> None:
+        """The conversation's idle check is due at ``due_at`` (replacing any earlier time); on ``pipe``: in the
+        caller's step. The workers' scheduler hands it to a ``close_idle`` job then (``due_idle_checks``)."""
+        (pipe if pipe is not None else self.redis).zadd(IDLE_DUE_KEY, {cid: due_at})
 
     def clear_idle_check(self, cid: str) -> None:
-        self.redis.hdel(key("conv", cid), "idle_check_due_at")
+        """No idle check for the conversation (its chat is closed, or it has none)."""
+        self.redis.zrem(IDLE_DUE_KEY, cid)
+
+    def due_idle_checks(self, now: float, count: int) -> list[str]:
+        """Up to ``count`` conversations whose idle check is due by ``now``, most overdue first."""
+        return [text(cid) for cid in self.redis.zrangebyscore(IDLE_DUE_KEY, "-inf", now, start=0, num=count)]
+
+    @staticmethod
+    def lease_idle_checks(pipe: Pipeline, cids: list[str], now: float) -> None:
+        """On ``pipe`` (with their jobs queued): the checks are due again after the lease, should a job be lost."""
+        pipe.zadd(IDLE_DUE_KEY, dict.fromkeys(cids, now + IDLE_CHECK_LEASE_SECONDS), xx=True)
 
     def claim_sweep(self, worker_name: str, seconds: int) -> bool:
         """True for one worker per ``seconds``: the one that runs the recovery sweep now."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from core.model import InboundMessage
+from core.state.counters import IDLE_DUE_KEY
 from core.state.keys import StateBase, key, text, text_hash
 
 
@@ -61,6 +62,7 @@ class Erasure(StateBase):
             for name in doomed:
                 pipe.delete(name)
             pipe.srem(key("active"), cid)
+            pipe.zrem(IDLE_DUE_KEY, cid)
             if state.get("opted_out") == "1":
                 # Carriers require STOP to be honoured: keep only that fact, under the opaque id.
                 pipe.hset(key("conv", cid), mapping={"opted_out": "1", "opted_out_at": state.get("opted_out_at", "")})

@@ -23,7 +23,7 @@ from typing import Any
 import requests
 
 from workers.errors import ChatNotFoundError, MalformedAnswerError, UponAIPermanentError, UponAITransientError
-from workers.http_environment import pin_environment
+from workers.http_environment import pin_environment, send
 from workers.request_failures import describe_failure
 from workers.uponai.models import Chat, ChatMessage, ChatPage
 from workers.uponai.styles import STYLES, Request
@@ -82,15 +82,14 @@ class UponAIClient:
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = pin_environment(requests.Session(), self.base_url)
-            session.headers.update(self._headers)
         return session
 
     def _send(self, request: Request, *, chat_id: str | None = None) -> Any:
         """Make the call and parse its answer; ``chat_id`` names the chat a 422 says is unknown."""
         what = f"UponAI {request.method} {request.path}"
         try:
-            response = self._session().request(request.method, self.base_url + request.path, json=request.json,
-                                               params=request.params, timeout=self.timeout)
+            response = send(self._session(), request.method, self.base_url + request.path, headers=self._headers,
+                            json=request.json, params=request.params, timeout=self.timeout)
         except requests.RequestException as exc:
             reason, maybe_applied = describe_failure(exc)
             raise UponAITransientError(f"{what}: {reason}", maybe_applied=maybe_applied) from exc

@@ -13,8 +13,6 @@ import logging
 import time
 from collections.abc import Callable
 
-from redis.client import Pipeline
-
 from core.events import emit_delivery_failed, emit_event
 from core.model import InboundMessage
 from core.redaction import mask_number
@@ -42,13 +40,14 @@ def sender_number(message: InboundMessage) -> str | None:
 
 
 def send_part(services: Services, message: InboundMessage, part: str, body: str, *,
-              claimed_at: float | None = None, then: Callable[[Pipeline], object] | None = None) -> bool:
+              claimed_at: float | None = None, activity: Callable[[], tuple[float, float]] | None = None) -> bool:
     """Send one SMS of the answer to ``message`` exactly once, whatever happened to earlier attempts.
 
     ``claimed_at``: the caller claimed the part at that time (in the step that recorded the reply).
     Returns False when the part is not sent because the person opted out (Twilio refused it with 21610, now
     or in an earlier attempt, or it was withheld): the caller sends no more parts.
-    ``then``: more commands for the step that records the part as sent (they run only if it is recorded now).
+    ``activity``: the conversation's activity to note in the step that records the part as sent (called only if
+    it is recorded now; see ``ConversationStore.record_sent``).
     """
     store = services.store
     sender = services.sender
@@ -67,7 +66,7 @@ def send_part(services: Services, message: InboundMessage, part: str, body: str,
         found = sender.find_sent(to=message.from_, body=body, from_=from_, messaging_service_sid=service,
                                  since=claimed_at - CLAIM_CLOCK_MARGIN_SECONDS, exclude=_known_sids(services, message))
         if found:
-            _record(services, message, part, body, found, status=None, then=then)  # settles the part too
+            _record(services, message, part, body, found, status=None, activity=activity)  # settles the part too
             log.info("message=%s part=%s found at Twilio, not sent again", message.sid, part)
             return True
         # Not found: send again, keeping the first claim's time, so a later look-up still covers that attempt.
@@ -98,7 +97,7 @@ def send_part(services: Services, message: InboundMessage, part: str, body: str,
                              event_id=f"delivery.failed:{message.sid}:{part}", error_code=str(exc.code),
                              number=message.from_)
         return True
-    _record(services, message, part, body, sent.sid, status=sent.status, then=then)  # settles the part too
+    _record(services, message, part, body, sent.sid, status=sent.status, activity=activity)  # settles the part too
     return True
 
 
@@ -110,11 +109,12 @@ def _known_sids(services: Services, message: InboundMessage) -> set[str]:
 
 
 def _record(services: Services, message: InboundMessage, part: str, body: str, sid: str, status: str | None,
-            then: Callable[[Pipeline], object] | None = None) -> None:
-    """Settle the part as sent (its Twilio sid) and record the SMS, in one atomic step (with ``then``'s commands)."""
+            activity: Callable[[], tuple[float, float]] | None = None) -> None:
+    """Settle the part as sent (its Twilio sid) and record the SMS, in one atomic step (with the ``activity``)."""
     shape = sms_text.segment_info(body)
-    services.store.record_sent(message.conversation_id, sid, settles=(message.sid, part), status=status, then=then,
-                               segments=shape.segments, encoding=shape.encoding, inbound_sid=message.sid, part=part)
+    services.store.record_sent(message.conversation_id, sid, settles=(message.sid, part), status=status,
+                               activity=activity, segments=shape.segments, encoding=shape.encoding,
+                               inbound_sid=message.sid, part=part)
 
 
 def give_up(services: Services, message: InboundMessage, exc: Exception) -> None:

@@ -380,11 +380,11 @@ def answer_turn(services: Services, turn: bursts.Turn, conversation: dict[str, s
                 first_claimed_at = recorded.claimed_at
         # The activity is noted in the step that records the last part as sent (one round trip less).
         noted: list[bool] = []
-        activity = _activity_note(services, cid, noted)
+        activity = _activity_note(services, noted)
         for index, part in enumerate(parts):
             if not send_part(services, first, f"reply:{index}", part,
                              claimed_at=first_claimed_at if index == 0 else None,
-                             then=activity if index == len(parts) - 1 else None):
+                             activity=activity if index == len(parts) - 1 else None):
                 # Twilio refused it: the person opted out (21610). The rest would be refused too.
                 log.info("message=%s conversation=%s rest of the reply not sent: opted out", first.sid, cid)
                 break
@@ -488,23 +488,18 @@ def _keep_for_operator(services: Services, message: InboundMessage) -> None:
 
 def note_activity(services: Services, cid: str) -> None:
     """Note the conversation's activity time; its idle check is due a CHAT_IDLE_TIMEOUT_SECONDS from now."""
-    with services.store.redis.pipeline() as pipe:
-        _activity_note(services, cid)(pipe)
-        pipe.execute()
+    services.store.note_activity(cid, *_activity_note(services)())
 
 
-def _activity_note(services: Services, cid: str, noted: list[bool] | None = None):
-    """The commands that note the conversation's activity time (and move its idle check to a timeout from now),
-    for a pipeline: ``note_activity`` writes them alone, a reply's last part with its record (``noted`` then
-    says so)."""
+def _activity_note(services: Services, noted: list[bool] | None = None):
+    """The conversation's activity time now, and when its idle check is then due: ``note_activity`` writes them
+    alone, a reply's last part with its record (``noted`` then says so)."""
 
-    def note(pipe) -> None:
+    def note() -> tuple[float, float]:
         if noted is not None:
             noted.append(True)
         now = time.time()
-        due_at = now + services.settings.chat_idle_timeout_seconds
-        services.store.touch_on(pipe, cid, last_activity_at=f"{now:.3f}",
-                                then=lambda p: services.store.schedule_idle_check(cid, due_at, pipe=p))
+        return now, now + services.settings.chat_idle_timeout_seconds
 
     return note
 

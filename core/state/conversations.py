@@ -31,13 +31,13 @@ waiting ones, or the lock released); the loop breaker's verdict on a text is als
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from redis.client import Pipeline
 
 from core.model import InboundMessage
+from core.state.counters import IDLE_DUE_KEY
 from core.state.keys import StateBase, key, text, text_hash
 
 _RELEASE_IF_IDLE = """
@@ -212,19 +212,23 @@ class Conversations(StateBase):
         # One script, not WATCH/MULTI: a text accepted meanwhile writes the same hash, and must not fail this.
         return self._forget_chat(keys=[key("conv", cid)], args=[chat_id]) == 1
 
-    def touch(self, cid: str, *, then: Callable[[Pipeline], object] | None = None, **fields: Any) -> None:
-        """Set fields of the conversation's hash; ``then`` adds more commands to the same atomic step."""
+    def touch(self, cid: str, **fields: Any) -> None:
+        """Set fields of the conversation's hash."""
         with self.redis.pipeline() as pipe:
-            self.touch_on(pipe, cid, then=then, **fields)
+            self.touch_on(pipe, cid, **fields)
             pipe.execute()
 
-    def touch_on(self, pipe: Pipeline, cid: str, *, then: Callable[[Pipeline], object] | None = None,
-                 **fields: Any) -> None:
+    def touch_on(self, pipe: Pipeline, cid: str, **fields: Any) -> None:
         """``touch``'s commands, added to ``pipe`` (another step that writes them with its own)."""
         pipe.hset(key("conv", cid), mapping={k: str(v) for k, v in fields.items()})
         self._keep(key("conv", cid), key("recent", cid), key("chats", cid), pipe=pipe)
-        if then is not None:
-            then(pipe)
+
+    def note_activity(self, cid: str, at: float, idle_check_due_at: float) -> None:
+        """The conversation's activity time, and its idle check's new due time (``Counters``), in one step."""
+        with self.redis.pipeline() as pipe:
+            self.touch_on(pipe, cid, last_activity_at=f"{at:.3f}")
+            pipe.zadd(IDLE_DUE_KEY, {cid: idle_check_due_at})
+            pipe.execute()
 
     def note_empty_turn(self, cid: str) -> None:
         """Count an agent turn that had no text (shown in the conversation view)."""

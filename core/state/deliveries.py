@@ -25,6 +25,7 @@ from redis.client import Pipeline
 
 from core.model import InboundMessage
 from core.state.conversations import WAITING_READ
+from core.state.counters import IDLE_DUE_KEY
 from core.state.keys import StateBase, away_key, key, text, text_hash
 
 RECENT_SENT_KEPT = 20
@@ -91,6 +92,44 @@ return {fresh, stored}
 
 STATUS_RANK = {"accepted": 0, "scheduled": 0, "queued": 0, "sending": 1, "sent": 2, "receiving": 2, "received": 2,
                "delivered": 3, "undelivered": 3, "failed": 3, "canceled": 3, "read": 4}
+
+# Record an agent turn's reply (KEYS[1]: the progress hash of its first text), claim its part ARGV[2] with
+# ARGV[3] unless claimed, and read the conversation's opt-out flag (KEYS[2]: its hash) and the texts now waiting
+# (KEYS[3]: its inbox, the first ARGV[5]). Returns {claimed (1/0), opted_out or nil, waiting}.
+_RECORD_TURN_REPLY = """
+redis.call('HSET', KEYS[1], 'reply', ARGV[1])
+local claimed = redis.call('HSETNX', KEYS[1], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+local opted_out = redis.call('HGET', KEYS[2], 'opted_out')
+return {claimed, opted_out, redis.call('LRANGE', KEYS[3], 0, tonumber(ARGV[5]) - 1)}
+"""
+
+# Record one outbound SMS ARGV[5] (KEYS[1]: its hash, fields ARGV[10..]; KEYS[2]: the conversation's recent list,
+# kept to ARGV[4]; KEYS[3]: the conversation's hash, last_outbound_at ARGV[1]); settle the inbound text's part
+# ARGV[6] as sent (KEYS[4]: its progress hash; '': none); and, when ARGV[7] is not '', note the activity at
+# ARGV[7] with the conversation ARGV[9]'s idle check due at ARGV[8] (KEYS[6]: the idle checks; KEYS[5]: its chats
+# set, kept with the conversation). ARGV[2]: the per-message records' expiry, ARGV[3]: the conversation's.
+_RECORD_SENT = """
+local fields = {}
+for index = 10, #ARGV do fields[#fields + 1] = ARGV[index] end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('LPUSH', KEYS[2], ARGV[5])
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[4]) - 1)
+redis.call('HSET', KEYS[3], 'last_outbound_at', ARGV[1])
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[4], ARGV[6], ARGV[5])
+  redis.call('EXPIRE', KEYS[4], ARGV[2])
+end
+if ARGV[7] ~= '' then
+  redis.call('HSET', KEYS[3], 'last_activity_at', ARGV[7])
+  redis.call('ZADD', KEYS[6], ARGV[8], ARGV[9])
+  redis.call('EXPIRE', KEYS[5], ARGV[3])
+end
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+return 1
+"""
 
 _RECORD_STATUS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
@@ -159,7 +198,8 @@ def _progress(data: dict[str, str]) -> Progress:
 class Deliveries(StateBase):
     """Per-message progress, the sent log and dead letters."""
 
-    SCRIPTS = {"_record_status": _RECORD_STATUS, "_fix_turn": _FIX_TURN}
+    SCRIPTS = {"_record_status": _RECORD_STATUS, "_fix_turn": _FIX_TURN, "_record_turn_reply": _RECORD_TURN_REPLY,
+               "_record_sent": _RECORD_SENT}
 
     # -- progress of one inbound message ----------------------------------------------------------
 
@@ -233,14 +273,10 @@ class Deliveries(StateBase):
         A STOP that arrived while the agent answered waits in the inbox behind the turn's texts: the caller
         withholds the reply (``withhold_parts``) instead of sending it after the person's STOP.
         """
-        name = key("msg", message_sid)
-        with self.redis.pipeline() as pipe:
-            pipe.hset(name, "reply", json.dumps(parts, ensure_ascii=False))
-            pipe.hsetnx(name, f"part:{claim}", f"sending:{claimed_at:.3f}")
-            pipe.expire(name, self.progress_ttl_seconds)
-            pipe.hget(key("conv", cid), "opted_out")
-            pipe.lrange(key("inbox", cid), 0, WAITING_READ - 1)
-            _, claimed, _, opted_out, waiting = pipe.execute()
+        claimed, opted_out, waiting = self._record_turn_reply(
+            keys=[key("msg", message_sid), key("conv", cid), key("inbox", cid)],
+            args=[json.dumps(parts, ensure_ascii=False), f"part:{claim}", f"sending:{claimed_at:.3f}",
+                  self.progress_ttl_seconds, WAITING_READ])
         return RecordedReply(claimed_at=claimed_at if claimed else None, opted_out=text(opted_out) == "1",
                              waiting=[(raw, InboundMessage.from_json(raw)) for raw in map(text, waiting)])
 
@@ -275,26 +311,19 @@ class Deliveries(StateBase):
     # -- outbound messages ------------------------------------------------------------------------
 
     def record_sent(self, cid: str, twilio_sid: str, *, settles: tuple[str, str] | None = None,
-                    then: Callable[[Pipeline], object] | None = None, **fields: Any) -> None:
-        """Record one outbound SMS; ``settles`` = (message sid, part) also settles that part in the same step,
-        and ``then`` adds more commands to it."""
-        name = key("sent", twilio_sid)
-        recent = key("recent", cid)
+                    activity: Callable[[], tuple[float, float]] | None = None, **fields: Any) -> None:
+        """Record one outbound SMS, in one step: ``settles`` = (message sid, part) also settles that part, and
+        ``activity`` (called for it) gives the conversation's activity time and its idle check's due time."""
         mapping = {"conversation_id": cid, "sent_at": f"{time.time():.3f}",
                    **{k: str(v) for k, v in fields.items() if v is not None}}
         mapping["status_rank"] = str(STATUS_RANK.get(mapping.get("status", "queued"), 0))
-        with self.redis.pipeline() as pipe:
-            pipe.hset(name, mapping=mapping)
-            pipe.expire(name, self.progress_ttl_seconds)
-            pipe.lpush(recent, twilio_sid)
-            pipe.ltrim(recent, 0, RECENT_SENT_KEPT - 1)
-            pipe.hset(key("conv", cid), "last_outbound_at", f"{time.time():.3f}")
-            self._keep(recent, key("conv", cid), pipe=pipe)
-            if settles is not None:
-                self._set_progress(settles[0], {f"part:{settles[1]}": twilio_sid}, pipe=pipe)
-            if then is not None:
-                then(pipe)
-            pipe.execute()
+        active_at, idle_due_at = activity() if activity is not None else ("", "")
+        self._record_sent(
+            keys=[key("sent", twilio_sid), key("recent", cid), key("conv", cid),
+                  key("msg", settles[0] if settles else twilio_sid), key("chats", cid), IDLE_DUE_KEY],
+            args=[f"{time.time():.3f}", self.progress_ttl_seconds, self.retention_seconds, RECENT_SENT_KEPT,
+                  twilio_sid, f"part:{settles[1]}" if settles else "", active_at and f"{active_at:.3f}",
+                  idle_due_at, cid, *(item for pair in mapping.items() for item in pair)])
 
     def record_status(self, twilio_sid: str, status: str, error_code: str = "") -> str | None:
         """Record a delivery status callback; returns the conversation id, or None for a sid we never sent.

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
+from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 from core.state import ConversationStore
+from tests.conftest import free_port
 from workers.locking import LockKeeper
 
 TTL = 1.5  # seconds: a lock nobody refreshes is gone after this (refreshed every TTL / 3)
@@ -75,3 +81,18 @@ def test_a_keeper_released_early_is_not_released_again(redis):
         assert store.acquire_lock("c1", "drain:b", 10 * TTL)  # the next holder
         watch_held(redis, {"c1": "drain:b"}, TTL / 2)
     assert holder(redis, "c1") == "drain:b"
+
+
+def test_a_failed_refresh_is_logged_and_the_refresher_goes_on(redis, caplog):
+    """A refresh that raises (Redis away) costs a WARNING: the one refresh thread keeps the other locks alive."""
+    store = ConversationStore(redis)
+    away = ConversationStore(Redis(port=free_port(), socket_connect_timeout=0.2, socket_timeout=0.2,
+                                   retry=Retry(NoBackoff(), 0)))
+    assert store.acquire_lock("c1", "drain:a", TTL)
+    with (caplog.at_level(logging.WARNING, logger="workers.locking"),
+          LockKeeper(away, "c2", "drain:b", ttl_seconds=TTL) as failing,
+          LockKeeper(store, "c1", "drain:a", ttl_seconds=TTL)):
+        watch_held(redis, {"c1": "drain:a"}, 2.5 * TTL)
+        failing.released = True  # nothing to let go on a Redis that is not there
+    assert "conversation=c2 lock refresh failed: ConnectionError" in caplog.text
+    assert holder(redis, "c1") is None

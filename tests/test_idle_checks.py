@@ -47,6 +47,21 @@ def test_each_reply_moves_the_idle_check_with_no_job_per_conversation(start_work
     assert queue.scheduled_job_registry.count == 0 and queue.count == 0
 
 
+def test_a_text_over_the_rate_limit_moves_the_idle_check_too(start_workers, redis, text_in, twilio, uponai):
+    """Activity noted on its own (no reply recorded with it): the rate notice, not the agent."""
+    start_workers(1, CHAT_IDLE_TIMEOUT_SECONDS=3600, RATE_LIMIT_MESSAGES=1)
+    text_in("hello", from_=PERSON)
+    wait_for(lambda: len(twilio.sent_to(PERSON)) == 1, message="the reply")
+    wait_idle(redis)
+    first = redis.zscore(IDLE_DUE_KEY, CID)
+    text_in("again", from_=PERSON)
+    wait_for(lambda: len(twilio.sent_to(PERSON)) == 2, message="the rate notice")
+    wait_idle(redis)
+    assert len(uponai.completion_log) == 1  # the second text did not reach the agent
+    assert redis.zscore(IDLE_DUE_KEY, CID) == pytest.approx(float(conv(redis)["last_activity_at"]) + 3600, abs=0.01)
+    assert redis.zscore(IDLE_DUE_KEY, CID) > first
+
+
 def test_a_due_check_is_queued_once_and_again_only_when_its_lease_is_over(services, redis, queue):
     store = services.store
     store.schedule_idle_check("due", time.time() - 1)

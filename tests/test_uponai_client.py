@@ -327,6 +327,16 @@ def test_client_errors_are_permanent_and_keep_the_message(agent, uponai, status,
     assert uponai.completion_log == []
 
 
+def test_a_redirect_is_a_permanent_error_and_the_turn_is_not_sent_again(agent, uponai):
+    """A 3xx is not followed (a POST turned into a GET elsewhere): the call fails, naming the status."""
+    chat = agent.create_chat()
+    uponai.inject("complete", Fault(status=302))
+    with pytest.raises(UponAIPermanentError) as caught:
+        agent.complete(chat.chat_id, "x")
+    assert caught.value.status == 302 and "302" in str(caught.value)
+    assert len(uponai.calls("complete")) == 1 and uponai.completion_log == []
+
+
 def test_unknown_chat_is_chat_not_found_on_every_chat_operation(agent, uponai):
     for call in (lambda: agent.complete("chat_missing", "x"), lambda: agent.get_chat("chat_missing"),
                  lambda: agent.end_chat("chat_missing")):

@@ -37,7 +37,6 @@ from typing import Any
 from redis.client import Pipeline
 
 from core.model import InboundMessage
-from core.state.counters import IDLE_DUE_KEY
 from core.state.keys import StateBase, key, text, text_hash
 
 _RELEASE_IF_IDLE = """
@@ -227,7 +226,7 @@ class Conversations(StateBase):
         """The conversation's activity time, and its idle check's new due time (``Counters``), in one step."""
         with self.redis.pipeline() as pipe:
             self.touch_on(pipe, cid, last_activity_at=f"{at:.3f}")
-            pipe.zadd(IDLE_DUE_KEY, {cid: idle_check_due_at})
+            self.schedule_idle_check(cid, idle_check_due_at, pipe=pipe)
             pipe.execute()
 
     def note_empty_turn(self, cid: str) -> None:

@@ -11,11 +11,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redis import Redis
-from rq import Queue, Worker
+from redis.client import Pipeline
+from rq import Queue, Retry, Worker
 from rq.job import Job
-
-from core.state import ConversationStore
-from core.state.inbound import WAKE_KEY
 
 QUEUE_NAME = "sms"
 ADMIN_QUEUE_NAME = "sms-admin"  # workers take it before any drain job
@@ -33,6 +31,8 @@ DRAIN_FAILURE_TTL_SECONDS = 30 * 24 * 3600
 # A finished drain job is left to expire rather than deleted: RQ's delete (result_ttl=0) reads the job's
 # execution records back one by one (about six Redis round trips per job); expiry costs none.
 DRAIN_RESULT_TTL_SECONDS = 60
+# A drain job abandoned by a killed worker (or raising unexpectedly) runs again after these waits, then fails.
+DRAIN_RETRY_INTERVALS_SECONDS = (1, 5, 30)
 ADMIN_FAILURE_TTL_SECONDS = 7 * 24 * 3600
 ADMIN_RESULT_TTL_SECONDS = 24 * 3600
 LOCK_WAIT_SECONDS = 30.0  # how long an admin job waits for the conversation's lock
@@ -63,37 +63,32 @@ def failure_ttl_seconds(settings) -> int:
 
 
 def drain_job_options(conversation_id: str, settings) -> dict[str, Any]:
-    """What every drain job of the conversation is made with (queued, scheduled again, or recorded as failed)."""
+    """What every drain job of the conversation is made with.
+
+    ``retry``: a drain job that RQ finds abandoned (its worker killed mid-turn: RQ's StartedJobRegistry cleanup)
+    or that raises unexpectedly (a job timeout, a bug) runs again after these intervals, as RQ retries any
+    job; the run again resumes the turn (its lock token is the job id). A drain that gives messages up is
+    not retried (``workers.jobs.drain``): it fails into the failed-job registry, for an operator to replay.
+    """
     return dict(args=(conversation_id,), description=f"drain conversation {conversation_id}",
                 timeout=job_timeout_seconds(settings), result_ttl=DRAIN_RESULT_TTL_SECONDS,
-                failure_ttl=failure_ttl_seconds(settings))
+                failure_ttl=failure_ttl_seconds(settings),
+                retry=Retry(max=len(DRAIN_RETRY_INTERVALS_SECONDS), interval=list(DRAIN_RETRY_INTERVALS_SECONDS)))
 
 
-def enqueue_drain(queue: Queue, conversation_id: str, settings, *, pipeline=None, mark_pending: bool = True):
-    """Queue a drain job for the conversation (cheap to repeat: extra jobs find nothing to do).
+def enqueue_drain(queue: Queue, conversation_id: str, settings, *, pipeline: Pipeline | None = None,
+                  job_id: str | None = None) -> Job:
+    """Queue a drain job for the conversation (on ``pipeline`` when given: the caller executes it).
 
-    Marks the conversation ``drain_pending`` until a drain job starts: texts arriving meanwhile need no
-    job of their own, and the recovery sweep can tell a job still waiting from one a dead worker took.
-    ``mark_pending=False``: the caller has marked it already (the webhook's accept script claims the
-    wake-up when it takes the text).
+    Cheap to repeat: a drain job that finds the conversation held by another drain, or nothing waiting, ends.
     """
-    pipe = pipeline if pipeline is not None else queue.connection.pipeline(transaction=False)
-    job = queue.enqueue_call(DRAIN_JOB, **drain_job_options(conversation_id, settings), pipeline=pipe)
-    if mark_pending:
-        ConversationStore.mark_drain_pending(conversation_id, pipe)
-    if pipeline is None:
-        pipe.execute()
-    return job
+    return queue.enqueue_call(DRAIN_JOB, **drain_job_options(conversation_id, settings), pipeline=pipeline,
+                              job_id=job_id)
 
 
 def queue_depth(queue: Queue) -> int:
-    """Jobs waiting in ``queue``; for the conversation queue also the wake-ups no worker has made a job yet."""
-    if queue.name != QUEUE_NAME:
-        return queue.count
-    with queue.connection.pipeline(transaction=False) as pipe:
-        pipe.llen(queue.key)
-        pipe.llen(WAKE_KEY)
-        return sum(pipe.execute())
+    """Jobs waiting in ``queue``: RQ's own count (what ``rq info`` shows)."""
+    return queue.count
 
 
 # -- admin jobs -----------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """What became of the messages of a failed job, so that operators chase only what still needs them.
 
-A drain job can fail and its messages still be answered: a killed worker's job is moved to the
-failed registry as abandoned while the recovery sweep answers its conversation, and a job that met a
-Redis outage leaves its messages in the inbox for the next one. Only messages given up (answered with
-the failure notice, kept as dead letters for a replay) need an operator.
+A drain job can fail and its messages still be answered: a killed worker's job is retried by RQ
+(``core.queues.drain_job_options``) and fails only when every retry was abandoned too, and a later text's
+job drains whatever waits before it. Messages given up (answered with the failure notice, kept as dead
+letters for a replay) need an operator, and so do messages still waiting with no job left to answer them
+(a requeue answers them); messages a later job answered do not.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from core.queues import DRAIN_JOB
 from core.state import ConversationStore
 
 GIVEN_UP = "given_up"  # the person got the failure notice; a requeue answers them
-WAITING = "waiting"  # still in the conversation's inbox: a worker answers them (the sweep queues it)
+WAITING = "waiting"  # still in the conversation's inbox: a requeue (or the next text's job) answers them
 ANSWERED = "answered"  # nothing from before the failure is waiting: answered by a later job
 
 
@@ -29,7 +30,7 @@ def messages_view(store: ConversationStore, job: Job) -> dict[str, Any]:
     elif state == GIVEN_UP:  # a replay needs the dead letters (they expire, or were erased)
         needed = any(store.has_dead_letter(sid) for sid in job.meta["failed_sids"])
     else:
-        needed = False
+        needed = state == WAITING
     return {"messages": state, "needs_operator": needed}
 
 

@@ -154,7 +154,7 @@ class _QueueCollector:
             depth = failed = workers = 0
             up = 0
         yield GaugeMetricFamily("smsgw_redis_up", "Whether Redis answered this scrape", value=up)
-        yield GaugeMetricFamily("smsgw_queue_depth", "Drain jobs and wake-ups waiting", value=depth)
+        yield GaugeMetricFamily("smsgw_queue_depth", "Jobs waiting in the sms queue (RQ's count)", value=depth)
         yield GaugeMetricFamily("smsgw_failed_jobs", "Jobs in the failed-job registry", value=failed)
         yield GaugeMetricFamily("smsgw_workers", "Workers whose heartbeat is recent", value=workers)
 

@@ -13,6 +13,7 @@ from werkzeug.datastructures import MultiDict
 from core.events import FAILED_DELIVERY_STATUSES, emit_delivery_failed
 from core.metrics import metrics
 from core.model import InboundMessage
+from core.queues import enqueue_drain
 from core.redaction import mask_number
 from core.state import NotReplicated
 from gateway import twilio_fields as fields
@@ -124,11 +125,14 @@ def inbound_sms():
         return plain_text(400, f"Bad inbound message: {exc}.")
     unanswerable = fields.unanswerable(message.from_, fields.own_numbers(web.settings.own_numbers()))
     try:
-        outcome = web.store.accept(message, signature=request.headers.get("X-Twilio-Signature", ""),
-                                  skip=unanswerable is not None, replicas=web.settings.redis_wait_replicas,
-                                  replica_timeout_seconds=web.settings.redis_wait_timeout_seconds)
+        def queue_job(pipe, job_id):  # the text's drain job, in the transaction that stores the text
+            return enqueue_drain(web.queue, message.conversation_id, web.settings, pipeline=pipe, job_id=job_id)
+
+        outcome = web.store.accept(message, queue_job, signature=request.headers.get("X-Twilio-Signature", ""),
+                                   skip=unanswerable is not None, replicas=web.settings.redis_wait_replicas,
+                                   replica_timeout_seconds=web.settings.redis_wait_timeout_seconds)
     except NotReplicated as exc:
-        # Stored with its wake-up on the master, so it is answered unless a failover loses it: Twilio is told it
+        # Stored with its drain job on the master, so it is answered unless a failover loses it: Twilio is told it
         # was not (its fallback URL, if any, runs), as REDIS_WAIT_REPLICAS asks.
         log.warning("inbound message=%s %s but confirmed by %d of REDIS_WAIT_REPLICAS=%d replica(s) in time: "
                     "answering 503", message.sid, exc.outcome, exc.replicas, web.settings.redis_wait_replicas)

@@ -23,7 +23,6 @@ from rq.scheduler import RQScheduler
 from twilio.request_validator import RequestValidator
 
 from core.queues import ADMIN_QUEUE_NAME, QUEUE_NAME
-from core.state.inbound import WAKE_KEY
 from gateway import create_app
 from sandbox.launcher import redis_server_binary
 from sandbox.twilio_sim import TwilioSimulator
@@ -63,7 +62,7 @@ def pending_work(redis: Redis) -> list[str]:
     """What the gateway still has to do, read from Redis: [] when nothing more can reach UponAI or Twilio.
 
     RQ's queues (and the intermediate list a job passes through), jobs started, jobs scheduled to run
-    within SCHEDULED_SOON_SECONDS (retries), idle checks due that soon, wake-ups not yet made jobs,
+    within SCHEDULED_SOON_SECONDS (retries), idle checks due that soon,
     conversation locks held and inboxes holding a text.
     """
     from rq.registry import StartedJobRegistry
@@ -78,8 +77,6 @@ def pending_work(redis: Redis) -> list[str]:
         due = len(queue.scheduled_job_registry.get_jobs_to_schedule(due_by))
         work += [f"{n} job(s) {what} on {queue.name}" for n, what in
                  ((waiting, "queued"), (started, "started"), (due, "scheduled soon")) if n]
-    wakeups = redis.llen(ConversationStore.key("wake"))
-    work += [f"{wakeups} wake-up(s) not yet made drain jobs"] if wakeups else []
     idle_checks = redis.zcount(ConversationStore.key("idle-due"), "-inf", due_by)
     work += [f"{idle_checks} idle check(s) due soon"] if idle_checks else []
     locks = list(redis.scan_iter(match=ConversationStore.key("lock", "*")))
@@ -185,19 +182,16 @@ def redis(redis_server):
 
 @pytest.fixture
 def queue(redis) -> Queue:
-    """The gateway's RQ queue, empty before and after the test (and no wake-up waiting)."""
+    """The gateway's RQ queue, empty before and after the test."""
     queue = Queue("sms", connection=redis)
     queue.empty()
-    redis.delete(WAKE_KEY)
     yield queue
     queue.empty()
-    redis.delete(WAKE_KEY)
 
 
 def waiting_drains(queue: Queue) -> list[str]:
-    """The conversations with a drain waiting: wake-ups the workers have not taken yet, then queued drain jobs."""
-    woken = [cid.decode() for cid in queue.connection.lrange(WAKE_KEY, 0, -1)]
-    return woken + [job.args[0] for job in queue.get_jobs() if job.func_name == "workers.jobs.drain"]
+    """The conversations of the drain jobs waiting in the queue, oldest first."""
+    return [job.args[0] for job in queue.get_jobs() if job.func_name == "workers.jobs.drain"]
 
 
 @pytest.fixture(scope="session")
@@ -246,7 +240,6 @@ def settings_env(redis_server, uponai_server, twilio_server, **overrides) -> dic
         "PUBLIC_BASE_URL": "https://sms.example.com",
         "RETRY_INTERVALS_SECONDS": "0.2,0.4,0.8",
         "AMBIGUOUS_RETRY_DELAY_SECONDS": "1.5",
-        "WORKER_THREADS": "1",  # one RQ worker per process unless a test asks for threads (they stop slower)
         "INBOUND_QUIET_SECONDS": "0",  # a text is answered at once (texts already waiting are still one turn)
     }
     env.update({k: str(v) for k, v in overrides.items()})
@@ -392,7 +385,7 @@ class InProcessWorkers:
             threading.Thread(target=_work_until_stopped, name=f"test-rq-worker-{index}", args=(
                 InProcessWorker, Redis.from_url(self.settings.redis_url), queue_names, self.stop_event),
                 kwargs={"with_scheduler": False, "burst": False, "max_jobs": None, "logging_level": "WARNING",
-                        "ttl": THREAD_WORKER_TTL_SECONDS})
+                        "ttl": THREAD_WORKER_TTL_SECONDS, "concurrency": self.settings.worker_threads})
             for index in range(count)]
         for thread in self.threads:
             thread.start()

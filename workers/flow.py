@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid
 
 from core.events import emit_event
 from core.metrics import metrics
@@ -81,22 +82,32 @@ def backoff_seconds(attempt: int, intervals: tuple[float, ...], retry_after: flo
 def drain_conversation(services: Services, cid: str, token: str, *, budget_seconds: float | None = None) -> int:
     """Answer the conversation's waiting texts in order until none is left; return how many were handled.
 
+    ``token`` names the drain job (its RQ job id): each run of the job holds the lock under a token of its
+    own (``drain:{job}:{run}``), so that two runs of one job (a job id pushed twice on the queue, or a run
+    taken for abandoned while it still runs) never both hold the conversation; the job's scheduled retry is
+    recognised by the job's token (``retry_token``).
+
     Returns 0 at once when another drain job holds the conversation (it will handle our message too).
-    Raises RetryLater on a transient failure (or while a non-drain operation holds the conversation, or
-    to start the next turn when the person has stopped typing) and MessagesFailed when a message had to
-    be given up.
+    Raises RetryLater on a transient failure (or while a non-drain operation or another run of this job holds
+    the conversation, or to start the next turn when the person has stopped typing) and MessagesFailed when
+    a message had to be given up.
     """
     store = services.store
-    token = token if token.startswith(DRAIN_TOKEN_PREFIX) else DRAIN_TOKEN_PREFIX + token
-    # One round trip: the job has started (clears drain_pending), the lock, the conversation, the waiting texts.
+    job_token = token if token.startswith(DRAIN_TOKEN_PREFIX) else DRAIN_TOKEN_PREFIX + token
+    token = f"{job_token}:{uuid.uuid4().hex[:12]}"
+    # One round trip: the lock, the conversation, the waiting texts.
     start = store.start_drain(cid, token, LOCK_TTL_SECONDS)
     if not start.acquired:
         if start.holder and not start.holder.startswith(DRAIN_TOKEN_PREFIX):
             raise RetryLater(DRAIN_BUSY_RETRY_SECONDS, TransientError("conversation busy with another operation"))
+        if start.holder and start.holder.startswith(job_token + ":"):
+            # Another run of this very job holds it (alive, or dead with its lock about to expire): this run
+            # may be the one that answers, so it comes back rather than leaving.
+            raise RetryLater(DRAIN_BUSY_RETRY_SECONDS, TransientError("another run of this drain job holds it"))
         return 0
     pause = start.conversation
     retry_at = float(pause.get("retry_at") or 0)
-    if pause.get("retry_token") == token:
+    if pause.get("retry_token") == job_token:
         # The scheduled retry itself (after a failure, or at the end of a quiet window). RQ's scheduler
         # counts whole seconds, so it can start up to a second early: wait out the rest (the pause before
         # reading back an uncertain call must hold), then end the backoff, or drain jobs of texts arriving
@@ -140,7 +151,7 @@ def drain_conversation(services: Services, cid: str, token: str, *, budget_secon
                     continue
                 # The person may still be typing: a drain job scheduled for the end of the window takes over
                 # (noted before the lock is let go, so another job's drain leaves the texts to it).
-                store.touch(cid, retry_at=f"{wait.due_at:.3f}", retry_token=token)
+                store.touch(cid, retry_at=f"{wait.due_at:.3f}", retry_token=job_token)
                 keeper.release()
                 raise RetryLater(wait.seconds, TransientError("waiting for the person to finish typing")) from None
             except TransientError as exc:
@@ -156,7 +167,7 @@ def drain_conversation(services: Services, cid: str, token: str, *, budget_secon
                     log.warning("message=%s conversation=%s attempt=%d of %d transient failure: %s; next attempt "
                                 "in %.1f s", head.sid, cid, attempts, services.settings.max_attempts, exc, delay)
                     # Noted before the lock is let go, so no other drain job slips in ahead of the retry.
-                    store.touch(cid, retry_at=f"{time.time() + delay:.3f}", retry_token=token)
+                    store.touch(cid, retry_at=f"{time.time() + delay:.3f}", retry_token=job_token)
                     keeper.release()
                     raise RetryLater(delay, exc) from exc
                 taken = _taken_by(store, waiting)

@@ -50,12 +50,6 @@ def timed_job(func):
     return _timed(func, "conversation", func.__name__, lambda result: "ok" if result is None else "retry")
 
 
-def timed_drain_from_wakeup(func):
-    """Decorate ``workers.jobs.drain_woken`` (a drain with no RQ job): counted with the drain jobs, by the
-    outcome it returns (``ok``, ``retry``, ``failed``; ``failed`` too when it raises)."""
-    return _timed(func, "conversation", "drain", lambda outcome: outcome)
-
-
 def timed_admin_job(func):
     """Decorate an admin job (``workers.admin_ops``): as ``timed_job``, labelled ``kind="admin"``.
 

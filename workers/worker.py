@@ -1,15 +1,31 @@
 """The gateway's RQ worker: one RQ worker per process that runs up to ``WORKER_THREADS`` jobs at once.
 
-An agent turn mostly waits on UponAI (seconds), so a process waits on many turns at once. One RQ worker
-(one registration, one heartbeat, one Redis connection pool) takes a job from the queue whenever one of
-its job threads (``workers.turn_threads``) is free, and hands it to that thread; the job runs through
-RQ's own ``perform_job`` (registries, retries, failed-job registry, callbacks as with any RQ worker).
-Beside it a thread takes the web's wake-ups, as many as there are job threads running nothing, and drains
-them on those threads with no RQ job (``workers.wakeups``, ``workers.jobs.drain_woken``).
-The RQ worker runs in the main thread (signals), the scheduler in a child process (``workers.scheduler``);
-SIGTERM/SIGINT stop taking jobs and let the jobs in flight finish, a second one stops at once (RQ's cold
-shutdown). A killed process's jobs are recovered as any dead worker's: RQ's StartedJobRegistry cleanup and
-``jobs.recover_stalled``.
+Every text is an RQ job (``core.state.inbound``). An agent turn mostly waits on UponAI (seconds), so a process
+waits on many turns at once: one RQ worker (one registration, one heartbeat, one Redis connection pool) takes a
+job from the queue whenever one of its job threads (``workers.turn_threads``) is free, and hands it to that
+thread, where it runs through RQ's own ``perform_job`` (registries, results, retries, failed-job registry, as
+with any RQ worker). RQ 3.0 has no threaded worker (``SimpleWorker`` runs one job at a time, ``WorkerPool``
+forks processes), so this one extends ``SimpleWorker`` through ``BaseWorker``'s public methods; ``rq`` is pinned
+to the minor version these overrides are tested against (``tests/test_rq_contract.py``). Overridden, and why:
+
+- ``dequeue_job_and_maintain_ttl``: take a job only once a job thread is free (heartbeating while all are busy).
+- ``execute_job``: RQ's execution record first (``prepare_execution``), then ``perform_job`` on a job thread.
+- ``get_heartbeat_ttl``: a job's execution lives ``ABANDONED_AFTER_SECONDS`` past its last heartbeat (RQ: 60 s),
+  so that a killed worker's jobs are found abandoned, and retried, within a minute.
+- ``get_state``/``set_state``: busy while any job is in flight; only a change of state is written.
+- ``heartbeat``: coalesced (RQ beats several times per job), one pipeline, a missed beat is no crash.
+- ``check_for_suspension``: once a second, not per job; Redis away is said by the wait for a job.
+- ``run_maintenance_tasks``, ``handle_exception``: a Redis outage is one line, not a traceback that ends the loop.
+- ``request_stop``/``request_force_stop``/``teardown``: warm shutdown lets the jobs in flight finish (heartbeating),
+  a second signal stops at once (RQ's cold shutdown).
+- ``ThreadWorker.work``: RQ's loop through the same public steps, without installing signal handlers (a worker
+  in a thread of the tests; ``BaseWorker.work`` always installs them, which only the main thread may).
+
+While jobs run, one thread per process renews the heartbeat of every execution in flight
+(``Execution.heartbeat``) every ``JOB_MONITORING_INTERVAL_SECONDS``. A killed process's jobs are recovered as
+any dead worker's: RQ's StartedJobRegistry cleanup (every worker's maintenance) finds their executions
+expired and retries them (``core.queues.drain_job_options``); the run again holds the same conversation lock.
+The RQ worker runs in the main thread (signals), the scheduler in a child process (``workers.scheduler``).
 
 A worker is alive while its heartbeat is recent (``core.queues.live_workers``): RQ keeps a killed worker's
 registry entry for minutes, so readiness and the ``smsgw_workers`` gauge look at the heartbeat, which
@@ -32,7 +48,7 @@ from rq.utils import now as rq_now
 from rq.worker import SimpleWorker, WorkerStatus
 
 from core.queues import WORKER_TTL_SECONDS
-from workers import jobs, scheduler, wakeups
+from workers import jobs, scheduler
 from workers.job_timeouts import WatchdogDeathPenalty
 from workers.startup import exit_children_with_this_process, redis_address, redis_failure, wait_for_redis
 from workers.turn_threads import TurnThreads
@@ -44,6 +60,7 @@ log = logging.getLogger(__name__)
 MAINTENANCE_INTERVAL_SECONDS = 15
 THREAD_WORKER_TTL_SECONDS = 17  # RQ waits for a job up to TTL - 15 s: an idle thread sees a stop within 2 s
 JOB_MONITORING_INTERVAL_SECONDS = 5
+ABANDONED_AFTER_SECONDS = 20  # a job execution with no heartbeat for this long (past the interval) is abandoned
 HEARTBEAT_COALESCE_SECONDS = 1.0  # far below every heartbeat TTL (WORKER_TTL_SECONDS + 60 and more)
 SUSPENSION_CHECK_SECONDS = 1.0  # `rq suspend` is seen within a second, not checked (one round trip) per job
 # RQ's INFO lines for every job (taken, completed, "Job OK"): three log lines a message, each a JSON write.
@@ -77,29 +94,16 @@ class GatewayWorker(SimpleWorker):
         self._between_jobs = False  # the loop waits for a free thread or a job: a stop may interrupt it
         self._suspension_checked_at = -SUSPENSION_CHECK_SECONDS
         self._burst = False  # see work()
-        self._waker: wakeups.Waker | None = None
+        self._beats = ExecutionBeats(self)
 
     # -- taking jobs ------------------------------------------------------------------------------
 
     def work(self, *args, **kwargs):
-        """RQ's work loop, with a thread that drains the web's wake-ups on free job threads (``workers.wakeups``).
-
-        A burst has no such thread: when it finds no job it turns the waiting wake-ups into jobs and looks
-        again, so that it does not end with wake-ups left over."""
         self._burst = bool(kwargs.get("burst"))
         try:
             return super().work(*args, **kwargs)
         finally:
-            if self._waker is not None:
-                self._waker.stop()
-
-    def bootstrap(self, *args, **kwargs):
-        """RQ's start (the worker's registration first), then the wake-up thread: a drain marks the worker busy,
-        which must come after RQ registered it."""
-        super().bootstrap(*args, **kwargs)
-        if not self._burst:
-            self._waker = wakeups.Waker(jobs.current_services, self.turns, self._drain_woken,
-                                        name=f"wake-{self.name[:8]}").start()
+            self._beats.stop()
 
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
         """Take a job only once a thread is free to run it (heartbeating while all are busy)."""
@@ -111,7 +115,7 @@ class GatewayWorker(SimpleWorker):
             try:
                 self._check_stop()
                 result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-                if result is None and self._burst and self._queue_woken():  # a burst's last look
+                if result is None and self._burst and self._queue_due_idle_checks():  # a burst's last look
                     result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
             except BaseException:
                 self.turns.give_back_slot()
@@ -122,12 +126,11 @@ class GatewayWorker(SimpleWorker):
         finally:
             self._between_jobs = False
 
-    def _queue_woken(self) -> int:
-        """Queue drain jobs for the waiting wake-ups, and the idle checks that are due (a burst has no wake-up
-        thread, and no scheduler child of ours)."""
+    @staticmethod
+    def _queue_due_idle_checks() -> int:
+        """Queue the idle checks that are due (a burst has no scheduler child of ours)."""
         try:
-            services = jobs.current_services()
-            return wakeups.queue_woken(services) + jobs.queue_due_idle_checks(services)
+            return jobs.queue_due_idle_checks(jobs.current_services())
         except RedisError:  # Redis away: the wait for a job says so
             return 0
 
@@ -142,6 +145,7 @@ class GatewayWorker(SimpleWorker):
         except BaseException:
             self.turns.give_back_slot()
             raise
+        self._beats.add(job, execution)
         self.turns.run(lambda: self._perform(job, queue, execution))
 
     def _perform(self, job, queue, execution) -> None:
@@ -150,20 +154,16 @@ class GatewayWorker(SimpleWorker):
         except (RedisConnectionError, RedisTimeoutError) as exc:  # RQ could record neither the end nor a failure
             self._stopped_by_redis(job, exc)
         finally:
+            self._beats.remove(execution)
             self._idle_if_last()
 
-    def _drain_woken(self, cid: str) -> None:
-        """A drain straight from a wake-up (``workers.wakeups``), on this job thread: busy while it runs, as
-        with a job."""
-        try:
-            if super().get_state() != WorkerStatus.BUSY:
-                self.set_state(WorkerStatus.BUSY)
-            jobs.drain_woken(cid)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            log.error("drain of conversation=%s stopped: Redis at %s not reachable: %s (the recovery sweep "
-                      "answers it)", cid, redis_address(self.connection), redis_failure(exc))
-        finally:
-            self._idle_if_last()
+    def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
+        # RQ's: the next beat's interval (at most the time left before the job's timeout) + 60 s. Beats come
+        # every JOB_MONITORING_INTERVAL_SECONDS (ExecutionBeats), so a shorter margin finds a killed worker's
+        # jobs sooner (a stall of ABANDONED_AFTER_SECONDS is taken as a dead process, as the conversation
+        # lock's TTL is).
+        remaining = job.timeout - working_time if job.timeout and job.timeout > 0 else self.job_monitoring_interval
+        return int(max(1, min(remaining, self.job_monitoring_interval))) + ABANDONED_AFTER_SECONDS
 
     def _idle_if_last(self) -> None:
         if self.turns.running <= 1 and super().get_state() != WorkerStatus.IDLE:
@@ -218,22 +218,11 @@ class GatewayWorker(SimpleWorker):
                 super().check_for_suspension(burst)
 
     def run_maintenance_tasks(self):
+        # RQ's: clean the registries (a killed worker's started jobs are retried or failed there).
         try:
             super().run_maintenance_tasks()
         except RedisError as exc:  # RQ's loop would quit with a traceback; the wait for a job then says it once
             log.warning("worker maintenance skipped: %s", type(exc).__name__)
-            return
-        try:
-            services = jobs.current_services()
-            # One sweep at a time across all workers: the others' would find the same conversations.
-            if not services.store.claim_sweep(self.name, MAINTENANCE_INTERVAL_SECONDS - 1):
-                return
-            recovered = jobs.recover_stalled(services)
-        except RedisError as exc:
-            log.warning("recovery sweep skipped: %s", type(exc).__name__)
-            return
-        if recovered:
-            log.warning("recovery: queued %d conversation(s) left without a worker", recovered)
 
     def heartbeat(self, timeout: int | None = None, pipeline=None):
         # RQ beats before and after each dequeue, as each job starts and after it, three commands each time:
@@ -271,8 +260,6 @@ class GatewayWorker(SimpleWorker):
 
     def teardown(self):
         """Let the jobs in flight finish (heartbeating meanwhile), then register the worker's death."""
-        if self._waker is not None:
-            self._waker.stop_taking()  # it gives its slot back within a second
         try:
             while not self.forced and not self.turns.wait_until_idle(JOB_MONITORING_INTERVAL_SECONDS):
                 try:
@@ -286,18 +273,97 @@ class GatewayWorker(SimpleWorker):
 class ThreadWorker(GatewayWorker):
     """A GatewayWorker in a non-main thread: stops when ``stop_event`` is set, leaves signals alone."""
 
-    # No public extension point exists (rq 3.0; pyproject pins rq>=3.0,<4): BaseWorker.work() always calls
-    # this hook, whose signal.signal() raises ValueError outside the main thread, and rq has no option to skip
-    # it. Signals belong to the main thread, which sets stop_event. Relied on, and checked by
-    # tests/test_worker.py::test_a_thread_worker_runs_jobs_and_leaves_the_process_signal_handlers_alone.
-    def _install_signal_handlers(self):
-        pass
+    def work(self, burst: bool = False, logging_level: str | None = None, max_jobs: int | None = None,
+             with_scheduler: bool = False, **kwargs) -> bool:
+        """RQ's work loop (rq 3.0 ``BaseWorker.work``), step for step through its public methods, less the signal
+        handlers it installs (``signal.signal`` raises outside the main thread; the main thread sets
+        ``stop_event``) and the scheduler (the tests move due jobs in a thread of their own)."""
+        self._burst = burst
+        self.bootstrap(logging_level)
+        completed = 0
+        try:
+            while True:
+                try:
+                    self.check_for_suspension(burst)
+                    if self.should_run_maintenance_tasks:
+                        self.run_maintenance_tasks()
+                    self._check_stop()
+                    result = self.dequeue_job_and_maintain_ttl(None if burst else self.dequeue_timeout)
+                    if result is None:
+                        break
+                    job, queue = result
+                    self.execute_job(job, queue)
+                    self.heartbeat()
+                    completed += 1
+                    if max_jobs is not None and completed >= max_jobs:
+                        break
+                except StopRequested:
+                    break
+        finally:
+            try:
+                self.teardown()
+            finally:
+                self._beats.stop()
+        return bool(completed)
 
     def heartbeat(self, timeout: int | None = None, pipeline=None):
         # RQ beats between waits for a job: a safe point to leave, when the loop is not handing a job over.
         if pipeline is None and self._between_jobs:
             self._check_stop()
         return super().heartbeat(timeout, pipeline=pipeline)
+
+
+class ExecutionBeats:
+    """Renews the heartbeat of every job execution in flight in the worker process, every
+    ``JOB_MONITORING_INTERVAL_SECONDS``, in one pipeline (RQ's forking worker does it for its one horse in
+    ``maintain_heartbeats``). Its thread starts with the first job and ends with ``stop()``."""
+
+    def __init__(self, worker: GatewayWorker):
+        self._worker = worker
+        self._running: dict[str, tuple] = {}  # execution id -> (job, execution)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, job, execution) -> None:
+        with self._lock:
+            self._running[execution.id] = (job, execution)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=f"beats-{self._worker.name[:8]}", daemon=True)
+                self._thread.start()
+
+    def remove(self, execution) -> None:
+        with self._lock:
+            self._running.pop(execution.id, None)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5)
+
+    def beat(self) -> int:
+        """Renew every execution in flight now; returns how many."""
+        with self._lock:
+            running = list(self._running.values())
+        if not running:
+            return 0
+        worker = self._worker
+        with worker.connection.pipeline(transaction=False) as pipe:
+            for job, execution in running:
+                working = (rq_now() - job.started_at).total_seconds() if job.started_at else 0.0
+                execution.heartbeat(job.started_job_registry, worker.get_heartbeat_ttl(job, working), pipe)
+            pipe.execute()
+        return len(running)
+
+    def _run(self) -> None:
+        while not self._stopping.wait(JOB_MONITORING_INTERVAL_SECONDS):
+            try:
+                self.beat()
+            except RedisError as exc:  # the next beat tries again; the worker's loop says that Redis is away
+                log.warning("job heartbeats skipped: %s", type(exc).__name__)
+            except Exception:  # never let the thread die: the jobs in flight would be taken as abandoned
+                log.exception("job heartbeats failed")
 
 
 class PerJobLines(logging.Filter):

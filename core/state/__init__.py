@@ -1,9 +1,9 @@
 """Conversation state in Redis, split by idea; every Redis read and write of it goes through ``ConversationStore``.
 
-- ``core.state.inbound``: dedupe, signatures, the gateway's numbers, accepting a text, the inbox, active set.
+- ``core.state.inbound``: dedupe, signatures, the gateway's numbers, accepting a text with its job, the inbox.
 - ``core.state.conversations``: the conversation's hash, its chats, opt-out, the loop breaker, the lock.
 - ``core.state.deliveries``: per-message progress and decisions, the sent log and statuses, dead letters.
-- ``core.state.counters``: rate windows, notice markers, idle-check markers, the recovery sweep's turn.
+- ``core.state.counters``: rate windows, notice markers, idle-check markers.
 - ``core.state.operations``: outbound starts and their Idempotency-Key records.
 - ``core.state.handoff``: an operator's takeover and the away log of what was said meanwhile.
 - ``core.state.erase``: erasing a person on request (``workers.admin_ops.erase_conversation``).

@@ -4,8 +4,8 @@ A conversation is the pair (gateway number, person's number), keyed by an opaque
 numbers never appear in queue names, job descriptions or logs. Keys (under ``smsgw:``)::
 
     conv:{cid}               hash: gateway, person, messaging_service_sid, chat_id, agent_id, chat_started_at,
-                             last_inbound_at, last_outbound_at, last_activity_at, drain_pending (a drain job
-                             waits in the queue, since), retry_at, retry_token, opted_out, empty_turns, loop_streak,
+                             last_inbound_at, last_outbound_at, last_activity_at, retry_at, retry_token,
+                             opted_out, empty_turns, loop_streak,
                              loop_breaker_until, loop_held, handoff, away_heard (see
                              ``core.state.handoff``), ...
     chats:{cid}              set of the UponAI chat ids the conversation has had (to find its records on erase)
@@ -19,11 +19,11 @@ The lock stays a few small scripts rather than redis-py's ``redis.lock.Lock``: i
 that other holders read (``drain:``, ``admin:``, ``idle:`` prefixes, see ``workers.locking``), it is taken,
 refreshed and released by token from different threads and jobs (``Lock`` keeps its token in the object,
 thread-local by default, and has no "confirm I hold it" acquire), and the drain's release must check the
-inbox is empty and leave the active set in the same atomic step, which ``Lock.release`` cannot.
+inbox is empty in the same atomic step, which ``Lock.release`` cannot.
 
-A drain job starts with one step (``start_drain``: drain_pending cleared, the lock, the hash, the waiting
-texts) and ends each turn (or text handled alone) with one (``finish_texts``: its texts removed, the next
-waiting ones, or the lock released); the loop breaker's verdict on a text is also one step
+A drain job starts with one step (``start_drain``: the lock, the hash, the waiting texts) and ends each
+turn (or text handled alone) with one (``finish_texts``: its texts removed, the next waiting ones, or the
+lock released); the loop breaker's verdict on a text is also one step
 (``loop_verdict``, which remembers it in the message's progress hash ``msg:{MessageSid}``, see
 ``core.state.deliveries``).
 """
@@ -43,7 +43,6 @@ _RELEASE_IF_IDLE = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 if redis.call('LLEN', KEYS[1]) > 0 then return 0 end
 redis.call('DEL', KEYS[2])
-redis.call('SREM', KEYS[3], ARGV[2])
 return 1
 """
 
@@ -64,26 +63,24 @@ return 1
 """
 
 
-# A drain job's first step: it has started (a text arriving now needs a job of its own), takes the lock
-# (or keeps it: a retry of the holder), and reads the conversation's hash and inbox head.
+# A drain job's first step: takes the lock (or keeps it: a run again of the holder's job), and reads the
+# conversation's hash and inbox head.
 _START_DRAIN = """
-redis.call('HDEL', KEYS[1], 'drain_pending')
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return {0, holder} end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 return {1, redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[3], 0, tonumber(ARGV[3]) - 1)}
 """
-# Done with the texts at the inbox head (ARGV[4...], in order): remove them, and return the next waiting
-# ones (at most ARGV[3]), or release the lock when there are none.
+# Done with the texts at the inbox head (ARGV[3...], in order): remove them, and return the next waiting
+# ones (at most ARGV[2]), or release the lock when there are none.
 _FINISH_TEXTS = """
-for i = 4, #ARGV do
+for i = 3, #ARGV do
   if redis.call('LINDEX', KEYS[1], 0) == ARGV[i] then redis.call('LPOP', KEYS[1]) end
 end
-local waiting = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)
+local waiting = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
 if #waiting > 0 then return {0, waiting} end
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {-1} end
 redis.call('DEL', KEYS[2])
-redis.call('SREM', KEYS[3], ARGV[2])
 return {1}
 """
 # The loop breaker's verdict on one text, once per message (KEYS[1], its progress hash): a quick text
@@ -150,7 +147,7 @@ class Conversations(StateBase):
 
     def release_if_idle(self, cid: str, token: str) -> bool:
         """Release the lock if the inbox is empty; False means more messages arrived meanwhile."""
-        result = self._release_if_idle(keys=[key("inbox", cid), key("lock", cid), key("active")], args=[token, cid])
+        result = self._release_if_idle(keys=[key("inbox", cid), key("lock", cid)], args=[token])
         return int(result) != 0
 
     def lock_holder(self, cid: str) -> str | None:
@@ -173,8 +170,7 @@ class Conversations(StateBase):
 
         The lock goes in the same step when nothing is left waiting.
         """
-        reply = self._finish_texts(keys=[key("inbox", cid), key("lock", cid), key("active")],
-                                   args=[token, cid, WAITING_READ, *raws])
+        reply = self._finish_texts(keys=[key("inbox", cid), key("lock", cid)], args=[token, WAITING_READ, *raws])
         if int(reply[0]) == 0:
             return False, _waiting(reply[1])
         return True, []  # released (or no longer ours: nothing to release)
@@ -182,15 +178,6 @@ class Conversations(StateBase):
     def waiting(self, cid: str) -> list[tuple[str, InboundMessage]]:
         """The texts waiting at the inbox head (at most ``WAITING_READ``), oldest first."""
         return _waiting(self.redis.lrange(key("inbox", cid), 0, WAITING_READ - 1))
-
-    def sweep_view(self, cids: list[str]) -> list[tuple[str | None, dict[str, str]]]:
-        """Each conversation's lock holder and hash, read in one round trip (the recovery sweep)."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            for cid in cids:
-                pipe.get(key("lock", cid))
-                pipe.hgetall(key("conv", cid))
-            replies = pipe.execute()
-        return [(text(holder), text_hash(fields)) for holder, fields in zip(replies[::2], replies[1::2], strict=True)]
 
     # -- the conversation's hash --------------------------------------------------------------------
 
@@ -241,15 +228,6 @@ class Conversations(StateBase):
     def clear_retry(self, cid: str) -> None:
         """The conversation's scheduled retry has started: its backoff is over."""
         self.redis.hdel(key("conv", cid), "retry_at", "retry_token")
-
-    @staticmethod
-    def mark_drain_pending(cid: str, pipe) -> None:
-        """On ``pipe``: a drain job of the conversation now waits in the queue (cleared when one starts)."""
-        pipe.hset(key("conv", cid), "drain_pending", f"{time.time():.3f}")
-
-    def clear_drain_pending(self, cid: str) -> None:
-        """A drain job has started: texts arriving from now on need a job of their own."""
-        self.redis.hdel(key("conv", cid), "drain_pending")
 
     def set_opted_out(self, cid: str, opted_out: bool) -> None:
         name = key("conv", cid)

@@ -1,10 +1,9 @@
-"""Counters and markers that pace a conversation: the rate limit, notices sent, idle checks, the recovery sweep.
+"""Counters and markers that pace a conversation: the rate limit, notices sent, idle checks.
 
 Keys (under ``smsgw:``)::
 
     rate:{cid}:{window}      messages forwarded to the agent in the current rate-limit window
     notice:{kind}:{cid}      marker: a notice of this kind was sent recently (MMS, rate limit)
-    sweep-lock               the worker running the recovery sweep now (one at a time; expires)
     idle-due                 sorted set: each conversation with a chat -> when its idle check is due (epoch s)
 
 Per-message attempts are counted with the message's progress (``core.state.deliveries``); the rate
@@ -73,7 +72,3 @@ class Counters(StateBase):
     def lease_idle_checks(pipe: Pipeline, cids: list[str], now: float) -> None:
         """On ``pipe`` (with their jobs queued): the checks are due again after the lease, should a job be lost."""
         pipe.zadd(IDLE_DUE_KEY, dict.fromkeys(cids, now + IDLE_CHECK_LEASE_SECONDS), xx=True)
-
-    def claim_sweep(self, worker_name: str, seconds: int) -> bool:
-        """True for one worker per ``seconds``: the one that runs the recovery sweep now."""
-        return bool(self.redis.set(key("sweep-lock"), worker_name, nx=True, ex=seconds))

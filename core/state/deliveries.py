@@ -368,7 +368,6 @@ class Deliveries(StateBase):
             with self.redis.pipeline() as pipe:
                 pipe.lpush(key("inbox", cid), text(raw))
                 self._keep(key("inbox", cid), pipe=pipe)
-                pipe.sadd(key("active"), cid)
                 pipe.hdel(key("msg", sid), "attempts")
                 pipe.delete(key("dead", sid))
                 pipe.execute()

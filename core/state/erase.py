@@ -61,7 +61,6 @@ class Erasure(StateBase):
         with self.redis.pipeline() as pipe:
             for name in doomed:
                 pipe.delete(name)
-            pipe.srem(key("active"), cid)
             pipe.zrem(IDLE_DUE_KEY, cid)
             if state.get("opted_out") == "1":
                 # Carriers require STOP to be honoured: keep only that fact, under the opaque id.

@@ -32,7 +32,9 @@ DRAIN_FAILURE_TTL_SECONDS = 30 * 24 * 3600
 # execution records back one by one (about six Redis round trips per job); expiry costs none.
 DRAIN_RESULT_TTL_SECONDS = 60
 # A drain job abandoned by a killed worker (or raising unexpectedly) runs again after these waits, then fails.
-DRAIN_RETRY_INTERVALS_SECONDS = (1, 5, 30)
+# The first is at once: back on the queue, for any worker (a wait needs a scheduler, and a killed worker's
+# scheduler lock outlives it by a minute).
+DRAIN_RETRY_INTERVALS_SECONDS = (0, 5, 30)
 ADMIN_FAILURE_TTL_SECONDS = 7 * 24 * 3600
 ADMIN_RESULT_TTL_SECONDS = 24 * 3600
 LOCK_WAIT_SECONDS = 30.0  # how long an admin job waits for the conversation's lock

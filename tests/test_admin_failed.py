@@ -37,8 +37,10 @@ def test_a_killed_workers_job_is_retried_by_rq_and_needs_no_operator(start_worke
     wait_for(lambda: uponai.calls("complete"), message="the turn to start")
     pool.crash(pool.processes[0])
     release.set()
-    # What a worker's maintenance does once the dead job's execution has expired (ABANDONED_AFTER_SECONDS):
-    # RQ retries the job (its retries are the drain job's), it is not failed.
+    # What a worker's maintenance does once the dead job's execution has expired (ABANDONED_AFTER_SECONDS past
+    # its last beat, when the dead run's conversation lock has expired too): RQ retries the job (its retries are
+    # the drain job's), it is not failed.
+    wait_for(lambda: not list(redis.scan_iter("smsgw:lock:*")), timeout=30, message="the dead run's lock to expire")
     StartedJobRegistry("sms", connection=redis).cleanup(timestamp=time.time() + 3600)
     assert failed_jobs(admin) == []
 

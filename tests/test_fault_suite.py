@@ -65,8 +65,8 @@ def web(redis_server, uponai_server, twilio_server, redis, tmp_path):
 def suite_env(redis_server, uponai_server, twilio_server) -> dict[str, str]:
     env = settings_env(redis_server, uponai_server, twilio_server, RETRY_INTERVALS_SECONDS="0.3,0.6,1,1,1,1,1,1,1",
                        AMBIGUOUS_RETRY_DELAY_SECONDS="1.5", RATE_LIMIT_MESSAGES="0",
-                       LOOP_BREAKER_REPLIES="0",  # its people text faster than a person types
-                       WORKER_THREADS="4")
+                       LOOP_BREAKER_REPLIES="0")  # its people text faster than a person types
+    # WORKER_THREADS: the production default, as every test's
     env.pop("INBOUND_QUIET_SECONDS")  # the default quiet window, as deployed (the tests' default is none)
     return env
 

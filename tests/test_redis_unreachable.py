@@ -173,7 +173,7 @@ def test_a_redis_outage_is_one_line_not_one_per_worker_thread_and_retry(redis_se
                  timeout=30, message="the worker and its scheduler to see the outage")
         server.start()
 
-        # Only a scheduler moves a scheduled job to its queue (the recovery sweep knows nothing of this one).
+        # Only a scheduler moves a scheduled job to its queue (nothing else would queue this one).
         scheduled = Queue("sms", connection=direct).enqueue_in(timedelta(seconds=1), "builtins.len", "four")
         wait_for(lambda: scheduled.get_status(refresh=True) == "finished", timeout=30,
                  message="the scheduler to enqueue a scheduled job after the outage")

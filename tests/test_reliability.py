@@ -147,8 +147,8 @@ def test_sigterm_lets_the_current_job_finish(start_worker_processes, redis, text
 def test_redis_restart_web_answers_503_then_recovers_and_loses_nothing(start_workers, redis_server, redis, client,
                                                                       uponai, twilio):
     restarted = threading.Event()
-    # The turn in flight waits out the outage: with the job's Redis gone mid-write, only the recovery sweep
-    # (tests/test_admin_failed.py) would answer, and this test is about what waits in Redis.
+    # The turn in flight waits out the outage: with the job's Redis gone mid-write, only RQ's retry of an
+    # abandoned job (tests/test_admin_failed.py) would answer, and this test is about what waits in Redis.
     uponai.responder = lambda chat, text: (restarted.wait(20), [f"You said: {text}"])[1]
     start_workers(2, UPONAI_READ_TIMEOUT_SECONDS="30")  # the held turn is not given up while Redis is away
     accepted = [inbound_form(f"before {i}", from_=PERSON) for i in range(3)]

@@ -15,8 +15,9 @@ drain job is queued beside it through RQ's public API (``Queue.enqueue_call(...,
 ``core.queues.drain_job``). Both happen or neither does: a web process killed at any point leaves either
 nothing (Twilio was not answered 200 and sends the text again or to its fallback URL) or the text with its
 job. When the script finds the text is not new (a repeat of its ``MessageSid``, a replay, a sender no reply
-can reach), the job queued with it is taken off the queue again in a second round trip (``Job.delete``); a
-web process killed before that leaves an extra drain job, which finds nothing to do.
+can reach), the job queued with it is taken back off the queue in a second round trip (``Queue.remove``, then
+``Job.delete``) unless a worker took it first; a web process killed before that, or a worker quicker than it,
+leaves an extra drain job, which finds nothing to do.
 
 Each text is one RQ job, so ``rq info``, rq-dashboard, rq-exporter and the autoscalers that read the queue see
 every text waiting. Order does not come from the jobs: a drain job answers its conversation's inbox head
@@ -32,6 +33,7 @@ from collections.abc import Callable
 
 from redis.client import Pipeline
 from redis.exceptions import NoScriptError, ResponseError
+from rq import Queue
 
 from core.model import InboundMessage
 from core.state.keys import EXPIRY_REFRESH_SLACK, StateBase, bare_address, key, text
@@ -124,7 +126,7 @@ class Inbound(StateBase):
                 job = queue_job(pipe, job_id)
                 reply = pipe.execute(raise_on_error=False)[0]
             if isinstance(reply, Exception):
-                job.delete()  # queued without its text: take it back
+                self._take_back(job)  # queued without its text
                 if attempt == 1 and isinstance(reply, NoScriptError):  # Redis restarted (or flushed its scripts)
                     self.redis.script_load(_ACCEPT)
                     continue
@@ -132,12 +134,18 @@ class Inbound(StateBase):
             break
         outcome = OUTCOMES[int(reply)]
         if outcome != "new":
-            job.delete()  # nothing new to answer: the job queued with it goes
+            self._take_back(job)  # nothing new to answer
         if replicas and outcome in ("new", "duplicate"):  # the texts that are to be answered
             acknowledged = self._wait_for_replicas(key("seen", message.sid), replicas, replica_timeout_seconds)
             if acknowledged < replicas:
                 raise NotReplicated(outcome, acknowledged)
         return outcome
+
+    def _take_back(self, job) -> None:
+        """Take a job queued for nothing back off its queue, unless a worker has taken it already (it then runs,
+        finds nothing of its own, and keeps its retries should it meet a text that came meanwhile)."""
+        if Queue(job.origin, connection=self.redis).remove(job.id):
+            job.delete(remove_from_queue=False)
 
     def _wait_for_replicas(self, seen_key: str, replicas: int, timeout_seconds: float) -> int:
         """How many replicas hold the text (waiting up to ``timeout_seconds``).

@@ -99,7 +99,7 @@ def test_worker_started_while_redis_is_away_says_so_in_one_line_and_starts_when_
 
 
 def test_a_thread_worker_runs_jobs_and_leaves_the_process_signal_handlers_alone(redis, env):
-    """ThreadWorker relies on rq 3.x calling its signal hook from work(): in a thread it must run, not raise."""
+    """ThreadWorker runs RQ's loop through public steps with no signal handlers: in a thread it runs, not raises."""
     from rq import Queue
 
     from config import load_settings

@@ -14,7 +14,7 @@ to the minor version these overrides are tested against (``tests/test_rq_contrac
   so that a killed worker's jobs are found abandoned, and retried, within a minute.
 - ``get_state``/``set_state``: busy while any job is in flight; only a change of state is written.
 - ``heartbeat``: coalesced (RQ beats several times per job), one pipeline, a missed beat is no crash.
-- ``check_for_suspension``: once a second, not per job; Redis away is said by the wait for a job.
+- ``check_for_suspension``: RQ's, with Redis away said by the wait for a job rather than a traceback.
 - ``run_maintenance_tasks``, ``handle_exception``: a Redis outage is one line, not a traceback that ends the loop.
 - ``request_stop``/``request_force_stop``/``teardown``: warm shutdown lets the jobs in flight finish (heartbeating),
   a second signal stops at once (RQ's cold shutdown).
@@ -62,7 +62,6 @@ THREAD_WORKER_TTL_SECONDS = 17  # RQ waits for a job up to TTL - 15 s: an idle t
 JOB_MONITORING_INTERVAL_SECONDS = 5
 ABANDONED_AFTER_SECONDS = 20  # a job execution with no heartbeat for this long (past the interval) is abandoned
 HEARTBEAT_COALESCE_SECONDS = 1.0  # far below every heartbeat TTL (WORKER_TTL_SECONDS + 60 and more)
-SUSPENSION_CHECK_SECONDS = 1.0  # `rq suspend` is seen within a second, not checked (one round trip) per job
 # RQ's INFO lines for every job (taken, completed, "Job OK"): three log lines a message, each a JSON write.
 # The flow logs each message answered; failures still come from RQ at WARNING and above.
 PER_JOB_LOG_TEMPLATES = frozenset({"Worker %s: %s: %s", "Worker %s: %s: %s (%s)",
@@ -92,7 +91,6 @@ class GatewayWorker(SimpleWorker):
         self.forced = False
         self._reported = threading.local()  # the job a job thread last said Redis stopped
         self._between_jobs = False  # the loop waits for a free thread or a job: a stop may interrupt it
-        self._suspension_checked_at = -SUSPENSION_CHECK_SECONDS
         self._burst = False  # see work()
         self._beats = ExecutionBeats(self)
 
@@ -166,7 +164,8 @@ class GatewayWorker(SimpleWorker):
         return int(max(1, min(remaining, self.job_monitoring_interval))) + ABANDONED_AFTER_SECONDS
 
     def _idle_if_last(self) -> None:
-        if self.turns.running <= 1 and super().get_state() != WorkerStatus.IDLE:
+        # (A suspended worker stays shown as suspended while its last jobs finish.)
+        if self.turns.running <= 1 and super().get_state() not in (WorkerStatus.IDLE, WorkerStatus.SUSPENDED):
             try:  # the last job in flight (this one counts until it returns)
                 super().set_state(WorkerStatus.IDLE)
             except RedisError as exc:
@@ -209,13 +208,10 @@ class GatewayWorker(SimpleWorker):
     # -- heartbeat, maintenance --------------------------------------------------------------------
 
     def check_for_suspension(self, burst: bool):
-        # RQ checks before every job (a round trip with a heartbeat): once a second is soon enough.
-        now = time.monotonic()
-        if burst or now - self._suspension_checked_at >= SUSPENSION_CHECK_SECONDS:
-            self._suspension_checked_at = now
-            # Redis away: the wait for a job that follows says so (and waits); RQ's loop would quit with a traceback.
-            with contextlib.suppress(RedisError):
-                super().check_for_suspension(burst)
+        # RQ's check, before every job (`rq suspend` stops the next job from being taken). Redis away: the wait
+        # for a job that follows says so (and waits); RQ's loop would quit with a traceback.
+        with contextlib.suppress(RedisError):
+            super().check_for_suspension(burst)
 
     def run_maintenance_tasks(self):
         # RQ's: clean the registries (a killed worker's started jobs are retried or failed there).

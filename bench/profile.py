@@ -278,11 +278,10 @@ async def round_trips(bench: Bench, count: int) -> list[str]:
     lines += [f"Worker: `sms-gateway worker --burst` answered {answered} messages with {http} HTTP requests to the "
               f"fakes ({http / max(1, answered):.1f} per message: create chat, completion, send).", ""]
     lines += worker.table(answered, "message")
-    lines += [f"Worker at a person's pace: the worker loop of `sms-gateway worker` (8 job threads, its wake-up "
-              f"thread; in this process) answered {paced_answered} webhooks sent one at a time, each once the one "
-              f"before was answered, each in its own conversation: each wake-up taken alone and drained at once "
-              f"on a job thread (no RQ job), the worker marked busy and idle again for each, heartbeats as they "
-              f"come at that pace.", ""]
+    lines += [f"Worker at a person's pace: the worker loop of `sms-gateway worker` (8 job threads; in this process) "
+              f"answered {paced_answered} webhooks sent one at a time, each once the one before was answered, each "
+              f"in its own conversation: each text's RQ job taken alone, the worker marked busy and idle again for "
+              f"each, heartbeats as they come at that pace.", ""]
     lines += paced.table(paced_answered, "message")
     jobs, cpu, trips = noop
     lines += [f"A drain job whose conversation has nothing waiting (what each extra job per message and each recovery "

@@ -102,8 +102,8 @@ def markdown(results: dict) -> str:
               f"msg/s per worker** ({drain['worker_cpu_ms_per_message']:.1f} ms CPU per message, several messages "
               f"per conversation and drain; all {drain['jobs']} done after "
               f"{drain['seconds_until_queue_idle']:.1f} s = {drain['jobs_per_second']:.0f} msg/s; RQ counted "
-              f"{drain['jobs_executed']} jobs executed: a wake-up is drained on a free job thread with no RQ job, RQ "
-              f"runs retries, recoveries and wake-ups taken while the only free thread was its own). Worker RSS MB: "
+              f"{drain['jobs_executed']} jobs executed: one per text, plus retries; a job that finds its conversation "
+              f"held or drained ends at once). Worker RSS MB: "
               f"{', '.join(f'{v:.0f}' for v in results['worker_rss_mb_end'])}.", ""]
     lines += ["## End to end (overhead = reply at fake Twilio minus webhook sent minus injected latency)", "",
               "| scenario | design | ack p50 | ack p99 | ack > 1 s | overhead p50 | overhead p99 | answered |",

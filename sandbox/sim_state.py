@@ -66,7 +66,9 @@ class StateFile:
             if self._closing.is_set():
                 return
             self._closing.wait(self.debounce_seconds)
-            self._changed.clear()
+            self._changed.clear()  # (this may clear close()'s wake-up too: the next line looks at the closing)
+            if self._closing.is_set():
+                return  # close() writes the last state itself
             try:
                 self.write()
             except (OSError, TypeError, ValueError) as exc:

@@ -122,7 +122,7 @@ def test_rq_suspend_holds_the_jobs_and_rq_resume_lets_them_run(start_worker_proc
 def test_a_killed_workers_started_jobs_are_recovered_by_rqs_registry_cleanup(start_worker_processes, redis, queue):
     pool = start_worker_processes(1)
     job = queue.enqueue(f"{JOBS}.sleep_for", 3, retry=Retry(max=1))
-    wait_for(lambda: status(job) == JobStatus.STARTED, message="the job to start")
+    wait_for(lambda: redis.get(f"test:runs:{job.id}") == b"1", message="the job to be running")
     pool.crash(pool.processes[0])
 
     pool.spawn()  # its maintenance finds the dead execution without a heartbeat, and RQ retries the job

@@ -31,6 +31,10 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 forwarded_allow_ips = ""
 secure_scheme_headers: dict[str, str] = {}
 
+# gunicorn 27's control socket (gunicornc) listens at one path per user ($XDG_RUNTIME_DIR/gunicorn.ctl or
+# ~/.gunicorn/gunicorn.ctl): two gateways on one host would fight over it, and nothing here uses it. Off.
+control_socket_disable = True
+
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,

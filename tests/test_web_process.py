@@ -130,3 +130,18 @@ def test_access_lines_mask_numbers_written_without_a_plus(redis_server, uponai_s
         for digits in ("4155550177", "(415)%20555-0177", "2025550143", "202%20555%200143"):
             assert digits not in text, text
         assert text.count("*****77") >= 3 and text.count("*****43") >= 3
+
+
+def test_two_gateways_on_one_host_open_no_control_socket(redis_server, uponai_server, twilio_server, redis, tmp_path):
+    """gunicorn 27 listens on a control socket at one path per user by default; the gateway turns it off."""
+    home = tmp_path / "home"
+    runtime = tmp_path / "run"
+    for folder in (home, tmp_path / "a", tmp_path / "b", runtime):
+        folder.mkdir()
+    shared = {"HOME": str(home), "XDG_RUNTIME_DIR": str(runtime)}
+    with web(redis_server, uponai_server, twilio_server, tmp_path / "a", **shared) as (first, first_log), \
+            web(redis_server, uponai_server, twilio_server, tmp_path / "b", **shared) as (second, second_log):
+        assert requests.get(first + "/healthz", timeout=5).ok and requests.get(second + "/healthz", timeout=5).ok
+        logs = first_log.read_text(errors="replace") + second_log.read_text(errors="replace")
+    assert "Control socket" not in logs
+    assert not [path for path in (*home.rglob("*"), *runtime.rglob("*")) if path.name.endswith(".ctl")]

@@ -45,13 +45,25 @@ def json_body(data: bytes) -> Any:
     """The parsed body: strict JSON (no NaN or Infinity, no number too large for a float), nested at most
     MAX_JSON_DEPTH deep. Raises InvalidJson."""
     try:
-        body = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+        body = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float,
+                          object_pairs_hook=_without_repeated_names)
     except RecursionError:
         raise InvalidJson(f"it is nested more than {MAX_JSON_DEPTH} levels deep") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, and the refusals above
         raise InvalidJson(str(exc)[:200]) from None
     if _depth(body) > MAX_JSON_DEPTH:
         raise InvalidJson(f"it is nested more than {MAX_JSON_DEPTH} levels deep")
+    return body
+
+
+def _without_repeated_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object, refused when a name appears twice ({"to": A, "to": B}: which one was meant is not ours to guess;
+    RFC 8259 section 4 leaves it to the receiver, and "last one wins" sends to a number nobody checked)."""
+    body = dict(pairs)
+    if len(body) != len(pairs):
+        seen: set[str] = set()
+        repeated = next(name for name, _ in pairs if name in seen or seen.add(name))
+        raise ValueError(f'the name "{repeated[:40]}" appears more than once in one object')
     return body
 
 

@@ -16,11 +16,12 @@ from core.state import CHANNEL_ADDRESS
 MESSAGE_SID = re.compile(r"(SM|MM)[0-9a-fA-F]{32}")  # Twilio's OpenAPI pattern for a Message sid
 ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
-NUM_MEDIA = re.compile(r"\d{1,3}")
-ERROR_CODE = re.compile(r"\d{0,6}")
+# [0-9], not \d: \d also matches other scripts' digits (fullwidth, Arabic-Indic), which Twilio never sends.
+NUM_MEDIA = re.compile(r"[0-9]{1,3}")
+ERROR_CODE = re.compile(r"[0-9]{0,6}")
 MESSAGE_STATUS = re.compile(r"[a-z_]{1,32}")  # queued, sent, partially_delivered...: lower case, so no name fits
-E164 = re.compile(r"\+\d{1,15}")
-SHORT_CODE = re.compile(r"\d{3,8}")
+E164 = re.compile(r"\+[0-9]{1,15}")
+SHORT_CODE = re.compile(r"[0-9]{3,8}")
 MAX_ADDRESS_CHARS = 64
 
 

@@ -129,6 +129,10 @@ def test_blank_required_field_is_400(client, redis, queue):
     assert_nothing_stored_or_queued(redis, queue)
 
 
+FULLWIDTH = str.maketrans("0123456789", "".join(chr(0xFF10 + d) for d in range(10)))
+ARABIC_INDIC = str.maketrans("0123456789", "".join(chr(0x0660 + d) for d in range(10)))
+
+
 @pytest.mark.parametrize(("overrides", "expected"), [
     ({"NumMedia": "two"}, "NumMedia is not a number"),
     ({"NumMedia": "-1"}, "NumMedia is not a number"),
@@ -148,6 +152,11 @@ def test_blank_required_field_is_400(client, redis, queue):
     ({"To": "+15005550006ToCityBERKELEY"}, "To is not an E.164 number"),
     ({"From": "whatsapp:+1415555010O"}, "From is not an E.164 number"),
     ({"From": "+1" + "5" * 70}, "From is longer than 64 characters"),
+    # Digits of other scripts match \d: Twilio sends E.164 in ASCII digits only (issue 21, item 7).
+    ({"From": "+" + "14155550100".translate(FULLWIDTH)}, "From is not an E.164 number"),
+    ({"From": "+" + "14155550100".translate(ARABIC_INDIC)}, "From is not an E.164 number"),
+    ({"To": "whatsapp:+" + "14155550006".translate(FULLWIDTH)}, "To is not an E.164 number"),
+    ({"NumMedia": "\u0661"}, "NumMedia is not a number"),
     ({"Body": "x" * 4097}, "Body is longer than 4096 characters"),
 ])
 def test_invalid_field_is_400(client, redis, queue, overrides, expected):

@@ -333,6 +333,7 @@ class Settings:
     sms_max_segments: int = _setting("SMS_MAX_SEGMENTS", _positive_int, 10)
     sms_transliterate: bool = _setting("SMS_TRANSLITERATE", _flag, True)
     ambiguous_retry_delay_seconds: float = _setting("AMBIGUOUS_RETRY_DELAY_SECONDS", _positive_float, 15.0)
+    retry_after_max_seconds: float = _setting("RETRY_AFTER_MAX_SECONDS", _positive_float, 600.0)
     worker_threads: int = _setting("WORKER_THREADS", _positive_int, 64)
     admin_wait_seconds: float = _setting("ADMIN_WAIT_SECONDS", _positive_float, 20.0)
     admin_max_waiting: int = _setting("ADMIN_MAX_WAITING", _non_negative_int, 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import time
 
 import pytest
@@ -97,6 +98,22 @@ def test_rate_limit_and_server_errors_are_transient(sender, twilio, status, code
         sender.send(to=PERSON, body="retry me", from_=GATEWAY_NUMBER)
     assert (caught.value.status, caught.value.code) == (status, code)
     assert caught.value.maybe_applied is False
+    assert twilio.messages == []
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_of_a_rate_limit_or_unavailable_answer_is_carried_in_seconds_or_as_an_http_date(
+        sender, twilio, status):
+    """Twilio's 429 (error 20429, "Too Many Requests") may say when to come back: Retry-After, seconds or an HTTP
+    date (RFC 9110, section 10.2.3)."""
+    later = email.utils.formatdate(time.time() + 120, usegmt=True)
+    twilio.inject("send", Fault(status=status, retry_after="5"), Fault(status=status, retry_after=later),
+                  Fault(status=status))
+    for expected in ((5.0, 5.0), (100.0, 120.0), None):
+        with pytest.raises(TwilioTransientError) as caught:
+            sender.send(to=PERSON, body="retry me", from_=GATEWAY_NUMBER)
+        seconds = caught.value.retry_after_seconds
+        assert seconds is None if expected is None else expected[0] <= seconds <= expected[1]
     assert twilio.messages == []
 
 

@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 # A drain that finds an admin operation or an idle close holding the conversation tries again this soon:
 # they are short, and the person is waiting for an answer.
 DRAIN_BUSY_RETRY_SECONDS = 1.0
-MAX_RETRY_AFTER_SECONDS = 600.0  # a server asking for a day's pause must not hold a conversation that long
 EARLY_RETRY_GRACE_SECONDS = 2.0  # how early RQ's scheduler (whole seconds) may start a scheduled retry
 
 
@@ -67,12 +66,15 @@ class MessagesFailed(Exception):
         self.sids = sids
 
 
-def backoff_seconds(attempt: int, intervals: tuple[float, ...], retry_after: float | None = None) -> float:
-    """Delay before attempt ``attempt + 1``: the configured interval with +-20% jitter, or Retry-After."""
+def backoff_seconds(attempt: int, intervals: tuple[float, ...], retry_after: float | None = None,
+                    retry_after_max: float = 600.0) -> float:
+    """Delay before attempt ``attempt + 1``: the configured interval with +-20% jitter, or the server's Retry-After
+    when longer (at most ``retry_after_max``, RETRY_AFTER_MAX_SECONDS: a server asking for a day's pause must not
+    hold a conversation that long). The jitter never shortens a Retry-After."""
     base = intervals[min(attempt - 1, len(intervals) - 1)] if intervals else 1.0
     delay = base * random.uniform(0.8, 1.2)
     if retry_after is not None:
-        delay = max(delay, min(retry_after, MAX_RETRY_AFTER_SECONDS))
+        delay = max(delay, min(retry_after, retry_after_max))
     return delay
 
 
@@ -158,7 +160,7 @@ def drain_conversation(services: Services, cid: str, token: str, *, budget_secon
                 attempts = store.count_attempt(head.sid)
                 if attempts < services.settings.max_attempts:
                     delay = backoff_seconds(attempts, services.settings.retry_intervals_seconds,
-                                            exc.retry_after_seconds)
+                                            exc.retry_after_seconds, services.settings.retry_after_max_seconds)
                     if exc.maybe_applied:
                         # The request may still be running at UponAI or Twilio: read it back only once it
                         # has had time to land, or we would miss it and do it twice.

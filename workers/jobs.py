@@ -142,7 +142,8 @@ def close_idle(conversation_id: str):
     try:
         again_in = chats.close_if_idle(services, conversation_id, token)
     except TransientError as exc:
-        return _retry(flow.backoff_seconds(1, services.settings.retry_intervals_seconds, exc.retry_after_seconds))
+        return _retry(flow.backoff_seconds(1, services.settings.retry_intervals_seconds, exc.retry_after_seconds,
+                                           services.settings.retry_after_max_seconds))
     if again_in is not None:
         services.store.schedule_idle_check(conversation_id, time.time() + again_in)
     return None

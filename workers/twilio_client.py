@@ -25,7 +25,7 @@ from twilio.rest import Client
 
 from workers.errors import TwilioMalformedAnswerError, TwilioPermanentError, TwilioTransientError
 from workers.http_environment import pin_environment, send
-from workers.request_failures import describe_failure
+from workers.request_failures import describe_failure, parse_retry_after
 
 DEFAULT_ORIGIN = "https://api.twilio.com"
 FIND_SENT_LOOKBACK = 50  # newest messages to a number searched for a part that may have gone out
@@ -69,7 +69,10 @@ class _RedirectingHttpClient(TwilioHttpClient):
         body = {"json": data} if (headers or {}).get("Content-Type") in JSON_TYPES else {"data": data}
         response = send(self.session, method.upper(), url, timeout=self.timeout if timeout is None else timeout,
                         headers=headers, params=params, auth=auth, **body)
-        return Response(int(response.status_code), response.text, response.headers)
+        # Kept as twilio's own client keeps it (``last_response``): its errors carry no headers, and a 429's
+        # Retry-After is read from here (each thread has its own client, see TwilioSender).
+        self.last_response = Response(int(response.status_code), response.text, response.headers)
+        return self.last_response
 
 
 def build_client(*, account_sid: str, auth_token: str, api_base_url: str = DEFAULT_ORIGIN,
@@ -79,8 +82,9 @@ def build_client(*, account_sid: str, auth_token: str, api_base_url: str = DEFAU
     return Client(account_sid, auth_token, http_client=http_client)
 
 
-def translate(exc: Exception, what: str) -> TwilioTransientError | TwilioPermanentError:
-    """Map an exception raised by twilio-python (or requests under it) to the project's own."""
+def translate(exc: Exception, what: str, retry_after: str | None = None) -> TwilioTransientError | TwilioPermanentError:
+    """Map an exception raised by twilio-python (or requests under it) to the project's own; ``retry_after``: the
+    answer's Retry-After header (seconds or an HTTP date), honoured on a 429 or 5xx."""
     if isinstance(exc, UNREADABLE_ANSWER_ERRORS):
         # Twilio (or something in between) said 2xx: whatever was asked may have been done.
         return TwilioMalformedAnswerError(f"{what}: 2xx answer that is not the resource ({type(exc).__name__})",
@@ -95,7 +99,8 @@ def translate(exc: Exception, what: str) -> TwilioTransientError | TwilioPermane
     detail = getattr(exc, "msg", None) or getattr(exc, "detail", None) or getattr(exc, "title", None) or ""
     message = f"{what}: {status} (code {code}) {detail}".strip()
     if status == 429 or code == 20429 or (isinstance(status, int) and status >= 500):
-        return TwilioTransientError(message, status=status, code=code)
+        return TwilioTransientError(message, status=status, code=code,
+                                    retry_after_seconds=parse_retry_after(retry_after))
     return TwilioPermanentError(message, status=status, code=code)
 
 
@@ -145,7 +150,7 @@ class TwilioSender:
         try:
             message = self.client.messages.create(**params)
         except LIBRARY_ERRORS as exc:
-            raise translate(exc, "Twilio send") from exc
+            raise translate(exc, "Twilio send", self._retry_after()) from exc
         if not isinstance(message.sid, str) or not MESSAGE_SID.match(message.sid):
             raise TwilioMalformedAnswerError("Twilio send: 2xx answer without a message sid", maybe_applied=True)
         segments = message.num_segments
@@ -169,9 +174,14 @@ class TwilioSender:
                     continue
                 return message.sid
         except LIBRARY_ERRORS as exc:
-            error = translate(exc, "Twilio list")
+            error = translate(exc, "Twilio list", self._retry_after())
             raise (error if isinstance(error, TwilioTransientError) else TwilioTransientError(str(error))) from exc
         return None
+
+    def _retry_after(self) -> str | None:
+        """The Retry-After header of this thread's last answer from Twilio, if any."""
+        response = getattr(self.client.http_client, "last_response", None)
+        return (getattr(response, "headers", None) or {}).get("Retry-After")
 
     @staticmethod
     def _is_match(message, body: str, from_: str | None, messaging_service_sid: str | None, since: float) -> bool:

@@ -8,7 +8,8 @@ chosen by ``UPONAI_API_STYLE``, and returns one normalised model (``models.py``:
 ``ChatPage``), read leniently from either style's shape (``parsing.py``).
 """
 
-from workers.uponai.client import UponAIClient, parse_retry_after
+from workers.request_failures import parse_retry_after
+from workers.uponai.client import UponAIClient
 from workers.uponai.models import UNKNOWN_ROLE, Chat, ChatMessage, ChatPage
 from workers.uponai.parsing import parse_chat, parse_chat_page, parse_completion, parse_messages
 

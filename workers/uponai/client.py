@@ -13,18 +13,14 @@ Transient errors carry the server's Retry-After, and ``maybe_applied`` when the 
 
 from __future__ import annotations
 
-import datetime
-import email.utils
-import math
 import threading
-import time
 from typing import Any
 
 import requests
 
 from workers.errors import ChatNotFoundError, MalformedAnswerError, UponAIPermanentError, UponAITransientError
 from workers.http_environment import pin_environment, send
-from workers.request_failures import describe_failure
+from workers.request_failures import describe_failure, parse_retry_after
 from workers.uponai.models import Chat, ChatMessage, ChatPage
 from workers.uponai.styles import STYLES, Request
 
@@ -126,22 +122,3 @@ def _error_message(response: requests.Response) -> str:
             if isinstance(data.get(key), str):
                 return data[key][:500]
     return str(data)[:200]
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), or None."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:  # "inf" or "nan" would make a retry that never comes
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # "-0000" dates come back naive: they are UTC, not local time
-        when = when.replace(tzinfo=datetime.UTC)
-    return max(0.0, when.timestamp() - time.time())

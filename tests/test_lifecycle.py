@@ -93,7 +93,8 @@ def test_stop_opts_out_ends_the_chat_and_start_opts_back_in(opt_out, opt_in, wor
 
 
 def test_every_stop_start_and_help_word_is_kept_from_the_agent(workers, redis, text_in, uponai, twilio):
-    words = ["STOPALL", "unsubscribe", "Cancel", "END", "quit", "START", "yes", "UNSTOP", "help", "Info"]
+    # Each opt-in word comes while the person is opted out (only then is it one: see the test below).
+    words = ["STOPALL", "START", "unsubscribe", "yes", "Cancel", "UNSTOP", "END", "quit", "help", "Info", "start"]
     for word in words:
         text_in(word, from_=PERSON)
     text_in("Please stop by tomorrow", from_=PERSON, OptOutType="")  # not a keyword: a sentence
@@ -101,6 +102,31 @@ def test_every_stop_start_and_help_word_is_kept_from_the_agent(workers, redis, t
     wait_idle(redis)
     assert agent_texts(uponai) == ["Please stop by tomorrow"]
     assert twilio.sent_to(PERSON) == ["You said: Please stop by tomorrow"]
+
+
+@pytest.mark.parametrize("answer", ["Yes", "YES", "start", "Unstop"])
+def test_an_opt_in_word_from_a_person_who_is_not_opted_out_is_an_answer_for_the_agent(answer, workers, redis,
+                                                                                      text_in, uponai, twilio):
+    """Twilio's opt-in words (START, YES, UNSTOP) re-subscribe an opted-out number; from anyone else they are
+    ordinary texts (issue 21, item 1): the agent asked "Shall I book Friday?" and the person said yes."""
+    text_in("Can I book for Friday?", from_=PERSON)
+    wait_for(lambda: twilio.sent_to(PERSON), message="the first reply")
+    text_in(answer, from_=PERSON, OptOutType="START" if answer == "YES" else "")  # as Advanced Opt-Out marks it
+    wait_for(lambda: len(twilio.sent_to(PERSON)) == 2, message="the answer to the yes")
+    wait_idle(redis)
+
+    assert agent_texts(uponai) == ["Can I book for Friday?", answer]
+    assert twilio.sent_to(PERSON)[1] == f"You said: {answer}"
+    assert "opted_out" not in conv(redis)
+
+
+def test_a_yes_inside_a_burst_is_part_of_the_turn(start_workers, redis, text_in, uponai, twilio):
+    start_workers(1, INBOUND_QUIET_SECONDS="1")
+    for text in ("sure", "yes", "friday works"):
+        text_in(text, from_=PERSON)
+    wait_for(lambda: twilio.sent_to(PERSON), message="the one reply to the burst")
+    wait_idle(redis)
+    assert [turn for _, turn in uponai.completion_log] == ["sure\nyes\nfriday works"]
 
 
 def test_opt_out_type_from_twilio_counts_as_a_keyword(workers, redis, text_in, uponai, twilio):

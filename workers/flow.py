@@ -254,8 +254,14 @@ def _give_up(services: Services, taken: list[tuple[str, InboundMessage]], exc: E
     return [message.sid for _, message in taken]
 
 
-def _keyword(settings, message: InboundMessage) -> str | None:
-    return keyword_of(message, settings.reset_keyword, settings.handoff_keyword)
+def _keyword(settings, message: InboundMessage, conversation: dict[str, str] | None = None) -> str | None:
+    """The text's keyword. An opt-in word (START, YES, UNSTOP) is one only from a person who is opted out
+    (given ``conversation``): Twilio re-subscribes an opted-out number with it, and from anyone else "Yes" is
+    an answer, for the agent like any text."""
+    keyword = keyword_of(message, settings.reset_keyword, settings.handoff_keyword)
+    if keyword == "START" and conversation is not None and conversation.get("opted_out") != "1":
+        return None
+    return keyword
 
 
 def _is_opt_out(settings, message: InboundMessage) -> bool:
@@ -278,7 +284,7 @@ def _opt_out_ahead(settings, waiting: list[tuple[str, InboundMessage]], conversa
     """
     if conversation.get("opted_out") == "1":
         return 0
-    keyword = _keyword(settings, waiting[0][1])
+    keyword = _keyword(settings, waiting[0][1], conversation)
     if keyword in ("STOP", "START", "HELP"):
         return 0
     if keyword != "RESET" and conversation.get("handoff") == "1":
@@ -312,7 +318,7 @@ def _withhold_for_opt_out(turn: bursts.Turn) -> None:
 
 def _may_join_turn(settings, message: InboundMessage, conversation: dict[str, str]) -> bool:
     """Whether the text may start or join an agent turn: no keyword, and the agent answers the conversation."""
-    if _keyword(settings, message) is not None:
+    if _keyword(settings, message, conversation) is not None:
         return False
     return conversation.get("opted_out") != "1" and conversation.get("handoff") != "1"
 
@@ -419,7 +425,7 @@ def handle_message(services: Services, message: InboundMessage, conversation: di
     cid = message.conversation_id
     if conversation is None:
         conversation = store.conversation(cid)
-    keyword = _keyword(settings, message)
+    keyword = _keyword(settings, message, conversation)
     if keyword == "STOP":
         # Twilio itself answers and blocks further sends; we stop talking and close the chat.
         store.set_opted_out(cid, True)

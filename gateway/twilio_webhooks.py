@@ -10,7 +10,7 @@ from flask import Blueprint, Request, Response, request
 from redis.exceptions import RedisError
 from werkzeug.datastructures import MultiDict
 
-from core.events import FAILED_DELIVERY_STATUSES, emit_delivery_failed
+from core.events import FAILED_DELIVERY_STATUSES, emit_delivery_failed, emit_event
 from core.metrics import metrics
 from core.model import InboundMessage
 from core.queues import enqueue_drain
@@ -181,7 +181,12 @@ def status_callback():
     if "AccountSid" in form and not fields.ACCOUNT_SID.fullmatch(form["AccountSid"]):
         return plain_text(400, "Bad status callback: AccountSid is not a Twilio sid (AC and 32 hex digits).")
     try:
-        cid = web.store.record_status(sid, status, error_code)
+        cid, opted_out = web.store.record_status(sid, status, error_code)
+        if opted_out:  # 21610: Twilio says the person opted out (a STOP we may never have seen)
+            emit_event(web.store.redis, web.settings, "conversation.opted_out",
+                       event_id=f"conversation.opted_out:{sid}", conversation_id=cid,
+                       number=web.store.conversation(cid).get("person") or form.get("To"), message_sid=sid)
+            log.info("status message=%s conversation=%s opted out (error 21610)", sid, cid)
         if cid and status.lower() in FAILED_DELIVERY_STATUSES:  # once per sid, however often Twilio calls back
             emit_delivery_failed(web.store, web.settings, cid, event_id=f"delivery.failed:{sid}", status=status.lower(),
                                  error_code=error_code, message_sid=sid, number=form.get("To"))

@@ -214,3 +214,28 @@ def test_an_event_queued_twice_from_transactions_is_posted_once(start_workers, r
     wait_idle(redis)
     assert len(receiver.calls("event")) == 1
     assert redis.get(event_marker_key(f"opted_out:{sid}")) == b"sent"
+
+
+def test_a_21610_status_callback_opts_the_person_out_and_tells_the_receiver_once(
+        start_workers, receiver, redis, events_settings, redis_server, uponai_server, twilio_server, text_in, twilio):
+    """Twilio's error 21610 ("Attempt to send to unsubscribed recipient") on a status callback: the person replied
+    STOP where the gateway never saw it (another number of the service, say). Issue 21, item 5."""
+    start_workers(1, **events_env_overrides(events_settings))
+    client = create_app(events_env(redis_server, uponai_server, twilio_server, receiver)).test_client()
+    form = {"MessageSid": new_sid(), "AccountSid": twilio.account_sid, "From": PERSON, "To": GATEWAY_NUMBER,
+            "Body": "hello", "NumMedia": "0"}
+    assert post_signed(client, "/twilio/sms", form).status_code == 200
+    wait_for(lambda: twilio.sent_to(PERSON), message="the reply")
+    sid = twilio.messages[0].sid
+    wait_for(lambda: redis.exists(f"smsgw:sent:{sid}"), message="the reply's record")
+    callback = {"MessageSid": sid, "MessageStatus": "undelivered", "ErrorCode": "21610", "To": PERSON,
+                "From": GATEWAY_NUMBER, "AccountSid": twilio.account_sid}
+    for _ in range(2):  # Twilio may call back again
+        assert post_signed(client, "/twilio/status", callback).status_code == 200
+
+    assert redis.hget(f"smsgw:conv:{CID}", "opted_out") == b"1"
+    wait_for(lambda: [r for r in receiver.calls("event") if r.json()["type"] == "conversation.opted_out"],
+             message="the opt-out event")
+    wait_idle(redis)
+    opted_out = [r.json() for r in receiver.calls("event") if r.json()["type"] == "conversation.opted_out"]
+    assert len(opted_out) == 1 and opted_out[0]["conversation"] == {"id": CID, "number": PERSON}

@@ -101,6 +101,12 @@ def test_status_callbacks_move_forward_only_and_21610_opts_out(workers, redis, c
                 "AccountSid": twilio.account_sid, "ErrorCode": error}
         return post_signed(client, "/twilio/status", form)
 
+    assert callback("sent").status_code == 200
+    # Every status Twilio documents has its place: partially_delivered (a multi-part message, some parts
+    # delivered) is final, as delivered is; a late "sent" or "sending" moves neither back.
+    assert callback("partially_delivered").status_code == 200
+    assert callback("sending").status_code == 200
+    assert redis.hget(f"smsgw:sent:{sid}", "status") == b"partially_delivered"
     assert callback("delivered").status_code == 200
     assert callback("sent").status_code == 200  # late and out of order: ignored
     assert redis.hget(f"smsgw:sent:{sid}", "status") == b"delivered"

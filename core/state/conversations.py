@@ -229,15 +229,16 @@ class Conversations(StateBase):
         """The conversation's scheduled retry has started: its backoff is over."""
         self.redis.hdel(key("conv", cid), "retry_at", "retry_token")
 
-    def set_opted_out(self, cid: str, opted_out: bool) -> None:
+    def set_opted_out(self, cid: str, opted_out: bool) -> bool:
+        """Mark the person opted out (or back in); True when that changed it."""
         name = key("conv", cid)
         if opted_out:
             with self.redis.pipeline() as pipe:
-                pipe.hset(name, mapping={"opted_out": "1", "opted_out_at": f"{time.time():.3f}"})
+                pipe.hsetnx(name, "opted_out", "1")
+                pipe.hsetnx(name, "opted_out_at", f"{time.time():.3f}")
                 self._keep(name, pipe=pipe)
-                pipe.execute()
-        else:
-            self.redis.hdel(name, "opted_out", "opted_out_at")
+                return bool(pipe.execute()[0])
+        return bool(self.redis.hdel(name, "opted_out", "opted_out_at"))
 
     # -- loop breaker: a conversation that answers faster than a person types -------------------------
 

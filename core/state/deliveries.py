@@ -90,8 +90,12 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 return {fresh, stored}
 """
 
+# Every MessageStatus Twilio documents for a message (Message resource, "Message Status values"): accepted,
+# scheduled, canceled, queued, sending, sent, failed, delivered, undelivered, receiving, received, read and
+# partially_delivered (some parts of a multi-part message delivered; final, like delivered). An unknown one ranks
+# as "sending": it never moves a final status back.
 STATUS_RANK = {"accepted": 0, "scheduled": 0, "queued": 0, "sending": 1, "sent": 2, "receiving": 2, "received": 2,
-               "delivered": 3, "undelivered": 3, "failed": 3, "canceled": 3, "read": 4}
+               "delivered": 3, "partially_delivered": 3, "undelivered": 3, "failed": 3, "canceled": 3, "read": 4}
 
 # Record an agent turn's reply (KEYS[1]: the progress hash of its first text), claim its part ARGV[2] with
 # ARGV[3] unless claimed, and read the conversation's opt-out flag (KEYS[2]: its hash) and the texts now waiting
@@ -325,8 +329,9 @@ class Deliveries(StateBase):
                   twilio_sid, f"part:{settles[1]}" if settles else "", active_at and f"{active_at:.3f}",
                   idle_due_at, cid, *(item for pair in mapping.items() for item in pair)])
 
-    def record_status(self, twilio_sid: str, status: str, error_code: str = "") -> str | None:
-        """Record a delivery status callback; returns the conversation id, or None for a sid we never sent.
+    def record_status(self, twilio_sid: str, status: str, error_code: str = "") -> tuple[str | None, bool]:
+        """Record a delivery status callback; returns (the conversation id, or None for a sid we never sent;
+        whether it opted the person out just now).
 
         Statuses only move forward (a late ``sent`` does not overwrite ``delivered``); error 21610 (the
         person replied STOP) marks the conversation opted out.
@@ -335,9 +340,8 @@ class Deliveries(StateBase):
         result = self._record_status(keys=[key("sent", twilio_sid)],
                                      args=[status, rank, f"{time.time():.3f}", error_code])
         cid = text(result)
-        if cid and error_code == "21610":
-            self.set_opted_out(cid, True)
-        return cid
+        opted_out = bool(cid) and error_code == "21610" and self.set_opted_out(cid, True)
+        return cid, opted_out
 
     def recent_sent(self, cid: str) -> list[dict[str, str]]:
         sids = [text(s) for s in self.redis.lrange(key("recent", cid), 0, -1)]

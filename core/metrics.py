@@ -71,6 +71,9 @@ class GatewayMetrics:
             "smsgw_uponai_empty_turns", "Agent turns that were well-formed but held no text to send", **kwargs)
         self.twilio_seconds = Histogram(
             "smsgw_twilio_seconds", "Latency of Twilio API calls", ["operation"], buckets=SLOW_BUCKETS, **kwargs)
+        self.credentials_refused = Counter(
+            "smsgw_credentials_refused", "Messages left for a requeue because Twilio or UponAI refused the "
+            "gateway's credentials (Twilio 401/20003, UponAI 401/403)", ["service"], **kwargs)
         self.twilio_errors = Counter(
             "smsgw_twilio_errors", "Failed Twilio API calls by Twilio error code, HTTP status or failure kind",
             ["operation", "code"], **kwargs)

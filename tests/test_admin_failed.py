@@ -10,7 +10,7 @@ from rq.registry import StartedJobRegistry
 
 from gateway import create_app
 from sandbox.httpfake import Fault
-from tests.conftest import inbound_form, post_signed, wait_for
+from tests.conftest import inbound_form, post_signed, wait_for, wait_idle
 
 TOKEN = "admin-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -62,3 +62,48 @@ def test_given_up_messages_need_an_operator_until_replayed(start_workers, admin,
     wait_for(lambda: len(twilio.sent_to(PERSON)) == 2, message="the answer after the requeue")
     assert twilio.sent_to(PERSON)[1] == "You said: please answer"
     assert failed_jobs(admin) == []
+
+
+# Twilio's answer to a request whose credentials it refuses: HTTP 401, error 20003 "Authenticate"
+# (https://www.twilio.com/docs/errors/20003: "Permission Denied" / the AccountSid or AuthToken was incorrect).
+TWILIO_20003 = {"code": 20003, "message": "Authenticate", "more_info": "https://www.twilio.com/docs/errors/20003",
+                "status": 401}
+
+
+def test_a_reply_twilio_refuses_for_credentials_waits_in_the_failed_registry_and_a_requeue_sends_it_once(
+        start_workers, admin, client, redis, uponai, twilio, caplog):
+    """The auth token was rotated: the reply is not dropped; it waits, named, for the operator (issue 21, item 2)."""
+    start_workers(1)
+    twilio.inject("send", Fault(status=401, body=TWILIO_20003))
+    assert post_signed(client, "/twilio/sms", inbound_form("are you there?", from_=PERSON)).status_code == 200
+    wait_for(lambda: failed_jobs(admin), message="the drain job to fail")
+
+    [job] = failed_jobs(admin)
+    assert "20003" in job["reason"] and job["needs_operator"] is True
+    assert twilio.sent_to(PERSON) == []  # no apology either: it could not go
+    assert any(r.levelname == "ERROR" and "refused the gateway's credentials" in r.getMessage() for r in caplog.records)
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'smsgw_credentials_refused_total{service="twilio"} 1.0' in metrics
+
+    # The operator fixes the token (here: the next send is accepted) and requeues the job.
+    assert admin.post(f"/admin/failed/{job['job_id']}/requeue", headers=AUTH).status_code == 200
+    wait_for(lambda: twilio.sent_to(PERSON), message="the reply after the requeue")
+    wait_idle(redis)
+    assert twilio.sent_to(PERSON) == ["You said: are you there?"]
+    assert len(uponai.calls("complete")) == 1  # the agent's answer was kept, not asked for again
+    assert failed_jobs(admin) == []
+
+
+def test_an_agent_call_uponai_refuses_for_credentials_waits_for_a_requeue(start_workers, admin, client, redis, uponai,
+                                                                         twilio):
+    start_workers(1)
+    uponai.inject("complete", Fault(status=401, body={"detail": "Invalid API key"}))
+    assert post_signed(client, "/twilio/sms", inbound_form("hello?", from_=PERSON)).status_code == 200
+    wait_for(lambda: failed_jobs(admin), message="the drain job to fail")
+    [job] = failed_jobs(admin)
+    assert "401" in job["reason"] and job["needs_operator"] is True and twilio.sent_to(PERSON) == []
+
+    assert admin.post(f"/admin/failed/{job['job_id']}/requeue", headers=AUTH).status_code == 200
+    wait_for(lambda: twilio.sent_to(PERSON), message="the reply after the requeue")
+    wait_idle(redis)
+    assert twilio.sent_to(PERSON) == ["You said: hello?"]

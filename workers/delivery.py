@@ -14,11 +14,12 @@ import time
 from collections.abc import Callable
 
 from core.events import emit_delivery_failed, emit_event
+from core.metrics import metrics
 from core.model import InboundMessage
 from core.redaction import mask_number
 from core.state.deliveries import WITHHELD
 from workers import sms_text
-from workers.errors import TransientError, TwilioPermanentError
+from workers.errors import CredentialsError, TransientError, TwilioPermanentError
 from workers.services import Services
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,9 @@ def send_part(services: Services, message: InboundMessage, part: str, body: str,
         else:
             store.release_part(message.sid, part)
         raise
+    except CredentialsError:
+        store.release_part(message.sid, part)  # refused before anything was sent: a replay sends it
+        raise
     except TwilioPermanentError as exc:
         store.settle_part(message.sid, part, f"failed:{exc.code}")
         log.warning("message=%s part=%s to=%s refused by Twilio: code=%s", message.sid, part,
@@ -118,9 +122,19 @@ def _record(services: Services, message: InboundMessage, part: str, body: str, s
 
 
 def give_up(services: Services, message: InboundMessage, exc: Exception) -> None:
-    """Keep the message for a replay, tell the person it could not be answered (once), and log why."""
-    log.error("message=%s conversation=%s given up: %s", message.sid, message.conversation_id, exc)
+    """Keep the message for a replay, tell the person it could not be answered (once), and log why.
+
+    A refused credential is the operator's to fix: the message waits for the replay with no apology (through
+    Twilio it could not go anyway), and the ERROR line says what to do.
+    """
     services.store.keep_dead_letter(message)
+    if isinstance(exc, CredentialsError):
+        metrics().credentials_refused.labels(service=exc.service).inc()
+        log.error("message=%s conversation=%s not answered: %s refused the gateway's credentials (%s); fix them, "
+                  "then requeue the failed job (POST /admin/failed/<job id>/requeue) to answer it", message.sid,
+                  message.conversation_id, "Twilio" if exc.service == "twilio" else "UponAI", exc)
+        return
+    log.error("message=%s conversation=%s given up: %s", message.sid, message.conversation_id, exc)
     try:
         send_part(services, message, "apology", services.settings.failure_notice_text)
     except TransientError as send_exc:

@@ -10,8 +10,13 @@ The UponAI client and the Twilio sender translate their library's errors into th
     │       └── TwilioMalformedAnswerError  a 2xx to a send that is not a message (it may have gone)
     └── PermanentError              do not retry (4xx other than 429)
         ├── UponAIPermanentError
-        │   └── ChatNotFoundError   the chat id is unknown (422) or not usable any more
+        │   ├── ChatNotFoundError   the chat id is unknown (422) or not usable any more
+        │   └── UponAICredentialsError  401, 403: the API key is refused
         └── TwilioPermanentError
+            └── TwilioCredentialsError  401 (20003), 20005: the account's credentials are refused
+
+A refused credential (``CredentialsError``) is the operator's to fix, not the message's fault: the message is
+kept for a replay with no apology, and its drain job fails into the failed-job registry for a requeue.
 
 ``TransientError.retry_after_seconds`` carries a server's Retry-After; ``maybe_applied`` is true when
 the request may have taken effect before it failed (a read timeout, a connection dropped after the
@@ -63,6 +68,18 @@ class ChatNotFoundError(UponAIPermanentError):
     """UponAI does not know the chat id (it answers 422 for unknown ids)."""
 
 
+class CredentialsError(PermanentError):
+    """An outside service refused the gateway's credentials: nothing works until an operator fixes them."""
+
+    service = ""
+
+
+class UponAICredentialsError(UponAIPermanentError, CredentialsError):
+    """UponAI refused the API key (401) or the key may not use the agent or workspace (403)."""
+
+    service = "uponai"
+
+
 class TwilioTransientError(TransientError):
     """Twilio was unreachable, slow, rate limiting (20429) or failing (5xx)."""
 
@@ -75,3 +92,12 @@ class TwilioMalformedAnswerError(TwilioTransientError):
 
 class TwilioPermanentError(PermanentError):
     """Twilio refused the message (e.g. 21610 opted out, 21211 invalid number)."""
+
+
+class TwilioCredentialsError(TwilioPermanentError, CredentialsError):
+    """Twilio refused the account's credentials: 401 with error 20003 (the auth token rotated or wrong) or 20005
+    (the account is not active, e.g. suspended)."""
+
+    service = "twilio"
+
+    CODES = frozenset({20003, 20005})

@@ -23,7 +23,12 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from workers.errors import TwilioMalformedAnswerError, TwilioPermanentError, TwilioTransientError
+from workers.errors import (
+    TwilioCredentialsError,
+    TwilioMalformedAnswerError,
+    TwilioPermanentError,
+    TwilioTransientError,
+)
 from workers.http_environment import pin_environment, send
 from workers.request_failures import describe_failure, parse_retry_after
 
@@ -101,6 +106,8 @@ def translate(exc: Exception, what: str, retry_after: str | None = None) -> Twil
     if status == 429 or code == 20429 or (isinstance(status, int) and status >= 500):
         return TwilioTransientError(message, status=status, code=code,
                                     retry_after_seconds=parse_retry_after(retry_after))
+    if status == 401 or code in TwilioCredentialsError.CODES:
+        return TwilioCredentialsError(message, status=status, code=code)
     return TwilioPermanentError(message, status=status, code=code)
 
 

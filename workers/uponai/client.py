@@ -18,7 +18,13 @@ from typing import Any
 
 import requests
 
-from workers.errors import ChatNotFoundError, MalformedAnswerError, UponAIPermanentError, UponAITransientError
+from workers.errors import (
+    ChatNotFoundError,
+    MalformedAnswerError,
+    UponAICredentialsError,
+    UponAIPermanentError,
+    UponAITransientError,
+)
 from workers.http_environment import pin_environment, send
 from workers.request_failures import describe_failure, parse_retry_after
 from workers.uponai.models import Chat, ChatMessage, ChatPage
@@ -108,6 +114,8 @@ class UponAIClient:
                                        retry_after_seconds=parse_retry_after(response.headers.get("Retry-After")))
         if status == 422 and chat_id is not None:
             raise ChatNotFoundError(message, status=status)
+        if status in (401, 403):
+            raise UponAICredentialsError(message, status=status)
         raise UponAIPermanentError(message, status=status)
 
 

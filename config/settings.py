@@ -159,6 +159,19 @@ def _positive_int(value: str) -> int:
     return number
 
 
+# The most segments one part may take: a part of more could pass Twilio's 1600 limit (11 GSM-7 segments of a
+# multi-part message hold 11 x 153 = 1683 characters; UCS-2 segments hold 67 each, so 10 of either fit).
+MAX_SMS_SEGMENTS = 10
+
+
+def _sms_segments(value: str) -> int:
+    number = _positive_int(value)
+    if number > MAX_SMS_SEGMENTS:
+        raise ValueError(f"must be at most {MAX_SMS_SEGMENTS}: {number} GSM-7 segments hold up to {number * 153} "
+                         "characters, over Twilio's 1600 limit for one message (error 21617)")
+    return number
+
+
 def _port(value: str) -> int:
     number = _whole_number(value)
     if not 0 < number < 65536:
@@ -330,7 +343,7 @@ class Settings:
     rate_limit_notice_text: str = _setting(
         "RATE_LIMIT_NOTICE_TEXT", _text,
         "You're sending messages faster than we can answer. Please wait a while before writing again.")
-    sms_max_segments: int = _setting("SMS_MAX_SEGMENTS", _positive_int, 10)
+    sms_max_segments: int = _setting("SMS_MAX_SEGMENTS", _sms_segments, 10)
     sms_transliterate: bool = _setting("SMS_TRANSLITERATE", _flag, True)
     ambiguous_retry_delay_seconds: float = _setting("AMBIGUOUS_RETRY_DELAY_SECONDS", _positive_float, 15.0)
     retry_after_max_seconds: float = _setting("RETRY_AFTER_MAX_SECONDS", _positive_float, 600.0)

@@ -10,7 +10,7 @@ from typing import Any
 
 from core.phone_numbers import NumberError, read_number
 
-MAX_MESSAGE_CHARS = 1600  # Twilio's limit for one message body
+MAX_MESSAGE_CHARS = 1600  # Twilio's limit for one message body, in UTF-16 code units (an emoji is 2; error 21617)
 MAX_VARIABLES = 50
 MAX_VARIABLE_NAME_CHARS = 100
 MAX_VARIABLE_VALUE_CHARS = 2000
@@ -167,8 +167,7 @@ def operator_message(body: Any) -> str:
         raise InvalidInput("message", "must be a string")
     if not body["message"].strip():
         raise InvalidInput("message", "must not be blank")
-    if len(body["message"]) > MAX_MESSAGE_CHARS:
-        raise InvalidInput("message", f"must be at most {MAX_MESSAGE_CHARS} characters")
+    _check_length(body["message"])
     return body["message"]
 
 
@@ -179,9 +178,15 @@ def _message(value: Any) -> str | None:
         raise InvalidInput("message", "must be a string")
     if not value.strip():
         raise InvalidInput("message", "must not be blank (leave it out to let the agent write the opening)")
-    if len(value) > MAX_MESSAGE_CHARS:
-        raise InvalidInput("message", f"must be at most {MAX_MESSAGE_CHARS} characters")
+    _check_length(value)
     return value
+
+
+def _check_length(message: str) -> None:
+    units = len(message.encode("utf-16-le", "surrogatepass")) // 2
+    if units > MAX_MESSAGE_CHARS:
+        raise InvalidInput("message", f"must be at most {MAX_MESSAGE_CHARS} characters as Twilio counts them "
+                                      f"(UTF-16 code units: an emoji counts 2); it has {units}")
 
 
 def _agent_id(value: Any) -> str | None:

@@ -314,7 +314,7 @@ class TwilioSimulator(FakeServer, WebhookCaller):
                                "status": 400})
         if not body:
             return Reply(400, {"code": 21602, "message": "Message body is required.", "status": 400})
-        if len(body) > 1600:
+        if len(body.encode("utf-16-le")) // 2 > 1600:  # counted in UTF-16 code units, as Twilio does (21617)
             return Reply(400, {"code": 21617, "message": "The concatenated message body exceeds the 1600 "
                                                          "character limit.", "status": 400})
         if to in self.opted_out:

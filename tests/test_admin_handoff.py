@@ -208,7 +208,9 @@ def test_an_unknown_conversation_is_404(admin, redis, twilio, action):
     ({"message": None}, "message: is required"),
     ({"message": 5}, "message: must be a string"),
     ({"message": "   "}, "message: must not be blank"),
-    ({"message": "x" * 1601}, "message: must be at most 1600 characters"),
+    ({"message": "x" * 1601}, "message: must be at most 1600 characters as Twilio counts them"),
+    ({"message": "\U0001F600" * 801}, "message: must be at most 1600 characters as Twilio counts them (UTF-16 code "
+                                      "units: an emoji counts 2); it has 1602"),
     ({"message": "hi", "to": PERSON}, "to: unknown field"),
     (["hi"], "body: must be a JSON object"),
 ])

@@ -111,6 +111,9 @@ def test_blank_values_count_as_missing():
     ("EVENTS_RETRY_INTERVALS_SECONDS", "5,1.5", "whole seconds"),
     ("EVENTS_RETRY_INTERVALS_SECONDS", "5,-1", "whole seconds"),
     ("EVENTS_TIMEOUT_SECONDS", "0", "positive number"),
+    ("SMS_MAX_SEGMENTS", "30", "over Twilio's 1600 limit"),  # 30 GSM-7 segments: 4590 characters
+    ("SMS_MAX_SEGMENTS", "11", "1683 characters"),
+    ("RETRY_AFTER_MAX_SECONDS", "0", "positive number"),
 ])
 def test_an_invalid_value_is_named_with_the_reason(name, value, reason):
     problems = problems_of(minimal(**{name: value}))

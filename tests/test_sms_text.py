@@ -22,6 +22,7 @@ from workers.sms_text import (
     shape_reply,
     sms_segments,
     to_gsm7,
+    utf16_units,
 )
 
 EMOJI = "\U0001F600"  # outside the BMP: two UTF-16 code units
@@ -424,10 +425,12 @@ def test_mixed_text_is_cut_only_between_clusters_and_each_part_fits():
 
 
 def test_the_character_limit_keeps_clusters_whole_too():
-    flags = (FLAG_US + FLAG_FR) * 401  # 1604 characters in 802 flags of 2 each: 1600 would fall between flags
-    assert [len(part) for part in shape_reply([flags], transliterate=False)] == [1600, 4]
-    odd = "x" + flags  # now 1600 would cut a flag in two: the part ends one character sooner
-    assert [len(part) for part in shape_reply([odd], transliterate=False)] == [1599, 6]
+    # 802 flags of 2 regional indicators each, every one outside the BMP: 4 UTF-16 code units a flag, and the
+    # 1600 limit (counted in code units, as Twilio counts it) falls between flags.
+    flags = (FLAG_US + FLAG_FR) * 401
+    assert [utf16_units(part) for part in shape_reply([flags], transliterate=False)] == [1600, 1600, 8]
+    odd = "x" + flags  # now 1600 would cut a flag in two: the part ends a flag sooner
+    assert [utf16_units(part) for part in shape_reply([odd], transliterate=False)] == [1597, 1600, 12]
 
 
 @pytest.mark.parametrize("end", ["。", "！", "？", "｡", "．"], ids=_describe)
@@ -474,3 +477,21 @@ def test_ascii_text_is_cut_into_graphemes_as_the_unicode_rules_cut_it():
     assert graphemes(text) == by_the_rules(text)
     mixed = "café\r\n👍🏽"
     assert graphemes(mixed) == by_the_rules(mixed) == ["c", "a", "f", "é", "\r", "\n", "👍🏽"]
+
+
+# -- Twilio's 1600 limit, counted in UTF-16 code units (issue 21, item 4) ------------------------------------
+# Twilio's error 21617 ("The concatenated message body exceeds the 1600 character limit"): its error page says
+# non-GSM characters such as emoji count as more than one character. 1,000 emoji are 2,000 UTF-16 code units.
+
+
+@pytest.mark.parametrize("max_segments", [None, 10])
+def test_a_reply_of_a_thousand_emoji_goes_out_in_parts_of_at_most_1600_utf16_units(max_segments):
+    parts = shape_reply([EMOJI * 1000], max_segments=max_segments, transliterate=True)
+    assert len(parts) >= 2 and "".join(parts) == EMOJI * 1000
+    assert all(utf16_units(part) <= MAX_SMS_CHARS for part in parts)
+    assert utf16_units(EMOJI * 1000) == 2000 and utf16_units("a" * 1600) == 1600
+
+
+def test_a_part_is_as_long_as_1600_utf16_units_allow():
+    parts = shape_reply(["x" + EMOJI * 900], transliterate=False)
+    assert [utf16_units(part) for part in parts] == [1599, 202]  # "x" and 799 emoji, then 101 emoji

@@ -19,7 +19,15 @@ from typing import NamedTuple
 
 import regex
 
-MAX_SMS_CHARS = 1600  # Twilio refuses a longer Body (error 21617)
+# Twilio refuses a longer Body (error 21617: "The concatenated message body exceeds the 1600 character limit"),
+# counting as Java and JavaScript do, in UTF-16 code units: its error page says non-GSM characters such as emoji
+# count as more than one character. Counted so here too: an emoji is two.
+MAX_SMS_CHARS = 1600
+
+
+def utf16_units(text: str) -> int:
+    """How long ``text`` is as Twilio counts its 1600 limit: UTF-16 code units (a character beyond the BMP is 2)."""
+    return len(text.encode("utf-16-le")) // 2
 
 GSM7_BASIC = ("@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
               "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà")
@@ -227,7 +235,7 @@ def shape_reply(messages: list[str], *, max_segments: int | None = None, transli
     Each message becomes plain text (and GSM-7 characters when ``transliterate``), then is split at
     sentence or word boundaries, and only between characters people see as one, into parts of at most
     ``max_segments`` segments each as Twilio counts them (in the part's own encoding; no cap when None)
-    and never over 1600 characters. Blank messages give nothing.
+    and never over 1600 UTF-16 code units (Twilio's limit). Blank messages give nothing.
     """
     if max_segments is not None and max_segments < 1:
         raise ValueError("max_segments must be at least 1")
@@ -242,8 +250,8 @@ def shape_reply(messages: list[str], *, max_segments: int | None = None, transli
 
 def _segment_cap(max_segments: int | None) -> Callable[[str], bool]:
     if max_segments is None:
-        return lambda part: True
-    return lambda part: segment_info(part).segments <= max_segments
+        return lambda part: utf16_units(part) <= MAX_SMS_CHARS
+    return lambda part: utf16_units(part) <= MAX_SMS_CHARS and segment_info(part).segments <= max_segments
 
 
 def _split(text: str, max_chars: int, fits: Callable[[str], bool]) -> list[str]:

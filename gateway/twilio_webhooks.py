@@ -82,6 +82,10 @@ def parse_inbound(form: MultiDict) -> InboundMessage:
         if problem := fields.address_problem(form[name]):
             problems.append(f"{name} {problem}")
     body = form.get("Body", "")
+    if not body.strip():
+        location, problem = location_text(form)
+        problems += [problem] if problem else []
+        body = location or body
     if len(body) > MAX_BODY_CHARS:
         problems.append(f"Body is longer than {MAX_BODY_CHARS} characters")
     num_media = form.get("NumMedia", "") or "0"
@@ -104,6 +108,23 @@ def parse_inbound(form: MultiDict) -> InboundMessage:
         opt_out_type=form.get("OptOutType", "")[:16].upper(),
         received_at=time.time(),
     )
+
+
+def location_text(form: MultiDict) -> tuple[str | None, str | None]:
+    """A shared location (WhatsApp sends one with an empty Body and ``Latitude``, ``Longitude``, and maybe ``Address``
+    and ``Label``) as the text the agent reads; (None, None) when there is none, (None, problem) when it is bad."""
+    latitude, longitude = form.get("Latitude", "").strip(), form.get("Longitude", "").strip()
+    if not (latitude or longitude):
+        return None, None
+    try:
+        lat, lon = float(latitude), float(longitude)
+    except ValueError:
+        return None, "Latitude and Longitude must be numbers"
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):  # (also refuses nan and inf)
+        return None, "Latitude must be between -90 and 90 and Longitude between -180 and 180"
+    place = ", ".join(part for part in (form.get("Label", "").strip()[:200], form.get("Address", "").strip()[:500])
+                      if part)
+    return f"Shared location: {place + ' ' if place else ''}({lat:.6f}, {lon:.6f})", None
 
 
 def _twiml() -> Response:

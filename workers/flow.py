@@ -374,7 +374,9 @@ def answer_turn(services: Services, turn: bursts.Turn, conversation: dict[str, s
         log.info("message=%s conversation=%s turn not answered: opted out", first.sid, cid)
         return
     for message in turn.messages:
-        if message.num_media > 0:
+        # Media is never read; a message with neither text nor media (a WhatsApp sticker, a reaction) gets the
+        # same notice rather than silence.
+        if message.num_media > 0 or not message.body.strip():
             progress = turn.progress if message is first else store.progress(message.sid)
             if _decide(store, progress, message.sid, "mms_notice", lambda: store.claim_notice(
                     "mms", cid, settings.mms_notice_interval_seconds)):

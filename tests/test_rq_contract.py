@@ -13,6 +13,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from rq import Retry, Worker
@@ -20,6 +21,7 @@ from rq.job import Job, JobStatus
 
 from config import load_settings
 from tests.conftest import stop_process, wait_for
+from workers.worker import GatewayWorker
 
 JOBS = "tests.rq_contract_jobs"
 RQ_CLI = Path(sys.executable).with_name("rq")
@@ -31,6 +33,12 @@ def status(job: Job) -> str | None:
 
 def rq(redis_server, *args: str) -> None:
     subprocess.run([str(RQ_CLI), *args, "--url", redis_server.url], check=True, capture_output=True, timeout=60)
+
+
+def production_threads() -> int:
+    return load_settings({"REDIS_URL": "redis://x", "UPONAI_API_KEY": "k", "UPONAI_AGENT_ID": "a",
+                          "UPONAI_WORKSPACE_ID": "1", "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+                          "TWILIO_AUTH_TOKEN": "0" * 32}, dotenv_path=None).worker_threads
 
 
 def test_the_suite_runs_the_production_thread_count(env):
@@ -138,3 +146,24 @@ def test_a_stopped_worker_leaves_no_job_behind(start_worker_processes, redis, qu
     wait_for(lambda: status(job) == JobStatus.FINISHED, message="the job")
     stop_process(pool.processes[0])
     assert queue.count == 0 and queue.started_job_registry.count == 0
+
+
+def _unsubscribe_returns_promptly(worker, unsubscribe) -> bool:
+    """Whether ``unsubscribe`` returns within 10 s when the listener has already seen the channel left (the
+    interleaving that hung: the listener then waits for a subscription for its whole sleep_time)."""
+    worker.subscribe()
+    wait_for(lambda: worker.pubsub.subscribed, message="the listener to subscribe")
+    worker.pubsub.unsubscribe()
+    wait_for(lambda: not worker.pubsub.subscribed, message="the listener to read the unsubscribe reply")
+    stopper = threading.Thread(target=unsubscribe, daemon=True)
+    stopper.start()
+    stopper.join(10)
+    return not stopper.is_alive()
+
+
+def test_leaving_rqs_command_channel_never_waits_for_the_listener(redis, queue):
+    """RQ 3.0's unsubscribe, with redis-py 8, could wait up to a minute for its listener thread (once the channel
+    is left, the listener waits for a subscription for its 60 s sleep_time, and PubSubWorkerThread.stop() waits for
+    it): a stop of ``sms-gateway run`` hung until the launcher killed the worker, one run in three."""
+    worker = GatewayWorker([queue.name], connection=redis, concurrency=production_threads())
+    assert _unsubscribe_returns_promptly(worker, worker.unsubscribe)

@@ -18,6 +18,8 @@ to the minor version these overrides are tested against (``tests/test_rq_contrac
 - ``run_maintenance_tasks``, ``handle_exception``: a Redis outage is one line, not a traceback that ends the loop.
 - ``request_stop``/``request_force_stop``/``teardown``: warm shutdown lets the jobs in flight finish (heartbeating),
   a second signal stops at once (RQ's cold shutdown).
+- ``unsubscribe``: RQ's steps in another order, so that a stop never waits up to a minute for RQ's command
+  listener (see the method).
 - ``ThreadWorker.work``: RQ's loop through the same public steps, without installing signal handlers (a worker
   in a thread of the tests; ``BaseWorker.work`` always installs them, which only the main thread may).
 
@@ -240,6 +242,22 @@ class GatewayWorker(SimpleWorker):
         return None
 
     # -- stopping ----------------------------------------------------------------------------------
+
+    def unsubscribe(self):
+        # RQ 3.0 leaves the channel, then stops its listener thread and waits for it. Once it has left, the
+        # listener, no longer subscribed, waits up to its sleep_time (60 s) in redis-py's get_message for a
+        # subscription that never comes, and redis-py 8's PubSubWorkerThread.stop() waits for it: a worker
+        # asked to stop hung for up to a minute, one stop in a few. Here the listener is told to stop first; the
+        # unsubscribe reply then wakes it and it leaves (its loop closes the pubsub); the wait for it is bounded.
+        if self.pubsub_thread is None:
+            return
+        self.log.info("Worker %s: unsubscribing from channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub_thread.stop(timeout=0)
+        with contextlib.suppress(RedisError):
+            self.pubsub.unsubscribe()
+        self.pubsub_thread.join(timeout=1)
+        with contextlib.suppress(RedisError):
+            self.pubsub.close()
 
     def request_stop(self, signum, frame):
         self.stopping = True

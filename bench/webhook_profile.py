@@ -10,18 +10,19 @@ client's own cost (building the WSGI request) is in the figures, as it is in eve
 
 from __future__ import annotations
 
-import argparse
-import cProfile
-import io
-import pstats
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the project importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # run as a script: the project importable, and bench/profile.py not taken for the
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # standard library's profile (cProfile imports it)
+
+import argparse  # noqa: E402
+import cProfile  # noqa: E402
+import io  # noqa: E402
+import pstats  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
 
 from redis import Redis  # noqa: E402
 

@@ -53,6 +53,10 @@ def json_body(data: bytes) -> Any:
         raise InvalidJson(str(exc)[:200]) from None
     if _depth(body) > MAX_JSON_DEPTH:
         raise InvalidJson(f"it is nested more than {MAX_JSON_DEPTH} levels deep")
+    if surrogate := _lone_surrogate(body):
+        # JSON's \ud800 escapes can spell half of a UTF-16 pair alone: no character, and no SMS or agent text can
+        # carry it (encoding it fails far from here, in the worker).
+        raise InvalidJson(f"it holds text that is not valid Unicode (a lone surrogate \\u{ord(surrogate):04x})")
     return body
 
 
@@ -76,6 +80,25 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(number):
         raise ValueError(f"the number {text[:40]} is too large")
     return number
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """The first lone surrogate in any string (or object name) of ``value``, else None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if found := _SURROGATE.search(item):
+                return found.group()
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 def _depth(value: Any) -> int:

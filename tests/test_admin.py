@@ -280,6 +280,10 @@ def test_outbound_body_must_be_json(admin, redis):
     # A name given twice: "last one wins" would send to a number nobody checked (issue 21, item 7).
     ('{"to": "+14155550100", "to": "+14155550199", "message": "hi"}', "appears more than once"),
     ('{"to": "+14155550100", "metadata": {"a": 1, "a": 2}}', "appears more than once"),
+    # Half a UTF-16 pair alone is no character: it reached the worker, which ended the person's chat and then
+    # failed to encode the SMS, for ever (issue 22, item 6).
+    ('{"to": "+14155550100", "message": "hi \\ud800 there"}', "not valid Unicode (a lone surrogate \\ud800)"),
+    ('{"to": "+14155550100", "metadata": {"\\udfff": "x"}}', "not valid Unicode (a lone surrogate \\udfff)"),
 ])
 def test_malformed_json_is_400_saying_why_not_500(admin, redis, uponai, twilio, raw, why):
     response = admin.post("/admin/sms", data=raw, headers=AUTH, content_type="application/json")

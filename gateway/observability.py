@@ -27,7 +27,11 @@ _E164 = re.compile(r"(?<![\w+%])(?:\+|%2[Bb])(\d{7,15})(?!\d)")
 _ID_FIELDS = {"message": "message_sid", "conversation": "conversation_id", "chat": "chat_id", "job": "job_id"}
 _ID_PATTERN = re.compile(r"\b(message|conversation|chat|job)=([A-Za-z0-9_.:-]+)")
 _BODY_FIELDS = frozenset({"body", "text", "content"})
-_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+# RQ's line for a failed job carries the job's arguments (``extra={"arguments": ..., "kwargs": ...}``): an event job's
+# are a person's number and words. No job's arguments reach a log, whatever LOG_MESSAGE_BODIES says.
+_NEVER_LOGGED = frozenset({"arguments", "kwargs"})
+_RECORD_FIELDS = (frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+                  | _NEVER_LOGGED)
 QUIET_LOGGERS = {"twilio.http_client": logging.WARNING, "urllib3": logging.WARNING}
 
 

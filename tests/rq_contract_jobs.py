@@ -33,3 +33,8 @@ def sleep_for(seconds: float) -> float:
     while time.monotonic() < deadline:
         time.sleep(0.05)
     return seconds
+
+
+def boom_with(words: str) -> None:
+    """Fails; its argument stands for a person's words (what an event job carries)."""
+    raise ValueError("boom: a job that fails")

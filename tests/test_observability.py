@@ -58,6 +58,18 @@ def test_log_lines_are_json_with_ids_and_masked_numbers():
     assert "+14155550100" not in entry["message"] and entry["message"].endswith("00")
 
 
+@pytest.mark.parametrize("log_bodies", [False, True])
+def test_a_failed_jobs_arguments_never_reach_a_log(log_bodies):
+    """RQ logs a failed job with ``extra={"func", "arguments", "kwargs", "queue", "job_id"}``: an event job's arguments
+    hold a person's words (issue 22, item 7). They are left out even with LOG_MESSAGE_BODIES on."""
+    event = {"type": "handoff.message_received", "text": SECRET_BODY}
+    entry = log_line(JsonLogFormatter(log_bodies=log_bodies), "Worker w: job j: exception raised while executing (%s)",
+                     "workers.events.deliver", func="workers.events.deliver", arguments=(event, "evt-1"),
+                     kwargs={"text": SECRET_BODY}, queue="sms-events", job_id="j")
+    assert "arguments" not in entry and "kwargs" not in entry and SECRET_BODY not in json.dumps(entry)
+    assert entry["func"] == "workers.events.deliver" and entry["queue"] == "sms-events"
+
+
 def test_numbers_are_masked_everywhere_and_bodies_only_when_asked():
     text = "GET /admin/conversations/%2B14155550100 whatsapp:+447700900123 took 1500 ms, sid SM1234567890"
     masked = mask_numbers(text)

@@ -62,6 +62,14 @@ def test_successes_are_counted_and_failures_land_in_the_failed_registry_with_the
              message="the worker's counts")
 
 
+def test_a_failed_jobs_arguments_stay_out_of_the_workers_log(start_worker_processes, redis, queue):
+    pool = start_worker_processes(1)
+    failed = queue.enqueue(f"{JOBS}.boom_with", "my secret booking words", description="a job with words")
+    wait_for(lambda: failed.id in queue.failed_job_registry.get_job_ids(), message="the failure to be recorded")
+    wait_for(lambda: "exception raised while executing" in pool.output(), message="RQ's line for the failure")
+    assert "my secret booking words" not in pool.output()
+
+
 def test_a_retry_goes_through_the_scheduled_registry(start_worker_processes, redis, queue):
     start_worker_processes(1)
     job = queue.enqueue(f"{JOBS}.fail_first_run", retry=Retry(max=1, interval=2))

@@ -21,14 +21,6 @@ log = logging.getLogger(__name__)
 IDLE_CHECK_BUSY_RETRY_SECONDS = 5.0
 
 
-def ensure_chat(services: Services, message: InboundMessage, conversation: dict[str, str] | None = None) -> str:
-    """The conversation's chat id, creating the chat when there is none (``conversation``: its hash, if read)."""
-    chat_id, new_agent = _chat_for(services, message, conversation)
-    if new_agent is not None:
-        services.store.set_chat(message.conversation_id, chat_id, new_agent)
-    return chat_id
-
-
 def _chat_for(services: Services, message: InboundMessage, conversation: dict[str, str] | None
               ) -> tuple[str, str | None]:
     """The conversation's chat id, and the agent id when the chat was created now (not stored yet: the caller

@@ -227,10 +227,6 @@ class Deliveries(StateBase):
         if pipe is None:
             target.execute()
 
-    def decision(self, message_sid: str, name: str) -> bool | None:
-        value = text(self.redis.hget(key("msg", message_sid), f"decision:{name}"))
-        return None if value is None else value == "1"
-
     def record_decision(self, message_sid: str, name: str, value: bool) -> bool:
         """Store a yes/no for the message unless one is stored; return the stored one."""
         record = key("msg", message_sid)

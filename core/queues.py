@@ -69,7 +69,8 @@ def drain_job_options(conversation_id: str, settings) -> dict[str, Any]:
 
     ``retry``: a drain job that RQ finds abandoned (its worker killed mid-turn: RQ's StartedJobRegistry cleanup)
     or that raises unexpectedly (a job timeout, a bug) runs again after these intervals, as RQ retries any
-    job; the run again resumes the turn (its lock token is the job id). A drain that gives messages up is
+    job; the run again resumes the turn (under a lock token of its own: see ``workers.flow.drain_conversation``).
+    A drain that gives messages up is
     not retried (``workers.jobs.drain``): it fails into the failed-job registry, for an operator to replay.
     """
     return dict(args=(conversation_id,), description=f"drain conversation {conversation_id}",

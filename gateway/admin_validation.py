@@ -63,11 +63,11 @@ def json_body(data: bytes) -> Any:
 def _without_repeated_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """An object, refused when a name appears twice ({"to": A, "to": B}: which one was meant is not ours to guess;
     RFC 8259 section 4 leaves it to the receiver, and "last one wins" sends to a number nobody checked)."""
-    body = dict(pairs)
-    if len(body) != len(pairs):
-        seen: set[str] = set()
-        repeated = next(name for name, _ in pairs if name in seen or seen.add(name))
-        raise ValueError(f'the name "{repeated[:40]}" appears more than once in one object')
+    body: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in body:
+            raise ValueError(f'the name "{name[:40]}" appears more than once in one object')
+        body[name] = value
     return body
 
 

@@ -35,12 +35,6 @@ def rq(redis_server, *args: str) -> None:
     subprocess.run([str(RQ_CLI), *args, "--url", redis_server.url], check=True, capture_output=True, timeout=60)
 
 
-def production_threads() -> int:
-    return load_settings({"REDIS_URL": "redis://x", "UPONAI_API_KEY": "k", "UPONAI_AGENT_ID": "a",
-                          "UPONAI_WORKSPACE_ID": "1", "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
-                          "TWILIO_AUTH_TOKEN": "0" * 32}, dotenv_path=None).worker_threads
-
-
 def test_the_suite_runs_the_production_thread_count(env):
     assert "WORKER_THREADS" not in env  # every test's workers run the default, as deployed
     assert load_settings(env, dotenv_path=None).worker_threads == 64
@@ -148,6 +142,26 @@ def test_a_killed_workers_started_jobs_are_recovered_by_rqs_registry_cleanup(sta
     assert queue.failed_job_registry.count == 0
 
 
+def test_a_running_jobs_execution_is_kept_alive_so_rq_never_takes_it_for_abandoned(start_worker_processes, redis,
+                                                                                     queue):
+    """RQ's cleanup takes an execution whose heartbeat expired for a dead worker's and runs its job again. Jobs run on
+    threads here, so one thread renews them all (ExecutionBeats): a turn longer than ABANDONED_AFTER_SECONDS is not
+    run twice. Its expiry moves forward while it runs, and it is never past the cleanup's cutoff."""
+    start_worker_processes(1)
+    job = queue.enqueue(f"{JOBS}.sleep_for", 12)  # the first beat comes 5 s into it (JOB_MONITORING_INTERVAL_SECONDS)
+    wait_for(lambda: redis.get(f"test:runs:{job.id}") == b"1", message="the job to be running")
+
+    def expiry() -> float:
+        [(_, score)] = redis.zrange(queue.started_job_registry.key, 0, -1, withscores=True)
+        return score
+
+    first = expiry()
+    wait_for(lambda: expiry() > first, timeout=10, message="a heartbeat to renew the running job's execution")
+    assert queue.started_job_registry.get_expired_job_ids() == []
+    wait_for(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, message="the job to finish, run once")
+    assert redis.get(f"test:runs:{job.id}") == b"1"
+
+
 def test_a_stopped_worker_leaves_no_job_behind(start_worker_processes, redis, queue):
     pool = start_worker_processes(1)
     job = queue.enqueue(f"{JOBS}.double", 1)
@@ -169,9 +183,10 @@ def _unsubscribe_returns_promptly(worker, unsubscribe) -> bool:
     return not stopper.is_alive()
 
 
-def test_leaving_rqs_command_channel_never_waits_for_the_listener(redis, queue):
+def test_leaving_rqs_command_channel_never_waits_for_the_listener(env, redis, queue):
     """RQ 3.0's unsubscribe, with redis-py 8, could wait up to a minute for its listener thread (once the channel
     is left, the listener waits for a subscription for its 60 s sleep_time, and PubSubWorkerThread.stop() waits for
     it): a stop of ``sms-gateway run`` hung until the launcher killed the worker, one run in three."""
-    worker = GatewayWorker([queue.name], connection=redis, concurrency=production_threads())
+    worker = GatewayWorker([queue.name], connection=redis,
+                           concurrency=load_settings(env, dotenv_path=None).worker_threads)
     assert _unsubscribe_returns_promptly(worker, worker.unsubscribe)

@@ -66,8 +66,8 @@ class MessagesFailed(Exception):
         self.sids = sids
 
 
-def backoff_seconds(attempt: int, intervals: tuple[float, ...], retry_after: float | None = None,
-                    retry_after_max: float = 600.0) -> float:
+def backoff_seconds(attempt: int, intervals: tuple[float, ...], retry_after: float | None,
+                    retry_after_max: float) -> float:
     """Delay before attempt ``attempt + 1``: the configured interval with +-20% jitter, or the server's Retry-After
     when longer (at most ``retry_after_max``, RETRY_AFTER_MAX_SECONDS: a server asking for a day's pause must not
     hold a conversation that long). The jitter never shortens a Retry-After."""

@@ -26,7 +26,8 @@ to the minor version these overrides are tested against (``tests/test_rq_contrac
 While jobs run, one thread per process renews the heartbeat of every execution in flight
 (``Execution.heartbeat``) every ``JOB_MONITORING_INTERVAL_SECONDS``. A killed process's jobs are recovered as
 any dead worker's: RQ's StartedJobRegistry cleanup (every worker's maintenance) finds their executions
-expired and retries them (``core.queues.drain_job_options``); the run again holds the same conversation lock.
+expired and retries them (``core.queues.drain_job_options``); the run again resumes the turn once the dead
+run's conversation lock has expired (``workers.flow.drain_conversation``).
 The RQ worker runs in the main thread (signals), the scheduler in a child process (``workers.scheduler``).
 
 A worker is alive while its heartbeat is recent (``core.queues.live_workers``): RQ keeps a killed worker's

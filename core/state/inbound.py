@@ -12,7 +12,7 @@ Keys (under ``smsgw:``)::
 Accepting a text is one round trip, one Redis transaction (MULTI/EXEC): the accept script (every key
 declared) decides new / duplicate / replay / skipped and stores a new text in its inbox, and the text's RQ
 drain job is queued beside it through RQ's public API (``Queue.enqueue_call(..., pipeline=)``, see
-``core.queues.drain_job``). Both happen or neither does: a web process killed at any point leaves either
+``core.queues.enqueue_drain``). Both happen or neither does: a web process killed at any point leaves either
 nothing (Twilio was not answered 200 and sends the text again or to its fallback URL) or the text with its
 job. When the script finds the text is not new (a repeat of its ``MessageSid``, a replay, a sender no reply
 can reach), the job queued with it is taken back off the queue in a second round trip (``Queue.remove``, then

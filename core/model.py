@@ -29,6 +29,11 @@ class InboundMessage:
     media_types: tuple[str, ...] = ()
     opt_out_type: str = ""
     received_at: float = field(default_factory=time.time)
+    # What accepting the text did to the person's opt-out (set by the webhook's accept step, see
+    # ``core.state.inbound``): "out" (a STOP: opted out from then on), "in" (a START from an opted-out person:
+    # opted in), "answer" (an opt-in word from a person who was not opted out: an ordinary text), "while_out" (any
+    # other text, sent while opted out); "" for any other text.
+    opt: str = ""
 
     @cached_property  # a hash: computed once per message (frozen: cached_property writes __dict__ directly)
     def conversation_id(self) -> str:
@@ -38,6 +43,8 @@ class InboundMessage:
         # Field by field rather than dataclasses.asdict (a deep copy): this runs on every inbound webhook.
         fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
         fields["media_types"] = list(self.media_types)
+        if not self.opt:
+            del fields["opt"]  # the accept step adds it when it has something to say (``core.state.inbound``)
         return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod

@@ -22,6 +22,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from sandbox.sim_state import StateFile
 
+HOLD_MAX_SECONDS = 60.0  # a held call (``Fault.hold``) goes on by itself after this, should a test forget it
+
 
 @dataclass
 class Fault:
@@ -34,6 +36,7 @@ class Fault:
     retry_after: str | None = None
     body: Any = None  # the answer's body (bytes or str as written, anything else as JSON); None: an error body
     apply_first: bool = False  # with ``status``: apply the operation, then answer ``status`` and ``body``
+    hold: threading.Event | None = None  # wait until it is set (at most HOLD_MAX_SECONDS) before going on
 
 
 @dataclass
@@ -192,6 +195,8 @@ class FakeServer:
             time.sleep(self.latency_seconds)
         if fault and fault.delay_seconds:
             time.sleep(fault.delay_seconds)
+        if fault and fault.hold is not None:
+            fault.hold.wait(HOLD_MAX_SECONDS)
         try:
             if action is None:
                 reply = Reply(404, {"status": "error", "message": f"no route for {request.method} {request.path}"})

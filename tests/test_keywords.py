@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from core import keywords
+from core.keywords import keyword_of, twilio_keyword
 from core.model import InboundMessage, conversation_id
 from tests.conftest import GATEWAY_NUMBER
-from workers import keywords
-from workers.keywords import keyword_of, twilio_keyword
 
 # Outside facts, copied from Twilio's documentation (not from workers/keywords.py):
 # https://www.twilio.com/docs/messaging/tutorials/advanced-opt-out — "By default, Twilio handles standard

@@ -17,7 +17,7 @@ from core.events import emit_delivery_failed, emit_event
 from core.metrics import metrics
 from core.model import InboundMessage
 from core.redaction import mask_number
-from core.state.deliveries import WITHHELD
+from core.state.deliveries import WITHHELD_PREFIX
 from workers import sms_text
 from workers.errors import CredentialsError, TransientError, TwilioPermanentError
 from workers.services import Services
@@ -46,22 +46,24 @@ def send_part(services: Services, message: InboundMessage, part: str, body: str,
 
     ``claimed_at``: the caller claimed the part at that time (in the step that recorded the reply).
     Returns False when the part is not sent because the person opted out (Twilio refused it with 21610, now
-    or in an earlier attempt, or it was withheld): the caller sends no more parts.
+    or in an earlier attempt) or, for the agent's reply (``reply:<n>``), because it was withheld: the person opted
+    out or an operator took over before it went. The caller sends no more parts.
     ``activity``: the conversation's activity to note in the step that records the part as sent (called only if
     it is recorded now; see ``ConversationStore.record_sent``).
     """
     store = services.store
     sender = services.sender
     from_, service = sender_number(message), message.messaging_service_sid or None
+    reply_of = message.conversation_id if part.startswith("reply:") else None
     claimed = claimed_at is not None
     if not claimed:
         claimed_at = time.time()
-        claimed = store.claim_part(message.sid, part, claimed_at)
+        claimed = store.claim_part(message.sid, part, claimed_at, reply_of=reply_of)
     if not claimed:
         state = store.progress(message.sid).parts.get(part, "")
         if not state.startswith(("sending", "uncertain")):
-            # sent (a Twilio sid) or refused for good
-            return state not in (f"failed:{OPTED_OUT_CODE}", WITHHELD)
+            # sent (a Twilio sid), refused for good, or withheld
+            return not (state == f"failed:{OPTED_OUT_CODE}" or state.startswith(WITHHELD_PREFIX))
         # An earlier attempt may have sent it (a crash or timeout mid-send): ask Twilio before sending again.
         claimed_at = float(state.partition(":")[2] or 0)
         found = sender.find_sent(to=message.from_, body=body, from_=from_, messaging_service_sid=service,
@@ -70,8 +72,12 @@ def send_part(services: Services, message: InboundMessage, part: str, body: str,
             _record(services, message, part, body, found, status=None, activity=activity)  # settles the part too
             log.info("message=%s part=%s found at Twilio, not sent again", message.sid, part)
             return True
-        # Not found: send again, keeping the first claim's time, so a later look-up still covers that attempt.
-        store.settle_part(message.sid, part, f"sending:{claimed_at:.3f}")
+        # Not found: send again, keeping the first claim's time, so a later look-up still covers that attempt
+        # (unless, for a reply, the person opted out or an operator took over meanwhile).
+        if not store.claim_part(message.sid, part, claimed_at, reply_of=reply_of, again=True):
+            log.info("message=%s part=%s withheld: opted out or handed off since the last attempt", message.sid,
+                     part)
+            return False
     settings = services.settings
     callback = f"{settings.public_base_url}/twilio/status" if settings.public_base_url else None
     try:

@@ -19,7 +19,7 @@ for a replay), the rest of the inbox is still answered, and ``MessagesFailed`` i
 so the job lands in the failed-job registry with the reason.
 
 The pieces live beside it: ``workers.chats`` (the UponAI chat, turns, idle close), ``workers.delivery``
-(sending parts), ``workers.keywords``, ``workers.locking`` (the conversation lock).
+(sending parts), ``core.keywords``, ``workers.locking`` (the conversation lock).
 """
 
 from __future__ import annotations
@@ -30,14 +30,15 @@ import time
 import uuid
 
 from core.events import emit_event
+from core.keywords import keyword_of
 from core.metrics import metrics
 from core.model import InboundMessage
 from core.state import ConversationStore, Progress
+from core.state.deliveries import WITHHELD_HANDOFF
 from workers import bursts, sms_text
 from workers.chats import end_chat, run_turn
 from workers.delivery import give_up, send_part
 from workers.errors import PermanentError, TransientError
-from workers.keywords import keyword_of
 from workers.locking import DRAIN_TOKEN_PREFIX, LOCK_TTL_SECONDS, LockKeeper
 from workers.services import Services
 
@@ -255,13 +256,21 @@ def _give_up(services: Services, taken: list[tuple[str, InboundMessage]], exc: E
 
 
 def _keyword(settings, message: InboundMessage, conversation: dict[str, str] | None = None) -> str | None:
-    """The text's keyword. An opt-in word (START, YES, UNSTOP) is one only from a person who is opted out
-    (given ``conversation``): Twilio re-subscribes an opted-out number with it, and from anyone else "Yes" is
-    an answer, for the agent like any text."""
+    """The text's keyword. An opt-in word (START, YES, UNSTOP) is one only from a person who was opted out when
+    the webhook accepted it (``InboundMessage.opt``; for a text stored before the webhook said so, ``conversation``
+    now): Twilio re-subscribes an opted-out number with it, and from anyone else "Yes" is an answer, for the agent
+    like any text."""
     keyword = keyword_of(message, settings.reset_keyword, settings.handoff_keyword)
-    if keyword == "START" and conversation is not None and conversation.get("opted_out") != "1":
+    if keyword == "START" and message.opt != "in" and (
+            message.opt or (conversation is not None and conversation.get("opted_out") != "1")):
         return None
     return keyword
+
+
+def _from_opted_out(message: InboundMessage, conversation: dict[str, str]) -> bool:
+    """Whether the text is not to be forwarded for an opt-out: it came while the person was opted out (as the
+    webhook found when it accepted it), or the person is opted out now (a STOP behind it, or Twilio's 21610)."""
+    return message.opt == "while_out" or conversation.get("opted_out") == "1"
 
 
 def _is_opt_out(settings, message: InboundMessage) -> bool:
@@ -282,7 +291,7 @@ def _opt_out_ahead(settings, waiting: list[tuple[str, InboundMessage]], conversa
     place); during a handoff texts are kept for the operator, unanswered; START and HELP only change state
     (or nothing), and the STOP follows.
     """
-    if conversation.get("opted_out") == "1":
+    if waiting[0][1].opt == "while_out":
         return 0
     keyword = _keyword(settings, waiting[0][1], conversation)
     if keyword in ("STOP", "START", "HELP"):
@@ -320,7 +329,7 @@ def _may_join_turn(settings, message: InboundMessage, conversation: dict[str, st
     """Whether the text may start or join an agent turn: no keyword, and the agent answers the conversation."""
     if _keyword(settings, message, conversation) is not None:
         return False
-    return conversation.get("opted_out") != "1" and conversation.get("handoff") != "1"
+    return not _from_opted_out(message, conversation) and conversation.get("handoff") != "1"
 
 
 def _gather_turn(services: Services, waiting: list[tuple[str, InboundMessage]], conversation: dict[str, str],
@@ -373,6 +382,13 @@ def answer_turn(services: Services, turn: bursts.Turn, conversation: dict[str, s
         # Only a fixed turn gets here after an opt-out (a 21610 status callback): nothing more is sent.
         log.info("message=%s conversation=%s turn not answered: opted out", first.sid, cid)
         return
+    if conversation.get("handoff") == "1" and turn.progress.reply_parts is None:
+        # Only a fixed turn gets here during a handoff (an operator took over while it waited for a retry): the
+        # operator has its texts now, and the agent is not asked. (A reply already written is withheld below.)
+        for message in turn.messages:
+            _keep_for_operator(services, message)
+        log.info("message=%s conversation=%s turn not answered: handed off before its retry", first.sid, cid)
+        return
     for message in turn.messages:
         # Media is never read; a message with neither text nor media (a WhatsApp sticker, a reaction) gets the
         # same notice rather than silence.
@@ -398,6 +414,13 @@ def answer_turn(services: Services, turn: bursts.Turn, conversation: dict[str, s
                     store.withhold_parts(first.sid, [f"reply:{index}" for index in range(len(parts))])
                     _withhold_for_opt_out(turn)
                     return
+                if recorded.handoff:  # an operator took over while the agent wrote it
+                    store.withhold_parts(first.sid, [f"reply:{index}" for index in range(len(parts))],
+                                         WITHHELD_HANDOFF)
+                    metrics().replies_withheld.inc()
+                    log.info("message=%s conversation=%s reply not sent: handed off while the agent answered",
+                             first.sid, cid)
+                    return
                 first_claimed_at = recorded.claimed_at
         # The activity is noted in the step that records the last part as sent (one round trip less).
         noted: list[bool] = []
@@ -406,8 +429,10 @@ def answer_turn(services: Services, turn: bursts.Turn, conversation: dict[str, s
             if not send_part(services, first, f"reply:{index}", part,
                              claimed_at=first_claimed_at if index == 0 else None,
                              activity=activity if index == len(parts) - 1 else None):
-                # Twilio refused it: the person opted out (21610). The rest would be refused too.
-                log.info("message=%s conversation=%s rest of the reply not sent: opted out", first.sid, cid)
+                # Twilio refused it (21610), or the person opted out or an operator took over since: the rest
+                # is not sent either.
+                log.info("message=%s conversation=%s rest of the reply not sent: opted out or handed off",
+                         first.sid, cid)
                 break
         log.info("message=%s conversation=%s answered texts=%d parts=%d", first.sid, cid, len(turn.messages),
                  len(parts))
@@ -429,20 +454,24 @@ def handle_message(services: Services, message: InboundMessage, conversation: di
         conversation = store.conversation(cid)
     keyword = _keyword(settings, message, conversation)
     if keyword == "STOP":
-        # Twilio itself answers and blocks further sends; we stop talking and close the chat.
-        store.set_opted_out(cid, True)
+        # Twilio itself answers and blocks further sends; we stop talking and close the chat. (The webhook marked
+        # the person opted out when it accepted the text, unless Twilio said so first.)
+        if message.opt != "out":
+            store.set_opted_out(cid, True)
         end_chat(services, cid, conversation.get("chat_id"))
         emit_event(store.redis, settings, "conversation.opted_out", event_id=f"conversation.opted_out:{message.sid}",
                    conversation_id=cid, number=message.from_, message_sid=message.sid)
         log.info("message=%s conversation=%s opted out", message.sid, cid)
         return
     if keyword == "START":
-        store.set_opted_out(cid, False)
+        if message.opt != "in":  # (the webhook opted them back in when it accepted the text)
+            store.set_opted_out(cid, False)
         log.info("message=%s conversation=%s opted in", message.sid, cid)
         return
     if keyword == "HELP":
         return  # Twilio answers HELP on long codes and toll-free numbers
-    if conversation.get("opted_out") == "1":
+    if message.opt == "while_out" or (_from_opted_out(message, conversation) and conversation.get("handoff") != "1"):
+        # (During a handoff, what the person said before their STOP is still kept for the operator.)
         log.info("message=%s conversation=%s ignored: opted out", message.sid, cid)
         return
     if progress is None:

@@ -98,14 +98,41 @@ STATUS_RANK = {"accepted": 0, "scheduled": 0, "queued": 0, "sending": 1, "sent":
                "delivered": 3, "partially_delivered": 3, "undelivered": 3, "failed": 3, "canceled": 3, "read": 4}
 
 # Record an agent turn's reply (KEYS[1]: the progress hash of its first text), claim its part ARGV[2] with
-# ARGV[3] unless claimed, and read the conversation's opt-out flag (KEYS[2]: its hash) and the texts now waiting
-# (KEYS[3]: its inbox, the first ARGV[5]). Returns {claimed (1/0), opted_out or nil, waiting}.
+# ARGV[3] unless claimed, and read the conversation's opt-out and handoff flags (KEYS[2]: its hash) and the texts
+# now waiting (KEYS[3]: its inbox, the first ARGV[5]). Returns {claimed (1/0), opted_out or nil, handoff or nil,
+# waiting}.
 _RECORD_TURN_REPLY = """
 redis.call('HSET', KEYS[1], 'reply', ARGV[1])
 local claimed = redis.call('HSETNX', KEYS[1], ARGV[2], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-local opted_out = redis.call('HGET', KEYS[2], 'opted_out')
-return {claimed, opted_out, redis.call('LRANGE', KEYS[3], 0, tonumber(ARGV[5]) - 1)}
+local flags = redis.call('HMGET', KEYS[2], 'opted_out', 'handoff')
+return {claimed, flags[1], flags[2], redis.call('LRANGE', KEYS[3], 0, tonumber(ARGV[5]) - 1)}
+"""
+
+# Claim part ARGV[1] of a message (KEYS[1]: its progress hash) with ARGV[2] (expiry ARGV[3]): unless claimed
+# already, or at once when ARGV[4] is '1' (sending again a part that was not found at Twilio). With KEYS[2] (the
+# conversation's hash: the part is the agent's reply) the claim first reads whether the person opted out or an
+# operator took over: the part is then settled as withheld instead (a reply is never sent after either, whenever
+# the agent wrote it). Returns 1 when claimed, else 0.
+_CLAIM_PART = """
+if #KEYS == 2 then
+  local flags = redis.call('HMGET', KEYS[2], 'opted_out', 'handoff')
+  local reason = false
+  if flags[1] == '1' then reason = 'opted_out' elseif flags[2] == '1' then reason = 'handoff' end
+  if reason and (ARGV[4] == '1' or redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0) then
+    redis.call('HSET', KEYS[1], ARGV[1], 'withheld:' .. reason)
+    redis.call('EXPIRE', KEYS[1], ARGV[3])
+    return 0
+  end
+end
+local claimed = 1
+if ARGV[4] == '1' then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+else
+  claimed = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return claimed
 """
 
 # Record one outbound SMS ARGV[5] (KEYS[1]: its hash, fields ARGV[10..]; KEYS[2]: the conversation's recent list,
@@ -146,7 +173,9 @@ return redis.call('HGET', KEYS[1], 'conversation_id')
 """
 
 
+WITHHELD_PREFIX = "withheld:"
 WITHHELD = "withheld:opted_out"  # a reply part never sent: the person opted out before it went
+WITHHELD_HANDOFF = "withheld:handoff"  # a reply part never sent: an operator took the conversation over first
 
 
 class RecordedReply(NamedTuple):
@@ -154,6 +183,7 @@ class RecordedReply(NamedTuple):
 
     claimed_at: float | None  # the claim's time when the part was claimed now, else None
     opted_out: bool  # the conversation's opt-out flag
+    handoff: bool  # the conversation's handoff flag (an operator has taken over)
     waiting: list[tuple[str, InboundMessage]]  # the texts in the inbox (the turn's own first), oldest first
 
 
@@ -203,7 +233,7 @@ class Deliveries(StateBase):
     """Per-message progress, the sent log and dead letters."""
 
     SCRIPTS = {"_record_status": _RECORD_STATUS, "_fix_turn": _FIX_TURN, "_record_turn_reply": _RECORD_TURN_REPLY,
-               "_record_sent": _RECORD_SENT}
+               "_record_sent": _RECORD_SENT, "_claim_part": _CLAIM_PART}
 
     # -- progress of one inbound message ----------------------------------------------------------
 
@@ -268,21 +298,24 @@ class Deliveries(StateBase):
     def record_turn_reply(self, message_sid: str, cid: str, parts: list[str], *, claim: str,
                           claimed_at: float) -> RecordedReply:
         """Record an agent turn's reply, claim its part ``claim`` (see ``claim_part``) and read whether the person
-        opted out meanwhile (the conversation's flag, and the texts now waiting), all in one step.
+        opted out or an operator took over meanwhile (the conversation's flags, and the texts now waiting), all in
+        one step.
 
         A STOP that arrived while the agent answered waits in the inbox behind the turn's texts: the caller
         withholds the reply (``withhold_parts``) instead of sending it after the person's STOP.
         """
-        claimed, opted_out, waiting = self._record_turn_reply(
+        claimed, opted_out, handoff, waiting = self._record_turn_reply(
             keys=[key("msg", message_sid), key("conv", cid), key("inbox", cid)],
             args=[json.dumps(parts, ensure_ascii=False), f"part:{claim}", f"sending:{claimed_at:.3f}",
                   self.progress_ttl_seconds, WAITING_READ])
         return RecordedReply(claimed_at=claimed_at if claimed else None, opted_out=text(opted_out) == "1",
+                             handoff=text(handoff) == "1",
                              waiting=[(raw, InboundMessage.from_json(raw)) for raw in map(text, waiting)])
 
-    def withhold_parts(self, message_sid: str, parts: list[str]) -> None:
-        """Settle the parts as never to be sent (``withheld:opted_out``): the person opted out before they went."""
-        self._set_progress(message_sid, {f"part:{part}": WITHHELD for part in parts})
+    def withhold_parts(self, message_sid: str, parts: list[str], reason: str = WITHHELD) -> None:
+        """Settle the parts as never to be sent (``reason``: ``WITHHELD`` when the person opted out before they
+        went, ``WITHHELD_HANDOFF`` when an operator took over)."""
+        self._set_progress(message_sid, {f"part:{part}": reason for part in parts})
 
     def count_attempt(self, message_sid: str) -> int:
         name = key("msg", message_sid)
@@ -291,13 +324,18 @@ class Deliveries(StateBase):
             pipe.expire(name, self.progress_ttl_seconds)
             return int(pipe.execute()[0])
 
-    def claim_part(self, message_sid: str, part: str, claimed_at: float | None = None) -> bool:
-        """Claim the right to send one part (``sending:<claimed_at>``); False if it was sent (or attempted) already."""
-        name = key("msg", message_sid)
-        with self.redis.pipeline() as pipe:
-            pipe.hsetnx(name, f"part:{part}", f"sending:{time.time() if claimed_at is None else claimed_at:.3f}")
-            pipe.expire(name, self.progress_ttl_seconds)
-            return bool(pipe.execute()[0])
+    def claim_part(self, message_sid: str, part: str, claimed_at: float | None = None, *,
+                   reply_of: str | None = None, again: bool = False) -> bool:
+        """Claim the right to send one part (``sending:<claimed_at>``); False if it was sent (or attempted) already.
+
+        ``reply_of``: the part is the agent's reply in that conversation: it is withheld instead (False, the part
+        settled ``withheld:opted_out`` or ``withheld:handoff``) when the person has opted out or an operator has
+        taken over. ``again``: claim it even though an earlier attempt did (it was not found at Twilio).
+        """
+        keys = [key("msg", message_sid)] + ([key("conv", reply_of)] if reply_of else [])
+        stamp = f"sending:{time.time() if claimed_at is None else claimed_at:.3f}"
+        return int(self._claim_part(keys=keys, args=[f"part:{part}", stamp, self.progress_ttl_seconds,
+                                                     "1" if again else "0"])) == 1
 
     def release_part(self, message_sid: str, part: str) -> None:
         """Give a claim back after a failure that certainly sent nothing."""

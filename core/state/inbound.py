@@ -35,6 +35,7 @@ from redis.client import Pipeline
 from redis.exceptions import NoScriptError, ResponseError
 from rq import Queue
 
+from core.keywords import opt_word
 from core.model import InboundMessage
 from core.state.keys import EXPIRY_REFRESH_SLACK, StateBase, bare_address, key, text
 
@@ -42,6 +43,11 @@ from core.state.keys import EXPIRY_REFRESH_SLACK, StateBase, bare_address, key, 
 # ARGV: message JSON, dedupe ttl, gateway, person, received_at, messaging service sid, cid, sid,
 #       bare To, bare From, skip ('1': a sender the web found unanswerable), retention seconds,
 #       expiry refresh slack (fraction of a period), the id of the drain job queued in the same transaction.
+# ARGV[15]: what the text may do to the person's opt-out ('out': a STOP; 'in': a START Twilio applied (its
+# OptOutType); 'maybe-in': an opt-in word, a START only from a person who is opted out; '': nothing). The opt-out
+# takes effect here, when the text is accepted: an operator's message or a reply not sent yet is refused from
+# then on, whenever a drain reaches the STOP. The verdict goes into the stored text (its JSON's "opt", see
+# ``InboundMessage.opt``), so the drain judges each text by the opt-out as it was when the text came.
 # Returns the outcome: 1 new, 0 duplicate, 3 replay (the signature belongs to another sid), 4 skipped.
 # The same transaction sent again (the Redis client's reconnect after the answer to the first was lost) is
 # "new" again, with nothing written twice: its marker names its own job.
@@ -71,7 +77,21 @@ if ARGV[11] == '1' or members[2] == 1 or ARGV[9] == ARGV[10] then
   redis.call('SET', KEYS[1], 'skipped', 'EX', ARGV[2])
   return 4
 end
-redis.call('RPUSH', KEYS[2], ARGV[1])
+local raw, opt = ARGV[1], ''
+local opted_out = redis.call('HGET', KEYS[3], 'opted_out') == '1'
+if ARGV[15] == 'out' then
+  opt = 'out'
+  if not opted_out then redis.call('HSET', KEYS[3], 'opted_out', '1', 'opted_out_at', ARGV[5]) end
+elseif ARGV[15] == 'in' or (ARGV[15] == 'maybe-in' and opted_out) then
+  opt = 'in'
+  redis.call('HDEL', KEYS[3], 'opted_out', 'opted_out_at')
+elseif ARGV[15] == 'maybe-in' then
+  opt = 'answer'
+elseif opted_out then
+  opt = 'while_out'
+end
+if opt ~= '' then raw = string.sub(raw, 1, -2) .. ',"opt":"' .. opt .. '"}' end
+redis.call('RPUSH', KEYS[2], raw)
 redis.call('HSET', KEYS[3], 'gateway', ARGV[3], 'person', ARGV[4], 'last_inbound_at', ARGV[5])
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[3], 'messaging_service_sid', ARGV[6]) end
 keep(KEYS[2], ARGV[12])
@@ -114,12 +134,14 @@ class Inbound(StateBase):
         signed = hashlib.sha256(signature.encode()).hexdigest()[:32] if signature else f"sid-{message.sid}"
         keys = [key("seen", message.sid), key("inbox", cid), key("conv", cid), key("signature", signed),
                 key("numbers")]
+        word = opt_word(message)
+        opt_mode = {"STOP": "out", "START": "in" if message.opt_out_type == "START" else "maybe-in"}.get(word, "")
         for attempt in (1, 2):
             job_id = uuid.uuid4().hex
             args = [message.to_json(), self.dedupe_ttl_seconds, message.to, message.from_,
                     f"{message.received_at:.3f}", message.messaging_service_sid, cid, message.sid,
                     bare_address(message.to), bare_address(message.from_), "1" if skip else "0",
-                    self.retention_seconds, EXPIRY_REFRESH_SLACK, job_id]
+                    self.retention_seconds, EXPIRY_REFRESH_SLACK, job_id, opt_mode]
             with self.redis.pipeline(transaction=True) as pipe:
                 pipe.multi()  # explicitly: RQ's enqueue on a pipeline starts one unless the caller has
                 pipe.execute_command("EVALSHA", self._accept_script.script.sha, len(keys), *keys, *args)

@@ -42,6 +42,17 @@ def twilio_keyword(body: str) -> str | None:
     return None
 
 
+def opt_word(message: InboundMessage) -> str | None:
+    """``STOP`` or ``START`` when the text opts the person out or (if they are opted out) back in, else None.
+
+    Twilio's ``OptOutType`` wins: a Messaging Service with Advanced Opt-Out says which of its lists matched.
+    """
+    if message.opt_out_type in ("STOP", "START", "HELP"):
+        return message.opt_out_type if message.opt_out_type != "HELP" else None
+    keyword = twilio_keyword(message.body)
+    return keyword if keyword in ("STOP", "START") else None
+
+
 def keyword_of(message: InboundMessage, reset_word: str, handoff_word: str | None = None) -> str | None:
     """``STOP``, ``START``, ``HELP``, ``RESET`` or ``HANDOFF`` when the message is that keyword, else None.
 

@@ -29,13 +29,17 @@ def run_worker(args: argparse.Namespace) -> int:
     from core.redis import connect_redis
     from gateway.observability import configure_logging
     from workers import jobs, worker
-    from workers.startup import RedisOutageLines, RedisUnusable, redis_address
+    from workers.startup import MetricsPortUnusable, RedisOutageLines, RedisUnusable, redis_address, serve_metrics
 
     settings = load_settings()
     # A long-running process logs JSON lines (see gateway/observability.py), bodies only if the settings say so.
     configure_logging(args.log_level, log_bodies=settings.log_message_bodies)
     logging.getLogger("rq.job").addFilter(jobs.RetryCountFilter())  # RQ's "999 remaining" is not a true count
     metrics.metrics()  # built before any job runs (the worker's threads would race to build them)
+    try:
+        serve_metrics(settings.metrics_port)  # before Redis is waited for: a scrape sees the process is up
+    except MetricsPortUnusable:  # already said in one log line
+        return 1
     redis = connect_redis(settings, max_connections=worker.redis_connections_needed(settings.worker_threads))
     # One line per outage, not one per RQ worker thread per retry.
     logging.getLogger("rq.worker").addFilter(RedisOutageLines(redis_address(redis)))

@@ -348,6 +348,8 @@ class Settings:
     ambiguous_retry_delay_seconds: float = _setting("AMBIGUOUS_RETRY_DELAY_SECONDS", _positive_float, 15.0)
     retry_after_max_seconds: float = _setting("RETRY_AFTER_MAX_SECONDS", _positive_float, 600.0)
     worker_threads: int = _setting("WORKER_THREADS", _positive_int, 64)
+    # A worker serves its own /metrics on this port (all addresses) when set; unset, it listens on no port.
+    metrics_port: int | None = _setting("METRICS_PORT", _port)
     admin_wait_seconds: float = _setting("ADMIN_WAIT_SECONDS", _positive_float, 20.0)
     admin_max_waiting: int = _setting("ADMIN_MAX_WAITING", _non_negative_int, 2)
     admin_idempotency_ttl_seconds: int = _setting("ADMIN_IDEMPOTENCY_TTL_SECONDS", _positive_int, 24 * 3600)

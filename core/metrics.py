@@ -5,8 +5,9 @@ Metrics are made once per process, never at import: each process builds them bef
 racing to make them would register every metric twice: prometheus-client's DuplicateTimeseries). With
 ``PROMETHEUS_MULTIPROC_DIR`` set in the environment before the process starts, prometheus-client
 writes every process's values to files in that directory, so one ``/metrics`` scrape of any gunicorn
-process sums the web processes and the workers that share the directory (one host). Workers on other
-hosts keep their own directory; see the README's "Observability".
+process sums the web processes and the workers that share the directory (one host). A worker on a host
+without a web process serves its own on ``METRICS_PORT`` (``workers.startup.serve_metrics``); see the README's
+"Observability".
 """
 
 from __future__ import annotations

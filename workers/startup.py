@@ -5,7 +5,8 @@ and tries again with a growing pause, instead of dying with a traceback; one tha
 configured (a host name that does not exist, a wrong password) says so in one line and exits non-zero.
 The scheduler runs in a child process (``workers.scheduler``); ``exit_children_with_this_process`` makes
 every child forked from here end when this process dies, even by SIGKILL, so that a dead worker's
-scheduler does not keep the scheduler lock.
+scheduler does not keep the scheduler lock. With ``METRICS_PORT`` set, ``serve_metrics`` serves the process's
+own metrics (for hosts that run workers without a web process).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from prometheus_client import start_http_server
 from redis import Redis
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -77,6 +79,31 @@ def is_permanent(exc: BaseException) -> bool:
             return True  # the name server says the name does not exist (EAI_AGAIN, a DNS hiccup, is retried)
         cause = cause.__cause__ or cause.__context__
     return False
+
+
+class MetricsPortUnusable(Exception):
+    """``METRICS_PORT`` cannot be listened on (taken, or not allowed): the worker stops with a non-zero status."""
+
+
+def serve_metrics(port: int | None, address: str = "0.0.0.0") -> None:
+    """Serve this process's metrics at ``http://address:port/metrics`` (prometheus-client's own server, on a
+    daemon thread) when ``port`` is set; with no port, listen on nothing.
+
+    The values are this process's own, with or without ``PROMETHEUS_MULTIPROC_DIR``: a worker that shares that
+    directory with a web process on its host is already summed into that web's ``/metrics``. The scheduler child,
+    forked later, closes its copy of the listening socket, so only this process holds the port.
+    Raises MetricsPortUnusable (after one log line) when the port cannot be bound.
+    """
+    if port is None:
+        return
+    try:
+        server, _thread = start_http_server(port, addr=address)
+    except OSError as exc:
+        log.error("metrics port %d not usable: %s; the worker stops (fix METRICS_PORT)", port,
+                  (exc.strerror or str(exc)).lower())
+        raise MetricsPortUnusable(str(exc)) from None
+    os.register_at_fork(after_in_child=server.server_close)
+    log.info("serving this worker's metrics on port %d (/metrics)", port)
 
 
 class RedisUnusable(Exception):

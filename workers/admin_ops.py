@@ -108,6 +108,7 @@ def start_outbound(services: Services, op_id: str, request: dict[str, Any]) -> d
     to, gateway_number = request["to"], request["gateway"]
     cid = conversation_id(gateway_number, to)
     _check_metadata(request.get("metadata"))
+    _check_text(request.get("message"))
     if (done := store.operation_result(op_id)) is not None:
         return done
     # A token of this run's own: two runs of one operation (concurrent retries) take turns, and the
@@ -144,6 +145,12 @@ def _check_metadata(metadata: dict[str, Any] | None) -> None:
         json.dumps(metadata or {}, allow_nan=False)
     except (ValueError, TypeError):
         raise AdminError(400, "invalid_request", "metadata: must be plain JSON (no NaN or Infinity)") from None
+
+
+def _check_text(text: str | None) -> None:
+    """Refuse a text no SMS can carry (the web refuses it too) before the person's chat is ended."""
+    if text is not None and not sms_text.is_valid_unicode(text):
+        raise AdminError(400, "invalid_request", "message: not valid Unicode (a lone surrogate); nothing was sent")
 
 
 def _new_chat(services: Services, op_id: str, cid: str, request: dict[str, Any]) -> tuple[str, str]:
@@ -214,6 +221,7 @@ def operator_message(services: Services, op_id: str, request: dict[str, Any]) ->
     store = services.store
     to, gateway_number, text = request["to"], request["gateway"], request["message"]
     cid = conversation_id(gateway_number, to)
+    _check_text(text)
     if (done := store.operation_result(op_id)) is not None:
         return done
     with conversation_lock(services, cid, f"{ADMIN_TOKEN_PREFIX}{op_id}:{uuid.uuid4().hex}"):

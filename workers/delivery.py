@@ -19,7 +19,7 @@ from core.model import InboundMessage
 from core.redaction import mask_number
 from core.state.deliveries import WITHHELD_PREFIX
 from workers import sms_text
-from workers.errors import CredentialsError, TransientError, TwilioPermanentError
+from workers.errors import CredentialsError, TransientError, TwilioPermanentError, UnsendableTextError
 from workers.services import Services
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def send_part(services: Services, message: InboundMessage, part: str, body: str,
         else:
             store.release_part(message.sid, part)
         raise
-    except CredentialsError:
+    except (CredentialsError, UnsendableTextError):
         store.release_part(message.sid, part)  # refused before anything was sent: a replay sends it
         raise
     except TwilioPermanentError as exc:

@@ -12,8 +12,9 @@ The UponAI client and the Twilio sender translate their library's errors into th
         ├── UponAIPermanentError
         │   ├── ChatNotFoundError   the chat id is unknown (422) or not usable any more
         │   └── UponAICredentialsError  401, 403: the API key is refused
-        └── TwilioPermanentError
-            └── TwilioCredentialsError  401 (20003), 20005: the account's credentials are refused
+        ├── TwilioPermanentError
+        │   └── TwilioCredentialsError  401 (20003), 20005: the account's credentials are refused
+        └── UnsendableTextError     the text is not valid Unicode (found here, before anything reached Twilio)
 
 A refused credential (``CredentialsError``) is the operator's to fix, not the message's fault: the message is
 kept for a replay with no apology, and its drain job fails into the failed-job registry for a requeue.
@@ -92,6 +93,10 @@ class TwilioMalformedAnswerError(TwilioTransientError):
 
 class TwilioPermanentError(PermanentError):
     """Twilio refused the message (e.g. 21610 opted out, 21211 invalid number)."""
+
+
+class UnsendableTextError(PermanentError):
+    """A text that cannot be sent as it is (not valid Unicode: a lone surrogate); a local fault, never Twilio's."""
 
 
 class TwilioCredentialsError(TwilioPermanentError, CredentialsError):

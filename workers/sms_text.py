@@ -229,6 +229,22 @@ def _link(label: str, url: str) -> str:
 
 # -- splitting ---------------------------------------------------------------------------------------
 
+def is_valid_unicode(text: str) -> bool:
+    """Whether ``text`` can be encoded as UTF-8: no lone surrogate (JSON's "\\ud800" escape decodes to one)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def valid_unicode(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD (and a surrogate pair left as two code points joined)."""
+    if is_valid_unicode(text):
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def shape_reply(messages: list[str], *, max_segments: int | None = None, transliterate: bool = True) -> list[str]:
     """The SMS bodies for the agent's messages of one turn, in order.
 
@@ -241,7 +257,7 @@ def shape_reply(messages: list[str], *, max_segments: int | None = None, transli
         raise ValueError("max_segments must be at least 1")
     parts: list[str] = []
     for message in messages:
-        text = markdown_to_sms(message)
+        text = markdown_to_sms(valid_unicode(message))  # an upstream 200 may carry what no SMS can
         if transliterate:
             text = to_gsm7(text)
         parts.extend(_split(text, MAX_SMS_CHARS, _segment_cap(max_segments)))

@@ -28,9 +28,11 @@ from workers.errors import (
     TwilioMalformedAnswerError,
     TwilioPermanentError,
     TwilioTransientError,
+    UnsendableTextError,
 )
 from workers.http_environment import pin_environment, send
 from workers.request_failures import describe_failure, parse_retry_after
+from workers.sms_text import is_valid_unicode
 
 DEFAULT_ORIGIN = "https://api.twilio.com"
 FIND_SENT_LOOKBACK = 50  # newest messages to a number searched for a part that may have gone out
@@ -147,6 +149,9 @@ class TwilioSender:
         """
         if not (from_ or messaging_service_sid):
             raise TwilioPermanentError("no sender: set a From number or a Messaging Service")
+        if not is_valid_unicode(body):
+            # requests would fail to encode it, which twilio-python reports like an unreadable answer from Twilio.
+            raise UnsendableTextError("the text is not valid Unicode (a lone surrogate); nothing was sent")
         params: dict = {"to": to, "body": body}
         if messaging_service_sid:
             params["messaging_service_sid"] = messaging_service_sid

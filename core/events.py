@@ -50,6 +50,20 @@ def event_job_id(event_id: str) -> str:
     return f"event-{event_digest(event_id)[:32]}"
 
 
+def erase_mark_seconds(settings) -> int:
+    """How long an erase's mark (``erased:{cid}``) stays: past the last retry of any event queued before it."""
+    return int(sum(settings.events_retry_intervals_seconds) + 3600)
+
+
+def erased_before(redis: Redis, event: dict[str, Any]) -> bool:
+    """Whether the event's conversation was erased after the event was created (it is then never posted)."""
+    mark = redis.get(key("erased", event["conversation"]["id"]))
+    if mark is None:
+        return False
+    created = datetime.fromisoformat(event["created_at"].replace("Z", "+00:00")).timestamp()
+    return created <= float(mark)
+
+
 def build_event(settings, kind: str, *, event_id: str, conversation_id: str, number: str, text: str | None = None,
                 **fields: Any) -> dict[str, Any]:
     """The JSON the receiver gets: id, type, created_at, conversation {id, number}, data (``text`` if allowed)."""

@@ -27,6 +27,7 @@ from core.events import emit_event
 from core.model import conversation_id
 from core.queues import ADMIN_QUEUE_NAME, CLOSE_IDLE_JOB, DRAIN_JOB, QUEUE_NAME, enqueue_drain
 from core.redaction import mask_number
+from core.state.keys import CHANNEL_ADDRESS, bare_address
 from gateway import admin_validation as check
 from gateway.admin_jobs import (
     AdminBusy,
@@ -198,8 +199,17 @@ def start_sms():
 
 
 def _conversation_id(number: str) -> tuple[str, str, str]:
-    person = check.phone_number(number, "number", web_context().settings.default_phone_region)
+    """The conversation a path's ``<number>`` names (with the ``from`` query's gateway number): a number
+    (``+14155550100``: SMS) or a channel address (``whatsapp:+14155550100``: that channel, with the gateway's
+    number on the same channel)."""
+    channel = CHANNEL_ADDRESS.fullmatch(number)
+    bare = channel[2] if channel else number
+    person = check.phone_number(bare, "number", web_context().settings.default_phone_region)
     gateway_number = check.gateway_number_from(request.args.get("from"), web_context().settings)
+    if channel:
+        person = f"{channel[1]}:{person}"
+        if gateway_number.startswith("+"):  # (a Messaging Service picks the channel's sender itself)
+            gateway_number = f"{channel[1]}:{gateway_number}"
     return conversation_id(gateway_number, person), person, gateway_number
 
 
@@ -383,8 +393,11 @@ def end_conversation(number: str):
 
 @bp.delete("/conversations/<anytext:number>")
 def erase_conversation(number: str):
-    cid, _, _ = _conversation_id(number)
-    outcome = _jobs().run("workers.admin_ops.erase_conversation_job", (cid, uuid.uuid4().hex),
+    cid, person, gateway_number = _conversation_id(number)
+    # A bare number is the person on every channel (and gateway number, unless ``from`` names one).
+    everywhere = (person, bare_address(gateway_number) if request.args.get("from") else None) \
+        if person == bare_address(person) else (None, None)
+    outcome = _jobs().run("workers.admin_ops.erase_conversation_job", (cid, uuid.uuid4().hex, *everywhere),
                           description=f"admin: erase conversation {cid}", conversation_id=cid,
                           queue_when_busy=True)
     unfinished = _unfinished(outcome, conversation_id=cid)

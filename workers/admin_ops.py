@@ -22,15 +22,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from rq import get_current_job
-from rq.exceptions import NoSuchJobError
-from rq.job import Job
-from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from core.model import InboundMessage, conversation_id
-from core.queues import ADMIN_QUEUE_NAME, LOCK_WAIT_SECONDS, QUEUE_NAME
+from core.queues import LOCK_WAIT_SECONDS
 from core.redaction import mask_number
 from core.state import ConversationStore
-from workers import flow, sms_text
+from workers import erasure, flow, sms_text
 from workers.chats import complete_once, end_chat
 from workers.delivery import send_part
 from workers.errors import (
@@ -51,7 +48,6 @@ ADMIN_TOKEN_PREFIX = "admin:"  # a drain that meets this lock holder retries sho
 LOCK_POLL_SECONDS = 0.1
 OPENING_VARIABLE = "opening_message"
 OPENING_PART = "opening"
-ERASE_JOB = "workers.admin_ops.erase_conversation_job"
 
 
 class AdminError(Exception):
@@ -257,49 +253,27 @@ def end_conversation(services: Services, cid: str, token: str) -> dict[str, Any]
     return {"conversation_id": cid, "ended_chat_id": chat_id}
 
 
-def erase_conversation(services: Services, cid: str, token: str) -> dict[str, Any]:
-    """Erase a person on request: end the chat at UponAI, delete every key and job holding their number or words.
+def erase_conversation(services: Services, cid: str, token: str, person: str | None = None,
+                       gateway: str | None = None) -> dict[str, Any]:
+    """Erase a person on request: end the chat at UponAI, delete every key and job holding their number or words
+    (see ``workers.erasure``): conversation ``cid``, and with ``person`` (a bare number) every conversation with them
+    on any channel (``gateway``: with that gateway number only).
 
-    Holds the conversation's lock, so a running turn finishes first and no drain works on what is deleted.
-    If UponAI cannot end the chat, nothing is deleted (the operator retries). Raises AdminError 404 when
-    nothing of the conversation is stored (a repeated erase).
+    Raises AdminError 409 when a conversation stays busy, 404 when nothing of it is stored (a repeated erase).
     """
-    store = services.store
-    with conversation_lock(services, cid, ADMIN_TOKEN_PREFIX + token):
-        chat_id = store.conversation(cid).get("chat_id")
-        end_chat(services, cid, chat_id)
-        keys = store.erase(cid)
-        jobs = _erase_jobs(store, cid)
-    if not (keys or jobs or chat_id):
+    try:
+        erased = erasure.erase_person(services, cid, ADMIN_TOKEN_PREFIX + token, person=person, gateway=gateway,
+                                      wait_seconds=LOCK_WAIT_SECONDS)
+    except erasure.EraseBusy as exc:
+        raise AdminError(409, "conversation_busy", f"{exc}; try again") from None
+    if not (erased["keys_deleted"] or erased["jobs_deleted"] or erased["ended_chat_ids"]):
         raise AdminError(404, "conversation_not_found", "Nothing of this conversation is stored.")
-    # The conversation id only: the number is what is being erased.
-    log.info("conversation=%s erased on request: keys=%d jobs=%d chat=%s", cid, keys, jobs, chat_id or "-")
-    return {"conversation_id": cid, "ended_chat_id": chat_id, "keys_deleted": keys, "jobs_deleted": jobs}
-
-
-def _erase_jobs(store: ConversationStore, cid: str) -> int:
-    """Delete the finished and failed RQ jobs of the conversation (their args, results or errors may hold words)."""
-    current = get_current_job()
-    redis = store.redis  # RQ's registries and jobs, not conversation state
-    registries = [FailedJobRegistry(QUEUE_NAME, connection=redis),
-                  FailedJobRegistry(ADMIN_QUEUE_NAME, connection=redis),
-                  FinishedJobRegistry(ADMIN_QUEUE_NAME, connection=redis)]
-    deleted = 0
-    for registry in registries:
-        for job_id in registry.get_job_ids():
-            if current is not None and job_id == current.id:
-                continue
-            try:
-                job = Job.fetch(job_id, connection=redis)
-            except NoSuchJobError:
-                registry.remove(job_id)
-                continue
-            if job.func_name == ERASE_JOB:
-                continue  # an earlier erase: it holds the conversation id only
-            if job.meta.get("conversation_id") == cid or (job.origin == QUEUE_NAME and tuple(job.args[:1]) == (cid,)):
-                job.delete()
-                deleted += 1
-    return deleted
+    # Conversation ids only: the number is what is being erased.
+    log.info("conversation=%s erased on request: conversations=%d keys=%d jobs=%d chats=%d", cid,
+             len(erased["conversation_ids"]), erased["keys_deleted"], erased["jobs_deleted"],
+             len(erased["ended_chat_ids"]))
+    chats = erased["ended_chat_ids"]
+    return {"conversation_id": cid, "ended_chat_id": chats[0] if chats else None, **erased}
 
 
 def get_chat(services: Services, chat_id: str) -> dict[str, Any]:
@@ -354,9 +328,18 @@ def end_conversation_job(cid: str, token: str) -> dict[str, Any]:
 
 
 @timed_admin_job
-def erase_conversation_job(cid: str, token: str) -> dict[str, Any]:
-    """Job: erase a person's conversation (see ``erase_conversation``)."""
-    return _run(erase_conversation, cid, token)
+def erase_conversation_job(cid: str, token: str, person: str | None = None,
+                           gateway: str | None = None) -> dict[str, Any]:
+    """Job: erase a person's conversations (see ``erase_conversation``).
+
+    The job's own record would keep the person's number (its arguments, kept with its result): it is written
+    without it before anything else is done.
+    """
+    job = get_current_job()
+    if person is not None and job is not None:
+        job.args = (cid, token, None, gateway)
+        job.save(include_meta=False, include_result=False)
+    return _run(erase_conversation, cid, token, person, gateway)
 
 
 @timed_admin_job

@@ -23,7 +23,7 @@ from typing import Any
 
 import requests
 
-from core.events import SENT, event_digest, event_marker_key
+from core.events import SENT, erased_before, event_digest, event_marker_key
 from core.state.keys import key
 from workers import jobs
 
@@ -52,6 +52,8 @@ def deliver_event(event: dict[str, Any], event_id: str) -> dict[str, Any]:
     marker = event_marker_key(event_id)
     if redis.get(marker) == SENT.encode():
         return {"delivered": True, "duplicate": True}
+    if erased_before(redis, event):  # the person was erased after the event was made: nothing about them goes out
+        return {"delivered": False, "reason": "conversation erased"}
     # Two runs of one event (queued twice from a pipeline) must not post it at once: the second tries again
     # later, and then finds it sent (or, if the first died mid-post, posts it once its claim has expired).
     sending = key("event-sending", event_digest(event_id))

@@ -150,7 +150,10 @@ def drain_conversation(services: Services, cid: str, token: str, *, budget_secon
             except _NotYet as wait:
                 if wait.seconds <= bursts.SHORT_WAIT_SECONDS:
                     time.sleep(wait.seconds)  # shorter than the scheduler could wait: look again after it
-                    waiting, conversation = store.waiting(cid), None  # (an operator may have taken over)
+                    # (an operator may have taken over; an erase may be waiting: the lock then goes)
+                    (keeper.released, waiting), conversation = store.finish_texts(cid, [], token), None
+                    if keeper.released:
+                        break
                     continue
                 # The person may still be typing: a drain job scheduled for the end of the window takes over
                 # (noted before the lock is let go, so another job's drain leaves the texts to it).

@@ -10,6 +10,7 @@ numbers never appear in queue names, job descriptions or logs. Keys (under ``sms
                              ``core.state.handoff``), ...
     chats:{cid}              set of the UponAI chat ids the conversation has had (to find its records on erase)
     lock:{cid}               token of the one job working on the conversation (expires)
+    erasing:{cid}            token of an erase waiting for the lock (expires): no drain starts or goes on meanwhile
 
 Order comes from the inbox: only the lock holder reads the head, handles it, then removes it. The lock
 is released only when the inbox is empty (atomically), so a message pushed while the holder is
@@ -64,21 +65,25 @@ return 1
 
 
 # A drain job's first step: takes the lock (or keeps it: a run again of the holder's job), and reads the
-# conversation's hash and inbox head.
+# conversation's hash and inbox head. An erase waiting for the conversation (KEYS[4]) goes first: its token is
+# returned as the holder's.
 _START_DRAIN = """
+local erasing = redis.call('GET', KEYS[4])
+if erasing then return {0, erasing} end
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return {0, holder} end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 return {1, redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[3], 0, tonumber(ARGV[3]) - 1)}
 """
 # Done with the texts at the inbox head (ARGV[3...], in order): remove them, and return the next waiting
-# ones (at most ARGV[2]), or release the lock when there are none.
+# ones (at most ARGV[2]), or release the lock when there are none, or when an erase waits for the conversation
+# (KEYS[3]: it deletes what is left).
 _FINISH_TEXTS = """
 for i = 3, #ARGV do
   if redis.call('LINDEX', KEYS[1], 0) == ARGV[i] then redis.call('LPOP', KEYS[1]) end
 end
 local waiting = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
-if #waiting > 0 then return {0, waiting} end
+if #waiting > 0 and redis.call('EXISTS', KEYS[3]) == 0 then return {0, waiting} end
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {-1} end
 redis.call('DEL', KEYS[2])
 return {1}
@@ -150,6 +155,14 @@ class Conversations(StateBase):
         result = self._release_if_idle(keys=[key("inbox", cid), key("lock", cid)], args=[token])
         return int(result) != 0
 
+    def mark_erasing(self, cid: str, token: str, ttl_seconds: float) -> None:
+        """An erase waits for the conversation: no drain starts or takes its next step until ``unmark_erasing``
+        (or ``ttl_seconds``)."""
+        self.redis.set(key("erasing", cid), token, px=int(ttl_seconds * 1000))
+
+    def unmark_erasing(self, cid: str, token: str) -> None:
+        self._release(keys=[key("erasing", cid)], args=[token])
+
     def lock_holder(self, cid: str) -> str | None:
         return text(self.redis.get(key("lock", cid)))
 
@@ -157,7 +170,7 @@ class Conversations(StateBase):
 
     def start_drain(self, cid: str, token: str, ttl_seconds: float) -> DrainStart:
         """Note that a drain job started, take the lock (or keep ours), read the hash and the waiting texts."""
-        reply = self._start_drain(keys=[key("conv", cid), key("lock", cid), key("inbox", cid)],
+        reply = self._start_drain(keys=[key("conv", cid), key("lock", cid), key("inbox", cid), key("erasing", cid)],
                                   args=[token, int(ttl_seconds * 1000), WAITING_READ])
         if int(reply[0]) == 0:
             return DrainStart(False, text(reply[1]), {}, [])
@@ -168,9 +181,10 @@ class Conversations(StateBase):
     def finish_texts(self, cid: str, raws: list[str], token: str) -> tuple[bool, list[tuple[str, InboundMessage]]]:
         """Remove the handled texts ``raws`` from the inbox head; return (released, the texts waiting next).
 
-        The lock goes in the same step when nothing is left waiting.
+        The lock goes in the same step when nothing is left waiting, or when an erase waits for the conversation.
         """
-        reply = self._finish_texts(keys=[key("inbox", cid), key("lock", cid)], args=[token, WAITING_READ, *raws])
+        reply = self._finish_texts(keys=[key("inbox", cid), key("lock", cid), key("erasing", cid)],
+                                   args=[token, WAITING_READ, *raws])
         if int(reply[0]) == 0:
             return False, _waiting(reply[1])
         return True, []  # released (or no longer ours: nothing to release)

@@ -6,11 +6,24 @@ import json
 
 from core.model import InboundMessage
 from core.state.counters import IDLE_DUE_KEY
-from core.state.keys import StateBase, key, text, text_hash
+from core.state.keys import StateBase, bare_address, key, text, text_hash
 
 
 class Erasure(StateBase):
     """``erase``: the one operation that reads every kind of key."""
+
+    def conversations_of(self, person: str, gateway: str | None = None) -> list[str]:
+        """Every conversation with ``person`` (a bare number) on any channel, with ``gateway`` (bare) only if given."""
+        found = []
+        for name in self._scan("conv"):
+            who, via = (text(v) for v in self.redis.hmget(name, "person", "gateway"))
+            if who and bare_address(who) == person and (gateway is None or bare_address(via or "") == gateway):
+                found.append(name.rpartition(":")[2])
+        return found
+
+    def mark_erased(self, cid: str, erased_at: float, ttl_seconds: int) -> None:
+        """Note when the conversation was erased (no number in it): events created before are never posted."""
+        self.redis.set(key("erased", cid), f"{erased_at:.3f}", ex=ttl_seconds)
 
     def erase(self, cid: str) -> int:
         """Delete every key of the conversation that holds the person's number or words; returns how many.

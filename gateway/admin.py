@@ -175,9 +175,7 @@ def start_sms():
     body = _json_body()
     web = web_context()
     outbound = check.outbound_request(body, web.settings)
-    key = request.headers.get("Idempotency-Key")
-    if key is not None:
-        check.idempotency_key(key)
+    key = check.idempotency_key(request.headers, check.OutboundHeaders)
     cid = conversation_id(outbound["gateway"], outbound["to"])
 
     def may_start() -> None:
@@ -198,8 +196,7 @@ def start_sms():
 
 
 def _conversation_id(number: str) -> tuple[str, str, str]:
-    person = check.phone_number(number, "number", web_context().settings.default_phone_region)
-    gateway_number = check.gateway_number_from(request.args.get("from"), web_context().settings)
+    person, gateway_number = check.conversation(number, request.args, web_context().settings)
     return conversation_id(gateway_number, person), person, gateway_number
 
 
@@ -343,9 +340,7 @@ def operator_message(number: str):
     body = _json_body()
     cid, person, gateway_number = _conversation_id(number)
     text = check.operator_message(body)
-    key = request.headers.get("Idempotency-Key")
-    if key is not None:
-        check.idempotency_key(key)
+    key = check.idempotency_key(request.headers, check.OperatorMessageHeaders)
     state = _known_conversation(cid)
     web = web_context()
     message = {"to": state.get("person", person), "gateway": state.get("gateway", gateway_number),
@@ -398,10 +393,9 @@ def erase_conversation(number: str):
 
 @bp.get("/chats")
 def list_chats():
-    limit = check.bounded_int(request.args.get("limit"), "limit", low=1, high=1000, default=None)
-    order = check.sort_order(request.args.get("sort_order"))
-    key = check.pagination_key(request.args.get("pagination_key"))
-    outcome = _jobs().run("workers.admin_ops.list_chats_job", (limit, order, key), description="admin: list chats")
+    query = check.checked(check.ChatsQuery, check.present(request.args, check.ChatsQuery))
+    outcome = _jobs().run("workers.admin_ops.list_chats_job", (query.limit, query.sort_order, query.pagination_key),
+                          description="admin: list chats")
     if outcome.state != "done":
         if outcome.state == "running":
             return error_response(504, "worker_timeout", "The worker did not finish listing chats in time; try again.")
@@ -424,7 +418,7 @@ def show_job(job_id: str):
 
 @bp.get("/failed")
 def list_failed():
-    limit = check.bounded_int(request.args.get("limit"), "limit", low=1, high=500, default=50)
+    limit = check.checked(check.FailedQuery, check.present(request.args, check.FailedQuery)).limit
     redis = web_context().redis
     rows: list[dict[str, Any]] = []
     total = 0

@@ -46,8 +46,6 @@ MAX_PAGINATION_KEY_CHARS = 512
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 MAX_JSON_DEPTH = 32  # arrays and objects inside each other; a real request needs a handful
 RESERVED_VARIABLE = "opening_message"
-OUTBOUND_FIELDS = ("to", "message", "agent_id", "from", "dynamic_variables", "metadata")
-SORT_ORDERS = ("ascending", "descending")
 
 # Patterns as JSON Schema writes them (ECMA 262: ``$`` is the end of the text, as in pydantic's Rust regex).
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"

@@ -72,6 +72,8 @@ def init_app(app: Flask) -> None:
     if not web.settings.admin_api_token:
         return
     app.extensions["sms_gateway_admin"] = AdminJobs(web.settings, web.redis, web.store)
+    # Generated from the models (tens of ms): once per app, not per request of a route anyone may call.
+    app.extensions["sms_gateway_admin_openapi"] = admin_openapi()
     app.url_map.converters["anytext"] = AnyTextConverter
     app.register_blueprint(bp)
 
@@ -478,4 +480,6 @@ def requeue_failed(job_id: str):
 
 @bp.get("/openapi.json")
 def openapi():
-    return jsonify(admin_openapi())
+    from flask import current_app
+
+    return jsonify(current_app.extensions["sms_gateway_admin_openapi"])

@@ -44,6 +44,7 @@ MAX_VARIABLE_VALUE_CHARS = 2000
 MAX_METADATA_BYTES = 4096
 MAX_PAGINATION_KEY_CHARS = 512
 MAX_IDEMPOTENCY_KEY_CHARS = 255
+MAX_PROBLEMS_SHOWN = 10  # a body of 1,000 wrong variables gets a 400 of ten lines' worth, not a thousand
 MAX_JSON_DEPTH = 32  # arrays and objects inside each other; a real request needs a handful
 RESERVED_VARIABLE = "opening_message"
 
@@ -66,7 +67,9 @@ class InvalidInput(ValueError):
 
     def __init__(self, field: str, problem: str, *more: tuple[str, str]):
         self.problems = ((field, problem), *more)
-        super().__init__("; ".join(f"{name}: {text}" for name, text in self.problems))
+        shown = "; ".join(f"{name}: {text}" for name, text in self.problems[:MAX_PROBLEMS_SHOWN])
+        hidden = len(self.problems) - MAX_PROBLEMS_SHOWN
+        super().__init__(shown + (f"; and {hidden} more" if hidden > 0 else ""))
         self.field = field
 
 

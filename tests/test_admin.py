@@ -276,6 +276,11 @@ def test_every_problem_of_a_request_is_named_in_one_400(admin, redis, twilio, up
         "dynamic_variables.a: must be a string of at most 2000 characters")
     assert Queue(ADMIN_QUEUE_NAME, connection=redis).count == 0 and twilio.messages == [] and uponai.requests == []
 
+    many = admin.post("/admin/sms", json={"to": PERSON, "dynamic_variables": {f"k{i}": i for i in range(40)}},
+                      headers=AUTH)
+    message = error_of(many)["message"]  # ten problems named, the rest counted: the answer stays short
+    assert message.count("dynamic_variables.k") == 10 and message.endswith("; and 30 more")
+
 
 def test_outbound_body_must_be_json(admin, redis):
     response = admin.post("/admin/sms", data="to=+14155550100", headers=AUTH,

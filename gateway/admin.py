@@ -73,6 +73,8 @@ def init_app(app: Flask) -> None:
     if not web.settings.admin_api_token:
         return
     app.extensions["sms_gateway_admin"] = AdminJobs(web.settings, web.redis, web.store)
+    # Generated from the models (tens of ms): once per app, not per request of a route anyone may call.
+    app.extensions["sms_gateway_admin_openapi"] = admin_openapi()
     app.url_map.converters["anytext"] = AnyTextConverter
     app.register_blueprint(bp)
 
@@ -176,9 +178,7 @@ def start_sms():
     body = _json_body()
     web = web_context()
     outbound = check.outbound_request(body, web.settings)
-    key = request.headers.get("Idempotency-Key")
-    if key is not None:
-        check.idempotency_key(key)
+    key = check.idempotency_key(request.headers, check.OutboundHeaders)
     cid = conversation_id(outbound["gateway"], outbound["to"])
 
     def may_start() -> None:
@@ -203,9 +203,8 @@ def _conversation_id(number: str) -> tuple[str, str, str]:
     (``+14155550100``: SMS) or a channel address (``whatsapp:+14155550100``: that channel, with the gateway's
     number on the same channel)."""
     channel = CHANNEL_ADDRESS.fullmatch(number)
-    bare = channel[2] if channel else number
-    person = check.phone_number(bare, "number", web_context().settings.default_phone_region)
-    gateway_number = check.gateway_number_from(request.args.get("from"), web_context().settings)
+    person, gateway_number = check.conversation(channel[2] if channel else number, request.args,
+                                                web_context().settings)
     if channel:
         person = f"{channel[1]}:{person}"
         if gateway_number.startswith("+"):  # (a Messaging Service picks the channel's sender itself)
@@ -353,9 +352,7 @@ def operator_message(number: str):
     body = _json_body()
     cid, person, gateway_number = _conversation_id(number)
     text = check.operator_message(body)
-    key = request.headers.get("Idempotency-Key")
-    if key is not None:
-        check.idempotency_key(key)
+    key = check.idempotency_key(request.headers, check.OperatorMessageHeaders)
     state = _known_conversation(cid)
     web = web_context()
     message = {"to": state.get("person", person), "gateway": state.get("gateway", gateway_number),
@@ -411,10 +408,9 @@ def erase_conversation(number: str):
 
 @bp.get("/chats")
 def list_chats():
-    limit = check.bounded_int(request.args.get("limit"), "limit", low=1, high=1000, default=None)
-    order = check.sort_order(request.args.get("sort_order"))
-    key = check.pagination_key(request.args.get("pagination_key"))
-    outcome = _jobs().run("workers.admin_ops.list_chats_job", (limit, order, key), description="admin: list chats")
+    query = check.checked(check.ChatsQuery, check.present(request.args, check.ChatsQuery))
+    outcome = _jobs().run("workers.admin_ops.list_chats_job", (query.limit, query.sort_order, query.pagination_key),
+                          description="admin: list chats")
     if outcome.state != "done":
         if outcome.state == "running":
             return error_response(504, "worker_timeout", "The worker did not finish listing chats in time; try again.")
@@ -437,7 +433,7 @@ def show_job(job_id: str):
 
 @bp.get("/failed")
 def list_failed():
-    limit = check.bounded_int(request.args.get("limit"), "limit", low=1, high=500, default=50)
+    limit = check.checked(check.FailedQuery, check.present(request.args, check.FailedQuery)).limit
     redis = web_context().redis
     rows: list[dict[str, Any]] = []
     total = 0
@@ -497,4 +493,6 @@ def requeue_failed(job_id: str):
 
 @bp.get("/openapi.json")
 def openapi():
-    return jsonify(admin_openapi())
+    from flask import current_app
+
+    return jsonify(current_app.extensions["sms_gateway_admin_openapi"])

@@ -1,4 +1,18 @@
-"""Checking the admin API's input: every problem is an InvalidInput naming the field."""
+"""The admin API's requests, declared once: every problem is an InvalidInput naming each field that is wrong.
+
+Each request (a JSON body, a path, a query string, a header) is a pydantic v2 model. pydantic because one
+declaration yields both views: the model validates the request, and its JSON Schema (draft 2020-12, the
+dialect of OpenAPI 3.1) goes into ``GET /admin/openapi.json`` (gateway.openapi), so the document cannot
+say one thing while the checks do another. pydantic's own error wording names no field and no rule we
+promised, so each field carries its wording (``Says``), and ``invalid_input`` turns a ValidationError
+into the one 400 message the API has always given: ``"<field>: <problem>"``, each problem once.
+
+What JSON Schema cannot say is checked here too, in validators given the settings through pydantic's
+validation context: phone numbers (core.phone_numbers, with DEFAULT_PHONE_REGION), Twilio's count of a
+message in UTF-16 code units, the reserved variable name, metadata's size as JSON. What concerns the
+bytes before there is a value (strict JSON, depth, repeated names, lone surrogates) stays in
+``json_body``: a 400 ``invalid_json``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +20,20 @@ import hashlib
 import json
 import math
 import re
-from typing import Any
+import typing
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WrapValidator,
+)
+from pydantic_core import PydanticCustomError
 
 from core.phone_numbers import NumberError, read_number
 
@@ -17,15 +44,16 @@ MAX_VARIABLE_VALUE_CHARS = 2000
 MAX_METADATA_BYTES = 4096
 MAX_PAGINATION_KEY_CHARS = 512
 MAX_IDEMPOTENCY_KEY_CHARS = 255
+MAX_PROBLEMS_SHOWN = 10  # a body of 1,000 wrong variables gets a 400 of ten lines' worth, not a thousand
 MAX_JSON_DEPTH = 32  # arrays and objects inside each other; a real request needs a handful
 RESERVED_VARIABLE = "opening_message"
-OUTBOUND_FIELDS = ("to", "message", "agent_id", "from", "dynamic_variables", "metadata")
-SORT_ORDERS = ("ascending", "descending")
 
+# Patterns as JSON Schema writes them (ECMA 262: ``$`` is the end of the text, as in pydantic's Rust regex).
+AGENT_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+PRINTABLE_PATTERN = r"^[\x21-\x7e]+$"  # printable ASCII, no spaces
+NOT_BLANK_PATTERN = r"\S"
 _SERVICE_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
-_AGENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
 _WHOLE = re.compile(r"^[0-9]{1,9}$")
 
 
@@ -34,10 +62,14 @@ class InvalidJson(ValueError):
 
 
 class InvalidInput(ValueError):
-    """A request field is missing or invalid."""
+    """Request fields are missing or invalid: ``problems`` holds ``(field, problem)`` pairs, the message all of
+    them (``"to: is required; agent_id: must be ..."``)."""
 
-    def __init__(self, field: str, problem: str):
-        super().__init__(f"{field}: {problem}")
+    def __init__(self, field: str, problem: str, *more: tuple[str, str]):
+        self.problems = ((field, problem), *more)
+        shown = "; ".join(f"{name}: {text}" for name, text in self.problems[:MAX_PROBLEMS_SHOWN])
+        hidden = len(self.problems) - MAX_PROBLEMS_SHOWN
+        super().__init__(shown + (f"; and {hidden} more" if hidden > 0 else ""))
         self.field = field
 
 
@@ -116,19 +148,264 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def phone_number(value: Any, field: str, default_region: str | None) -> str:
-    """The number in E.164 form, read by the one rule of core.phone_numbers (national only with a region)."""
+# -- how problems are worded ----------------------------------------------------------------------
+
+
+class Says:
+    """How a field's problems read: ``otherwise``, unless ``when`` has a wording for the pydantic error type, or
+    for ``"[key]"``/``"[value]"`` (an object's names or values). A field that is absent or null "is required";
+    a validator's own PydanticCustomError keeps its message, and may name the field in its ``field`` context."""
+
+    def __init__(self, otherwise: str, when: Mapping[str, str] | None = None):
+        self.otherwise, self.when = otherwise, dict(when or {})
+
+    def problem(self, error: Mapping[str, Any]) -> str:
+        kind, loc = error["type"], error["loc"]
+        if len(loc) == 1 and (kind == "missing" or error.get("input", "") is None):
+            return "is required"
+        if kind in self.when:
+            return self.when[kind]
+        if kind in OWN_ERRORS:
+            return error["msg"]
+        part = "[key]" if loc[-1] == "[key]" else "[value]" if len(loc) > 1 else None
+        return self.when.get(part, self.otherwise) if part else self.otherwise
+
+
+OWN_ERRORS = frozenset({"phone_number", "blank", "too_long_for_twilio", "reserved", "too_large", "not_plain_json"})
+_ANYWAY = Says("is invalid")
+
+
+def own_error(kind: str, message: str, field: str | None = None) -> PydanticCustomError:
+    """A problem in our words; ``field`` names it when the location would not (a reserved object name)."""
+    # PydanticCustomError fills {name} placeholders from its context: braces in the message are escaped.
+    return PydanticCustomError(kind, message.replace("{", "{{").replace("}", "}}"), {"field": field} if field else {})
+
+
+def says(model: type[BaseModel], name: str) -> Says:
+    """The wording of the field named ``name`` (its alias) in ``model``: its ``Says``, also inside ``X | None``."""
+    for field_name, info in model.model_fields.items():
+        if name in (field_name, info.alias):
+            found = [item for item in info.metadata if isinstance(item, Says)]
+            for member in typing.get_args(info.annotation):
+                found += [item for item in getattr(member, "__metadata__", ()) if isinstance(item, Says)]
+            return found[0] if found else _ANYWAY
+    return _ANYWAY
+
+
+def invalid_input(exc: ValidationError, model: type[BaseModel]) -> InvalidInput:
+    """One InvalidInput for every problem pydantic found, in the API's words (unknown names listed together)."""
+    problems: list[tuple[str, str]] = []
+    unknown: list[str] = []
+    for error in exc.errors(include_url=False):
+        loc = error["loc"]
+        if error["type"] == "extra_forbidden":
+            unknown.append(str(loc[0])[:40])
+        elif not loc:
+            problems.append(("body", "must be a JSON object"))
+        else:
+            named = (error.get("ctx") or {}).get("field")
+            field = named or (f"{loc[0]}.{str(loc[1])[:40]}" if len(loc) == 2 else str(loc[0]))
+            problem = (field, says(model, str(loc[0])).problem(error))
+            if problem not in problems:
+                problems.append(problem)
+    if unknown:
+        known = ", ".join(info.alias or name for name, info in model.model_fields.items())
+        problems.insert(0, (", ".join(sorted(unknown))[:200], f"unknown field; the fields are {known}"))
+    return InvalidInput(*problems[0], *problems[1:])
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def checked(model: type[Model], data: Any, settings=None) -> Model:
+    """``data`` validated as ``model`` (settings reach the validators that need them). Raises InvalidInput."""
     try:
-        return read_number(value, default_region)
+        return model.model_validate(data, context={"settings": settings})
+    except ValidationError as exc:
+        raise invalid_input(exc, model) from None
+
+
+def present(values: Mapping[str, str], model: type[BaseModel]) -> dict[str, str]:
+    """The values of a query string or headers that ``model`` declares, an empty one counting as absent."""
+    names = [info.alias or name for name, info in model.model_fields.items()]
+    return {name: values[name] for name in names if values.get(name) not in (None, "")}
+
+
+# -- field types ----------------------------------------------------------------------------------
+
+
+def _region(info: ValidationInfo) -> str | None:
+    return info.context["settings"].default_phone_region
+
+
+def _read_phone_number(value: Any, info: ValidationInfo) -> str:
+    try:
+        return read_number(value, _region(info))
     except NumberError as exc:
-        raise InvalidInput(field, str(exc)) from None
+        raise own_error("phone_number", str(exc)) from None
 
 
-def sender(value: Any, field: str, default_region: str | None) -> tuple[str, str | None]:
-    """``(gateway number, messaging service sid or None)`` for a number or a Messaging Service sid."""
+def _read_sender(value: Any, info: ValidationInfo) -> str:
+    if isinstance(value, str) and value[:1] == " " and value[1:2].isdigit():
+        value = "+" + value[1:]  # an unencoded + in a query string arrives as a space
     if isinstance(value, str) and _SERVICE_SID.fullmatch(value.strip()):
-        return value.strip(), value.strip()
-    return phone_number(value, field, default_region), None
+        return value.strip()
+    return _read_phone_number(value, info)
+
+
+def _fits_twilio(value: Any, handler):
+    """Blank text and text over Twilio's count are refused in our words, before the schema's own checks."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise own_error("blank", "must not be blank")
+        units = len(value.encode("utf-16-le", "surrogatepass")) // 2
+        if units > MAX_MESSAGE_CHARS:
+            raise own_error("too_long_for_twilio", f"must be at most {MAX_MESSAGE_CHARS} characters as Twilio counts "
+                                                   f"them (UTF-16 code units: an emoji counts 2); it has {units}")
+    return handler(value)
+
+
+def _not_reserved(value: Any, handler):
+    if value == RESERVED_VARIABLE:
+        raise own_error("reserved", "is set by the gateway from message", field=f"dynamic_variables.{value}")
+    return handler(value)
+
+
+def _plain_json(value: Any, handler):
+    value = handler(value)
+    try:
+        # UponAI gets it as JSON: what strict JSON cannot carry (NaN, Infinity) is refused here, before the
+        # worker ends the person's chat to start the new one.
+        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+    except (ValueError, TypeError, RecursionError):
+        raise own_error("not_plain_json", "must be plain JSON (no NaN or Infinity)") from None
+    if len(encoded) > MAX_METADATA_BYTES:
+        raise own_error("too_large", f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
+    return value
+
+
+def _whole(value: Any) -> Any:
+    if isinstance(value, str):
+        if not _WHOLE.fullmatch(value):
+            raise own_error("not_whole", "is not a whole number")  # worded by the field's Says, with the bounds
+        return int(value)
+    return value
+
+
+def whole_number(low: int, high: int) -> Any:
+    """A whole number from ``low`` to ``high`` written in a query string, worded with its bounds."""
+    # The bounds next to int (then the text is read): so they reach the JSON Schema as minimum and maximum.
+    return Annotated[int, Field(ge=low, le=high), BeforeValidator(_whole),
+                     Says(f"must be a whole number from {low} to {high}")]
+
+
+PhoneNumber = Annotated[str, BeforeValidator(_read_phone_number)]
+Sender = Annotated[str, BeforeValidator(_read_sender)]
+SmsText = Annotated[str, Field(max_length=MAX_MESSAGE_CHARS, pattern=NOT_BLANK_PATTERN),
+                    WrapValidator(_fits_twilio)]
+VariableName = Annotated[str, Field(min_length=1, max_length=MAX_VARIABLE_NAME_CHARS,
+                                    json_schema_extra={"not": {"const": RESERVED_VARIABLE}}),
+                         WrapValidator(_not_reserved)]
+VariableValue = Annotated[str, Field(max_length=MAX_VARIABLE_VALUE_CHARS)]
+IdempotencyKey = Annotated[str, Field(max_length=MAX_IDEMPOTENCY_KEY_CHARS, pattern=PRINTABLE_PATTERN),
+                           Says(f"must be 1-{MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters without spaces")]
+
+ChatLimit = whole_number(1, 1000)
+FailedLimit = whole_number(1, 500)
+IDEMPOTENCY_KEY = "Idempotency-Key"
+NUMBER_TEXT = ("The person's number with + and country code; spaces, dashes, dots and brackets are dropped. "
+               "A number without + is read in DEFAULT_PHONE_REGION, and refused when that is not set.")
+
+
+class Request(BaseModel):
+    """A JSON body: nothing but the declared fields, each of its declared type (no "5" for 5)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Parameters(BaseModel):
+    """Path, query or header values: names not declared are ignored, as web tools add their own."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+
+# -- bodies ---------------------------------------------------------------------------------------
+
+
+class OutboundRequest(Request):
+    """The body of `POST /admin/sms`."""
+
+    to: Annotated[PhoneNumber, Field(description=NUMBER_TEXT, examples=["+1 (415) 555-0100"])]
+    message: Annotated[SmsText, Says("must be a string", {
+        "blank": "must not be blank (leave it out to let the agent write the opening)"})] | None = Field(
+        None, description="Sent as written, and given to the new chat as the dynamic variable `opening_message`. "
+                          f"Leave it out to have the agent write the opening. At most {MAX_MESSAGE_CHARS} "
+                          "characters as Twilio counts them (UTF-16 code units: an emoji counts 2).")
+    agent_id: Annotated[str, Field(pattern=AGENT_ID_PATTERN),
+                        Says("must be 1-128 letters, digits or _ . : -")] | None = Field(
+        None, description="Default: the agent routed to the sending number, else UPONAI_AGENT_ID.")
+    from_: Sender | None = Field(None, alias="from", description=(
+        "Sending number (read like to) or Messaging Service sid (MG...). Default: TWILIO_FROM_NUMBER, else "
+        "TWILIO_MESSAGING_SERVICE_SID."))
+    dynamic_variables: Annotated[dict[VariableName, VariableValue], Field(max_length=MAX_VARIABLES), Says(
+        "must be an object of strings", {
+            "too_long": f"must have at most {MAX_VARIABLES} entries",
+            "[key]": f"names must be 1-{MAX_VARIABLE_NAME_CHARS} characters",
+            "[value]": f"must be a string of at most {MAX_VARIABLE_VALUE_CHARS} characters"})] | None = Field(
+        None, description=f"Handed to the new chat (`{RESERVED_VARIABLE}` is reserved).")
+    metadata: Annotated[dict[str, Any], WrapValidator(_plain_json), Says("must be an object")] | None = Field(
+        None, description=f"Stored on the new chat (at most {MAX_METADATA_BYTES} bytes as JSON); the gateway adds "
+                          "channel, conversation_id, direction.")
+
+
+class OperatorMessage(Request):
+    """The body of `POST /admin/conversations/{number}/messages`."""
+
+    message: Annotated[SmsText, Says("must be a string"), Field(
+        description="Sent as written from the conversation's gateway number.",
+        examples=["Hi, this is Anna from the front desk."])]
+
+
+# -- paths, query strings, headers ----------------------------------------------------------------
+
+
+class ConversationPath(Parameters):
+    number: Annotated[PhoneNumber, Field(description=NUMBER_TEXT, examples=["+14155550100"])]
+
+
+class ConversationQuery(Parameters):
+    from_: Sender | None = Field(None, alias="from", description=(
+        "The gateway number or Messaging Service sid of the conversation (default: the configured sender). "
+        "Write + as %2B."))
+
+
+class JobPath(Parameters):
+    job_id: Annotated[str, Field(pattern=JOB_ID_PATTERN, examples=["abc123"]),
+                      Says("must be 1-64 letters, digits, _ or -")]
+
+
+class ChatsQuery(Parameters):
+    limit: ChatLimit | None = None
+    sort_order: Annotated[Literal["ascending", "descending"], Says("must be ascending or descending")] | None = None
+    pagination_key: Annotated[str, Field(max_length=MAX_PAGINATION_KEY_CHARS, pattern=PRINTABLE_PATTERN), Says(
+        f"must be at most {MAX_PAGINATION_KEY_CHARS} printable characters")] | None = None
+
+
+class FailedQuery(Parameters):
+    limit: FailedLimit = 50
+
+
+class OutboundHeaders(Parameters):
+    idempotency_key: IdempotencyKey | None = Field(None, alias=IDEMPOTENCY_KEY, description=(
+        "A retried request with the same key starts one conversation, not two."))
+
+
+class OperatorMessageHeaders(Parameters):
+    idempotency_key: IdempotencyKey | None = Field(None, alias=IDEMPOTENCY_KEY, description=(
+        "Retried requests with the same key send one SMS."))
+
+
+# -- what the views use ---------------------------------------------------------------------------
 
 
 def default_sender(settings) -> tuple[str, str | None]:
@@ -140,157 +417,47 @@ def default_sender(settings) -> tuple[str, str | None]:
     raise InvalidInput("from", "is required: neither TWILIO_FROM_NUMBER nor TWILIO_MESSAGING_SERVICE_SID is set")
 
 
-def gateway_number_from(value: str | None, settings) -> str:
-    """The gateway number (or Messaging Service sid) of a conversation from a ``from`` query value, else the
-    configured sender."""
-    if value is None or value == "":
-        return default_sender(settings)[0]
-    if value[:1] == " " and value[1:2].isdigit():  # an unencoded + in a query string arrives as a space
-        value = "+" + value[1:]
-    return sender(value, "from", settings.default_phone_region)[0]
-
-
 def outbound_request(body: Any, settings) -> dict[str, Any]:
     """The checked, normalised body of ``POST /admin/sms``."""
-    if not isinstance(body, dict):
-        raise InvalidInput("body", "must be a JSON object")
-    unknown = sorted(str(name) for name in body if name not in OUTBOUND_FIELDS)
-    if unknown:
-        raise InvalidInput(", ".join(unknown)[:200], f"unknown field; the fields are {', '.join(OUTBOUND_FIELDS)}")
-    if "to" not in body:
-        raise InvalidInput("to", "is required")
-    region = settings.default_phone_region
-    to = phone_number(body["to"], "to", region)
-    gateway_number, service = (sender(body["from"], "from", region) if body.get("from") is not None
-                               else default_sender(settings))
+    request = checked(OutboundRequest, body, settings)
+    if request.from_ is None:
+        gateway_number, service = default_sender(settings)
+    else:
+        gateway_number = request.from_
+        service = gateway_number if _SERVICE_SID.fullmatch(gateway_number) else None
     return {
-        "to": to,
+        "to": request.to,
         "gateway": gateway_number,  # the name queued jobs and the conversation record use: kept as stored
         "messaging_service_sid": service,
-        "message": _message(body.get("message")),
-        "agent_id": _agent_id(body.get("agent_id")),
-        "dynamic_variables": _variables(body.get("dynamic_variables")),
-        "metadata": _metadata(body.get("metadata")),
+        "message": request.message,
+        "agent_id": request.agent_id,
+        "dynamic_variables": dict(request.dynamic_variables or {}),
+        "metadata": dict(request.metadata or {}),
     }
-
-
-OPERATOR_MESSAGE_FIELDS = ("message",)
 
 
 def operator_message(body: Any) -> str:
     """The text of ``POST /admin/conversations/<number>/messages``: the operator's own words, sent as written."""
-    if not isinstance(body, dict):
-        raise InvalidInput("body", "must be a JSON object")
-    unknown = sorted(str(name) for name in body if name not in OPERATOR_MESSAGE_FIELDS)
-    if unknown:
-        raise InvalidInput(", ".join(unknown)[:200], "unknown field; the only field is message")
-    if body.get("message") is None:
-        raise InvalidInput("message", "is required")
-    if not isinstance(body["message"], str):
-        raise InvalidInput("message", "must be a string")
-    if not body["message"].strip():
-        raise InvalidInput("message", "must not be blank")
-    _check_length(body["message"])
-    return body["message"]
+    return checked(OperatorMessage, body).message
 
 
-def _message(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidInput("message", "must be a string")
-    if not value.strip():
-        raise InvalidInput("message", "must not be blank (leave it out to let the agent write the opening)")
-    _check_length(value)
-    return value
+def conversation(number: str, query: Mapping[str, str], settings) -> tuple[str, str]:
+    """``(person, gateway number or Messaging Service sid)`` of a conversation's path and ``from`` query."""
+    person = checked(ConversationPath, {"number": number}, settings).number
+    gateway_number = checked(ConversationQuery, present(query, ConversationQuery), settings).from_
+    return person, gateway_number if gateway_number is not None else default_sender(settings)[0]
 
 
-def _check_length(message: str) -> None:
-    units = len(message.encode("utf-16-le", "surrogatepass")) // 2
-    if units > MAX_MESSAGE_CHARS:
-        raise InvalidInput("message", f"must be at most {MAX_MESSAGE_CHARS} characters as Twilio counts them "
-                                      f"(UTF-16 code units: an emoji counts 2); it has {units}")
+def idempotency_key(headers: Mapping[str, str], model: type[OutboundHeaders | OperatorMessageHeaders]) -> str | None:
+    """The request's Idempotency-Key, if it sent one (an empty one is refused, not ignored)."""
+    sent = headers.get(IDEMPOTENCY_KEY)
+    return checked(model, {} if sent is None else {IDEMPOTENCY_KEY: sent}).idempotency_key
 
 
-def _agent_id(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _AGENT_ID.fullmatch(value):
-        raise InvalidInput("agent_id", "must be 1-128 letters, digits or _ . : -")
-    return value
-
-
-def _variables(value: Any) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidInput("dynamic_variables", "must be an object of strings")
-    if len(value) > MAX_VARIABLES:
-        raise InvalidInput("dynamic_variables", f"must have at most {MAX_VARIABLES} entries")
-    for name, text in value.items():
-        if not name or len(name) > MAX_VARIABLE_NAME_CHARS:
-            raise InvalidInput("dynamic_variables", f"names must be 1-{MAX_VARIABLE_NAME_CHARS} characters")
-        if name == RESERVED_VARIABLE:
-            raise InvalidInput(f"dynamic_variables.{RESERVED_VARIABLE}", "is set by the gateway from message")
-        if not isinstance(text, str) or len(text) > MAX_VARIABLE_VALUE_CHARS:
-            raise InvalidInput(f"dynamic_variables.{name[:40]}",
-                               f"must be a string of at most {MAX_VARIABLE_VALUE_CHARS} characters")
-    return dict(value)
-
-
-def _metadata(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidInput("metadata", "must be an object")
-    try:
-        # UponAI gets it as JSON: what strict JSON cannot carry (NaN, Infinity) is refused here, before the
-        # worker ends the person's chat to start the new one.
-        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
-    except (ValueError, TypeError, RecursionError):
-        raise InvalidInput("metadata", "must be plain JSON (no NaN or Infinity)") from None
-    if len(encoded) > MAX_METADATA_BYTES:
-        raise InvalidInput("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
-    return dict(value)
-
-
-def idempotency_key(value: str) -> str:
-    if not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY_CHARS or not _PRINTABLE.fullmatch(value):
-        raise InvalidInput("Idempotency-Key", f"must be 1-{MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters "
-                                              "without spaces")
-    return value
+def job_id(value: str) -> str:
+    return checked(JobPath, {"job_id": value}).job_id
 
 
 def fingerprint(body: Any) -> str:
     """A stable digest of a JSON body, to tell a retried request from a different one."""
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def bounded_int(value: str | None, field: str, *, low: int, high: int, default: int | None) -> int | None:
-    if value is None or value == "":
-        return default
-    if not _WHOLE.fullmatch(value) or not low <= int(value) <= high:
-        raise InvalidInput(field, f"must be a whole number from {low} to {high}")
-    return int(value)
-
-
-def sort_order(value: str | None) -> str | None:
-    if value is None or value == "":
-        return None
-    if value not in SORT_ORDERS:
-        raise InvalidInput("sort_order", "must be ascending or descending")
-    return value
-
-
-def pagination_key(value: str | None) -> str | None:
-    if value is None or value == "":
-        return None
-    if len(value) > MAX_PAGINATION_KEY_CHARS or not _PRINTABLE.fullmatch(value):
-        raise InvalidInput("pagination_key", f"must be at most {MAX_PAGINATION_KEY_CHARS} printable characters")
-    return value
-
-
-def job_id(value: str) -> str:
-    if not _JOB_ID.fullmatch(value):
-        raise InvalidInput("job_id", "must be 1-64 letters, digits, _ or -")
-    return value

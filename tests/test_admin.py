@@ -261,6 +261,27 @@ def test_invalid_outbound_input_is_400_naming_the_field(admin, redis, twilio, up
     assert twilio.messages == [] and uponai.requests == []
 
 
+def test_every_problem_of_a_request_is_named_in_one_400(admin, redis, twilio, uponai):
+    body = {"to": "hello", "agent_id": "../x", "dynamic_variables": {"a": "x" * 2001}, "colour": "blue"}
+
+    response = admin.post("/admin/sms", json=body, headers=AUTH)
+
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["code"] == "invalid_request"
+    assert error["message"] == (
+        "colour: unknown field; the fields are to, message, agent_id, from, dynamic_variables, metadata; "
+        "to: may hold only the digits 0-9, a leading +, spaces, dashes, dots and brackets (no letters, extensions "
+        "or other characters); agent_id: must be 1-128 letters, digits or _ . : -; "
+        "dynamic_variables.a: must be a string of at most 2000 characters")
+    assert Queue(ADMIN_QUEUE_NAME, connection=redis).count == 0 and twilio.messages == [] and uponai.requests == []
+
+    many = admin.post("/admin/sms", json={"to": PERSON, "dynamic_variables": {f"k{i}": i for i in range(40)}},
+                      headers=AUTH)
+    message = error_of(many)["message"]  # ten problems named, the rest counted: the answer stays short
+    assert message.count("dynamic_variables.k") == 10 and message.endswith("; and 30 more")
+
+
 def test_outbound_body_must_be_json(admin, redis):
     response = admin.post("/admin/sms", data="to=+14155550100", headers=AUTH,
                           content_type="application/x-www-form-urlencoded")

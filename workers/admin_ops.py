@@ -27,7 +27,7 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from core.model import InboundMessage, conversation_id
-from core.queues import ADMIN_QUEUE_NAME, LOCK_WAIT_SECONDS, QUEUE_NAME
+from core.queues import ADMIN_QUEUE_NAME, EVENTS_QUEUE_NAME, LOCK_WAIT_SECONDS, QUEUE_NAME
 from core.redaction import mask_number
 from core.state import ConversationStore
 from workers import flow, sms_text
@@ -275,7 +275,9 @@ def _erase_jobs(store: ConversationStore, cid: str) -> int:
     redis = store.redis  # RQ's registries and jobs, not conversation state
     registries = [FailedJobRegistry(QUEUE_NAME, connection=redis),
                   FailedJobRegistry(ADMIN_QUEUE_NAME, connection=redis),
-                  FinishedJobRegistry(ADMIN_QUEUE_NAME, connection=redis)]
+                  FinishedJobRegistry(ADMIN_QUEUE_NAME, connection=redis),
+                  FailedJobRegistry(EVENTS_QUEUE_NAME, connection=redis),
+                  FinishedJobRegistry(EVENTS_QUEUE_NAME, connection=redis)]
     deleted = 0
     for registry in registries:
         for job_id in registry.get_job_ids():

@@ -289,7 +289,9 @@ class WorkerPool:
         def registered() -> bool:
             if len(self.alive()) < len(self.processes):
                 raise AssertionError(f"a worker exited at start-up:\n{self.output()}")
-            return Worker.count(connection=redis) >= len(self.processes)
+            # Each process registers two RQ workers: one on the sms queues, one on the events queue.
+            return all(Worker.count(connection=redis, queue=Queue(name, connection=redis)) >= len(self.processes)
+                       for name in (QUEUE_NAME, EVENTS_QUEUE_NAME))
 
         wait_for(registered, timeout=30, message="workers to register")
 

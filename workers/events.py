@@ -86,7 +86,7 @@ def deliver_event(event: dict[str, Any], event_id: str) -> dict[str, Any]:
     if not redis.set(sending, "1", nx=True, ex=event_job_timeout_seconds(settings)):
         raise EventNotDelivered("another run of this event is posting it")
     try:
-        status = _post(settings, event)
+        status = post_event(settings, event)
         if 200 <= status < 300:
             with redis.pipeline() as pipe:
                 pipe.set(marker, SENT, xx=True, keepttl=True)
@@ -102,8 +102,8 @@ def deliver_event(event: dict[str, Any], event_id: str) -> dict[str, Any]:
         redis.delete(sending)
 
 
-def _post(settings, event: dict[str, Any]) -> int:
-    """The receiver's status for ``event``, within EVENTS_TIMEOUT_SECONDS in all."""
+def post_event(settings, event: dict[str, Any]) -> int:
+    """The receiver's status for ``event``, within EVENTS_TIMEOUT_SECONDS in all; EventNotDelivered when none came."""
     body = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
     headers = signed_headers(settings.events_webhook_secret, event["id"], body)
     deadline = settings.events_timeout_seconds

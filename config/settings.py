@@ -11,6 +11,8 @@ operator tools, ``gunicorn.conf.py``) takes them with ``load_some``, parsed the 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import os
 import re
@@ -114,9 +116,40 @@ def _webhook_url(value: str) -> str:
     return value
 
 
+# Standard Webhooks (www.standardwebhooks.com): a secret is "whsec_" and its key in base64, 24 to 64 bytes.
+WEBHOOK_SECRET_PREFIX = "whsec_"
+WEBHOOK_KEY_BYTES = (24, 64)
+WEBHOOK_SECRET_RECIPE = ("python3 -c 'import base64, secrets; "
+                         "print(\"whsec_\" + base64.b64encode(secrets.token_bytes(32)).decode())'")
+
+
+def webhook_secret_key(secret: str) -> bytes:
+    """The signing key of a Standard Webhooks secret (``whsec_`` + base64); ValueError when it is not one."""
+    encoded = secret.strip()
+    if not encoded.startswith(WEBHOOK_SECRET_PREFIX):
+        raise ValueError("does not start with whsec_")
+    encoded = encoded[len(WEBHOOK_SECRET_PREFIX):]
+    try:  # unpadded base64 is taken, as the standardwebhooks libraries take it
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("is not base64 after whsec_") from None
+    low, high = WEBHOOK_KEY_BYTES
+    if not low <= len(key) <= high:
+        raise ValueError(f"holds {len(key)} bytes, not {low} to {high}")
+    return key
+
+
 def _signing_secret(value: str) -> str:
-    # Anyone who knows it can forge events to the operator's receiver: refuse one that can be guessed.
-    return _long_secret(value, "secret")
+    # Anyone who knows it can forge events to the operator's receiver: refuse one that can be guessed, and one in
+    # another format (the receiver's Standard Webhooks library would refuse every event).
+    value = _secret(value).strip()
+    try:
+        webhook_secret_key(value)
+    except ValueError as exc:
+        raise ValueError(f"must be a Standard Webhooks secret, whsec_ followed by {WEBHOOK_KEY_BYTES[0]} to "
+                         f"{WEBHOOK_KEY_BYTES[1]} random bytes in base64; this one {exc}. Make one with: "
+                         f"{WEBHOOK_SECRET_RECIPE}") from None
+    return value
 
 
 def _redis_url(value: str) -> str:
@@ -370,6 +403,7 @@ class Settings:
     events_retry_intervals_seconds: tuple[int, ...] = _setting(
         "EVENTS_RETRY_INTERVALS_SECONDS", _whole_seconds_list, (5, 30, 120, 600, 1800))
     events_timeout_seconds: float = _setting("EVENTS_TIMEOUT_SECONDS", _positive_float, 10.0)
+    events_worker_threads: int = _setting("EVENTS_WORKER_THREADS", _positive_int, 2)
 
     def agent_for(self, gateway_number: str) -> str:
         """The agent that answers texts to ``gateway_number``."""

@@ -1,9 +1,15 @@
 """Operator events: what an operator should hear of without polling, posted to ``EVENTS_WEBHOOK_URL``.
 
 ``emit_event`` is called by the web (a delivery status callback) and by the workers (a text kept during a
-handoff, a STOP, a give-up); it only queues an RQ job by its dotted path (``EVENT_JOB``), which
-``workers.events`` runs: it signs the event and posts it, retried with backoff. So this module, and the web
-with it, never imports ``requests`` or the worker side.
+handoff, a STOP, a give-up); it only queues an RQ job by its dotted path (``EVENT_JOB``) on the events queue
+(``core.queues.EVENTS_QUEUE_NAME``), which each worker process serves with threads of its own
+(``EVENTS_WORKER_THREADS``, apart from those that answer people); ``workers.events`` runs it: it signs the
+event (Standard Webhooks) and posts it, retried with backoff. So this module, and the web with it, never
+imports an HTTP client or the worker side.
+
+An event job is in one of the events queue's places: the queue itself, its started registry (being posted),
+its scheduled registry (waiting for a retry), its failed registry (every retry spent), its finished registry
+(posted, for ``EVENT_RESULT_TTL_SECONDS``). Its meta names the conversation (``conversation_id``).
 
 Each event is emitted at most once per ``event_id`` (the caller's name for what happened, e.g.
 ``"handoff.message_received:SM..."``): a marker ``event:{sha256(event_id)}`` says it was queued ("queued")
@@ -19,6 +25,7 @@ act: answer with ``POST /admin/conversations/<number>/messages``); a message bod
 from __future__ import annotations
 
 import hashlib
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +34,7 @@ from redis.client import Pipeline
 from redis.exceptions import WatchError
 from rq import Queue, Retry
 
-from core.queues import ADMIN_FAILURE_TTL_SECONDS, ADMIN_QUEUE_NAME, kept_seconds
+from core.queues import ADMIN_FAILURE_TTL_SECONDS, EVENTS_QUEUE_NAME, kept_seconds
 from core.state.keys import key
 
 EVENT_JOB = "workers.events.deliver_event"
@@ -50,6 +57,7 @@ def event_job_id(event_id: str) -> str:
     return f"event-{event_digest(event_id)[:32]}"
 
 
+<<<<<<< HEAD
 def erase_mark_seconds(settings) -> int:
     """How long an erase's mark (``erased:{cid}``) stays: past the last retry of any event queued before it."""
     return int(sum(settings.events_retry_intervals_seconds) + 3600)
@@ -62,6 +70,12 @@ def erased_before(redis: Redis, event: dict[str, Any]) -> bool:
         return False
     created = datetime.fromisoformat(event["created_at"].replace("Z", "+00:00")).timestamp()
     return created <= float(mark)
+=======
+def event_job_timeout_seconds(settings) -> int:
+    """RQ's timeout of an event job: the delivery's deadline (EVENTS_TIMEOUT_SECONDS, the whole request) and
+    its few Redis steps. Also how long a run's claim to post an event lives (``workers.events``)."""
+    return math.ceil(settings.events_timeout_seconds) + 30
+>>>>>>> events
 
 
 def build_event(settings, kind: str, *, event_id: str, conversation_id: str, number: str, text: str | None = None,
@@ -91,11 +105,11 @@ def emit_event(redis_or_pipeline: Redis | Pipeline, settings, kind: str, *, even
     marker = event_marker_key(event_id)
     marker_ttl = max(settings.dedupe_ttl_seconds, kept_seconds(settings, ADMIN_FAILURE_TTL_SECONDS))
     if isinstance(redis_or_pipeline, Pipeline):
-        queue = Queue(ADMIN_QUEUE_NAME, connection=Redis(connection_pool=redis_or_pipeline.connection_pool))
+        queue = Queue(EVENTS_QUEUE_NAME, connection=Redis(connection_pool=redis_or_pipeline.connection_pool))
         _enqueue(queue, settings, event, event_id, redis_or_pipeline)
         redis_or_pipeline.set(marker, QUEUED, nx=True, ex=marker_ttl)
         return
-    queue = Queue(ADMIN_QUEUE_NAME, connection=redis_or_pipeline)
+    queue = Queue(EVENTS_QUEUE_NAME, connection=redis_or_pipeline)
     with redis_or_pipeline.pipeline() as pipe:
         try:
             pipe.watch(marker)
@@ -113,7 +127,7 @@ def _enqueue(queue: Queue, settings, event: dict[str, Any], event_id: str, pipe:
     intervals = list(settings.events_retry_intervals_seconds)
     queue.enqueue_call(EVENT_JOB, args=(event, event_id), job_id=event_job_id(event_id),
                        description=f"event {event['type']} of conversation {event['conversation']['id']}",
-                       timeout=int(2 * settings.events_timeout_seconds + 30),
+                       timeout=event_job_timeout_seconds(settings),
                        result_ttl=EVENT_RESULT_TTL_SECONDS,
                        failure_ttl=kept_seconds(settings, ADMIN_FAILURE_TTL_SECONDS),
                        # The conversation's id: an erase deletes its finished and failed jobs (they quote the number).

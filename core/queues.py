@@ -17,6 +17,9 @@ from rq.job import Job
 
 QUEUE_NAME = "sms"
 ADMIN_QUEUE_NAME = "sms-admin"  # workers take it before any drain job
+# Operator events (core.events): served by an RQ worker of their own in each worker process, with
+# EVENTS_WORKER_THREADS job threads, so that a slow events receiver never takes a thread that answers people.
+EVENTS_QUEUE_NAME = "sms-events"
 
 DRAIN_JOB = "workers.jobs.drain"
 CLOSE_IDLE_JOB = "workers.jobs.close_idle"
@@ -136,8 +139,10 @@ def _operation_job(queue: Queue, settings, func: str, op_id: str, job_id: str, r
 # -- workers --------------------------------------------------------------------------------------
 
 
-def live_workers(connection: Redis) -> list[Worker]:
-    """The registered workers whose heartbeat is recent (a killed worker's entry outlives it by minutes)."""
+def live_workers(connection: Redis, queue_name: str = QUEUE_NAME) -> list[Worker]:
+    """The registered workers on ``queue_name`` whose heartbeat is recent (a killed worker's entry outlives it by
+    minutes). One per worker process on the sms queue; the process's events worker is not counted."""
     cutoff = datetime.now(UTC) - timedelta(seconds=WORKER_TTL_SECONDS)
     return [worker for worker in Worker.all(connection=connection)
-            if worker.last_heartbeat is not None and worker.last_heartbeat >= cutoff]
+            if worker.last_heartbeat is not None and worker.last_heartbeat >= cutoff
+            and queue_name in worker.queue_names()]

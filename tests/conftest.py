@@ -22,13 +22,13 @@ from rq import Queue
 from rq.scheduler import RQScheduler
 from twilio.request_validator import RequestValidator
 
-from core.queues import ADMIN_QUEUE_NAME, QUEUE_NAME
+from core.queues import ADMIN_QUEUE_NAME, EVENTS_QUEUE_NAME, QUEUE_NAME
 from gateway import create_app
 from sandbox.launcher import redis_server_binary
 from sandbox.twilio_sim import TwilioSimulator
 from sandbox.uponai_sim import UponAISimulator
 from workers import jobs
-from workers.worker import THREAD_WORKER_TTL_SECONDS, ThreadWorker, _work_until_stopped
+from workers.worker import THREAD_WORKER_TTL_SECONDS, ThreadWorker, _work_until_stopped, start_events_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT_SID = "AC" + "1" * 32
@@ -289,7 +289,9 @@ class WorkerPool:
         def registered() -> bool:
             if len(self.alive()) < len(self.processes):
                 raise AssertionError(f"a worker exited at start-up:\n{self.output()}")
-            return Worker.count(connection=redis) >= len(self.processes)
+            # Each process registers two RQ workers: one on the sms queues, one on the events queue.
+            return all(Worker.count(connection=redis, queue=Queue(name, connection=redis)) >= len(self.processes)
+                       for name in (QUEUE_NAME, EVENTS_QUEUE_NAME))
 
         wait_for(registered, timeout=30, message="workers to register")
 
@@ -379,7 +381,8 @@ class InProcessWorkers:
         jobs.install_services(jobs.build_services(self.settings, self.redis))
         self.stop_event = threading.Event()
         queue_names = [ADMIN_QUEUE_NAME, QUEUE_NAME]
-        self.scheduler = RQScheduler(queue_names, connection=self.redis, logging_level="WARNING")
+        self.scheduler = RQScheduler([*queue_names, EVENTS_QUEUE_NAME], connection=self.redis,
+                                     logging_level="WARNING")
         self.threads = [threading.Thread(target=self._move_due_jobs, name="test-rq-scheduler")]
         self.threads += [
             threading.Thread(target=_work_until_stopped, name=f"test-rq-worker-{index}", args=(
@@ -389,6 +392,11 @@ class InProcessWorkers:
             for index in range(count)]
         for thread in self.threads:
             thread.start()
+        # Each worker process serves operator events with an RQ worker of its own (workers.worker.run).
+        self.threads += [start_events_worker(Redis.from_url(self.settings.redis_url), self.stop_event,
+                                             self.settings.events_worker_threads, "WARNING",
+                                             worker_class=InProcessWorker)
+                         for _ in range(count)]
 
     def _move_due_jobs(self) -> None:
         while not self.stop_event.wait(SCHEDULER_POLL_SECONDS):

@@ -22,6 +22,7 @@ from rq import Queue
 
 from core.events import build_event, erased_before, event_job_id
 from core.model import conversation_id
+from core.queues import EVENTS_QUEUE_NAME
 from gateway import create_app
 from sandbox.httpfake import Fault
 from tests.conftest import GATEWAY_NUMBER, inbound_form, post_signed, wait_for, wait_idle
@@ -93,7 +94,7 @@ def test_an_event_created_before_the_erase_is_never_posted(start_workers, receiv
     time.sleep(0.01)  # (the event's creation time, in milliseconds, is before the erase's)
     assert client.delete(f"/admin/conversations/{PERSON}", headers=AUTH).status_code == 200
     assert erased_before(redis, late)
-    job = Queue("sms-admin", connection=redis).enqueue_call(
+    job = Queue(EVENTS_QUEUE_NAME, connection=redis).enqueue_call(
         "workers.events.deliver_event", args=(late, "handoff.requested:SMlate"),
         job_id=event_job_id("handoff.requested:SMlate"), meta={"conversation_id": CID})
 

@@ -12,7 +12,7 @@ from rq import Queue
 from config import load_settings
 from core.events import EVENT_JOB, emit_event, event_job_id, event_marker_key
 from core.model import conversation_id
-from core.queues import ADMIN_QUEUE_NAME
+from core.queues import EVENTS_QUEUE_NAME
 from core.state import ConversationStore, away_key, away_refs_key, key
 from tests.conftest import GATEWAY_NUMBER, settings_env
 
@@ -20,7 +20,7 @@ PERSON = "+14155550177"
 CID = conversation_id(GATEWAY_NUMBER, PERSON)
 RETENTION = 3 * 24 * 3600
 RECEIVER = "http://127.0.0.1:9/events"
-SECRET = "events-secret-0123456789"
+SECRET = "whsec_" + "ZXZlbnRzLXNlY3JldC1vZi10aGUtc3RvcmUtdGVzdHM="  # Standard Webhooks: 32 bytes
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ def events_settings(redis_server, uponai_server, twilio_server):
 
 
 def queued_events(redis) -> list:
-    return [job for job in Queue(ADMIN_QUEUE_NAME, connection=redis).jobs if job.func_name == EVENT_JOB]
+    return [job for job in Queue(EVENTS_QUEUE_NAME, connection=redis).jobs if job.func_name == EVENT_JOB]
 
 
 def test_no_webhook_no_event(redis, env):

@@ -33,7 +33,8 @@ def test_readiness_drops_workers_killed_with_sigkill(start_worker_processes, red
     body = client.get("/readyz").get_json()
     assert body["status"] == "degraded" and body["workers"] == 0
     assert workers_gauge(client) == 0
-    assert Worker.count(connection=redis) == 2  # what readiness used to count: the dead workers' entries
+    # What readiness used to count: the dead workers' entries (two per process: its sms and sms-events workers).
+    assert Worker.count(connection=redis) == 2 * 2
 
 
 def test_a_worker_busy_with_a_long_turn_keeps_its_heartbeat(start_workers, redis, client, uponai, text_in):

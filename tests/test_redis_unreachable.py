@@ -165,7 +165,8 @@ def test_a_redis_outage_is_one_line_not_one_per_worker_thread_and_retry(redis_se
                                   cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     direct = Redis(port=server.port, socket_connect_timeout=0.5)
     try:
-        wait_for(lambda: Worker.count(connection=direct) == 1, timeout=45, message="the RQ worker to register")
+        wait_for(lambda: Worker.count(connection=direct) == 2, timeout=45,  # its sms and sms-events workers
+                 message="the RQ workers to register")
         wait_for(lambda: direct.get(RQScheduler.get_locking_key("sms")) is not None, timeout=30,
                  message="the scheduler to take its lock")
         server.stop()
@@ -213,7 +214,8 @@ def test_jobs_in_flight_when_redis_goes_away_end_in_one_line_each_and_the_worker
                                   cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     direct = Redis(port=server.port, socket_connect_timeout=0.5)
     try:
-        wait_for(lambda: Worker.count(connection=direct) == 1, timeout=45, message="the RQ worker to register")
+        wait_for(lambda: Worker.count(connection=direct) == 2, timeout=45,  # its sms and sms-events workers
+                 message="the RQ workers to register")
         busy = [Queue("sms", connection=direct).enqueue("time.sleep", 3) for _ in range(2)]
         wait_for(lambda: all(job.get_status(refresh=True) == "started" for job in busy), timeout=30,
                  message="both job threads to be busy")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import shlex
 import subprocess
 import sys
 from dataclasses import fields
@@ -347,17 +349,29 @@ def test_every_setting_is_in_the_readme_table():
     assert missing == []
 
 
-def test_an_events_webhook_needs_a_long_secret():
+def test_an_events_webhook_needs_a_standard_webhooks_secret():
     assert problems_of(minimal(EVENTS_WEBHOOK_URL="https://ops.example.com/events")) == [
         "EVENTS_WEBHOOK_SECRET is required when EVENTS_WEBHOOK_URL is set (events are signed with it)"]
-    [problem] = problems_of(minimal(EVENTS_WEBHOOK_URL="https://ops.example.com/events",
-                                    EVENTS_WEBHOOK_SECRET="short-secret"))
-    assert problem.startswith("EVENTS_WEBHOOK_SECRET=(hidden) is invalid: must be at least 16 characters")
+    short = "whsec_" + base64.b64encode(b"s" * 16).decode()
+    for secret, why in (("s" * 40, "does not start with whsec_"), ("whsec_not*base64*at*all", "is not base64"),
+                        (short, "holds 16 bytes, not 24 to 64")):
+        [problem] = problems_of(minimal(EVENTS_WEBHOOK_URL="https://ops.example.com/events",
+                                        EVENTS_WEBHOOK_SECRET=secret))
+        assert problem.startswith("EVENTS_WEBHOOK_SECRET=(hidden) is invalid: must be a Standard Webhooks secret, "
+                                  "whsec_ followed by 24 to 64 random bytes in base64; this one " + why), problem
+        assert secret not in problem
+        # The message says how to make one; what it says makes one that is taken.
+        recipe = problem.split("Make one with: ", 1)[1]
+        made = subprocess.run(shlex.split(recipe), capture_output=True, text=True, timeout=60, check=True).stdout
+        assert load_settings(minimal(EVENTS_WEBHOOK_URL="https://ops.example.com/events",
+                                     EVENTS_WEBHOOK_SECRET=made.strip()), dotenv_path=None).events_webhook_secret
+    secret = "whsec_" + base64.b64encode(b"k" * 32).decode().rstrip("=")  # unpadded, as some services print it
     settings = load_settings(minimal(EVENTS_WEBHOOK_URL="https://ops.example.com/events/",
-                                     EVENTS_WEBHOOK_SECRET="s" * 16), dotenv_path=None)
+                                     EVENTS_WEBHOOK_SECRET=secret), dotenv_path=None)
     assert settings.events_webhook_url == "https://ops.example.com/events/"  # kept as given
-    assert "s" * 16 not in repr(settings)
+    assert secret not in repr(settings)
     assert not settings.events_include_bodies and settings.events_retry_intervals_seconds == (5, 30, 120, 600, 1800)
+    assert settings.events_worker_threads == 2
 
 
 def test_help_is_plain_text_listing_every_command(tmp_path):

@@ -307,7 +307,8 @@ def test_readyz_with_a_worker_is_200(env, private_db, redis_server, uponai_serve
     try:
         pool.wait_ready(db)
         # Listening (idle) means its signal handlers are in place, so SIGTERM below is a clean goodbye.
-        wait_for(lambda: [w.get_state() for w in Worker.all(connection=db)] == ["idle"], message="an idle worker")
+        wait_for(lambda: [w.get_state() for w in Worker.all(connection=db)] == ["idle", "idle"],  # sms, sms-events
+                 message="an idle worker")
         response = client.get("/readyz")
         assert response.status_code == 200
         assert response.get_json() == {"status": "ok", "redis": "ok", "workers": 1, "queue_depth": 0}

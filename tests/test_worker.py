@@ -91,7 +91,9 @@ def test_worker_started_while_redis_is_away_says_so_in_one_line_and_starts_when_
 
         server.start()
         with Redis(port=port) as direct:
-            wait_for(lambda: Worker.count(connection=direct) == 1, timeout=45, message="the worker to register")
+            # Both of the process's RQ workers: the one on the sms queues and the one on the events queue.
+            wait_for(lambda: sorted(tuple(w.queue_names()) for w in Worker.all(connection=direct)) == [
+                ("sms-admin", "sms"), ("sms-events",)], timeout=45, message="the worker to register")
         assert "Traceback" not in log_path.read_text()
     finally:
         stop_process(worker)

@@ -30,6 +30,11 @@ expired and retries them (``core.queues.drain_job_options``); the run again resu
 run's conversation lock has expired (``workers.flow.drain_conversation``).
 The RQ worker runs in the main thread (signals), the scheduler in a child process (``workers.scheduler``).
 
+Operator events (``core.events``) have a queue of their own (``EVENTS_QUEUE_NAME``), served in each process by a
+second RQ worker (a ``ThreadWorker`` in a thread, stopped with the main one) with ``EVENTS_WORKER_THREADS`` job
+threads: at most that many deliveries run at once, and never on a thread that answers people, however long an
+events receiver takes.
+
 A worker is alive while its heartbeat is recent (``core.queues.live_workers``): RQ keeps a killed worker's
 registry entry for minutes, so readiness and the ``smsgw_workers`` gauge look at the heartbeat, which
 the worker renews at least every ``WORKER_TTL_SECONDS - 15`` s while it waits for a job and every
@@ -50,7 +55,7 @@ from rq.exceptions import StopRequested
 from rq.utils import now as rq_now
 from rq.worker import SimpleWorker, WorkerStatus
 
-from core.queues import WORKER_TTL_SECONDS
+from core.queues import EVENTS_QUEUE_NAME, WORKER_TTL_SECONDS
 from workers import jobs, scheduler
 from workers.job_timeouts import WatchdogDeathPenalty
 from workers.startup import exit_children_with_this_process, redis_address, redis_failure, wait_for_redis
@@ -69,12 +74,15 @@ HEARTBEAT_COALESCE_SECONDS = 1.0  # far below every heartbeat TTL (WORKER_TTL_SE
 # The flow logs each message answered; failures still come from RQ at WARNING and above.
 PER_JOB_LOG_TEMPLATES = frozenset({"Worker %s: %s: %s", "Worker %s: %s: %s (%s)",
                                    "Successfully completed job %s in %ss on worker %s"})
-REDIS_CONNECTIONS_HEADROOM = 8  # beyond one per job thread: the worker loop, the scheduler, RQ's command listener
+# Beyond one per job thread: each RQ worker's loop and command listener (the main one and the events one), the
+# scheduler.
+REDIS_CONNECTIONS_HEADROOM = 8
 
 
-def redis_connections_needed(job_threads: int) -> int:
-    """How many Redis connections a worker process with ``job_threads`` job threads may hold at once."""
-    return job_threads + REDIS_CONNECTIONS_HEADROOM
+def redis_connections_needed(job_threads: int, events_threads: int = 0) -> int:
+    """How many Redis connections a worker process with ``job_threads`` job threads (and ``events_threads`` for
+    operator events) may hold at once."""
+    return job_threads + events_threads + REDIS_CONNECTIONS_HEADROOM
 
 
 class GatewayWorker(SimpleWorker):
@@ -417,11 +425,12 @@ def _queue_due_idle_checks() -> int:
     return jobs.queue_due_idle_checks(jobs.current_services())
 
 
-def run(connection, queue_names: list[str], *, threads: int = 1, burst: bool = False, max_jobs: int | None = None,
-        logging_level: str = "INFO") -> None:
-    """Work until SIGTERM/SIGINT, up to ``threads`` jobs at once (the jobs in flight finish first).
+def run(connection, queue_names: list[str], *, threads: int = 1, events_threads: int = 0, burst: bool = False,
+        max_jobs: int | None = None, logging_level: str = "INFO") -> None:
+    """Work until SIGTERM/SIGINT, up to ``threads`` jobs of ``queue_names`` at once, and with ``events_threads``,
+    up to that many operator events of the events queue besides (the jobs in flight finish first).
 
-    ``connection``'s pool must allow ``redis_connections_needed(threads)`` connections.
+    ``connection``'s pool must allow ``redis_connections_needed(threads, events_threads)`` connections.
     """
     stop_event = threading.Event()
     exit_children_with_this_process()  # the scheduler child must not outlive this process and keep its lock
@@ -430,17 +439,37 @@ def run(connection, queue_names: list[str], *, threads: int = 1, burst: bool = F
     rq_log = logging.getLogger("rq.worker")
     if not any(isinstance(f, PerJobLines) for f in rq_log.filters):
         rq_log.addFilter(PerJobLines())
+    events_queues = [EVENTS_QUEUE_NAME] if events_threads else []
     if burst or max_jobs is not None:
         # RQ's burst and max_jobs count jobs one after the other; RQ's own scheduler (a burst moves the due jobs
-        # once, in this process) is enough for a one-off run.
-        _work_until_stopped(GatewayWorker, connection, queue_names, stop_event, with_scheduler=True, burst=burst,
-                            max_jobs=max_jobs, logging_level=logging_level, ttl=WORKER_TTL_SECONDS, concurrency=1)
+        # once, in this process) is enough for a one-off run. The events queue comes last.
+        _work_until_stopped(GatewayWorker, connection, queue_names + events_queues, stop_event, with_scheduler=True,
+                            burst=burst, max_jobs=max_jobs, logging_level=logging_level, ttl=WORKER_TTL_SECONDS,
+                            concurrency=1)
         return
     # The scheduler child is ours (workers.scheduler), not RQ's: it waits out a Redis outage instead of dying
     # with a traceback, and lives as long as this process, across the RQ workers started after an outage.
-    scheduler_process = scheduler.start(connection, queue_names, logging_level, tick=_queue_due_idle_checks)
+    scheduler_process = scheduler.start(connection, queue_names + events_queues, logging_level,
+                                        tick=_queue_due_idle_checks)
+    events_worker = start_events_worker(connection, stop_event, events_threads, logging_level) \
+        if events_threads else None
     try:
         _work_until_stopped(GatewayWorker, connection, queue_names, stop_event, with_scheduler=False, burst=False,
                             max_jobs=None, logging_level=logging_level, ttl=WORKER_TTL_SECONDS, concurrency=threads)
     finally:
+        stop_event.set()  # the events worker stops with the main one (its deliveries in flight finish first)
+        if events_worker is not None:
+            events_worker.join()
         scheduler.stop(scheduler_process)
+
+
+def start_events_worker(connection, stop_event: threading.Event, threads: int, logging_level: str = "INFO",
+                        worker_class: type[ThreadWorker] = ThreadWorker) -> threading.Thread:
+    """Start the RQ worker of the events queue in a thread of this process: up to ``threads`` deliveries at once,
+    until ``stop_event`` is set (then it lets those in flight finish, each within its deadline)."""
+    thread = threading.Thread(target=_work_until_stopped, name="events-worker", args=(
+        worker_class, connection, [EVENTS_QUEUE_NAME], stop_event), kwargs={
+        "with_scheduler": False, "burst": False, "max_jobs": None, "logging_level": logging_level,
+        "ttl": THREAD_WORKER_TTL_SECONDS, "concurrency": threads})
+    thread.start()
+    return thread

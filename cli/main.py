@@ -36,16 +36,12 @@ def run_worker(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, log_bodies=settings.log_message_bodies)
     logging.getLogger("rq.job").addFilter(jobs.RetryCountFilter())  # RQ's "999 remaining" is not a true count
     metrics.metrics()  # built before any job runs (the worker's threads would race to build them)
-<<<<<<< HEAD
     try:
         serve_metrics(settings.metrics_port)  # before Redis is waited for: a scrape sees the process is up
     except MetricsPortUnusable:  # already said in one log line
         return 1
-    redis = connect_redis(settings, max_connections=worker.redis_connections_needed(settings.worker_threads))
-=======
     redis = connect_redis(settings, max_connections=worker.redis_connections_needed(settings.worker_threads,
                                                                                    settings.events_worker_threads))
->>>>>>> events
     # One line per outage, not one per RQ worker thread per retry.
     logging.getLogger("rq.worker").addFilter(RedisOutageLines(redis_address(redis)))
     jobs.install_services(jobs.build_services(settings, redis))

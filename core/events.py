@@ -57,7 +57,6 @@ def event_job_id(event_id: str) -> str:
     return f"event-{event_digest(event_id)[:32]}"
 
 
-<<<<<<< HEAD
 def erase_mark_seconds(settings) -> int:
     """How long an erase's mark (``erased:{cid}``) stays: past the last retry of any event queued before it."""
     return int(sum(settings.events_retry_intervals_seconds) + 3600)
@@ -70,12 +69,12 @@ def erased_before(redis: Redis, event: dict[str, Any]) -> bool:
         return False
     created = datetime.fromisoformat(event["created_at"].replace("Z", "+00:00")).timestamp()
     return created <= float(mark)
-=======
+
+
 def event_job_timeout_seconds(settings) -> int:
     """RQ's timeout of an event job: the delivery's deadline (EVENTS_TIMEOUT_SECONDS, the whole request) and
     its few Redis steps. Also how long a run's claim to post an event lives (``workers.events``)."""
     return math.ceil(settings.events_timeout_seconds) + 30
->>>>>>> events
 
 
 def build_event(settings, kind: str, *, event_id: str, conversation_id: str, number: str, text: str | None = None,

@@ -43,8 +43,8 @@ from core.state.keys import EXPIRY_REFRESH_SLACK, StateBase, bare_address, key, 
 # ARGV: message JSON, dedupe ttl, gateway, person, received_at, messaging service sid, cid, sid,
 #       bare To, bare From, skip ('1': a sender the web found unanswerable), retention seconds,
 #       expiry refresh slack (fraction of a period), the id of the drain job queued in the same transaction.
-# ARGV[15]: what the text may do to the person's opt-out ('out': a STOP; 'in': a START Twilio applied (its
-# OptOutType); 'maybe-in': an opt-in word, a START only from a person who is opted out; '': nothing). The opt-out
+# ARGV[15]: what the text may do to the person's opt-out ('out': a STOP; 'maybe-in': an opt-in word, a START
+# only from a person who is opted out (even when Twilio's OptOutType says START); '': nothing). The opt-out
 # takes effect here, when the text is accepted: an operator's message or a reply not sent yet is refused from
 # then on, whenever a drain reaches the STOP. The verdict goes into the stored text (its JSON's "opt", see
 # ``InboundMessage.opt``), so the drain judges each text by the opt-out as it was when the text came.
@@ -82,7 +82,7 @@ local opted_out = redis.call('HGET', KEYS[3], 'opted_out') == '1'
 if ARGV[15] == 'out' then
   opt = 'out'
   if not opted_out then redis.call('HSET', KEYS[3], 'opted_out', '1', 'opted_out_at', ARGV[5]) end
-elseif ARGV[15] == 'in' or (ARGV[15] == 'maybe-in' and opted_out) then
+elseif ARGV[15] == 'maybe-in' and opted_out then
   opt = 'in'
   redis.call('HDEL', KEYS[3], 'opted_out', 'opted_out_at')
 elseif ARGV[15] == 'maybe-in' then
@@ -135,7 +135,7 @@ class Inbound(StateBase):
         keys = [key("seen", message.sid), key("inbox", cid), key("conv", cid), key("signature", signed),
                 key("numbers")]
         word = opt_word(message)
-        opt_mode = {"STOP": "out", "START": "in" if message.opt_out_type == "START" else "maybe-in"}.get(word, "")
+        opt_mode = {"STOP": "out", "START": "maybe-in"}.get(word, "")
         for attempt in (1, 2):
             job_id = uuid.uuid4().hex
             args = [message.to_json(), self.dedupe_ttl_seconds, message.to, message.from_,

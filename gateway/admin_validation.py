@@ -314,7 +314,8 @@ ChatLimit = whole_number(1, 1000)
 FailedLimit = whole_number(1, 500)
 IDEMPOTENCY_KEY = "Idempotency-Key"
 NUMBER_TEXT = ("The person's number with + and country code; spaces, dashes, dots and brackets are dropped. "
-               "A number without + is read in DEFAULT_PHONE_REGION, and refused when that is not set.")
+               "A number without + is read in DEFAULT_PHONE_REGION, and refused when that is not set. In a "
+               "conversation's path, a channel address (whatsapp:+14155550100) names that channel's conversation.")
 
 
 class Request(BaseModel):

@@ -40,7 +40,8 @@ class GatewayMetrics:
             "(alphanumeric, short_code, own_number, replayed_signature; opted_out: a STOP waited behind it)",
             ["reason"], **kwargs)
         self.replies_withheld = Counter(
-            "smsgw_replies_withheld", "Agent replies not sent because the person opted out while the agent answered",
+            "smsgw_replies_withheld", "Agent replies not sent because the person opted out or an operator took over "
+            "before they went",
             **kwargs)
         self.loop_breaker_trips = Counter(
             "smsgw_loop_breaker_trips", "Conversations stopped because they answered faster than a person types",

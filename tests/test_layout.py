@@ -181,3 +181,24 @@ def test_only_config_reads_the_environment():
     files += [ROOT / name for name in ENTRY_FILES]
     assert len(files) > 40
     assert [line for path in files for line in environment_reads(path)] == []
+
+
+def key_kinds_in_code() -> dict[str, str]:
+    """Every kind of Redis key the code names (the first part of a ``key(...)`` call, a literal), with a place."""
+    kinds = {}
+    for name, path in project_modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "key"
+                    and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+                kinds.setdefault(node.args[0].value, f"{name}:{node.lineno}")
+    return kinds
+
+
+def test_every_kind_of_key_says_what_it_holds_so_an_erase_cannot_forget_it():
+    """An erase derives what it deletes from KEY_KINDS (issue 23, item 5): a kind of key the table does not name
+    would be left behind, with whatever number or words it holds."""
+    from core.state.keys import KEY_KINDS
+
+    used = key_kinds_in_code()
+    assert {"conv", "msg", "idle-due"} <= set(used)  # the scan finds the calls it is meant to find
+    assert {kind: where for kind, where in used.items() if kind not in KEY_KINDS} == {}

@@ -9,8 +9,9 @@ its current step (``core.state.conversations``). It then takes the lock, which i
 - It ends the chat at UponAI. If UponAI cannot end it, nothing is deleted, and the operator retries.
 - It deletes the conversation's keys (``core.state.erase``).
 - It deletes every RQ job that names the person, in every queue and registry: queued, scheduled, deferred,
-  failed, finished and canceled. That covers drain jobs, admin jobs (an outbound start quotes the number, a chat
-  read its words) and operator events (their number and words). A job that is running when the erase looks waits
+  failed, finished and canceled. That covers admin jobs (an outbound start quotes the number, a chat read its
+  words), operator events (their number and words) and drain jobs that ended (a failure may quote words; one still
+  to run holds the conversation's id only, and may be a new text's). A job that is running when the erase looks waits
   for it to end (at most ``ERASE_WAIT_FOR_STARTED_SECONDS``), then is deleted too.
 - It leaves a mark (``erased:{cid}``, the time of the erase, with no number in it). An event created before that
   time is then dropped when its delivery comes round, never posted (``core.events.erased_before``).
@@ -42,6 +43,7 @@ ERASE_JOB = "workers.admin_ops.erase_conversation_job"
 # A running job that names the person (an event being posted) is waited for this long, then deleted.
 ERASE_WAIT_FOR_STARTED_SECONDS = 60.0
 JOB_FETCH_BATCH = 500
+PENDING = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.STARTED, JobStatus.CREATED)
 
 
 class EraseBusy(Exception):
@@ -141,6 +143,8 @@ def _names(job: Job, cids: set[str], numbers: set[str]) -> bool:
     if job.meta.get("conversation_id") in cids:
         return True
     if job.origin == QUEUE_NAME and tuple(args[:1]) and args[0] in cids:
-        return True
+        # A drain job holds the conversation's id only; one still to run may be a new text's (it finds nothing
+        # of the erased ones): only an ended one goes, whose error may quote words.
+        return job.get_status(refresh=False) not in PENDING
     quoted = repr((args, kwargs))
     return any(number in quoted for number in numbers)

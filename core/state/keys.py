@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from enum import Enum
 
 from redis import Redis
 from redis.client import Pipeline
@@ -24,6 +25,47 @@ DEFAULT_DEDUPE_TTL_SECONDS = 7 * 24 * 3600
 # Fraction of a key's period its remaining time may fall before an inbound text writes the expiry again
 # (30 days: refreshed at most every 7.2 hours per key, so the key may go up to 7.2 hours before the period).
 EXPIRY_REFRESH_SLACK = 0.01
+
+
+
+class Holds(Enum):
+    """What a kind of key holds of a person, and so how an erase finds it (``core.state.erase``)."""
+
+    CONVERSATION = "the conversation's own key, {kind}:{cid}: deleted"
+    CONVERSATION_PARTS = "keys of the conversation, {kind}:{cid}:*: deleted"
+    CONVERSATION_LAST = "keys ending in the conversation, {kind}:*:{cid}: deleted"
+    CONVERSATION_IDS = "a sorted set of conversation ids: the conversation's id is removed"
+    RECORDS = "records of messages or operations: each is read to tell whose it is"
+    NOTHING = "no number and no words (ids, hashes, tokens, the gateway's own numbers): kept"
+
+
+# Every kind of key under ``smsgw:``, with what it holds (tests/test_layout.py checks that the code uses no other).
+# An erase derives what to delete from this table; a new kind of key must say here what it holds.
+KEY_KINDS: dict[str, Holds] = {
+    "conv": Holds.CONVERSATION,  # hash of the conversation (core.state.conversations); an opt-out is kept
+    "inbox": Holds.CONVERSATION,  # texts waiting (core.state.inbound)
+    "recent": Holds.CONVERSATION,  # latest sent sids (core.state.deliveries)
+    "chats": Holds.CONVERSATION,  # the UponAI chat ids it has had
+    "away": Holds.CONVERSATION,  # the away log: words (core.state.handoff)
+    "away-refs": Holds.CONVERSATION,
+    "turns": Holds.CONVERSATION,  # latest turns' sids
+    "rate": Holds.CONVERSATION_PARTS,  # rate-limit windows (core.state.counters)
+    "notice": Holds.CONVERSATION_LAST,  # notice markers, notice:{kind}:{cid}
+    "idle-due": Holds.CONVERSATION_IDS,  # idle checks due (core.state.counters)
+    "msg": Holds.RECORDS,  # a message's progress: its reply's words (core.state.deliveries)
+    "sent": Holds.RECORDS,  # one outbound SMS
+    "dead": Holds.RECORDS,  # a given-up message, kept for a replay
+    "outbound": Holds.RECORDS,  # an outbound start (core.state.operations)
+    "idem": Holds.RECORDS,  # an Idempotency-Key's record (gateway.admin_jobs)
+    "lock": Holds.NOTHING,  # a job's token
+    "erasing": Holds.NOTHING,  # an erase's token
+    "erased": Holds.NOTHING,  # when the conversation was erased
+    "seen": Holds.NOTHING,  # dedupe marker of a MessageSid
+    "signature": Holds.NOTHING,  # a webhook signature's hash -> MessageSid
+    "numbers": Holds.NOTHING,  # the gateway's own numbers
+    "event": Holds.NOTHING,  # an event's queued/sent marker
+    "event-sending": Holds.NOTHING,  # an event's posting claim
+}
 
 CHANNEL_ADDRESS = re.compile(r"([a-z][a-z0-9-]*):(.+)")  # whatsapp:+1..., messenger:1234..., rcs:...
 

@@ -25,7 +25,7 @@ from werkzeug.routing import PathConverter
 
 from core.events import emit_event
 from core.model import conversation_id
-from core.queues import ADMIN_QUEUE_NAME, CLOSE_IDLE_JOB, DRAIN_JOB, QUEUE_NAME, enqueue_drain
+from core.queues import ADMIN_QUEUE_NAME, CAMPAIGN_QUEUE_NAME, CLOSE_IDLE_JOB, DRAIN_JOB, QUEUE_NAME, enqueue_drain
 from core.redaction import mask_number
 from gateway import admin_validation as check
 from gateway.admin_jobs import (
@@ -45,7 +45,7 @@ from gateway.responses import error_response
 log = logging.getLogger(__name__)
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
-GATEWAY_QUEUES = (QUEUE_NAME, ADMIN_QUEUE_NAME)
+GATEWAY_QUEUES = (QUEUE_NAME, ADMIN_QUEUE_NAME, CAMPAIGN_QUEUE_NAME)
 PER_CONVERSATION_JOBS = (DRAIN_JOB, CLOSE_IDLE_JOB)
 TIME_FIELDS = ("chat_started_at", "last_activity_at", "last_inbound_at", "last_outbound_at", "opted_out_at",
                "last_empty_turn_at")

@@ -16,6 +16,7 @@ from core.queues import QUEUE_NAME
 from core.redis import connect_redis
 from core.state import ConversationStore
 from gateway import admin, health, observability, twilio_webhooks
+from gateway import campaigns as campaign_routes  # noqa: F401  (its routes join the admin blueprint on import)
 from gateway.context import WebContext
 from gateway.responses import error_response
 from gateway.signatures import validator_for

@@ -1,0 +1,58 @@
+"""The sending rate of each sender, shared by every worker through Redis (GCRA, the generic cell rate algorithm).
+
+Keys (under ``smsgw:``)::
+
+    pace:{sender}            the sender's theoretical arrival time: when its next message may go (ms, Redis's clock)
+
+A send asks for a slot: the script moves the sender's time on by one interval per message (``cost`` intervals for
+a message of several segments) and answers how long to wait for the slot it reserved. It reserves only a slot
+within ``horizon_ms`` of now; further away it reserves nothing and answers how long until one is that near, so a
+caller never holds a worker thread for long (it hands its work back to RQ's scheduler instead). The clock is
+Redis's (``TIME``), one for every worker host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.state.keys import StateBase, key
+
+# Reserve the next slot of the sender KEYS[1] (interval ARGV[1] ms times cost ARGV[3]) if it is within ARGV[2] ms
+# of now. Returns {1, wait ms} when reserved, {0, ms until a slot is that near} when not.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1]) * tonumber(ARGV[3])
+local horizon = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local wait = tat - now
+if wait > horizon then return {0, wait - horizon} end
+redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', math.ceil(wait + interval) + 1000)
+return {1, wait}
+"""
+
+
+@dataclass(frozen=True)
+class Slot:
+    """The answer to a request for a slot: reserved (wait ``wait_seconds``, then send) or not (ask again then)."""
+
+    reserved: bool
+    wait_seconds: float
+
+
+def pace_key(sender: str) -> str:
+    return key("pace", sender)
+
+
+class Pacing(StateBase):
+    """Slots of each sender's sending rate."""
+
+    SCRIPTS = {"_reserve": _RESERVE}
+
+    def reserve(self, sender: str, rate_per_second: float, *, horizon_seconds: float, cost: int = 1) -> Slot:
+        """Reserve the sender's next slot at ``rate_per_second`` messages a second, if it is within the horizon."""
+        interval_ms = 1000.0 / rate_per_second
+        reserved, wait_ms = self._reserve(keys=[pace_key(sender)],
+                                          args=[f"{interval_ms:.3f}", int(horizon_seconds * 1000), max(1, cost)])
+        return Slot(int(reserved) == 1, int(wait_ms) / 1000)

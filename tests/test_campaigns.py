@@ -1,0 +1,217 @@
+"""Campaigns through the admin API, against real workers, the fake Twilio and the fake UponAI."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from rq import Queue
+
+from core.model import conversation_id
+from core.queues import CAMPAIGN_QUEUE_NAME
+from core.state import ConversationStore
+from gateway import create_app
+from tests.conftest import GATEWAY_NUMBER, wait_for, wait_idle
+
+TOKEN = "admin-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def numbers(count: int, start: int = 100) -> list[str]:
+    return [f"+1415555{start + index:04d}" for index in range(count)]
+
+
+@pytest.fixture
+def admin_env(env):
+    return {**env, "ADMIN_API_TOKEN": TOKEN}
+
+
+@pytest.fixture
+def admin(admin_env, redis):
+    return create_app(admin_env).test_client()
+
+
+def post_campaign(admin, body, **headers):
+    return admin.post("/admin/campaigns", json=body, headers={**AUTH, **headers})
+
+
+def campaign(admin, campaign_id: str) -> dict:
+    response = admin.get(f"/admin/campaigns/{campaign_id}", headers=AUTH)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def texted(twilio) -> Counter:
+    """How many SMS each number got at the fake Twilio."""
+    return Counter(message.to for message in twilio.messages)
+
+
+def campaign_keys(redis) -> list[bytes]:
+    return list(redis.scan_iter(match="smsgw:campaign*"))
+
+
+# -- bad input: a 400 naming each problem, nothing queued ----------------------------------------
+
+
+def test_each_problem_is_named_and_nothing_is_queued(admin, redis):
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    response = post_campaign(admin, {"numbers": ["not a number", "12"], "message": "  ", "send_at": yesterday})
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert error["code"] == "invalid_request"
+    fields = {problem["field"] for problem in error["problems"]}
+    assert fields == {"numbers", "message", "send_at"}, error
+    assert "no valid phone number" in error["message"] and "in the past" in error["message"]
+    assert "blank" in error["message"]
+    assert Queue(CAMPAIGN_QUEUE_NAME, connection=redis).count == 0
+    assert Queue(CAMPAIGN_QUEUE_NAME, connection=redis).scheduled_job_registry.count == 0
+    assert campaign_keys(redis) == []
+
+
+@pytest.mark.parametrize(("body", "field", "words"), [
+    ({"numbers": []}, "numbers", "at least 1"),
+    ({"numbers": numbers(10_001, start=0)}, "numbers", "at most 10000"),
+    ({"numbers": ["+14155550100"], "send_at": "2030-01-31T09:00:00"}, "send_at", "no offset"),
+    ({"numbers": ["+14155550100"], "send_at": "next tuesday"}, "send_at", "ISO 8601"),
+    ({"numbers": ["+14155550100"], "message": ""}, "message", "blank"),
+    ({"numbers": ["+14155550100"], "message": "x" * 1601}, "message", "1600"),
+    ({"numbers": ["+14155550100"], "colour": "red"}, "colour", "unknown field"),
+    ({"numbers": "+14155550100"}, "numbers", "list"),
+    ({"numbers": ["+14155550100"], "include_in_conversation": "yes"}, "include_in_conversation", "boolean"),
+    ({"numbers": ["+14155550100"], "variables": {"+14155550199": {"name": "Ann"}}}, "variables.+14155550199",
+     "not one of numbers"),
+    ({"numbers": ["+14155550100"], "variables": {"+14155550100": {"opening_message": "x"}}}, "variables",
+     "opening_message"),
+])
+def test_bad_requests(admin, redis, body, field, words):
+    response = post_campaign(admin, body)
+    assert response.status_code == 400, response.get_json()
+    error = response.get_json()["error"]
+    assert field in {problem["field"] for problem in error["problems"]}, error
+    assert words in error["message"], error
+    assert campaign_keys(redis) == []
+
+
+def test_a_body_that_is_not_json_or_csv_is_415(admin):
+    response = admin.post("/admin/campaigns", data="numbers", headers={**AUTH, "Content-Type": "text/plain"})
+    assert response.status_code == 415
+
+
+def test_the_token_is_required(admin):
+    assert admin.post("/admin/campaigns", json={"numbers": ["+14155550100"]}).status_code == 401
+
+
+# -- a campaign: skips with reasons, every accepted number texted once -----------------------------
+
+
+def test_campaign_texts_each_accepted_number_once_and_skips_with_reasons(admin, redis, workers, twilio, uponai):
+    store = ConversationStore(redis)
+    opted, talking = "+14155550301", "+14155550302"
+    store.set_opted_out(conversation_id(GATEWAY_NUMBER, opted), True)
+    store.set_chat(conversation_id(GATEWAY_NUMBER, talking), "chat_live", "agent_test")
+    store.touch(conversation_id(GATEWAY_NUMBER, talking), last_activity_at=f"{time.time():.3f}")
+    good = numbers(5)
+    body = {"numbers": [*good, "bogus", good[0], "+1 (415) 555-0101", opted, talking], "message": "Your visit is due",
+            "variables": {good[1]: {"name": "Ann"}}}
+    response = post_campaign(admin, body)
+    assert response.status_code == 202, response.get_json()
+    answer = response.get_json()
+    assert answer["accepted"] == 5 and answer["status"] == "sending"
+    assert answer["skipped"] == [{"number": "bogus", "reason": "invalid_number"},
+                                 {"number": good[0], "reason": "duplicate"},
+                                 {"number": good[1], "reason": "duplicate"},
+                                 {"number": opted, "reason": "opted_out"},
+                                 {"number": talking, "reason": "in_conversation"}]
+    wait_for(lambda: campaign(admin, answer["campaign_id"])["status"] == "done", message="the campaign to finish")
+    wait_idle(redis)
+    assert texted(twilio) == Counter(good)
+    assert {m.body for m in twilio.messages} == {"Your visit is due"}
+    view = campaign(admin, answer["campaign_id"])
+    assert view["counts"]["sent"] == 5 and view["counts"]["queued"] == 0 and view["counts"]["skipped"] == 5
+    # Each first SMS started a conversation as POST /admin/sms does: a chat with the opening and the variables.
+    chats = [chat for chat in uponai.chats.values() if chat.metadata.get("campaign_id") == answer["campaign_id"]]
+    assert len(chats) == 5
+    assert all(chat.dynamic_variables["opening_message"] == "Your visit is due" for chat in chats)
+    assert [c.dynamic_variables.get("name") for c in chats if c.metadata["conversation_id"]
+            == conversation_id(GATEWAY_NUMBER, good[1])] == ["Ann"]
+    assert store.conversation(conversation_id(GATEWAY_NUMBER, good[2]))["chat_id"]
+
+
+def test_the_agent_writes_each_opening_when_there_is_no_message(admin, redis, workers, twilio, uponai):
+    answer = post_campaign(admin, {"numbers": numbers(2)}).get_json()
+    wait_for(lambda: campaign(admin, answer["campaign_id"])["status"] == "done", message="the campaign to finish")
+    assert texted(twilio) == Counter(numbers(2))
+    assert len(uponai.completion_log) == 2  # one opening prompt per recipient
+
+
+def test_in_conversation_numbers_are_texted_when_the_request_says_so(admin, redis, workers, twilio):
+    store = ConversationStore(redis)
+    talking = "+14155550302"
+    store.set_chat(conversation_id(GATEWAY_NUMBER, talking), "chat_live", "agent_test")
+    store.touch(conversation_id(GATEWAY_NUMBER, talking), last_activity_at=f"{time.time():.3f}")
+    answer = post_campaign(admin, {"numbers": [talking], "message": "hi", "include_in_conversation": True}).get_json()
+    assert answer["skipped"] == []
+    wait_for(lambda: campaign(admin, answer["campaign_id"])["status"] == "done", message="the campaign to finish")
+    assert texted(twilio) == Counter([talking])
+
+
+def test_a_number_that_opts_out_before_its_turn_is_never_texted(admin, redis, twilio, start_workers):
+    listed = numbers(3)
+    answer = post_campaign(admin, {"numbers": listed, "message": "hi"}).get_json()
+    ConversationStore(redis).set_opted_out(conversation_id(GATEWAY_NUMBER, listed[2]), True)  # before any worker
+    start_workers(1)
+    wait_for(lambda: campaign(admin, answer["campaign_id"])["status"] == "done", message="the campaign to finish")
+    assert texted(twilio) == Counter(listed[:2])
+    assert campaign(admin, answer["campaign_id"])["counts"]["skipped"] == 1
+
+
+def test_the_same_idempotency_key_makes_one_campaign(admin, redis, workers, twilio):
+    body = {"numbers": numbers(3), "message": "hi"}
+    first = post_campaign(admin, body, **{"Idempotency-Key": "list-7"})
+    second = post_campaign(admin, body, **{"Idempotency-Key": "list-7"})
+    assert first.status_code == second.status_code == 202
+    assert first.get_json()["campaign_id"] == second.get_json()["campaign_id"]
+    other = post_campaign(admin, {**body, "message": "other"}, **{"Idempotency-Key": "list-7"})
+    assert other.status_code == 422
+    wait_for(lambda: campaign(admin, first.get_json()["campaign_id"])["status"] == "done", message="the campaign")
+    wait_idle(redis)
+    assert texted(twilio) == Counter(numbers(3))
+    assert len(admin.get("/admin/campaigns", headers=AUTH).get_json()["campaigns"]) == 1
+
+
+def test_cancel_stops_what_has_not_been_sent(admin, redis, start_workers, twilio):
+    start_workers(1, CAMPAIGN_SEND_RATE="4", CAMPAIGN_BATCH_SIZE="5")
+    answer = post_campaign(admin, {"numbers": numbers(40), "message": "hi"}).get_json()
+    wait_for(lambda: len(twilio.messages) >= 2, message="the first sends")
+    response = admin.post(f"/admin/campaigns/{answer['campaign_id']}/cancel", headers=AUTH)
+    assert response.status_code == 200 and response.get_json()["status"] == "cancelled"
+    at_cancel = len(twilio.messages)
+    wait_idle(redis)
+    time.sleep(0.5)  # not a synchronisation: sends that were still to go would have shown at 4/s by now
+    assert len(twilio.messages) <= at_cancel + 2  # a send in flight per running batch job may still finish
+    assert len(twilio.messages) < 40
+    view = campaign(admin, answer["campaign_id"])
+    assert view["status"] == "cancelled" and view["counts"]["queued"] == 40 - view["counts"]["sent"]
+    again = admin.post(f"/admin/campaigns/{answer['campaign_id']}/cancel", headers=AUTH)
+    assert again.status_code == 200
+
+
+def test_unknown_campaigns_are_404(admin):
+    assert admin.get("/admin/campaigns/" + "0" * 32, headers=AUTH).status_code == 404
+    assert admin.get("/admin/campaigns/../etc", headers=AUTH).status_code == 404
+    assert admin.post("/admin/campaigns/" + "0" * 32 + "/cancel", headers=AUTH).status_code == 404
+
+
+def test_a_finished_campaign_cannot_be_cancelled(admin, redis, workers, twilio):
+    answer = post_campaign(admin, {"numbers": numbers(1), "message": "hi"}).get_json()
+    wait_for(lambda: campaign(admin, answer["campaign_id"])["status"] == "done", message="the campaign to finish")
+    response = admin.post(f"/admin/campaigns/{answer['campaign_id']}/cancel", headers=AUTH)
+    assert response.status_code == 409 and response.get_json()["error"]["code"] == "campaign_finished"
+
+
+def test_batch_jobs_carry_ids_not_numbers(admin, redis):
+    answer = post_campaign(admin, {"numbers": numbers(250), "message": "hi"}).get_json()
+    jobs = Queue(CAMPAIGN_QUEUE_NAME, connection=redis).get_jobs()
+    assert [job.args for job in jobs] == [(answer["campaign_id"], 0, 0), (answer["campaign_id"], 1, 0)]

@@ -215,3 +215,57 @@ def test_batch_jobs_carry_ids_not_numbers(admin, redis):
     answer = post_campaign(admin, {"numbers": numbers(250), "message": "hi"}).get_json()
     jobs = Queue(CAMPAIGN_QUEUE_NAME, connection=redis).get_jobs()
     assert [job.args for job in jobs] == [(answer["campaign_id"], 0, 0), (answer["campaign_id"], 1, 0)]
+
+
+# -- later sends and pacing -------------------------------------------------------------------------
+
+
+def send_times(twilio, listed: list[str]) -> list[float]:
+    return sorted(message.created_at for message in twilio.messages if message.to in listed)
+
+
+def test_send_at_waits_in_rqs_scheduler(admin, redis, workers, twilio):
+    at = datetime.now(UTC) + timedelta(seconds=2)
+    answer = post_campaign(admin, {"numbers": numbers(3), "message": "hi", "send_at": at.isoformat()}).get_json()
+    assert answer["status"] == "scheduled"
+    queue = Queue(CAMPAIGN_QUEUE_NAME, connection=redis)
+    assert queue.scheduled_job_registry.get_job_ids() == [f"campaign-{answer['campaign_id']}-0-0"]
+    assert campaign(admin, answer["campaign_id"])["status"] == "scheduled"
+    wait_for(lambda: campaign(admin, answer["campaign_id"])["status"] == "done", message="the campaign to finish")
+    assert texted(twilio) == Counter(numbers(3))
+    assert min(send_times(twilio, numbers(3))) >= at.timestamp() - 0.01
+    assert campaign(admin, answer["campaign_id"])["send_at"] == at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_sends_are_paced_per_sender_across_worker_processes(admin, redis, start_worker_processes, twilio):
+    rate, count = 5.0, 16
+    start_worker_processes(2, CAMPAIGN_SEND_RATE=str(rate), CAMPAIGN_BATCH_SIZE="4", CAMPAIGN_PARALLEL_BATCHES="4")
+    first = post_campaign(admin, {"numbers": numbers(count // 2), "message": "hi"}).get_json()
+    second = post_campaign(admin, {"numbers": numbers(count // 2, start=500), "message": "hello"}).get_json()
+    for answer in (first, second):
+        wait_for(lambda a=answer: campaign(admin, a["campaign_id"])["status"] == "done", timeout=30,
+                 message="the campaigns to finish")
+    times = send_times(twilio, [*numbers(count // 2), *numbers(count // 2, start=500)])
+    assert len(times) == count
+    # Two campaigns from one sender, four batch jobs each, on two processes: one rate between them. Send times
+    # vary by the HTTP call's own time, so the spacing is checked over the whole run, not message by message.
+    assert times[-1] - times[0] >= (count - 1) / rate - 0.2, times
+
+
+def test_a_slow_rate_reschedules_instead_of_sleeping(admin, redis, workers, twilio):
+    answer = post_campaign(admin, {"numbers": numbers(3), "message": "hi"}).get_json()
+    redis.set("smsgw:pace:" + GATEWAY_NUMBER, str(int(time.time() * 1000) + 2500))  # the sender's next slot: 2.5 s
+    wait_for(lambda: campaign(admin, answer["campaign_id"])["status"] == "done", timeout=30,
+             message="the campaign to finish")
+    runs = Queue(CAMPAIGN_QUEUE_NAME, connection=redis).finished_job_registry.get_job_ids()
+    assert any(job_id.endswith("-0-1") for job_id in runs), runs  # a later run of batch 0, from RQ's scheduler
+    assert texted(twilio) == Counter(numbers(3))
+
+
+def test_replies_go_out_while_a_campaign_is_sending(admin, redis, start_workers, twilio, text_in):
+    start_workers(1, CAMPAIGN_SEND_RATE="2", WORKER_THREADS="4")
+    answer = post_campaign(admin, {"numbers": numbers(12), "message": "hi"}).get_json()
+    wait_for(lambda: twilio.messages, message="the campaign to start")
+    text_in("are you open today?", from_="+14155550999")
+    wait_for(lambda: twilio.sent_to("+14155550999"), message="the reply")
+    assert campaign(admin, answer["campaign_id"])["status"] == "sending"  # the reply did not wait for the campaign

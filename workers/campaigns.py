@@ -79,6 +79,12 @@ class BatchRun:
         campaign = self.campaigns.campaign(self.campaign_id)
         if not campaign:
             return "gone"  # expired, or erased
+        early = float(campaign.get("send_at") or 0) - time.time()
+        if early > PACE_HORIZON_SECONDS:
+            self._continue_in(early)
+            return "rescheduled"
+        if early > 0:  # RQ's scheduler counts whole seconds: a job can come up to a second early
+            time.sleep(early)
         status = self.campaigns.start_sending(self.campaign_id)
         if status != "sending":
             return status or "gone"

@@ -248,8 +248,9 @@ def test_sends_are_paced_per_sender_across_worker_processes(admin, redis, start_
     times = send_times(twilio, [*numbers(count // 2), *numbers(count // 2, start=500)])
     assert len(times) == count
     # Two campaigns from one sender, four batch jobs each, on two processes: one rate between them. Send times
-    # vary by the HTTP call's own time, so the spacing is checked over the whole run, not message by message.
-    assert times[-1] - times[0] >= (count - 1) / rate - 0.2, times
+    # vary by the HTTP call's own time (a busy machine can hold one up for long), so the spacing is checked over the
+    # whole run, with a second to spare: unpaced, the sixteen go out in a fraction of the three seconds.
+    assert times[-1] - times[0] >= (count - 1) / rate - 1.0, times
 
 
 def test_a_slow_rate_reschedules_instead_of_sleeping(admin, redis, workers, twilio):
@@ -269,3 +270,36 @@ def test_replies_go_out_while_a_campaign_is_sending(admin, redis, start_workers,
     text_in("are you open today?", from_="+14155550999")
     wait_for(lambda: twilio.sent_to("+14155550999"), message="the reply")
     assert campaign(admin, answer["campaign_id"])["status"] == "sending"  # the reply did not wait for the campaign
+
+
+# -- what Twilio's webhooks tell a campaign ---------------------------------------------------------
+
+
+def test_status_callbacks_and_replies_feed_the_counts(admin, redis, workers, twilio, uponai):
+    from tests.conftest import inbound_form, post_signed
+
+    listed = numbers(3)
+    answer = post_campaign(admin, {"numbers": listed, "message": "hi"}).get_json()
+    wait_for(lambda: campaign(admin, answer["campaign_id"])["status"] == "done", message="the campaign to finish")
+    sid_of = {message.to: message.sid for message in twilio.messages}
+
+    def callback(number: str, status: str, error: str = ""):
+        # The fields of Twilio's status callback (twilio-facts.md, "Status callback"), signed as Twilio signs them.
+        form = {"MessageSid": sid_of[number], "MessageStatus": status, "To": number, "From": GATEWAY_NUMBER,
+                "AccountSid": twilio.account_sid, "ErrorCode": error}
+        assert post_signed(admin, "/twilio/status", form).status_code == 200
+
+    for status in ("sent", "delivered", "delivered"):  # Twilio calling back twice counts once
+        callback(listed[0], status)
+    callback(listed[1], "undelivered", "30003")
+    callback(listed[1], "delivered")  # after a final status: not counted again
+    callback(listed[2], "sent")
+    for body in ("yes please", "and tomorrow?"):  # the person answers twice: one reply
+        assert post_signed(admin, "/twilio/sms", inbound_form(body, from_=listed[0])).status_code == 200
+    assert post_signed(admin, "/twilio/sms", inbound_form("hello", from_="+14155550999")).status_code == 200
+    counts = campaign(admin, answer["campaign_id"])["counts"]
+    assert counts == {"queued": 0, "sent": 3, "delivered": 1, "failed": 1, "skipped": 0, "replied": 1}
+    wait_idle(redis)  # the person's answers go to the agent, in the chat the campaign's SMS started
+    chat_id = redis.hget(f"smsgw:conv:{conversation_id(GATEWAY_NUMBER, listed[0])}", "chat_id").decode()
+    assert uponai.chats[chat_id].metadata["campaign_id"] == answer["campaign_id"]
+    assert any(chat == chat_id and "yes please" in text for chat, text in uponai.completion_log)

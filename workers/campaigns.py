@@ -29,7 +29,7 @@ from rq import Queue
 from core.model import conversation_id
 from core.queues import CAMPAIGN_QUEUE_NAME, campaign_batch_job, queue_campaign_batch
 from core.redaction import mask_number
-from core.state.campaigns import CampaignStore
+from core.state.campaigns import CampaignStore, operation_id
 from core.state.pacing import Pacing
 from workers import admin_ops, sms_text
 from workers.errors import CredentialsError, TwilioPermanentError, UponAIPermanentError
@@ -40,20 +40,6 @@ log = logging.getLogger(__name__)
 PACE_HORIZON_SECONDS = 1.0  # the longest a batch job waits for a slot of the rate; beyond, it is rescheduled
 # Refusals of one recipient that are final for it (the operator sees them as ``failed`` or ``skipped``).
 SKIPPED_CODES = {"opted_out": "skipped:opted_out"}
-
-
-def operation_id(campaign_id: str, position: int) -> str:
-    """The outbound start of the recipient at ``position``: one per campaign and number."""
-    return f"campaign-{campaign_id}-{position}"
-
-
-def recipient_of(op_id: str) -> tuple[str, int] | None:
-    """(campaign id, position) of an operation id made by ``operation_id``, else None."""
-    prefix, _, rest = op_id.partition("-")
-    campaign_id, _, position = rest.rpartition("-")
-    if prefix != "campaign" or not campaign_id or not position.isdigit():
-        return None
-    return campaign_id, int(position)
 
 
 def message_cost(message: str | None) -> int:

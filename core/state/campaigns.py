@@ -86,6 +86,25 @@ return status
 """
 
 
+def operation_id(campaign_id: str, position: int) -> str:
+    """The outbound start (``workers.admin_ops``) of the recipient at ``position``: one per campaign and number."""
+    return f"campaign-{campaign_id}-{position}"
+
+
+def recipient_of(op_id: str) -> tuple[str, int] | None:
+    """(campaign id, position) of an operation id made by ``operation_id``, else None."""
+    prefix, _, rest = op_id.partition("-")
+    campaign_id, _, position = rest.rpartition("-")
+    if prefix != "campaign" or not campaign_id or not position.isdigit():
+        return None
+    return campaign_id, int(position)
+
+
+# Twilio's final statuses of a sent message, as a campaign counts them.
+DELIVERED_STATUSES = ("delivered", "read", "partially_delivered")
+FAILED_STATUSES = ("failed", "undelivered")
+
+
 def campaign_key(campaign_id: str) -> str:
     return key("campaign", campaign_id)
 
@@ -194,6 +213,25 @@ class CampaignStore(StateBase):
         """A texted recipient answered; counted once."""
         return self._replied(keys=[campaign_key(campaign_id), key("campaign-outcome", campaign_id),
                                    key("campaign-replied", campaign_id)], args=[number, self.retention_seconds]) == 1
+
+    def note_sms_status(self, twilio_sid: str, status: str) -> bool:
+        """Count a final delivery status of a campaign's opening SMS (its record ``sent:{sid}`` names the outbound
+        start that sent it, see ``core.state.deliveries``); False for any other SMS or status."""
+        status = status.lower()
+        final = "delivered" if status in DELIVERED_STATUSES else "failed" if status in FAILED_STATUSES else None
+        if final is None:
+            return False
+        recipient = recipient_of(text(self.redis.hget(key("sent", twilio_sid), "inbound_sid")) or "")
+        if recipient is None:
+            return False
+        campaign_id, position = recipient
+        number = self.numbers(campaign_id, position, position)
+        return bool(number) and self.note_delivery(campaign_id, number[0], final)
+
+    def note_reply_in(self, cid: str) -> bool:
+        """The person of conversation ``cid`` texted: a reply to the campaign that started it, counted once."""
+        found = self.campaign_of(cid)
+        return found is not None and self.note_reply(*found)
 
     def cancel(self, campaign_id: str) -> str | None:
         """Stop the campaign's sending; returns its status after (None: no such campaign)."""

@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     from cli import admin
 
     admin.add_commands(sub)
+
+    from cli import campaigns
+
+    campaigns.add_commands(sub)
     return parser
 
 

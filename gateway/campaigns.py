@@ -28,7 +28,7 @@ from rq import Queue
 
 from core.model import conversation_id
 from core.phone_numbers import NumberError, read_number
-from core.queues import CAMPAIGN_QUEUE_NAME, campaign_batch_job, queue_campaign_batch
+from core.queues import CAMPAIGN_QUEUE_NAME, campaign_batch_job, kept_seconds, queue_campaign_batch
 from core.state.campaigns import COUNTS, CampaignStore
 from gateway import admin_validation as check
 from gateway.admin import AdminProblem, bp
@@ -276,7 +276,8 @@ def create_campaign():
         for job in jobs:
             queue_campaign_batch(queue, job, at=send_at, pipeline=pipe)
 
-    idempotency = (idem_name, {"fingerprint": fingerprint, "campaign_id": campaign_id}) if idem_name else None
+    idempotency = ((idem_name, {"fingerprint": fingerprint, "campaign_id": campaign_id},
+                    kept_seconds(settings, settings.admin_idempotency_ttl_seconds)) if idem_name else None)
     if not campaigns.create(campaign_id, fields, accepted, variables, ttl_seconds=ttl_seconds,
                             idempotency=idempotency, enqueue=enqueue):
         # Another request with this key stored its campaign meanwhile: that one is the campaign.
@@ -341,19 +342,17 @@ def _variables_of(asked: CampaignRequest, accepted: list[str], region: str | Non
     found: dict[str, str] = {}
     problems = []
     listed = set(accepted)
-    for raw, names in (asked.variables or {}).items():
-        try:
-            number = read_number(raw, region)
-        except NumberError as exc:
-            problems.append({"field": f"variables.{raw[:40]}", "message": str(exc)})
-            continue
-        if number in listed and names:
-            found[number] = _json(names)
+    as_written = {raw for raw in asked.numbers if isinstance(raw, str)}
     known = {read_number_or_none(raw, region) for raw in asked.numbers}
-    for raw in asked.variables or {}:
+    for raw, names in (asked.variables or {}).items():
         number = read_number_or_none(raw, region)
-        if number is not None and number not in known:
+        if number is None:
+            if raw not in as_written:  # the variables of a listed number that is skipped as invalid are left out
+                problems.append({"field": f"variables.{raw[:40]}", "message": "is not one of numbers"})
+        elif number not in known:
             problems.append({"field": f"variables.{raw[:40]}", "message": "is not one of numbers"})
+        elif number in listed and names:
+            found[number] = _json(names)
     return found, problems
 
 

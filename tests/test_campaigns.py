@@ -303,3 +303,62 @@ def test_status_callbacks_and_replies_feed_the_counts(admin, redis, workers, twi
     chat_id = redis.hget(f"smsgw:conv:{conversation_id(GATEWAY_NUMBER, listed[0])}", "chat_id").decode()
     assert uponai.chats[chat_id].metadata["campaign_id"] == answer["campaign_id"]
     assert any(chat == chat_id and "yes please" in text for chat, text in uponai.completion_log)
+
+
+# -- the console --------------------------------------------------------------------------------------
+
+
+def test_console_sends_a_csv_with_a_progress_bar_and_shows_status(env, redis, start_workers, twilio, uponai,
+                                                                  tmp_path):
+    import subprocess
+    import sys
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from tests.conftest import ROOT, free_port
+
+    app = create_app({**env, "ADMIN_API_TOKEN": TOKEN})
+    server = make_server("127.0.0.1", free_port(), app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    start_workers(1, CAMPAIGN_SEND_RATE="20")
+    listed = numbers(4)
+    (tmp_path / "numbers.csv").write_text("number,name\n" + "".join(f"{n},P{i}\n" for i, n in enumerate(listed))
+                                          + "bogus,X\n")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "cli", "campaign", *args, "--url", f"http://127.0.0.1:{server.server_port}"]
+        return subprocess.run(command, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+                                            "ADMIN_API_TOKEN": TOKEN}, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)
+
+    try:
+        sent = cli("send", "numbers.csv", "--message", "See you Monday")
+        assert sent.returncode == 0, sent.stderr
+        assert "4 accepted, 1 skipped" in sent.stdout and "skipped bogus: invalid_number" in sent.stdout
+        assert "[" + "#" * 30 + "] 4/4 done: 4 sent" in sent.stdout, sent.stdout
+        assert texted(twilio) == Counter(listed)
+        names = sorted(chat.dynamic_variables.get("name") for chat in uponai.chats.values())
+        assert names == ["P0", "P1", "P2", "P3"]  # the CSV's other columns: each number's dynamic variables
+        campaign_id = sent.stdout.split()[1].rstrip(":")
+        shown = cli("status", campaign_id)
+        assert shown.returncode == 0 and f"Campaign {campaign_id}: done" in shown.stdout
+        missing = cli("status", "0" * 32)
+        assert missing.returncode == 1 and "campaign_not_found" in missing.stderr
+        (tmp_path / "bad.csv").write_text("nothing,here\nat,all\n")
+        bad = cli("send", "bad.csv", "--message", "x", "--at", "2020-01-01T00:00:00")
+        assert bad.returncode == 1 and "numbers:" in bad.stderr and "send_at:" in bad.stderr, bad.stderr
+    finally:
+        server.shutdown()
+
+
+def test_csv_upload_without_a_header(admin, redis):
+    body = "\n".join(numbers(3)) + "\n+14155550100\n"
+    response = admin.post("/admin/campaigns?message=hi", data=body, headers={**AUTH, "Content-Type": "text/csv"})
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["accepted"] == 3 and response.get_json()["skipped"] == [
+        {"number": "+14155550100", "reason": "duplicate"}]
+    wrong = admin.post("/admin/campaigns?colour=red", data=body, headers={**AUTH, "Content-Type": "text/csv"})
+    assert wrong.status_code == 400 and "colour" in wrong.get_json()["error"]["message"]
+    garbage = admin.post("/admin/campaigns", data=b"\xff\xfe\x00", headers={**AUTH, "Content-Type": "text/csv"})
+    assert garbage.status_code == 400 and garbage.get_json()["error"]["code"] == "invalid_csv"

@@ -131,12 +131,12 @@ class CampaignStore(StateBase):
         return json.loads(raw) if raw is not None else None
 
     def create(self, campaign_id: str, fields: dict[str, str], numbers: list[str], variables: dict[str, str],
-               *, ttl_seconds: int, idempotency: tuple[str, dict[str, Any]] | None,
+               *, ttl_seconds: int, idempotency: tuple[str, dict[str, Any], int] | None,
                enqueue: Callable[[Pipeline], object]) -> bool:
         """Store the campaign, its numbers and its first jobs (``enqueue(pipeline)``) in one transaction.
 
-        With ``idempotency`` (the key's name, its record) the transaction also writes the record, and fails
-        (False, nothing written) if another request wrote it meanwhile.
+        With ``idempotency`` (the key's name, its record, how long it is kept) the transaction also writes the
+        record, and fails (False, nothing written) if another request wrote it meanwhile.
         """
         with self.redis.pipeline() as pipe:
             try:
@@ -146,7 +146,7 @@ class CampaignStore(StateBase):
                         return False
                 pipe.multi()
                 if idempotency is not None:
-                    pipe.set(idempotency[0], json.dumps(idempotency[1]), ex=ttl_seconds)
+                    pipe.set(idempotency[0], json.dumps(idempotency[1]), ex=idempotency[2])
                 name = campaign_key(campaign_id)
                 pipe.hset(name, mapping={**{count: 0 for count in COUNTS}, "queued": len(numbers), **fields})
                 for start in range(0, len(numbers), 1000):

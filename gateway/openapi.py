@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.state.campaigns import COUNTS, MAX_NUMBERS
 from gateway.admin_validation import (
     MAX_IDEMPOTENCY_KEY_CHARS,
     MAX_MESSAGE_CHARS,
@@ -33,9 +34,9 @@ _ERROR_MEANINGS = {
     401: "Missing or wrong bearer token.",
     404: "Not found.",
     405: "Method not allowed.",
-    409: "The number has opted out, or the conversation stayed busy.",
+    409: "The number has opted out, the conversation stayed busy, or the campaign is finished.",
     413: "The body is too large.",
-    415: "The body is not JSON.",
+    415: "The body is not JSON (or, for a campaign, CSV).",
     422: "The Idempotency-Key was used with a different body.",
     500: "An admin job failed unexpectedly (see GET /admin/failed).",
     502: "UponAI or Twilio refused the request.",
@@ -257,6 +258,65 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {"status": {"type": "string", "enum": ["queued"]}, "job_id": {"type": "string"},
                        "queue": {"type": "string"}, "queue_depth": {"type": "integer"}},
     },
+
+    "CampaignRequest": {
+        "type": "object",
+        "required": ["numbers"],
+        "additionalProperties": False,
+        "properties": {
+            "numbers": {"type": "array", "minItems": 1, "maxItems": MAX_NUMBERS, "items": {"type": "string"},
+                        "description": "The people to text, each read like POST /admin/sms's `to`. A number that "
+                                       "cannot be read, a repeat, an opted-out number or one in a live "
+                                       "conversation is skipped with its reason; at least one must be readable."},
+            "message": {"type": "string", "minLength": 1, "maxLength": MAX_MESSAGE_CHARS,
+                        "description": "The first SMS, as written (`opening_message` of each new chat). Leave it "
+                                       "out to have the agent write each opening."},
+            "send_at": {"type": "string", "format": "date-time",
+                        "description": "ISO 8601 with its offset, not in the past; leave it out to send now."},
+            "from": {"type": "string", "description": "Sending number or Messaging Service sid (MG...); default "
+                                                      "TWILIO_FROM_NUMBER. Its pace is CAMPAIGN_SEND_RATE."},
+            "agent_id": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"},
+            "variables": {"type": "object", "description": "Per-number dynamic variables: {number: {name: value}}.",
+                          "additionalProperties": {"type": "object", "maxProperties": MAX_VARIABLES,
+                                                   "additionalProperties": {"type": "string"}}},
+            "include_in_conversation": {"type": "boolean", "default": False,
+                                        "description": "Text numbers in a live conversation too (their chat is "
+                                                       "ended and a new one started)."},
+        },
+    },
+    "CampaignAccepted": {
+        "type": "object",
+        "required": ["campaign_id", "status", "accepted", "skipped"],
+        "properties": {
+            "campaign_id": {"type": "string"},
+            "status": {"type": "string", "enum": ["scheduled", "sending", "done"]},
+            "accepted": {"type": "integer"},
+            "skipped": {"type": "array", "items": {
+                "type": "object", "required": ["number", "reason"],
+                "properties": {"number": {"type": "string"}, "reason": {"type": "string", "enum": [
+                    "invalid_number", "duplicate", "opted_out", "in_conversation"]}}}},
+        },
+    },
+    "Campaign": {
+        "type": "object",
+        "required": ["campaign_id", "status", "accepted", "counts"],
+        "properties": {
+            "campaign_id": {"type": "string"},
+            "status": {"type": "string", "enum": ["scheduled", "sending", "done", "cancelled"]},
+            "from": {"type": "string"},
+            "accepted": {"type": "integer"},
+            "counts": {"type": "object", "required": list(COUNTS),
+                       "properties": {name: {"type": "integer"} for name in COUNTS},
+                       "description": "queued: not texted yet (after a cancel: never will be); sent: accepted by "
+                                      "Twilio; delivered, failed: from status callbacks (failed also counts "
+                                      "refusals); skipped: at the request or at sending time; replied: texted back."},
+            "opening_generated": {"type": "boolean"},
+            "created_at": _nullable("string"), "send_at": _nullable("string"), "finished_at": _nullable("string"),
+            "cancelled_at": _nullable("string"),
+        },
+    },
+    "CampaignList": {"type": "object", "required": ["campaigns"],
+                     "properties": {"campaigns": {"type": "array", "items": _ref("Campaign")}}},
 }
 
 
@@ -270,6 +330,7 @@ _NUMBER = {"name": "number", "in": "path", "required": True, "description": _NUM
 _FROM = {"name": "from", "in": "query", "required": False,
          "description": "The gateway number or Messaging Service sid of the conversation (default: the "
                         "configured sender). Write + as %2B.", "schema": {"type": "string"}}
+_CAMPAIGN_ID = {"name": "campaign_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 _PATHS: dict[str, Any] = {
@@ -385,6 +446,42 @@ _PATHS: dict[str, Any] = {
         "operationId": "requeueFailed",
         "parameters": [_JOB_ID],
         "responses": _responses({"200": _json(_ref("Requeued"), "Back on its queue.")}),
+    }},
+    "/admin/campaigns": {"post": {
+        "summary": "Text a list of people, now or at a time (a campaign)",
+        "description": "Each accepted number's first SMS starts its conversation as POST /admin/sms does, at "
+                       "CAMPAIGN_SEND_RATE per sender. A CSV file (text/csv) may be sent instead of JSON: a number "
+                       "a row, with a header row the other columns are each number's variables, and the other "
+                       "fields as query parameters.",
+        "operationId": "startCampaign",
+        "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                        "description": "A retried request with the same key is one campaign.",
+                        "schema": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY_CHARS,
+                                   "pattern": "^[\\x21-\\x7e]+$"}}],
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": _ref("CampaignRequest"),
+            "example": {"numbers": ["+14155550100", "+14155550101"], "message": "Your visit is tomorrow."}}}},
+        "responses": _responses({"202": _json(_ref("CampaignAccepted"), "Accepted: queued, or scheduled.")},
+                                409, 413, 415, 422),
+    }, "get": {
+        "summary": "The latest campaigns, newest first",
+        "operationId": "listCampaigns",
+        "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+                       {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
+        "responses": _responses({"200": _json(_ref("CampaignList"), "Campaigns with their counts.")}),
+    }},
+    "/admin/campaigns/{campaign_id}": {"get": {
+        "summary": "A campaign's status and counts",
+        "operationId": "showCampaign",
+        "parameters": [_CAMPAIGN_ID],
+        "responses": _responses({"200": _json(_ref("Campaign"), "The campaign.")}),
+    }},
+    "/admin/campaigns/{campaign_id}/cancel": {"post": {
+        "summary": "Stop what a campaign has not sent yet",
+        "description": "A send already in flight may still go out. 409 `campaign_finished` once it is done.",
+        "operationId": "cancelCampaign",
+        "parameters": [_CAMPAIGN_ID],
+        "responses": _responses({"200": _json(_ref("Campaign"), "Cancelled.")}, 409),
     }},
     "/admin/openapi.json": {"get": {
         "summary": "This description", "operationId": "openapi", "security": [],

@@ -34,6 +34,7 @@ from redis.exceptions import WatchError
 
 from core.state.keys import StateBase, key, text, text_hash
 
+MAX_NUMBERS = 10_000  # numbers in one campaign request (the admin API's contract); a longer list is several campaigns
 COUNTS = ("queued", "sent", "delivered", "failed", "skipped", "replied")
 ACTIVE = ("scheduled", "sending")
 CHAIN_ATTEMPTS = 20

@@ -362,3 +362,20 @@ def test_csv_upload_without_a_header(admin, redis):
     assert wrong.status_code == 400 and "colour" in wrong.get_json()["error"]["message"]
     garbage = admin.post("/admin/campaigns", data=b"\xff\xfe\x00", headers={**AUTH, "Content-Type": "text/csv"})
     assert garbage.status_code == 400 and garbage.get_json()["error"]["code"] == "invalid_csv"
+
+
+def test_the_pace_script_hands_out_slots_one_interval_apart(redis):
+    from core.state.pacing import Pacing
+
+    pacing = Pacing(redis)
+    waits = [pacing.reserve("+15005550006", 10, horizon_seconds=0.35) for _ in range(5)]
+    assert [slot.reserved for slot in waits] == [True, True, True, True, False]
+    assert [round(slot.wait_seconds, 1) for slot in waits[:4]] == [0.0, 0.1, 0.2, 0.3]
+    assert 0 < waits[4].wait_seconds <= 0.1  # ask again then: the next slot is within the horizon
+    two_segments = Pacing(redis).reserve("+15005550007", 10, horizon_seconds=1, cost=2)
+    assert Pacing(redis).reserve("+15005550007", 10, horizon_seconds=1).wait_seconds >= 0.19  # it took two slots
+    assert two_segments.reserved
+    # Slots missed while the senders were behind are made up only as far back as catch_up_seconds allows.
+    redis.set("smsgw:pace:+15005550008", str(int(time.time() * 1000) - 60_000))  # a minute behind
+    made_up = [pacing.reserve("+15005550008", 10, horizon_seconds=0, catch_up_seconds=0.5) for _ in range(8)]
+    assert sum(slot.reserved for slot in made_up) in (5, 6)  # half a second's worth at once, not a minute's

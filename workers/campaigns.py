@@ -38,6 +38,8 @@ from workers.services import Services
 log = logging.getLogger(__name__)
 
 PACE_HORIZON_SECONDS = 1.0  # the longest a batch job waits for a slot of the rate; beyond, it is rescheduled
+# Slots the batch jobs missed this recently (a worker stalled) are made up: Twilio queues so short a burst.
+PACE_CATCH_UP_SECONDS = 0.5
 # Refusals of one recipient that are final for it (the operator sees them as ``failed`` or ``skipped``).
 SKIPPED_CODES = {"opted_out": "skipped:opted_out"}
 
@@ -85,7 +87,8 @@ class BatchRun:
             if self.campaigns.status(self.campaign_id) != "sending":  # cancelled meanwhile: nothing more goes
                 return "cancelled"
             slot = self.pacing.reserve(campaign["gateway"], self.settings.campaign_send_rate,
-                                       horizon_seconds=PACE_HORIZON_SECONDS, cost=cost)
+                                       horizon_seconds=PACE_HORIZON_SECONDS, cost=cost,
+                                       catch_up_seconds=PACE_CATCH_UP_SECONDS)
             if not slot.reserved:
                 self._continue_in(slot.wait_seconds)
                 return "rescheduled"

@@ -18,17 +18,18 @@ from dataclasses import dataclass
 from core.state.keys import StateBase, key
 
 # Reserve the next slot of the sender KEYS[1] (interval ARGV[1] ms times cost ARGV[3]) if it is within ARGV[2] ms
-# of now. Returns {1, wait ms} when reserved, {0, ms until a slot is that near} when not.
+# of now. Slots left unused (the senders fell behind) are kept up to ARGV[4] ms back, so a short stall is made up.
+# Returns {1, wait ms} when reserved, {0, ms until a slot is that near} when not.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local interval = tonumber(ARGV[1]) * tonumber(ARGV[3])
 local horizon = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local wait = tat - now
+if tat < now - tonumber(ARGV[4]) then tat = now - tonumber(ARGV[4]) end
+local wait = math.max(0, tat - now)
 if wait > horizon then return {0, wait - horizon} end
-redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', math.ceil(wait + interval) + 1000)
+redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', math.ceil(wait + interval) + 1000 + tonumber(ARGV[4]))
 return {1, wait}
 """
 
@@ -50,9 +51,15 @@ class Pacing(StateBase):
 
     SCRIPTS = {"_reserve": _RESERVE}
 
-    def reserve(self, sender: str, rate_per_second: float, *, horizon_seconds: float, cost: int = 1) -> Slot:
-        """Reserve the sender's next slot at ``rate_per_second`` messages a second, if it is within the horizon."""
+    def reserve(self, sender: str, rate_per_second: float, *, horizon_seconds: float, cost: int = 1,
+                catch_up_seconds: float = 0.0) -> Slot:
+        """Reserve the sender's next slot at ``rate_per_second`` messages a second, if it is within the horizon.
+
+        ``catch_up_seconds``: slots missed this recently (the senders were behind) may still be used, so a short
+        stall is made up; over any period the sender gets at most its rate's slots plus that many seconds' worth.
+        """
         interval_ms = 1000.0 / rate_per_second
         reserved, wait_ms = self._reserve(keys=[pace_key(sender)],
-                                          args=[f"{interval_ms:.3f}", int(horizon_seconds * 1000), max(1, cost)])
+                                          args=[f"{interval_ms:.3f}", int(horizon_seconds * 1000), max(1, cost),
+                                                int(catch_up_seconds * 1000)])
         return Slot(int(reserved) == 1, int(wait_ms) / 1000)

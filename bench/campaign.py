@@ -59,7 +59,7 @@ def sent_times(twilio_port: int) -> list[float]:
     return sorted(arrived for _token, arrived, _to in answer["sent"])
 
 
-def run(count: int, rate: float, parallel: int, batch_size: int, threads: int) -> int:
+def run(count: int, rate: float, parallel: int, batch_size: int, threads: int, worker_count: int) -> int:
     work = Path(tempfile.mkdtemp(prefix="campaign-bench-"))
     redis_port, uponai_port, twilio_port, web_port = (procs.free_port() for _ in range(4))
     settings = {
@@ -76,18 +76,20 @@ def run(count: int, rate: float, parallel: int, batch_size: int, threads: int) -
         started.append(procs.start_redis(work / "redis", redis_port))
         started.append(procs.start_fakes(uponai_port, twilio_port, settings, work / "fakes.log"))
         started.append(procs.start_web(procs.GATEWAY_APP, web_port, settings, work / "web.log"))
-        worker = procs.start_workers(1, settings, work)[0]
-        started.append(worker)
+        workers = procs.start_workers(worker_count, settings, work)
+        started.extend(workers)
+        worker = workers[0]  # whose memory is sampled (each worker process runs the same jobs)
         listed = numbers(count)
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
         session.get(f"http://127.0.0.1:{web_port}/admin/campaigns", timeout=30).raise_for_status()  # warm up
         redis = Redis(port=redis_port)
         procs_deadline = time.monotonic() + 60
-        while Worker.count(connection=redis) < 1 and time.monotonic() < procs_deadline:
-            time.sleep(0.1)  # until the worker has registered: its idle memory is then its own
+        while Worker.count(connection=redis) < worker_count and time.monotonic() < procs_deadline:
+            time.sleep(0.1)  # until the workers have registered: their idle memory is then their own
         idle_rss = family_rss_mb(worker.pid)
-        cpu_before = procs.cpu_seconds([worker.pid], children=True)
+        pids = [process.pid for process in workers]
+        cpu_before = procs.cpu_seconds(pids, children=True)
         begin = time.perf_counter()
         response = session.post(f"http://127.0.0.1:{web_port}/admin/campaigns",
                                 json={"numbers": listed, "message": "Your appointment is tomorrow at 10."}, timeout=60)
@@ -107,10 +109,11 @@ def run(count: int, rate: float, parallel: int, batch_size: int, threads: int) -
                 break
         times = sent_times(twilio_port)
         report(count, rate, answer, web_seconds, idle_rss, samples, times)
-        worker_cpu = procs.cpu_seconds([worker.pid], children=True) - cpu_before
-        print(f"worker CPU: {worker_cpu:.1f} s for {len(times)} sends, {1000 * worker_cpu / max(1, len(times)):.1f} ms "
-              f"each (a rate above about {len(times) / max(worker_cpu, 1e-9):.0f}/s needs more than one core for this "
-              f"process); machine load average {psutil.getloadavg()[0]:.1f} on {psutil.cpu_count()} cores")
+        worker_cpu = procs.cpu_seconds(pids, children=True) - cpu_before
+        print(f"CPU of {worker_count} worker process(es): {worker_cpu:.1f} s for {len(times)} sends, "
+              f"{1000 * worker_cpu / max(1, len(times)):.1f} ms "
+              f"each (a rate above about {len(times) / max(worker_cpu, 1e-9):.0f}/s needs more than one core "
+              f"of workers); machine load average {psutil.getloadavg()[0]:.1f} on {psutil.cpu_count()} cores")
         return 0 if len(times) == answer["accepted"] else 1
     finally:
         procs.stop(started)
@@ -141,8 +144,9 @@ def report(count: int, rate: float, answer: dict, web_seconds: float, idle_rss: 
           f"(interval {1000 / rate:.1f} ms), p99 {1000 * sorted(gaps)[int(0.99 * (len(gaps) - 1))]:.1f} ms")
     rss = [mb for _, _, mb in samples]
     quarter = max(1, len(rss) // 4)
-    print(f"worker RSS (with its scheduler child): {idle_rss:.1f} MB idle before; during the campaign "
-          f"first quarter max {max(rss[:quarter]):.1f} MB, last quarter max {max(rss[-quarter:]):.1f} MB, "
+    print(f"worker RSS (the first worker process, with its scheduler child): {idle_rss:.1f} MB idle before; "
+          f"during the campaign first quarter max {max(rss[:quarter]):.1f} MB, "
+          f"last quarter max {max(rss[-quarter:]):.1f} MB, "
           f"overall {min(rss):.1f}-{max(rss):.1f} MB over {len(rss)} samples")
 
 
@@ -153,8 +157,9 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=8, help="CAMPAIGN_PARALLEL_BATCHES (default 8)")
     parser.add_argument("--batch-size", type=int, default=100, help="CAMPAIGN_BATCH_SIZE (default 100)")
     parser.add_argument("--threads", type=int, default=64, help="WORKER_THREADS (default 64)")
+    parser.add_argument("--workers", type=int, default=1, help="sms-gateway worker processes (default 1)")
     args = parser.parse_args()
-    return run(args.numbers, args.rate, args.parallel, args.batch_size, args.threads)
+    return run(args.numbers, args.rate, args.parallel, args.batch_size, args.threads, args.workers)
 
 
 if __name__ == "__main__":

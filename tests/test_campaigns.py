@@ -379,3 +379,30 @@ def test_the_pace_script_hands_out_slots_one_interval_apart(redis):
     redis.set("smsgw:pace:+15005550008", str(int(time.time() * 1000) - 60_000))  # a minute behind
     made_up = [pacing.reserve("+15005550008", 10, horizon_seconds=0, catch_up_seconds=0.5) for _ in range(8)]
     assert sum(slot.reserved for slot in made_up) in (5, 6)  # half a second's worth at once, not a minute's
+
+
+def test_erasing_a_person_takes_their_number_out_of_campaigns(admin, redis, start_workers, twilio):
+    start_workers(1, CAMPAIGN_SEND_RATE="1", CAMPAIGN_BATCH_SIZE="2", CAMPAIGN_PARALLEL_BATCHES="1")
+    listed = numbers(4)
+    answer = post_campaign(admin, {"numbers": [*listed, listed[0]], "message": "hi",
+                                   "variables": {listed[0]: {"name": "Ann"}}}).get_json()
+    wait_for(lambda: twilio.sent_to(listed[0]), message="the first number texted")
+    response = admin.delete(f"/admin/conversations/{listed[0]}", headers=AUTH)
+    assert response.status_code == 200, response.get_json()
+    held = [key for key in redis.scan_iter(match="smsgw:*")
+            if redis.type(key) in (b"list", b"hash", b"set", b"string") and listed[0].encode() in dump(redis, key)]
+    assert held == []
+    assert listed[0].encode() not in redis.hget(f"smsgw:campaign:{answer['campaign_id']}", "answer")  # its skips
+    wait_for(lambda: campaign(admin, answer["campaign_id"])["status"] == "done", timeout=30, message="the campaign")
+    assert texted(twilio) == Counter(listed)
+
+
+def dump(redis, key) -> bytes:
+    kind = redis.type(key)
+    if kind == b"list":
+        return b" ".join(redis.lrange(key, 0, -1))
+    if kind == b"hash":
+        return b" ".join(k + b"=" + v for k, v in redis.hgetall(key).items())
+    if kind == b"set":
+        return b" ".join(redis.smembers(key))
+    return redis.get(key) or b""

@@ -30,6 +30,7 @@ from core.model import InboundMessage, conversation_id
 from core.queues import ADMIN_QUEUE_NAME, LOCK_WAIT_SECONDS, QUEUE_NAME
 from core.redaction import mask_number
 from core.state import ConversationStore
+from core.state.campaigns import CampaignStore
 from workers import flow, sms_text
 from workers.chats import complete_once, end_chat
 from workers.delivery import send_part
@@ -258,9 +259,13 @@ def erase_conversation(services: Services, cid: str, token: str) -> dict[str, An
     """
     store = services.store
     with conversation_lock(services, cid, ADMIN_TOKEN_PREFIX + token):
-        chat_id = store.conversation(cid).get("chat_id")
+        state = store.conversation(cid)
+        chat_id = state.get("chat_id")
         end_chat(services, cid, chat_id)
         keys = store.erase(cid)
+        if state.get("person"):  # the campaigns that listed the number (core.state.campaigns)
+            CampaignStore(store.redis, retention_seconds=services.settings.data_retention_seconds).forget_number(
+                state["person"], cid)
         jobs = _erase_jobs(store, cid)
     if not (keys or jobs or chat_id):
         raise AdminError(404, "conversation_not_found", "Nothing of this conversation is stored.")

@@ -29,7 +29,7 @@ from rq import Queue
 from core.model import conversation_id
 from core.queues import CAMPAIGN_QUEUE_NAME, campaign_batch_job, queue_campaign_batch
 from core.redaction import mask_number
-from core.state.campaigns import CampaignStore, operation_id
+from core.state.campaigns import ERASED, CampaignStore, operation_id
 from core.state.pacing import Pacing
 from workers import admin_ops, sms_text
 from workers.errors import CredentialsError, TwilioPermanentError, UponAIPermanentError
@@ -82,8 +82,8 @@ class BatchRun:
         outcomes = self.campaigns.outcomes(self.campaign_id, numbers)
         cost = message_cost(campaign.get("message") or None)
         for offset, (number, outcome) in enumerate(zip(numbers, outcomes, strict=True)):
-            if outcome is not None:
-                continue  # settled by an earlier run
+            if outcome is not None or number.startswith(ERASED):
+                continue  # settled by an earlier run (or erased)
             if self.campaigns.status(self.campaign_id) != "sending":  # cancelled meanwhile: nothing more goes
                 return "cancelled"
             slot = self.pacing.reserve(campaign["gateway"], self.settings.campaign_send_rate,

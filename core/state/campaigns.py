@@ -38,6 +38,7 @@ MAX_NUMBERS = 10_000  # numbers in one campaign request (the admin API's contrac
 COUNTS = ("queued", "sent", "delivered", "failed", "skipped", "replied")
 ACTIVE = ("scheduled", "sending")
 CHAIN_ATTEMPTS = 20
+ERASED = "erased:"  # what stands in an erased number's place (its position follows)
 
 # Settle a queued recipient ARGV[1] (KEYS[2]: outcomes) as ARGV[2] (KEYS[1]: the campaign), counting it under
 # ARGV[3]; the campaign is done when nothing is left queued. Returns 1 if it was queued (counted now), else 0.
@@ -69,6 +70,42 @@ if outcome ~= 'sent' and outcome ~= 'delivered' and outcome ~= 'failed' then ret
 if redis.call('SADD', KEYS[3], ARGV[1]) == 0 then return 0 end
 redis.call('EXPIRE', KEYS[3], ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'replied', 1)
+return 1
+"""
+
+# Erase number ARGV[1] from one campaign (KEYS[1]: its hash, KEYS[2]: numbers, KEYS[3]: outcomes, KEYS[4]: variables,
+# KEYS[5]: replied): its place in the list keeps a placeholder (ARGV[2] .. its position: the other numbers' places, and
+# so their operation ids, stay), a number still queued is counted skipped, and the stored answer's skipped list
+# loses it. Returns 1 if the campaign held it.
+_FORGET = """
+local pos = redis.call('LPOS', KEYS[2], ARGV[1])
+local answer = redis.call('HGET', KEYS[1], 'answer')
+local held = 0
+if answer then
+  local decoded = cjson.decode(answer)
+  for _, row in ipairs(decoded['skipped'] or {}) do
+    if row['number'] == ARGV[1] then row['number'] = ARGV[2] held = 1 end
+  end
+  if held == 1 then redis.call('HSET', KEYS[1], 'answer', cjson.encode(decoded)) end
+end
+if not pos then return held end
+local placeholder = ARGV[2] .. pos
+redis.call('LSET', KEYS[2], pos, placeholder)
+local outcome = redis.call('HGET', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('SREM', KEYS[5], ARGV[1])
+if outcome then
+  redis.call('HSET', KEYS[3], placeholder, outcome)
+else
+  redis.call('HSET', KEYS[3], placeholder, 'skipped:erased')
+  local queued = redis.call('HINCRBY', KEYS[1], 'queued', -1)
+  redis.call('HINCRBY', KEYS[1], 'skipped', 1)
+  local status = redis.call('HGET', KEYS[1], 'status')
+  if queued <= 0 and (status == 'sending' or status == 'scheduled') then
+    redis.call('HSET', KEYS[1], 'status', 'done', 'finished_at', ARGV[3])
+  end
+end
 return 1
 """
 
@@ -118,8 +155,8 @@ def reply_key(cid: str) -> str:
 class CampaignStore(StateBase):
     """Campaign state; built over the same connection as the conversation store."""
 
-    SCRIPTS = {"_settle": _SETTLE, "_delivery": _DELIVERY, "_replied": _REPLIED, "_start_sending": _START_SENDING,
-               "_cancel": _CANCEL}
+    SCRIPTS = {"_forget": _FORGET, "_settle": _SETTLE, "_delivery": _DELIVERY, "_replied": _REPLIED,
+               "_start_sending": _START_SENDING, "_cancel": _CANCEL}
 
     # -- creation -----------------------------------------------------------------------------------
 
@@ -249,6 +286,19 @@ class CampaignStore(StateBase):
             return None
         campaign_id, _, number = found.partition(" ")
         return campaign_id, number
+
+    def forget_number(self, number: str, cid: str) -> int:
+        """Erase a person's number from every kept campaign (``workers.admin_ops.erase_conversation``); returns how
+        many held it. A number not texted yet never will be (counted skipped)."""
+        self.redis.delete(reply_key(cid))
+        held = 0
+        for found in self.redis.zrange(key("campaigns"), 0, -1):
+            campaign_id = text(found)
+            held += int(self._forget(keys=[campaign_key(campaign_id), key("campaign-numbers", campaign_id),
+                                           key("campaign-outcome", campaign_id), key("campaign-vars", campaign_id),
+                                           key("campaign-replied", campaign_id)],
+                                     args=[number, ERASED, f"{time.time():.3f}"]))
+        return held
 
     def chain_once(self, campaign_id: str, batch: int, enqueue: Callable[[Pipeline], object]) -> bool:
         """Queue the successor of ``batch`` (``enqueue(pipeline)``) unless it was queued before; True if now."""

@@ -4,7 +4,7 @@ campaign, and how close the sends keep to CAMPAIGN_SEND_RATE.
 Starts its own redis-server, the lean fakes (``bench/fakes.py``: the fake Twilio records each SMS's arrival time),
 the Procfile's web line (gunicorn) and one ``sms-gateway worker``; posts the numbers to ``POST /admin/campaigns``;
 samples the worker's RSS (its scheduler child included) every second until every number is texted; prints the
-figures. Traffic stays on 127.0.0.1; every process is stopped at the end.
+figures. Traffic stays on 127.0.0.1; every process is stopped at the end; logs go to bench/results/campaign/.
 
     .venv/bin/python bench/campaign.py                      # 10,000 numbers at 200/s, about a minute
     .venv/bin/python bench/campaign.py --numbers 2000 --rate 50
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +27,8 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import procs  # noqa: E402
+
+RESULTS = procs.ROOT / "bench" / "results" / "campaign"
 
 ACCOUNT_SID = "AC" + "b" * 32
 AUTH_TOKEN = "bec4" * 8
@@ -60,7 +61,8 @@ def sent_times(twilio_port: int) -> list[float]:
 
 
 def run(count: int, rate: float, parallel: int, batch_size: int, threads: int, worker_count: int) -> int:
-    work = Path(tempfile.mkdtemp(prefix="campaign-bench-"))
+    work = RESULTS / time.strftime("%Y%m%d-%H%M%S")  # its processes' logs and Redis's files
+    work.mkdir(parents=True, exist_ok=True)
     redis_port, uponai_port, twilio_port, web_port = (procs.free_port() for _ in range(4))
     settings = {
         "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",

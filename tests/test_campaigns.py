@@ -406,3 +406,17 @@ def dump(redis, key) -> bytes:
     if kind == b"set":
         return b" ".join(redis.smembers(key))
     return redis.get(key) or b""
+
+
+def test_a_list_of_only_opted_out_numbers_is_a_finished_campaign_with_nothing_queued(admin, redis):
+    store = ConversationStore(redis)
+    listed = numbers(2)
+    for number in listed:
+        store.set_opted_out(conversation_id(GATEWAY_NUMBER, number), True)
+    response = post_campaign(admin, {"numbers": listed, "message": "hi"})
+    assert response.status_code == 202
+    answer = response.get_json()
+    assert answer["accepted"] == 0 and answer["status"] == "done"
+    assert [row["reason"] for row in answer["skipped"]] == ["opted_out", "opted_out"]
+    assert Queue(CAMPAIGN_QUEUE_NAME, connection=redis).count == 0
+    assert campaign(admin, answer["campaign_id"])["counts"]["skipped"] == 2

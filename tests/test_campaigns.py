@@ -420,3 +420,21 @@ def test_a_list_of_only_opted_out_numbers_is_a_finished_campaign_with_nothing_qu
     assert [row["reason"] for row in answer["skipped"]] == ["opted_out", "opted_out"]
     assert Queue(CAMPAIGN_QUEUE_NAME, connection=redis).count == 0
     assert campaign(admin, answer["campaign_id"])["counts"]["skipped"] == 2
+
+
+def test_replies_take_their_slots_of_a_campaigns_pace(admin, redis, start_workers, twilio, text_in):
+    rate, count = 4.0, 8
+    start_workers(1, CAMPAIGN_SEND_RATE=str(rate), CAMPAIGN_PARALLEL_BATCHES="1")
+    listed = numbers(count)
+    answer = post_campaign(admin, {"numbers": listed, "message": "hi"}).get_json()
+    wait_for(lambda: twilio.messages, message="the campaign to start")
+    talkers = numbers(count, start=700)
+    for number in talkers:  # people talking to the agent meanwhile, on the campaign's sender
+        text_in("are you open?", from_=number)
+    wait_for(lambda: campaign(admin, answer["campaign_id"])["status"] == "done", timeout=30, message="the campaign")
+    wait_idle(redis)
+    assert all(twilio.sent_to(number) for number in talkers)
+    times = send_times(twilio, [*listed, *talkers])
+    # The replies went out at once, and the campaign made room for them: the sender's sixteen SMS together kept to
+    # the rate (unshared, the campaign's eight would end (8 - 1) / 4 s after the first, replies or not).
+    assert times[-1] - times[0] >= (2 * count - 1) / rate - 1.0, times

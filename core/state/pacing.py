@@ -17,6 +17,19 @@ from dataclasses import dataclass
 
 from core.state.keys import StateBase, key
 
+# Take the next slots of the sender KEYS[1] (interval ARGV[1] ms times cost ARGV[2]) whenever they are: a send that
+# went out without waiting (a reply). Only a sender that is being paced (its key exists: a campaign) is moved.
+_TAKE = """
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if not tat then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1]) * tonumber(ARGV[2])
+if tat < now then tat = now end
+redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', math.ceil(tat + interval - now) + 1000)
+return 1
+"""
+
 # Reserve the next slot of the sender KEYS[1] (interval ARGV[1] ms times cost ARGV[3]) if it is within ARGV[2] ms
 # of now. Slots left unused (the senders fell behind) are kept up to ARGV[4] ms back, so a short stall is made up.
 # Returns {1, wait ms} when reserved, {0, ms until a slot is that near} when not.
@@ -49,7 +62,7 @@ def pace_key(sender: str) -> str:
 class Pacing(StateBase):
     """Slots of each sender's sending rate."""
 
-    SCRIPTS = {"_reserve": _RESERVE}
+    SCRIPTS = {"_reserve": _RESERVE, "_take": _TAKE}
 
     def reserve(self, sender: str, rate_per_second: float, *, horizon_seconds: float, cost: int = 1,
                 catch_up_seconds: float = 0.0) -> Slot:
@@ -63,3 +76,7 @@ class Pacing(StateBase):
                                           args=[f"{interval_ms:.3f}", int(horizon_seconds * 1000), max(1, cost),
                                                 int(catch_up_seconds * 1000)])
         return Slot(int(reserved) == 1, int(wait_ms) / 1000)
+
+    def take(self, sender: str, rate_per_second: float, *, cost: int = 1) -> None:
+        """Count a send that went out without a slot (a reply) against a sender that is being paced."""
+        self._take(keys=[pace_key(sender)], args=[f"{1000.0 / rate_per_second:.3f}", max(1, cost)])

@@ -438,3 +438,26 @@ def test_replies_take_their_slots_of_a_campaigns_pace(admin, redis, start_worker
     # The replies went out at once, and the campaign made room for them: the sender's sixteen SMS together kept to
     # the rate (unshared, the campaign's eight would end (8 - 1) / 4 s after the first, replies or not).
     assert times[-1] - times[0] >= (2 * count - 1) / rate - 1.0, times
+
+
+def test_concurrent_retries_with_one_key_make_one_campaign(admin_env, redis):
+    import threading
+
+    app = create_app(admin_env)
+    answers, barrier = [], threading.Barrier(8)
+
+    def post() -> None:
+        client = app.test_client()
+        barrier.wait()
+        answers.append(post_campaign(client, {"numbers": numbers(300), "message": "hi"},
+                                     **{"Idempotency-Key": "race"}))
+
+    threads = [threading.Thread(target=post) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert [response.status_code for response in answers] == [202] * 8, [r.get_json() for r in answers]
+    assert len({response.get_json()["campaign_id"] for response in answers}) == 1
+    assert redis.zcard("smsgw:campaigns") == 1
+    assert Queue(CAMPAIGN_QUEUE_NAME, connection=redis).count == 2  # the one campaign's first two batch jobs

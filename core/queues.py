@@ -144,13 +144,18 @@ CAMPAIGN_RETRY_INTERVALS_SECONDS = (0, 10, 30, 60, 120, 300)
 CAMPAIGN_RESULT_TTL_SECONDS = 3600
 
 
+def campaign_job_prefix(campaign_id: str) -> str:
+    """What the ids of a campaign's batch jobs start with (``campaign-{id}-{batch}-{run}``)."""
+    return f"campaign-{campaign_id}-"
+
+
 def campaign_batch_job(queue: Queue, settings, campaign_id: str, batch: int, *, run: int = 0) -> Job:
     """The (not yet queued) job that texts batch ``batch`` of the campaign (its ``run``-th job, after reschedules).
 
     Its arguments are ids only: the numbers stay in Redis (``core.state.campaigns``).
     """
     return queue.create_job(CAMPAIGN_BATCH_JOB, args=(campaign_id, batch, run),
-                            job_id=f"campaign-{campaign_id}-{batch}-{run}",
+                            job_id=f"{campaign_job_prefix(campaign_id)}{batch}-{run}",
                             description=f"campaign {campaign_id} batch {batch}",
                             timeout=admin_job_timeout_seconds(settings) * settings.campaign_batch_size,
                             result_ttl=CAMPAIGN_RESULT_TTL_SECONDS,

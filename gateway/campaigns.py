@@ -28,7 +28,13 @@ from rq import Queue
 
 from core.model import conversation_id
 from core.phone_numbers import NumberError, read_number
-from core.queues import CAMPAIGN_QUEUE_NAME, campaign_batch_job, kept_seconds, queue_campaign_batch
+from core.queues import (
+    CAMPAIGN_QUEUE_NAME,
+    campaign_batch_job,
+    campaign_job_prefix,
+    kept_seconds,
+    queue_campaign_batch,
+)
 from core.state.campaigns import COUNTS, MAX_NUMBERS, CampaignStore
 from gateway import admin_validation as check
 from gateway.admin import AdminProblem, bp
@@ -420,5 +426,19 @@ def cancel_campaign(campaign_id: str):
         raise AdminProblem(404, "campaign_not_found", "No campaign with this id is known.")
     if status != "cancelled":
         raise AdminProblem(409, "campaign_finished", f"The campaign is {status}; nothing is left to stop.")
-    log.info("admin campaign=%s cancelled", campaign_id)
+    dropped = _drop_scheduled_jobs(campaign_id)
+    log.info("admin campaign=%s cancelled (scheduled jobs dropped: %d)", campaign_id, dropped)
     return jsonify(campaign_view(campaign_id, campaigns.campaign(campaign_id)))
+
+
+def _drop_scheduled_jobs(campaign_id: str) -> int:
+    """Take the campaign's batch jobs waiting in RQ's scheduler away (they would only find it cancelled), so that
+    rq info and rq-dashboard stop showing them; returns how many."""
+    queue = Queue(CAMPAIGN_QUEUE_NAME, connection=web_context().redis)
+    registry = queue.scheduled_job_registry
+    dropped = 0
+    for job_id in registry.get_job_ids():
+        if job_id.startswith(campaign_job_prefix(campaign_id)):
+            registry.remove(job_id, delete_job=True)
+            dropped += 1
+    return dropped

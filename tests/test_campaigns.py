@@ -461,3 +461,14 @@ def test_concurrent_retries_with_one_key_make_one_campaign(admin_env, redis):
     assert len({response.get_json()["campaign_id"] for response in answers}) == 1
     assert redis.zcard("smsgw:campaigns") == 1
     assert Queue(CAMPAIGN_QUEUE_NAME, connection=redis).count == 2  # the one campaign's first two batch jobs
+
+
+def test_cancelling_a_scheduled_campaign_drops_its_jobs_from_rqs_scheduler(admin, redis, twilio):
+    at = datetime.now(UTC) + timedelta(hours=1)
+    answer = post_campaign(admin, {"numbers": numbers(250), "message": "hi", "send_at": at.isoformat()}).get_json()
+    registry = Queue(CAMPAIGN_QUEUE_NAME, connection=redis).scheduled_job_registry
+    assert registry.count == 2
+    response = admin.post(f"/admin/campaigns/{answer['campaign_id']}/cancel", headers=AUTH)
+    assert response.status_code == 200 and response.get_json()["status"] == "cancelled"
+    assert registry.count == 0
+    assert not list(redis.scan_iter(match=f"rq:job:campaign-{answer['campaign_id']}-*"))

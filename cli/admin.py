@@ -42,14 +42,21 @@ def _admin_token() -> str | None:
     return read_environment().get("ADMIN_API_TOKEN", "").strip() or None
 
 
+def call_admin_api(args: argparse.Namespace, method: str, path: str, *, body: Any = None, params: dict | None = None,
+                   headers: dict[str, str] | None = None, data: bytes | None = None) -> tuple[int, Any]:
+    """Call the admin API (``--url``, ``--timeout``); returns (HTTP status, the JSON answer). ``data``: a raw body
+    (give its Content-Type in ``headers``) instead of ``body`` as JSON. Raises CommandError."""
+    return _call(args, method, path, body=body, params=params, headers=headers, data=data)
+
+
 def _call(args: argparse.Namespace, method: str, path: str, *, body: Any = None, params: dict | None = None,
-          headers: dict[str, str] | None = None) -> tuple[int, Any]:
+          headers: dict[str, str] | None = None, data: bytes | None = None) -> tuple[int, Any]:
     token = _admin_token()
     if not token:
         raise CommandError("ADMIN_API_TOKEN is not set (the environment or .env)")
     base_url = _base_url(args)
     try:
-        response = requests.request(method, base_url + path, json=body, params=params,
+        response = requests.request(method, base_url + path, json=body, data=data, params=params,
                                     headers={"Authorization": f"Bearer {token}", **(headers or {})},
                                     timeout=(CONNECT_TIMEOUT_SECONDS, args.timeout))
     except requests.RequestException as exc:

@@ -25,7 +25,7 @@ def _configure_logging(level: str = "INFO") -> None:
 def run_worker(args: argparse.Namespace) -> int:
     """Run an RQ worker (with the scheduler) on the gateway's queue."""
     from core import metrics
-    from core.queues import ADMIN_QUEUE_NAME, QUEUE_NAME
+    from core.queues import WORKER_QUEUE_NAMES
     from core.redis import connect_redis
     from gateway.observability import configure_logging
     from workers import jobs, worker
@@ -46,7 +46,7 @@ def run_worker(args: argparse.Namespace) -> int:
     logging.getLogger("rq.worker").addFilter(RedisOutageLines(redis_address(redis)))
     jobs.install_services(jobs.build_services(settings, redis))
     try:
-        worker.run(redis, [ADMIN_QUEUE_NAME, QUEUE_NAME], threads=settings.worker_threads,
+        worker.run(redis, list(WORKER_QUEUE_NAMES), threads=settings.worker_threads,
                    events_threads=settings.events_worker_threads, burst=args.burst, max_jobs=args.max_jobs,
                    logging_level=args.log_level)
     except KeyboardInterrupt:  # Ctrl-C before RQ's own handler is in place (e.g. while waiting for Redis)
@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     from cli import admin
 
     admin.add_commands(sub)
+
+    from cli import campaigns
+
+    campaigns.add_commands(sub)
     return parser
 
 

@@ -404,6 +404,9 @@ class Settings:
         "EVENTS_RETRY_INTERVALS_SECONDS", _whole_seconds_list, (5, 30, 120, 600, 1800))
     events_timeout_seconds: float = _setting("EVENTS_TIMEOUT_SECONDS", _positive_float, 10.0)
     events_worker_threads: int = _setting("EVENTS_WORKER_THREADS", _positive_int, 2)
+    campaign_send_rate: float = _setting("CAMPAIGN_SEND_RATE", _positive_float, 1.0)
+    campaign_batch_size: int = _setting("CAMPAIGN_BATCH_SIZE", _positive_int, 100)
+    campaign_parallel_batches: int = _setting("CAMPAIGN_PARALLEL_BATCHES", _positive_int, 2)
 
     def agent_for(self, gateway_number: str) -> str:
         """The agent that answers texts to ``gateway_number``."""

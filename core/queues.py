@@ -20,11 +20,14 @@ ADMIN_QUEUE_NAME = "sms-admin"  # workers take it before any drain job
 # Operator events (core.events): served by an RQ worker of their own in each worker process, with
 # EVENTS_WORKER_THREADS job threads, so that a slow events receiver never takes a thread that answers people.
 EVENTS_QUEUE_NAME = "sms-events"
+CAMPAIGN_QUEUE_NAME = "sms-campaigns"  # workers take it last: a campaign never delays a reply
+WORKER_QUEUE_NAMES = (ADMIN_QUEUE_NAME, QUEUE_NAME, CAMPAIGN_QUEUE_NAME)  # what a worker listens to, in order
 
 DRAIN_JOB = "workers.jobs.drain"
 CLOSE_IDLE_JOB = "workers.jobs.close_idle"
 START_OUTBOUND_JOB = "workers.admin_ops.start_outbound_job"
 OPERATOR_MESSAGE_JOB = "workers.admin_ops.operator_message_job"
+CAMPAIGN_BATCH_JOB = "workers.campaigns.send_batch_job"
 
 # How long a failed job stays in RQ's failed-job registry (never past DATA_RETENTION_DAYS: see kept_seconds).
 # A failed drain or idle check holds a person's texts nobody has answered: an operator may notice it late
@@ -134,6 +137,42 @@ def _operation_job(queue: Queue, settings, func: str, op_id: str, job_id: str, r
                             result_ttl=kept_seconds(settings, ADMIN_RESULT_TTL_SECONDS),
                             failure_ttl=kept_seconds(settings, ADMIN_FAILURE_TTL_SECONDS),
                             meta={"conversation_id": cid})
+
+
+# -- campaign jobs --------------------------------------------------------------------------------
+
+# A batch job abandoned by a killed worker (or raising: Twilio or UponAI unavailable) runs again after these waits;
+# the first at once, as a drain's. Its recipients already texted are not texted again (``workers.campaigns``).
+CAMPAIGN_RETRY_INTERVALS_SECONDS = (0, 10, 30, 60, 120, 300)
+CAMPAIGN_RESULT_TTL_SECONDS = 3600
+
+
+def campaign_job_prefix(campaign_id: str) -> str:
+    """What the ids of a campaign's batch jobs start with (``campaign-{id}-{batch}-{run}``)."""
+    return f"campaign-{campaign_id}-"
+
+
+def campaign_batch_job(queue: Queue, settings, campaign_id: str, batch: int, *, run: int = 0) -> Job:
+    """The (not yet queued) job that texts batch ``batch`` of the campaign (its ``run``-th job, after reschedules).
+
+    Its arguments are ids only: the numbers stay in Redis (``core.state.campaigns``).
+    """
+    return queue.create_job(CAMPAIGN_BATCH_JOB, args=(campaign_id, batch, run),
+                            job_id=f"{campaign_job_prefix(campaign_id)}{batch}-{run}",
+                            description=f"campaign {campaign_id} batch {batch}",
+                            timeout=admin_job_timeout_seconds(settings) * settings.campaign_batch_size,
+                            result_ttl=CAMPAIGN_RESULT_TTL_SECONDS,
+                            failure_ttl=kept_seconds(settings, ADMIN_FAILURE_TTL_SECONDS),
+                            retry=Retry(max=len(CAMPAIGN_RETRY_INTERVALS_SECONDS),
+                                        interval=list(CAMPAIGN_RETRY_INTERVALS_SECONDS)))
+
+
+def queue_campaign_batch(queue: Queue, job: Job, *, at: datetime | None, pipeline: Pipeline) -> None:
+    """Queue a campaign batch job now, or at ``at`` through RQ's scheduler, on ``pipeline`` (the caller executes)."""
+    if at is None or at <= datetime.now(UTC):
+        queue.enqueue_job(job, pipeline=pipeline)
+    else:
+        queue.schedule_job(job, at, pipeline=pipeline)
 
 
 # -- workers --------------------------------------------------------------------------------------

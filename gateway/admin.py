@@ -25,7 +25,15 @@ from werkzeug.routing import PathConverter
 
 from core.events import emit_event
 from core.model import conversation_id
-from core.queues import ADMIN_QUEUE_NAME, CLOSE_IDLE_JOB, DRAIN_JOB, EVENTS_QUEUE_NAME, QUEUE_NAME, enqueue_drain
+from core.queues import (
+    ADMIN_QUEUE_NAME,
+    CAMPAIGN_QUEUE_NAME,
+    CLOSE_IDLE_JOB,
+    DRAIN_JOB,
+    EVENTS_QUEUE_NAME,
+    QUEUE_NAME,
+    enqueue_drain,
+)
 from core.redaction import mask_number
 from core.state.keys import CHANNEL_ADDRESS, bare_address
 from gateway import admin_validation as check
@@ -46,7 +54,7 @@ from gateway.responses import error_response
 log = logging.getLogger(__name__)
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
-GATEWAY_QUEUES = (QUEUE_NAME, ADMIN_QUEUE_NAME, EVENTS_QUEUE_NAME)
+GATEWAY_QUEUES = (QUEUE_NAME, ADMIN_QUEUE_NAME, EVENTS_QUEUE_NAME, CAMPAIGN_QUEUE_NAME)
 PER_CONVERSATION_JOBS = (DRAIN_JOB, CLOSE_IDLE_JOB)
 TIME_FIELDS = ("chat_started_at", "last_activity_at", "last_inbound_at", "last_outbound_at", "opted_out_at",
                "last_empty_turn_at")
@@ -67,14 +75,15 @@ class AdminProblem(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
 
-def init_app(app: Flask) -> None:
-    """Turn the admin API on when ADMIN_API_TOKEN is set."""
+def init_app(app: Flask, extra_operations: tuple = ()) -> None:
+    """Turn the admin API on when ADMIN_API_TOKEN is set (``extra_operations``: more routes' descriptions, for
+    the OpenAPI document: gateway.openapi.Operation)."""
     web = app.extensions["sms_gateway"]
     if not web.settings.admin_api_token:
         return
     app.extensions["sms_gateway_admin"] = AdminJobs(web.settings, web.redis, web.store)
     # Generated from the models (tens of ms): once per app, not per request of a route anyone may call.
-    app.extensions["sms_gateway_admin_openapi"] = admin_openapi()
+    app.extensions["sms_gateway_admin_openapi"] = admin_openapi(extra=extra_operations)
     app.url_map.converters["anytext"] = AnyTextConverter
     app.register_blueprint(bp)
 

@@ -16,6 +16,7 @@ from core.queues import QUEUE_NAME
 from core.redis import connect_redis
 from core.state import ConversationStore
 from gateway import admin, health, observability, twilio_webhooks
+from gateway import campaigns as campaign_routes  # (its routes join the admin blueprint on import)
 from gateway.context import WebContext
 from gateway.responses import error_response
 from gateway.signatures import validator_for
@@ -50,7 +51,7 @@ def create_app(test_config: Settings | Mapping[str, str] | None = None) -> Flask
 
     app.register_blueprint(twilio_webhooks.bp)
     app.register_blueprint(health.bp)
-    admin.init_app(app)
+    admin.init_app(app, extra_operations=campaign_routes.OPERATIONS)
     observability.init_app(app)
     if settings.trusted_proxy_hops:
         # Behind that many proxies, trust their X-Forwarded-* headers for the client, scheme and host.

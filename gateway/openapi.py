@@ -177,7 +177,9 @@ class ConversationEnded(BaseModel):
 class ConversationErased(BaseModel):
     status: Literal["erased"]
     conversation_id: str
+    conversation_ids: list[str] = Field(description="Every conversation erased (a bare number: on every channel).")
     ended_chat_id: str | None
+    ended_chat_ids: list[str]
     keys_deleted: int
     jobs_deleted: int
 
@@ -260,9 +262,9 @@ ERROR_MEANINGS = {
     401: "Missing or wrong bearer token.",
     404: "Not found.",
     405: "Method not allowed.",
-    409: "The number has opted out, or the conversation stayed busy.",
+    409: "The number has opted out, the conversation stayed busy, or the campaign is finished.",
     413: "The body is too large.",
-    415: "The body is not JSON.",
+    415: "The body is not JSON (or, for a campaign, CSV).",
     422: "The Idempotency-Key was used with a different body.",
     500: "An admin job failed unexpectedly (see GET /admin/failed).",
     502: "UponAI or Twilio refused the request.",
@@ -295,8 +297,11 @@ ADMIN_OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "delete", "/admin/conversations/{number}", "eraseConversation",
         "Erase a person: end the chat at UponAI, delete every record holding the number or words",
-        description="Takes the conversation's lock (a running turn finishes first). An opt-out (STOP) is kept "
-                    "under the conversation id, without the number. 404 when nothing is stored (a repeat).",
+        description="A bare number erases the person on every channel (and gateway number, unless `from` names "
+                    "one); `whatsapp:+1...` that conversation alone. No new turn starts once it is asked; the "
+                    "running one ends its step, waiting texts are dropped. Every RQ job naming the person goes, "
+                    "and no event about them is posted after. An opt-out (STOP) is kept under the conversation "
+                    "id, without the number. 404 when nothing is stored (a repeat).",
         **_CONVERSATION, answers={200: Answer("Erased.", (ConversationErased,)), 202: _STILL_RUNNING}, errors=WAITS),
     Operation(
         "post", "/admin/conversations/{number}/end", "endConversation", "End the conversation's chat now",

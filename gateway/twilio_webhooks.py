@@ -17,6 +17,7 @@ from core.queues import enqueue_drain
 from core.redaction import mask_number
 from core.state import NotReplicated
 from gateway import twilio_fields as fields
+from gateway.campaigns import note_campaign_reply, note_campaign_status
 from gateway.context import web_context
 from gateway.responses import plain_text
 from gateway.signatures import is_signed_by_twilio
@@ -173,6 +174,8 @@ def inbound_sms():
                  message.sid, mask_number(message.from_), message.conversation_id, reason)
         return _twiml()
     metrics().count_inbound(outcome, message.num_media)
+    if outcome == "new":
+        note_campaign_reply(message.conversation_id)
     log.info("inbound message=%s from=%s conversation=%s %s media=%d", message.sid, mask_number(message.from_),
              message.conversation_id, outcome, message.num_media)
     return _twiml()
@@ -208,6 +211,8 @@ def status_callback():
                        event_id=f"conversation.opted_out:{sid}", conversation_id=cid,
                        number=web.store.conversation(cid).get("person") or form.get("To"), message_sid=sid)
             log.info("status message=%s conversation=%s opted out (error 21610)", sid, cid)
+        if cid:
+            note_campaign_status(sid, status)
         if cid and status.lower() in FAILED_DELIVERY_STATUSES:  # once per sid, however often Twilio calls back
             emit_delivery_failed(web.store, web.settings, cid, event_id=f"delivery.failed:{sid}", status=status.lower(),
                                  error_code=error_code, message_sid=sid, number=form.get("To"))

@@ -22,7 +22,7 @@ from rq import Queue
 from rq.scheduler import RQScheduler
 from twilio.request_validator import RequestValidator
 
-from core.queues import ADMIN_QUEUE_NAME, EVENTS_QUEUE_NAME, QUEUE_NAME
+from core.queues import EVENTS_QUEUE_NAME, QUEUE_NAME, WORKER_QUEUE_NAMES
 from gateway import create_app
 from sandbox.launcher import redis_server_binary
 from sandbox.twilio_sim import TwilioSimulator
@@ -380,7 +380,7 @@ class InProcessWorkers:
         self.redis = Redis.from_url(self.settings.redis_url)
         jobs.install_services(jobs.build_services(self.settings, self.redis))
         self.stop_event = threading.Event()
-        queue_names = [ADMIN_QUEUE_NAME, QUEUE_NAME]
+        queue_names = list(WORKER_QUEUE_NAMES)
         self.scheduler = RQScheduler([*queue_names, EVENTS_QUEUE_NAME], connection=self.redis,
                                      logging_level="WARNING")
         self.threads = [threading.Thread(target=self._move_due_jobs, name="test-rq-scheduler")]

@@ -17,7 +17,9 @@ from core.events import emit_delivery_failed, emit_event
 from core.metrics import metrics
 from core.model import InboundMessage
 from core.redaction import mask_number
+from core.state.campaigns import recipient_of
 from core.state.deliveries import WITHHELD_PREFIX
+from core.state.pacing import Pacing
 from workers import sms_text
 from workers.errors import CredentialsError, TransientError, TwilioPermanentError, UnsendableTextError
 from workers.services import Services
@@ -108,7 +110,18 @@ def send_part(services: Services, message: InboundMessage, part: str, body: str,
                              number=message.from_)
         return True
     _record(services, message, part, body, sent.sid, status=sent.status, activity=activity)  # settles the part too
+    _share_pace(services, message, body)
     return True
+
+
+def _share_pace(services: Services, message: InboundMessage, body: str) -> None:
+    """A reply takes its slots of the sender's campaign pace (never waiting for them): a campaign on the same sender
+    then sends that much later, so Twilio's queue for the sender never grows with replies behind campaign SMS.
+    A campaign's own openings reserved their slots before they were sent (``workers.campaigns``)."""
+    if recipient_of(message.sid) is not None:
+        return
+    Pacing(services.store.redis).take(message.to, services.settings.campaign_send_rate,
+                                      cost=sms_text.segment_info(body).segments)
 
 
 def _known_sids(services: Services, message: InboundMessage) -> set[str]:

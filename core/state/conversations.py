@@ -254,6 +254,26 @@ class Conversations(StateBase):
                 return bool(pipe.execute()[0])
         return bool(self.redis.hdel(name, "opted_out", "opted_out_at"))
 
+    def is_opted_out(self, cid: str) -> bool:
+        """Whether the person opted out (texted STOP, or Twilio refused a send with 21610) and has not opted back in."""
+        return self.redis.hget(key("conv", cid), "opted_out") == b"1"
+
+    def opted_out_among(self, cids: list[str]) -> set[str]:
+        """The conversations of ``cids`` whose person opted out (``is_opted_out`` for many, in one round trip)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for cid in cids:
+                pipe.hget(key("conv", cid), "opted_out")
+            return {cid for cid, flag in zip(cids, pipe.execute(), strict=True) if flag == b"1"}
+
+    def live_among(self, cids: list[str], idle_timeout_seconds: float) -> set[str]:
+        """The conversations of ``cids`` with a chat active within ``idle_timeout_seconds`` (a person talking)."""
+        cutoff = time.time() - idle_timeout_seconds
+        with self.redis.pipeline(transaction=False) as pipe:
+            for cid in cids:
+                pipe.hmget(key("conv", cid), "chat_id", "last_activity_at")
+            return {cid for cid, (chat_id, at) in zip(cids, pipe.execute(), strict=True)
+                    if chat_id and float(at or 0) > cutoff}
+
     # -- loop breaker: a conversation that answers faster than a person types -------------------------
 
     def loop_verdict(self, message_sid: str, cid: str, quick: bool, run_to_open: int, open_until: float

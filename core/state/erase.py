@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from core.model import InboundMessage
+from core.state.campaigns import CampaignStore
 from core.state.keys import KEY_KINDS, Holds, StateBase, bare_address, key, text, text_hash
 
 
@@ -56,6 +57,9 @@ class Erasure(StateBase):
             for name in self._scan(kind):
                 if reader(self, name, found):
                     doomed.add(name)
+        if state.get("person"):  # the lists that hold many people's numbers: this one is taken out of each
+            CampaignStore(self.redis, dedupe_ttl_seconds=self.dedupe_ttl_seconds,
+                          retention_seconds=self.retention_seconds).forget_number(bare_address(state["person"]), cid)
         with self.redis.pipeline() as pipe:
             for name in doomed:
                 pipe.delete(name)

@@ -36,6 +36,7 @@ class Holds(Enum):
     CONVERSATION_LAST = "keys ending in the conversation, {kind}:*:{cid}: deleted"
     CONVERSATION_IDS = "a sorted set of conversation ids: the conversation's id is removed"
     RECORDS = "records of messages or operations: each is read to tell whose it is"
+    NUMBER_LISTS = "lists of many people's numbers (campaigns): the person's number is taken out of each"
     NOTHING = "no number and no words (ids, hashes, tokens, the gateway's own numbers): kept"
 
 
@@ -57,6 +58,15 @@ KEY_KINDS: dict[str, Holds] = {
     "dead": Holds.RECORDS,  # a given-up message, kept for a replay
     "outbound": Holds.RECORDS,  # an outbound start (core.state.operations)
     "idem": Holds.RECORDS,  # an Idempotency-Key's record (gateway.admin_jobs)
+    "campaign-numbers": Holds.NUMBER_LISTS,  # a campaign's recipients (core.state.campaigns)
+    "campaign-outcome": Holds.NUMBER_LISTS,  # each recipient's outcome
+    "campaign-vars": Holds.NUMBER_LISTS,  # each recipient's dynamic variables
+    "campaign-replied": Holds.NUMBER_LISTS,  # the recipients who answered
+    "campaign-reply": Holds.CONVERSATION,  # which campaign started the conversation
+    "campaign": Holds.NOTHING,  # a campaign's counts, message and status
+    "campaigns": Holds.NOTHING,  # campaign ids by creation time
+    "campaign-idem": Holds.NOTHING,  # an Idempotency-Key's campaign id
+    "campaign-chained": Holds.NOTHING,  # the batches already chained
     "lock": Holds.NOTHING,  # a job's token
     "erasing": Holds.NOTHING,  # an erase's token
     "erased": Holds.NOTHING,  # when the conversation was erased

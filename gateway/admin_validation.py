@@ -418,14 +418,18 @@ def default_sender(settings) -> tuple[str, str | None]:
     raise InvalidInput("from", "is required: neither TWILIO_FROM_NUMBER nor TWILIO_MESSAGING_SERVICE_SID is set")
 
 
+def sender_of(from_: str | None, settings) -> tuple[str, str | None]:
+    """``(gateway number, messaging service sid or None)`` of a checked ``from`` (a ``Sender``), else the configured
+    sender."""
+    if from_ is None:
+        return default_sender(settings)
+    return from_, from_ if _SERVICE_SID.fullmatch(from_) else None
+
+
 def outbound_request(body: Any, settings) -> dict[str, Any]:
     """The checked, normalised body of ``POST /admin/sms``."""
     request = checked(OutboundRequest, body, settings)
-    if request.from_ is None:
-        gateway_number, service = default_sender(settings)
-    else:
-        gateway_number = request.from_
-        service = gateway_number if _SERVICE_SID.fullmatch(gateway_number) else None
+    gateway_number, service = sender_of(request.from_, settings)
     return {
         "to": request.to,
         "gateway": gateway_number,  # the name queued jobs and the conversation record use: kept as stored

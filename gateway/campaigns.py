@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 MAX_CAMPAIGN_BYTES = 16 * 1024 * 1024  # 10,000 numbers with a few variables each fit many times over
 MAX_LISTED = 100  # campaigns in one page of GET /admin/campaigns
+MAX_OFFSET = 10_000  # campaigns skipped at most (the newest are the ones looked at)
 _CAMPAIGN_ID = re.compile(r"^[0-9a-f]{32}$")
 CSV_NUMBER_COLUMNS = ("number", "phone", "phone_number", "to")
 CSV_FIELDS = ("message", "send_at", "from", "agent_id", "include_in_conversation")
@@ -64,13 +65,13 @@ class CampaignRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    numbers: list[Any] = Field(min_length=1, max_length=MAX_NUMBERS, description=(
+    numbers: list[Any] = Field(min_length=1, max_length=MAX_NUMBERS, examples=[["+14155550100"]], description=(
         f"the people to text (1 to {MAX_NUMBERS}), read like POST /admin/sms's to; one that cannot be read, a "
         "repeat, an opted-out number or one in a live conversation is skipped with its reason"))
     message: str | None = Field(default=None, description=(
         "the first SMS, as written; leave it out to have the agent write each opening"))
     send_at: str | None = Field(default=None, description="ISO 8601 time with its offset; leave it out to send now")
-    from_: str | None = Field(default=None, alias="from", description=(
+    from_: check.Sender | None = Field(default=None, alias="from", description=(
         "sending number or Messaging Service sid (MG...); default TWILIO_FROM_NUMBER"))
     agent_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
     variables: dict[str, Variables] | None = Field(default=None, description=(
@@ -240,14 +241,11 @@ def create_campaign():
     settings = web.settings
     region = settings.default_phone_region
     try:
-        asked = CampaignRequest.model_validate(body, context={"region": region})
+        asked = CampaignRequest.model_validate(body, context={"region": region, "settings": settings})
     except ValidationError as exc:
         return _invalid(problems_of(exc))
-    key = request.headers.get("Idempotency-Key")
-    if key is not None:
-        check.idempotency_key(key)
-    gateway_number, service = (check.sender(asked.from_, "from", region) if asked.from_ is not None
-                               else check.default_sender(settings))
+    key = check.idempotency_key(request.headers, check.OutboundHeaders)
+    gateway_number, service = check.sender_of(asked.from_, settings)
     campaigns = _campaigns()
     fingerprint = check.fingerprint(body)
     idem_name = campaigns.idempotency_key(key) if key is not None else None
@@ -405,8 +403,8 @@ def show_campaign(campaign_id: str):
 
 @bp.get("/campaigns")
 def list_campaigns():
-    limit = check.bounded_int(request.args.get("limit"), "limit", low=1, high=MAX_LISTED, default=20)
-    offset = check.bounded_int(request.args.get("offset"), "offset", low=0, high=10**9, default=0)
+    query = check.checked(CampaignsQuery, check.present(request.args, CampaignsQuery))
+    limit, offset = query.limit, query.offset
     campaigns = _campaigns()
     views, gone = [], []
     for campaign_id in campaigns.campaign_ids(offset, limit):
@@ -454,8 +452,8 @@ class CampaignPath(check.Parameters):
 
 
 class CampaignsQuery(check.Parameters):
-    limit: int | None = Field(None, ge=1, le=MAX_LISTED, description="Campaigns in the page (default 20).")
-    offset: int | None = Field(None, ge=0, description="Campaigns to skip, newest first.")
+    limit: check.whole_number(1, MAX_LISTED) = Field(20, description="Campaigns in the page.")
+    offset: check.whole_number(0, MAX_OFFSET) = Field(0, description="Campaigns to skip, newest first.")
 
 
 class Skipped(BaseModel):

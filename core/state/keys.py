@@ -67,6 +67,7 @@ KEY_KINDS: dict[str, Holds] = {
     "campaigns": Holds.NOTHING,  # campaign ids by creation time
     "campaign-idem": Holds.NOTHING,  # an Idempotency-Key's campaign id
     "campaign-chained": Holds.NOTHING,  # the batches already chained
+    "pace": Holds.NOTHING,  # a sender's campaign pace (core.state.pacing): the gateway's own number
     "lock": Holds.NOTHING,  # a job's token
     "erasing": Holds.NOTHING,  # an erase's token
     "erased": Holds.NOTHING,  # when the conversation was erased

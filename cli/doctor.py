@@ -46,7 +46,7 @@ REDIS_FIXES = {  # what to do about each cause that workers.startup.redis_failur
 MIN_REDIS_VERSION = (6, 2)
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
+def version_tuple(version: str) -> tuple[int, ...]:
     """``"7.0.15"`` -> (7, 0, 15); an unreadable version counts as new enough (managed Redis may hide it)."""
     try:
         return tuple(int(part) for part in version.split(".")[:2])
@@ -75,7 +75,7 @@ def check_redis(settings: Settings) -> Check:
     finally:
         client.close()
     detail = f"Redis {version} answers; append-only persistence: {aof}"
-    if _version_tuple(version) < MIN_REDIS_VERSION:
+    if version_tuple(version) < MIN_REDIS_VERSION:
         return Check("redis", "FAIL", detail, "use Redis 6.2 or newer: the accept script needs SMISMEMBER and "
                                               "SET ... KEEPTTL")
     if aof == "no":

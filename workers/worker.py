@@ -388,7 +388,7 @@ class PerJobLines(logging.Filter):
         return record.levelno > logging.INFO or record.msg not in PER_JOB_LOG_TEMPLATES
 
 
-def _work_until_stopped(worker_class: type[GatewayWorker], connection, queue_names: list[str],
+def work_until_stopped(worker_class: type[GatewayWorker], connection, queue_names: list[str],
                         stop_event: threading.Event, *, with_scheduler: bool, burst: bool, max_jobs: int | None,
                         logging_level: str, ttl: int, concurrency: int = 1) -> None:
     """Run one RQ worker until a stop is requested, starting a fresh one once Redis is back after an outage."""
@@ -417,7 +417,7 @@ def _queue_due_idle_checks() -> int:
     return jobs.queue_due_idle_checks(jobs.current_services())
 
 
-def run(connection, queue_names: list[str], *, threads: int = 1, burst: bool = False, max_jobs: int | None = None,
+def run(connection, queue_names: list[str], *, threads: int, burst: bool = False, max_jobs: int | None = None,
         logging_level: str = "INFO") -> None:
     """Work until SIGTERM/SIGINT, up to ``threads`` jobs at once (the jobs in flight finish first).
 
@@ -433,14 +433,14 @@ def run(connection, queue_names: list[str], *, threads: int = 1, burst: bool = F
     if burst or max_jobs is not None:
         # RQ's burst and max_jobs count jobs one after the other; RQ's own scheduler (a burst moves the due jobs
         # once, in this process) is enough for a one-off run.
-        _work_until_stopped(GatewayWorker, connection, queue_names, stop_event, with_scheduler=True, burst=burst,
+        work_until_stopped(GatewayWorker, connection, queue_names, stop_event, with_scheduler=True, burst=burst,
                             max_jobs=max_jobs, logging_level=logging_level, ttl=WORKER_TTL_SECONDS, concurrency=1)
         return
     # The scheduler child is ours (workers.scheduler), not RQ's: it waits out a Redis outage instead of dying
     # with a traceback, and lives as long as this process, across the RQ workers started after an outage.
     scheduler_process = scheduler.start(connection, queue_names, logging_level, tick=_queue_due_idle_checks)
     try:
-        _work_until_stopped(GatewayWorker, connection, queue_names, stop_event, with_scheduler=False, burst=False,
+        work_until_stopped(GatewayWorker, connection, queue_names, stop_event, with_scheduler=False, burst=False,
                             max_jobs=None, logging_level=logging_level, ttl=WORKER_TTL_SECONDS, concurrency=threads)
     finally:
         scheduler.stop(scheduler_process)

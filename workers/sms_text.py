@@ -229,7 +229,7 @@ def _link(label: str, url: str) -> str:
 
 # -- splitting ---------------------------------------------------------------------------------------
 
-def shape_reply(messages: list[str], *, max_segments: int | None = None, transliterate: bool = True) -> list[str]:
+def shape_reply(messages: list[str], *, max_segments: int | None, transliterate: bool) -> list[str]:
     """The SMS bodies for the agent's messages of one turn, in order.
 
     Each message becomes plain text (and GSM-7 characters when ``transliterate``), then is split at

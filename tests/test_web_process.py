@@ -145,19 +145,3 @@ def test_two_gateways_on_one_host_open_no_control_socket(redis_server, uponai_se
         logs = first_log.read_text(errors="replace") + second_log.read_text(errors="replace")
     assert "Control socket" not in logs
     assert not [path for path in (*home.rglob("*"), *runtime.rglob("*")) if path.name.endswith(".ctl")]
-
-
-def test_the_web_takes_its_port_and_processes_from_the_settings(redis_server, uponai_server, twilio_server, redis,
-                                                                  tmp_path):
-    # The Procfile's line names neither: PORT (the fixture's free port: gunicorn's own default is 127.0.0.1:8000)
-    # and WEB_CONCURRENCY reach gunicorn through gunicorn.conf.py, which reads them with every other setting.
-    # (gunicorn would read WEB_CONCURRENCY by itself too; what it cannot do is refuse a bad one, see
-    # test_startup_errors.)
-    with web(redis_server, uponai_server, twilio_server, tmp_path, WEB_CONCURRENCY="3", WEB_THREADS="5") as (_, log):
-        def booted() -> int:
-            return log.read_text(errors="replace").count("Booting worker with pid")
-
-        wait_for(lambda: booted() >= 3, message="three gunicorn processes")
-        text = log.read_text(errors="replace")
-        assert "Using worker: gthread" in text
-        assert booted() == 3, text

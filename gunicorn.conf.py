@@ -1,8 +1,10 @@
 """gunicorn's settings file for the web process (gunicorn reads ./gunicorn.conf.py by itself).
 
-The Procfile's command line sets binding, processes, threads and timeouts; this file sets up what
-every web process shares: JSON-lines logs, and a multiprocess directory for the Prometheus metrics
-so that ``/metrics`` sums all gunicorn processes (and the workers, when they share the directory).
+The Procfile's command line sets the worker class and timeouts; this file takes the address, processes and
+threads from the settings (PORT, WEB_CONCURRENCY, WEB_THREADS), and sets up what every web process shares:
+JSON-lines logs, and a multiprocess directory for the Prometheus metrics so that ``/metrics`` sums all
+gunicorn processes (and the workers, when they share the directory). gunicorn's command line still wins
+(``--bind``, ``--workers``, ``--threads``), as it does over any settings file.
 
 It also checks every setting once, in gunicorn's master before it binds or forks: a missing or invalid
 one stops gunicorn with one block naming every problem. Left to the app factory, each gunicorn process
@@ -19,6 +21,10 @@ try:
     _settings = load_settings()
 except SettingsError as _error:
     sys.exit(_error.report("sms-gateway web (gunicorn)"))  # printed to stderr, exit status 1: no traceback
+
+bind = [f"0.0.0.0:{_settings.port}"]
+workers = _settings.web_concurrency
+threads = _settings.web_threads
 
 # prometheus-client reads it from the environment of the processes: it must be there before they import it.
 _metrics_dir = metrics_directory() or tempfile.mkdtemp(prefix="smsgw-metrics-")

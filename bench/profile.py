@@ -296,13 +296,13 @@ def _paced(bench: Bench, settings: dict[str, str], client, url: str, count: int 
     from core.queues import ADMIN_QUEUE_NAME, QUEUE_NAME, WORKER_TTL_SECONDS
     from core.redis import connect_redis
     from workers import jobs
-    from workers.worker import ThreadWorker, _work_until_stopped, redis_connections_needed
+    from workers.worker import ThreadWorker, redis_connections_needed, work_until_stopped
 
     loaded = load_settings(settings, dotenv_path=None)
     connection = connect_redis(loaded, max_connections=redis_connections_needed(8))
     jobs.install_services(jobs.build_services(loaded, connection))
     stop = threading.Event()
-    worker = threading.Thread(target=_work_until_stopped, name="paced-worker", args=(
+    worker = threading.Thread(target=work_until_stopped, name="paced-worker", args=(
         ThreadWorker, connection, [ADMIN_QUEUE_NAME, QUEUE_NAME], stop), kwargs={
         "with_scheduler": False, "burst": False, "max_jobs": None, "logging_level": "WARNING",
         "ttl": WORKER_TTL_SECONDS, "concurrency": 8})

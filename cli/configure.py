@@ -16,7 +16,7 @@ from config import load_some, read_environment
 from workers.errors import GatewayError
 
 TWILIO_VARIABLES = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_API_BASE_URL", "TWILIO_TIMEOUT_SECONDS",
-                    "TWILIO_FROM_NUMBER", "PUBLIC_BASE_URL")
+                    "TWILIO_CONNECT_TIMEOUT_SECONDS", "TWILIO_FROM_NUMBER", "PUBLIC_BASE_URL")
 
 
 def _shown(method: str, url: str) -> str:

@@ -19,6 +19,7 @@ from workers.errors import GatewayError, PermanentError
 
 # A status callback for this sid is harmless: no message the gateway sent has it, so nothing is stored.
 SELF_TEST_SID = "SM" + "d0c70" + "0" * 27  # a well-formed sid (SM + 32 hex digits) Twilio never issued
+SELF_TEST_TIMEOUT_SECONDS = 10  # per self-test request: under the 15 s Twilio gives a webhook
 
 
 @dataclass
@@ -46,7 +47,7 @@ REDIS_FIXES = {  # what to do about each cause that workers.startup.redis_failur
 MIN_REDIS_VERSION = (6, 2)
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
+def version_tuple(version: str) -> tuple[int, ...]:
     """``"7.0.15"`` -> (7, 0, 15); an unreadable version counts as new enough (managed Redis may hide it)."""
     try:
         return tuple(int(part) for part in version.split(".")[:2])
@@ -75,7 +76,7 @@ def check_redis(settings: Settings) -> Check:
     finally:
         client.close()
     detail = f"Redis {version} answers; append-only persistence: {aof}"
-    if _version_tuple(version) < MIN_REDIS_VERSION:
+    if version_tuple(version) < MIN_REDIS_VERSION:
         return Check("redis", "FAIL", detail, "use Redis 6.2 or newer: the accept script needs SMISMEMBER and "
                                               "SET ... KEEPTTL")
     if aof == "no":
@@ -172,8 +173,10 @@ def check_self_test(settings: Settings) -> Check:
     form = {"MessageSid": SELF_TEST_SID, "MessageStatus": "delivered", "AccountSid": settings.twilio_account_sid}
     signature = RequestValidator(settings.twilio_auth_token).compute_signature(url, form)
     try:
-        signed = requests.post(url, data=form, headers={"X-Twilio-Signature": signature}, timeout=10)
-        unsigned = requests.post(url, data=form, headers={"X-Twilio-Signature": "bm90IGEgc2lnbmF0dXJl"}, timeout=10)
+        signed = requests.post(url, data=form, headers={"X-Twilio-Signature": signature},
+                               timeout=SELF_TEST_TIMEOUT_SECONDS)
+        unsigned = requests.post(url, data=form, headers={"X-Twilio-Signature": "bm90IGEgc2lnbmF0dXJl"},
+                                 timeout=SELF_TEST_TIMEOUT_SECONDS)
     except requests.RequestException as exc:
         return Check("webhook self-test", "FAIL", f"{url} not reachable ({type(exc).__name__})",
                      "start the web process, and check that PUBLIC_BASE_URL reaches it (DNS, TLS, proxy)")

@@ -16,7 +16,7 @@ EPILOG = "Settings come from the environment or a .env file in the working direc
          "Run 'sms-gateway COMMAND --help' for a command's options."
 
 
-def _configure_logging(level: str = "INFO") -> None:
+def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # twilio-python logs every request's headers at INFO: noise, and a risk for personal data.
     logging.getLogger("twilio.http_client").setLevel(logging.WARNING)

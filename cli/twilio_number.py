@@ -29,4 +29,5 @@ def connect_admin(values: dict[str, Any]):
 
     return TwilioAdmin.connect(account_sid=values["twilio_account_sid"], auth_token=values["twilio_auth_token"],
                                api_base_url=values["twilio_api_base_url"],
-                               timeout_seconds=values["twilio_timeout_seconds"])
+                               timeout_seconds=values["twilio_timeout_seconds"],
+                               connect_timeout_seconds=values["twilio_connect_timeout_seconds"])

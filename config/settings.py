@@ -259,6 +259,57 @@ def _whole_seconds_list(value: str) -> tuple[int, ...]:
     return items
 
 
+# Channels whose addresses are phone numbers (``whatsapp:+1415...``); others (``messenger:<page id>``) are not checked.
+NUMBER_CHANNELS = ("whatsapp",)
+E164_EXAMPLE = "+14155550123"
+
+
+def mask_number(number: str | None) -> str:
+    """Show only a phone number's last two digits: ``+14155550123`` -> ``+*********23`` (logs, problems)."""
+    if not number:
+        return "-"
+    prefix, _, address = number.rpartition(":")  # channel addresses such as whatsapp:+1...
+    shown = address[-2:] if len(address) > 4 else ""
+    masked = ("+" if address.startswith("+") else "") + "*" * max(len(address) - len(shown) - 1, 3) + shown
+    return f"{prefix}:{masked}" if prefix else masked
+
+
+def _number_problem(address: str) -> str | None:
+    """What is wrong with the gateway number ``address`` (E.164, or a phone channel's ``whatsapp:+...``), or None.
+
+    Checked with the phonenumbers library: a number it calls invalid would never match a text's ``To``.
+    """
+    channel, _, number = address.rpartition(":")
+    if channel and channel not in NUMBER_CHANNELS:
+        return None
+    if not number.startswith("+"):
+        return f"must be in E.164 form, + and country code, e.g. {E164_EXAMPLE}"
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException:
+        return f"is not a phone number: write it in E.164 form, + and country code, e.g. {E164_EXAMPLE}"
+    if not phonenumbers.is_valid_number(parsed):
+        return "is not a valid phone number (checked with the phonenumbers library)"
+    if phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164) != number:
+        return f"must be in E.164 form, + and country code and digits only, e.g. {E164_EXAMPLE}"
+    return None
+
+
+def _check_number(address: str) -> str:
+    """``address``, or ValueError naming it (masked): for a number in a list."""
+    problem = _number_problem(address)
+    if problem:
+        raise ValueError(f"{mask_number(address)} {problem}")
+    return address
+
+
+def _number(value: str) -> str:
+    problem = _number_problem(value.strip())
+    if problem:
+        raise ValueError(problem)
+    return value.strip()
+
+
 def _agent_routes(value: str) -> dict[str, str]:
     routes = {}
     for item in value.replace(";", ",").split(","):
@@ -267,7 +318,7 @@ def _agent_routes(value: str) -> dict[str, str]:
         number, sep, agent = item.partition("=")
         if not sep or not number.strip() or not agent.strip():
             raise ValueError("must look like +15005550006=agent_a,+15005550007=agent_b")
-        routes[number.strip()] = agent.strip()
+        routes[_check_number(number.strip())] = agent.strip()
     return routes
 
 
@@ -275,7 +326,7 @@ def _numbers(value: str) -> tuple[str, ...]:
     numbers = tuple(item.strip() for item in value.replace(";", ",").split(",") if item.strip())
     if any(any(ch.isspace() for ch in number) for number in numbers):
         raise ValueError("must be a comma-separated list such as +15005550006,+15005550007")
-    return numbers
+    return tuple(_check_number(number) for number in numbers)
 
 
 def _keyword(value: str) -> str:
@@ -311,9 +362,19 @@ def _flag(value: str) -> bool:
     raise ValueError("must be true or false")
 
 
+def _mask_list(value: str) -> str:
+    return ",".join(mask_number(item.strip()) for item in value.replace(";", ",").split(","))
+
+
+def _mask_routes(value: str) -> str:
+    return ",".join(f"{mask_number(number.strip())}{sep}{agent}"
+                    for number, sep, agent in (item.partition("=") for item in value.replace(";", ",").split(",")))
+
+
 def _setting(env: str, parse: Callable[[str], Any] = _text, default: Any = None, *,
-             required: bool = False, secret: bool = False):
-    metadata = {"env": env, "parse": parse, "required": required}
+             required: bool = False, secret: bool = False, shown: Callable[[str], str] | None = None):
+    """A field read from ``env`` with ``parse``; ``shown`` masks the raw value in a problem (a phone number)."""
+    metadata = {"env": env, "parse": parse, "required": required, "shown": shown}
     if isinstance(default, dict):  # dataclasses refuse a shared mutable default: give each instance a copy
         return field(default_factory=lambda: dict(default), repr=not secret, metadata=metadata)
     return field(default=default, repr=not secret, metadata=metadata)
@@ -339,16 +400,19 @@ class Settings:
     twilio_account_sid: str = _setting("TWILIO_ACCOUNT_SID", _sid("AC", "an Account SID"), required=True)
     twilio_auth_token: str = _setting("TWILIO_AUTH_TOKEN", _twilio_auth_token, required=True, secret=True)
     twilio_auth_token_previous: str | None = _setting("TWILIO_AUTH_TOKEN_PREVIOUS", _twilio_auth_token, secret=True)
-    twilio_from_number: str | None = _setting("TWILIO_FROM_NUMBER")
+    twilio_from_number: str | None = _setting("TWILIO_FROM_NUMBER", _number, shown=mask_number)
     twilio_messaging_service_sid: str | None = _setting(
         "TWILIO_MESSAGING_SERVICE_SID", _sid("MG", "a Messaging Service SID"))
     twilio_api_base_url: str = _setting("TWILIO_API_BASE_URL", _url, "https://api.twilio.com")
     twilio_timeout_seconds: float = _setting("TWILIO_TIMEOUT_SECONDS", _positive_float, 15.0)
+    twilio_connect_timeout_seconds: float = _setting("TWILIO_CONNECT_TIMEOUT_SECONDS", _positive_float, 5.0)
     public_base_url: str | None = _setting("PUBLIC_BASE_URL", _url)
     trusted_proxy_hops: int = _setting("TRUSTED_PROXY_HOPS", _non_negative_int, 0)
     admin_api_token: str | None = _setting("ADMIN_API_TOKEN", _admin_token, secret=True)
     chat_idle_timeout_seconds: int = _setting("CHAT_IDLE_TIMEOUT_SECONDS", _positive_int, 3600)
     port: int = _setting("PORT", _port, 8000)
+    web_concurrency: int = _setting("WEB_CONCURRENCY", _positive_int, 2)
+    web_threads: int = _setting("WEB_THREADS", _positive_int, 4)
     default_phone_region: str | None = _setting("DEFAULT_PHONE_REGION", _phone_region)
     retry_intervals_seconds: tuple[float, ...] = _setting(
         "RETRY_INTERVALS_SECONDS", _seconds_list, (2.0, 10.0, 30.0, 60.0, 120.0))
@@ -363,7 +427,7 @@ class Settings:
     log_message_bodies: bool = _setting("LOG_MESSAGE_BODIES", _flag, False)
     log_level: str = _setting("LOG_LEVEL", _log_level, "INFO")  # the web's (gunicorn.conf.py); workers: --log-level
     gunicorn_access_log: bool = _setting("GUNICORN_ACCESS_LOG", _flag, False)
-    uponai_agent_routes: dict[str, str] = _setting("UPONAI_AGENT_ROUTES", _agent_routes, {})
+    uponai_agent_routes: dict[str, str] = _setting("UPONAI_AGENT_ROUTES", _agent_routes, {}, shown=_mask_routes)
     reset_keyword: str = _setting("RESET_KEYWORD", _keyword, "RESET")
     handoff_keyword: str | None = _setting("HANDOFF_KEYWORD", _keyword)
     handoff_confirmation_text: str = _setting(
@@ -387,7 +451,7 @@ class Settings:
     admin_max_waiting: int = _setting("ADMIN_MAX_WAITING", _non_negative_int, 2)
     admin_idempotency_ttl_seconds: int = _setting("ADMIN_IDEMPOTENCY_TTL_SECONDS", _positive_int, 24 * 3600)
     data_retention_days: float = _setting("DATA_RETENTION_DAYS", _positive_float, 30.0)
-    gateway_numbers: tuple[str, ...] = _setting("GATEWAY_NUMBERS", _numbers, ())
+    gateway_numbers: tuple[str, ...] = _setting("GATEWAY_NUMBERS", _numbers, (), shown=_mask_list)
     loop_breaker_replies: int = _setting("LOOP_BREAKER_REPLIES", _non_negative_int, 5)
     loop_breaker_seconds: float = _setting("LOOP_BREAKER_SECONDS", _positive_float, 5.0)
     loop_breaker_cooldown_seconds: int = _setting("LOOP_BREAKER_COOLDOWN_SECONDS", _positive_int, 3600)
@@ -501,7 +565,8 @@ def _parse(environ: Mapping[str, str], specs: Iterable[Field]) -> tuple[dict[str
         try:
             values[spec.name] = spec.metadata["parse"](raw)
         except ValueError as exc:
-            shown = "(hidden)" if not spec.repr else repr(_hide_password(raw))
+            mask = spec.metadata["shown"] or _hide_password
+            shown = "(hidden)" if not spec.repr else repr(mask(raw))
             problems.append(f"{name}={shown} is invalid: {exc}")
     return values, problems
 
@@ -524,6 +589,11 @@ def _cross_checks(settings: Settings) -> list[str]:
                         f"CHAT_IDLE_TIMEOUT_SECONDS={settings.chat_idle_timeout_seconds}")
     if settings.handoff_keyword and settings.handoff_keyword == settings.reset_keyword:
         problems.append(f"HANDOFF_KEYWORD={settings.handoff_keyword} is invalid: it must differ from RESET_KEYWORD")
+    if settings.admin_max_waiting >= settings.web_threads:
+        # Each waiting admin request holds a web thread: at the cap, none would be left for Twilio's webhooks.
+        problems.append(f"ADMIN_MAX_WAITING={settings.admin_max_waiting} is invalid: it must be less than "
+                        f"WEB_THREADS={settings.web_threads}, so each web process keeps threads for Twilio's "
+                        "webhooks while admin requests wait (lower ADMIN_MAX_WAITING or raise WEB_THREADS)")
     if settings.events_webhook_url and not settings.events_webhook_secret:
         # An unsigned event could be forged by anyone who finds the receiver's address.
         problems.append("EVENTS_WEBHOOK_SECRET is required when EVENTS_WEBHOOK_URL is set (events are signed with it)")

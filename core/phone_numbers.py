@@ -16,8 +16,9 @@ import re
 
 import phonenumbers
 
+from config.settings import E164_EXAMPLE as EXAMPLE  # one example number, in settings' problems and here
+
 MAX_NUMBER_CHARS = 32
-EXAMPLE = "+14155550123"
 NO_COUNTRY = (f"write the number in international format with + and country code, e.g. {EXAMPLE}, "
               "or set DEFAULT_PHONE_REGION")
 IDD_HINT = "write + in its place, e.g. +44 20 7946 0958 for 00 44 20 7946 0958"

@@ -56,7 +56,7 @@ def _mask_url_number(match: re.Match) -> str:
 class JsonLogFormatter(logging.Formatter):
     """One JSON object per line, with phone numbers masked and bodies left out unless asked for."""
 
-    def __init__(self, *args, log_bodies: bool = False, **kwargs):
+    def __init__(self, *args, log_bodies: bool, **kwargs):
         super().__init__(*args, **kwargs)
         self.log_bodies = log_bodies
 
@@ -103,7 +103,7 @@ def _current_job_id() -> str | None:
     return job.id if job is not None else None
 
 
-def configure_logging(level: str | int = "INFO", *, log_bodies: bool = False, stream=None) -> None:
+def configure_logging(level: str | int, *, log_bodies: bool, stream=None) -> None:
     """Send every log record of this process to ``stream`` (stderr) as JSON lines."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonLogFormatter(log_bodies=log_bodies))

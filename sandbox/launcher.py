@@ -30,7 +30,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from config import SettingsError, load_settings, read_environment
+from config import SettingsError, load_settings, load_some, read_environment
 from sandbox.redis_keeper import STOP_AT_ONCE
 from sandbox.sim_state import write_atomically
 from workers.startup import parent_death_signal
@@ -194,7 +194,7 @@ def procfile_commands(path: Path = ROOT / "Procfile") -> dict[str, str]:
             name, sep, command = line.partition(":")
             if sep and name.strip() and not name.startswith("#"):
                 commands[name.strip()] = command.strip()
-    commands.setdefault("web", 'gunicorn "gateway:create_app()" --bind 0.0.0.0:${PORT:-8000}')
+    commands.setdefault("web", 'gunicorn "gateway:create_app()"')  # gunicorn.conf.py binds to PORT
     commands.setdefault("worker", "sms-gateway worker")
     return commands
 
@@ -238,7 +238,7 @@ def run(environ: dict[str, str] | None = None) -> int:
     started = time.monotonic()
     env = dict(environ) if environ is not None else read_environment()
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    env.setdefault("PORT", "8000")
+    env.setdefault("PORT", str(load_some(("PORT",), env)[0]["port"]))  # its default; a bad one is reported below
     env["PYTHONUNBUFFERED"] = "1"
     data_dir = data_directory(env)
     local_url = f"http://127.0.0.1:{env['PORT']}"
@@ -297,9 +297,7 @@ def run(environ: dict[str, str] | None = None) -> int:
 
                 app = create_phone_app(
                     twilio=twilio_sim, gateway_url=local_url, gateway_number=env["TWILIO_FROM_NUMBER"],
-                    redis_url=env["REDIS_URL"], admin_token=env.get("ADMIN_API_TOKEN"),
-                    idle_timeout_seconds=settings.chat_idle_timeout_seconds,
-                    default_phone_region=settings.default_phone_region)
+                    admin_token=env.get("ADMIN_API_TOKEN"), settings=settings)
                 phone = serve_on_a_free_port("phone page", ports, lambda port: PhoneServer(app, port)).start()
                 servers.append(phone)
                 phone_url = phone.url

@@ -22,6 +22,7 @@ import requests
 from flask import Flask, jsonify, request, send_from_directory
 from werkzeug.serving import make_server
 
+from config import Settings
 from core.model import conversation_id
 from core.phone_numbers import NumberError, read_number
 from core.redis import connect_redis
@@ -32,12 +33,13 @@ STATIC = Path(__file__).resolve().parent / "static"
 DEFAULT_PERSON = "+14155550123"
 
 
-def create_phone_app(*, twilio: TwilioSimulator, gateway_url: str, gateway_number: str, redis_url: str,
-                     admin_token: str | None, idle_timeout_seconds: int, default_phone_region: str | None = None
-                     ) -> Flask:
+def create_phone_app(*, twilio: TwilioSimulator, gateway_url: str, gateway_number: str, admin_token: str | None,
+                     settings: Settings) -> Flask:
     """The phone page and its JSON API; numbers are read as the admin API reads them (DEFAULT_PHONE_REGION)."""
     app = Flask(__name__, static_folder=None)
-    store = ConversationStore(connect_redis(redis_url, for_web=True))
+    store = ConversationStore.from_settings(connect_redis(settings.redis_url, for_web=True), settings)
+    idle_timeout_seconds = settings.chat_idle_timeout_seconds
+    default_phone_region = settings.default_phone_region
     http = requests.Session()
     outbound_probe: dict[str, object] = {}
 

@@ -30,7 +30,7 @@ class StateFile:
         self.debounce_seconds = debounce_seconds
         self._changed = threading.Event()
         self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"state-{path.stem}", daemon=True)
+        self.thread = threading.Thread(target=self.write_until_closed, name=f"state-{path.stem}", daemon=True)
 
     def load(self) -> Any | None:
         """What was saved, or None when there is nothing (first start) or the file cannot be read."""
@@ -43,7 +43,7 @@ class StateFile:
             return None
 
     def start(self) -> StateFile:
-        self._thread.start()
+        self.thread.start()
         return self
 
     def changed(self) -> None:
@@ -53,14 +53,15 @@ class StateFile:
         """Stop the writer and write what there is now."""
         self._closing.set()
         self._changed.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
+        if self.thread.is_alive():
+            self.thread.join(timeout=10)
         self.write()
 
     def write(self) -> None:
         write_atomically(self.path, json.dumps(self.snapshot(), separators=(",", ":")))
 
-    def _run(self) -> None:
+    def write_until_closed(self) -> None:
+        """The writer thread's loop: one write per burst of changes, until ``close()``."""
         while True:
             self._changed.wait()
             if self._closing.is_set():

@@ -22,13 +22,15 @@ from rq import Queue
 from rq.scheduler import RQScheduler
 from twilio.request_validator import RequestValidator
 
+from config import Settings, load_settings
 from core.queues import EVENTS_QUEUE_NAME, QUEUE_NAME, WORKER_QUEUE_NAMES
+from core.state import ConversationStore
 from gateway import create_app
 from sandbox.launcher import redis_server_binary
 from sandbox.twilio_sim import TwilioSimulator
 from sandbox.uponai_sim import UponAISimulator
 from workers import jobs
-from workers.worker import THREAD_WORKER_TTL_SECONDS, ThreadWorker, _work_until_stopped, start_events_worker
+from workers.worker import THREAD_WORKER_TTL_SECONDS, ThreadWorker, start_events_worker, work_until_stopped
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT_SID = "AC" + "1" * 32
@@ -117,6 +119,16 @@ def stop_process(process: subprocess.Popen, timeout: float = 20) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def new_store(redis: Redis) -> ConversationStore:
+    """The conversation state over ``redis``, with the retention and dedupe periods that Settings default to."""
+    return ConversationStore.from_settings(redis, Settings())
+
+
+def phone_settings(env: dict[str, str]) -> Settings:
+    """The settings the sandbox's phone page gets: the gateway's, with a 600 s idle timeout to show."""
+    return load_settings({**env, "CHAT_IDLE_TIMEOUT_SECONDS": "600"}, dotenv_path=None)
 
 
 def free_port() -> int:
@@ -385,7 +397,7 @@ class InProcessWorkers:
                                      logging_level="WARNING")
         self.threads = [threading.Thread(target=self._move_due_jobs, name="test-rq-scheduler")]
         self.threads += [
-            threading.Thread(target=_work_until_stopped, name=f"test-rq-worker-{index}", args=(
+            threading.Thread(target=work_until_stopped, name=f"test-rq-worker-{index}", args=(
                 InProcessWorker, Redis.from_url(self.settings.redis_url), queue_names, self.stop_event),
                 kwargs={"with_scheduler": False, "burst": False, "max_jobs": None, "logging_level": "WARNING",
                         "ttl": THREAD_WORKER_TTL_SECONDS, "concurrency": self.settings.worker_threads})

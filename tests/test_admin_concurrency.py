@@ -43,7 +43,7 @@ def post_at_once(app, count: int, body: dict, headers: dict) -> list:
 def test_twenty_concurrent_requests_with_one_key_start_one_conversation_every_time(start_workers, admin_env, redis,
                                                                                    uponai, twilio):
     start_workers(2)  # two workers, so that two jobs of one key could run side by side
-    app = create_app({**admin_env, "ADMIN_MAX_WAITING": str(CONCURRENT)})
+    app = create_app({**admin_env, "ADMIN_MAX_WAITING": str(CONCURRENT), "WEB_THREADS": str(CONCURRENT + 1)})
     persons = [f"+1415555{index:04d}" for index in range(200, 200 + ROUNDS)]
 
     for round_number, person in enumerate(persons):

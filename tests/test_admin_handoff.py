@@ -11,11 +11,10 @@ from rq.registry import StartedJobRegistry
 
 from core.model import conversation_id
 from core.queues import ADMIN_QUEUE_NAME
-from core.state import ConversationStore
 from core.state.deliveries import DEFAULT_AWAY_PREFACE
 from gateway import create_app
 from sandbox.httpfake import Fault
-from tests.conftest import GATEWAY_NUMBER, inbound_form, post_signed, wait_for, wait_idle
+from tests.conftest import GATEWAY_NUMBER, inbound_form, new_store, post_signed, wait_for, wait_idle
 
 TOKEN = "admin-handoff-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -115,7 +114,7 @@ def test_an_operator_message_needs_no_handoff_and_never_resets_the_chat(start_wo
 def test_concurrent_retries_with_one_key_send_once(start_workers, admin_env, admin, redis, uponai, twilio):
     start_workers(2)  # two workers, so that two jobs of one key could run side by side
     text_and_answer(admin, twilio)
-    app = create_app({**admin_env, "ADMIN_MAX_WAITING": "12"})
+    app = create_app({**admin_env, "ADMIN_MAX_WAITING": "12", "WEB_THREADS": "13"})
     barrier = threading.Barrier(12)
     answers: list = [None] * 12
 
@@ -138,12 +137,12 @@ def test_concurrent_retries_with_one_key_send_once(start_workers, admin_env, adm
     assert late.status_code == 202 and late.get_json()["message_sid"] == bodies[0]["message_sid"]
     wait_idle(redis)
     assert twilio.sent_to(PERSON) == ["You said: hi", "Your table is booked."]
-    assert [e["text"] for e in ConversationStore(redis).away_log(CID)] == ["Your table is booked."]
+    assert [e["text"] for e in new_store(redis).away_log(CID)] == ["Your table is booked."]
 
 
 def test_a_worker_killed_mid_send_is_resumed_by_a_retry_without_a_second_sms(start_worker_processes, admin, redis,
                                                                             uponai, twilio):
-    store = ConversationStore(redis)
+    store = new_store(redis)
     store.touch(CID, gateway=GATEWAY_NUMBER, person=PERSON, chat_id="chat_kept")
     pool = start_worker_processes(1)
     twilio.inject("send", Fault(delay_seconds=1.5))  # Twilio takes it after the worker is gone (client timeout: 2 s)
@@ -171,7 +170,7 @@ def test_a_worker_killed_mid_send_is_resumed_by_a_retry_without_a_second_sms(sta
 
 def test_an_opted_out_person_gets_nothing(start_workers, admin, redis, twilio):
     start_workers(1)
-    store = ConversationStore(redis)
+    store = new_store(redis)
     store.touch(CID, gateway=GATEWAY_NUMBER, person=PERSON)
     store.set_opted_out(CID, True)
 
@@ -185,7 +184,7 @@ def test_an_opted_out_person_gets_nothing(start_workers, admin, redis, twilio):
 
 def test_twilio_refusing_an_opted_out_number_is_409(start_workers, admin, redis, twilio):
     start_workers(1)
-    ConversationStore(redis).touch(CID, gateway=GATEWAY_NUMBER, person=PERSON)
+    new_store(redis).touch(CID, gateway=GATEWAY_NUMBER, person=PERSON)
     twilio.opted_out.add(PERSON)
 
     response = say(admin, "Hello?")
@@ -193,7 +192,7 @@ def test_twilio_refusing_an_opted_out_number_is_409(start_workers, admin, redis,
     assert response.status_code == 409 and error_of(response)["code"] == "opted_out"
     assert "21610" in error_of(response)["message"]
     assert redis.hget(f"smsgw:conv:{CID}", "opted_out") == b"1"
-    assert ConversationStore(redis).away_log(CID) == []
+    assert new_store(redis).away_log(CID) == []
 
 
 @pytest.mark.parametrize("action", ["handoff", "resume", "messages"])
@@ -215,14 +214,14 @@ def test_an_unknown_conversation_is_404(admin, redis, twilio, action):
     (["hi"], "body: must be a JSON object"),
 ])
 def test_a_bad_message_request_is_400_and_sends_nothing(admin, redis, twilio, body, field):
-    ConversationStore(redis).touch(CID, gateway=GATEWAY_NUMBER, person=PERSON)
+    new_store(redis).touch(CID, gateway=GATEWAY_NUMBER, person=PERSON)
     response = admin.post(f"/admin/conversations/{PERSON}/messages", json=body, headers=AUTH)
     assert response.status_code == 400 and error_of(response)["message"].startswith(field), response.get_json()
     assert twilio.messages == []
 
 
 def test_bad_numbers_keys_and_bodies_are_refused_clearly(admin, redis, twilio):
-    ConversationStore(redis).touch(CID, gateway=GATEWAY_NUMBER, person=PERSON)
+    new_store(redis).touch(CID, gateway=GATEWAY_NUMBER, person=PERSON)
     for action in ("handoff", "resume", "messages"):
         response = admin.post(f"/admin/conversations/not-a-number/{action}", json={"message": "hi"}, headers=AUTH)
         assert response.status_code == 400 and error_of(response)["message"].startswith("number:")
@@ -238,7 +237,7 @@ def test_bad_numbers_keys_and_bodies_are_refused_clearly(admin, redis, twilio):
 
 def test_one_key_is_one_message(start_workers, admin, redis, twilio):
     start_workers(1)
-    ConversationStore(redis).touch(CID, gateway=GATEWAY_NUMBER, person=PERSON)
+    new_store(redis).touch(CID, gateway=GATEWAY_NUMBER, person=PERSON)
     assert say(admin, "First", key="k-1").status_code == 202
 
     reused = say(admin, "Second", key="k-1")

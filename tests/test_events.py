@@ -17,11 +17,10 @@ from config import load_settings
 from core.events import emit_event, event_marker_key
 from core.model import conversation_id
 from core.queues import EVENTS_QUEUE_NAME
-from core.state import ConversationStore
 from gateway import create_app
 from sandbox.httpfake import FakeServer, Fault, Reply
 from sandbox.raw_receiver import RawReceiver
-from tests.conftest import GATEWAY_NUMBER, new_sid, post_signed, settings_env, wait_for, wait_idle
+from tests.conftest import GATEWAY_NUMBER, new_sid, new_store, post_signed, settings_env, wait_for, wait_idle
 from workers.events import sign, signed_headers
 
 PERSON = "+14155550166"
@@ -163,7 +162,7 @@ def test_a_failed_delivery_reported_by_twilio_is_an_event_once(start_workers, re
     env = events_env(redis_server, uponai_server, twilio_server, receiver)
     start_workers(1, **events_env_overrides(load_settings(env, dotenv_path=None)))
     client = create_app(env).test_client()
-    store = ConversationStore(redis)
+    store = new_store(redis)
     store.touch(CID, gateway=GATEWAY_NUMBER, person=PERSON)
     sid = new_sid()
     store.record_sent(CID, sid, status="queued")
@@ -184,7 +183,7 @@ def test_a_failed_delivery_reported_by_twilio_is_an_event_once(start_workers, re
 
 
 def test_without_a_webhook_a_failed_delivery_queues_nothing(client, redis):
-    store = ConversationStore(redis)
+    store = new_store(redis)
     sid = new_sid()
     store.record_sent(CID, sid, status="queued")
     form = {"MessageSid": sid, "MessageStatus": "failed", "ErrorCode": "30008", "AccountSid": "AC" + "1" * 32,
@@ -205,7 +204,7 @@ def test_a_send_twilio_refuses_is_an_event(start_workers, receiver, redis, event
     event = request.json()
     assert event["type"] == "delivery.failed" and event["conversation"] == {"id": CID, "number": PERSON}
     assert event["data"] == {"status": "refused", "error_code": "21211"}
-    assert list(ConversationStore(redis).progress(form["MessageSid"]).parts.values()) == ["failed:21211"]
+    assert list(new_store(redis).progress(form["MessageSid"]).parts.values()) == ["failed:21211"]
 
 
 def test_an_operators_handoff_and_resume_are_events_once_each(start_workers, receiver, redis, redis_server,
@@ -213,7 +212,7 @@ def test_an_operators_handoff_and_resume_are_events_once_each(start_workers, rec
     env = {**events_env(redis_server, uponai_server, twilio_server, receiver), "ADMIN_API_TOKEN": "t" * 16}
     start_workers(1, **events_env_overrides(load_settings(env, dotenv_path=None)))
     admin = create_app(env).test_client()
-    ConversationStore(redis).touch(CID, gateway=GATEWAY_NUMBER, person=PERSON)
+    new_store(redis).touch(CID, gateway=GATEWAY_NUMBER, person=PERSON)
     auth = {"Authorization": "Bearer " + "t" * 16}
 
     for action in ("handoff", "handoff", "resume", "resume"):  # the repeats change nothing

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from rq import Queue
 
-from config import load_settings
+from config import Settings, load_settings
 from core.events import EVENT_JOB, emit_event, event_job_id, event_marker_key
 from core.model import conversation_id
 from core.queues import EVENTS_QUEUE_NAME
@@ -25,7 +25,7 @@ SECRET = "whsec_" + "ZXZlbnRzLXNlY3JldC1vZi10aGUtc3RvcmUtdGVzdHM="  # Standard W
 
 @pytest.fixture
 def store(redis):
-    return ConversationStore(redis, retention_seconds=RETENTION)
+    return ConversationStore(redis, dedupe_ttl_seconds=Settings().dedupe_ttl_seconds, retention_seconds=RETENTION)
 
 
 def test_a_handoff_starts_and_ends_once(store, redis):

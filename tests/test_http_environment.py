@@ -32,10 +32,11 @@ def test_no_proxy_for_the_origin_is_respected(monkeypatch):
 
 
 def test_the_clients_sessions_are_pinned_and_still_talk(uponai, twilio):
-    twilio_client = build_client(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, api_base_url=twilio.url)
+    twilio_client = build_client(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, api_base_url=twilio.url,
+                                 timeout_seconds=5.0, connect_timeout_seconds=5.0)
     assert twilio_client.http_client.session.trust_env is False
     agent = UponAIClient(base_url=uponai.url, api_key=UPONAI_KEY, agent_id="agent_default", style="reference",
-                         workspace_id=7)
+                         workspace_id=7, connect_timeout_seconds=1.0, read_timeout_seconds=5.0)
     chat = agent.create_chat(agent_id="agent_default", metadata={})
     assert agent.get_chat(chat.chat_id).chat_id == chat.chat_id  # through the pinned session, to the fake
 
@@ -110,7 +111,8 @@ def test_send_goes_through_the_proxy_pinned_on_the_session(recorder, monkeypatch
 
 
 def test_twilio_requests_keep_twilios_headers_form_and_credentials(recorder):
-    client = build_client(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, api_base_url=recorder)
+    client = build_client(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, api_base_url=recorder, timeout_seconds=5.0,
+                          connect_timeout_seconds=5.0)
     response = client.http_client.request("POST", "https://api.twilio.com/2010-04-01/x", data={"To": "+1415"},
                                           headers={"User-Agent": "twilio-python/test", "Accept": "application/json",
                                                    "Content-Type": "application/x-www-form-urlencoded"},

@@ -13,9 +13,8 @@ import pytest
 
 from core.model import conversation_id
 from core.queues import CLOSE_IDLE_JOB
-from core.state import ConversationStore
 from core.state.counters import IDLE_CHECK_LEASE_SECONDS, IDLE_DUE_KEY
-from tests.conftest import GATEWAY_NUMBER, wait_for, wait_idle
+from tests.conftest import GATEWAY_NUMBER, new_store, wait_for, wait_idle
 from workers import jobs
 
 PERSON = "+14155550142"
@@ -114,7 +113,7 @@ def test_the_worker_process_scheduler_closes_an_idle_chat(start_worker_processes
 
 
 def test_erase_removes_the_idle_check(redis):
-    store = ConversationStore(redis)
+    store = new_store(redis)
     store.schedule_idle_check(CID, time.time() + 3600)
     store.schedule_idle_check("someone-else", time.time() + 3600)
     store.erase(CID)

@@ -10,11 +10,11 @@ from rq import Queue
 
 from core.queues import ADMIN_QUEUE_NAME, QUEUE_NAME
 from core.state import ConversationStore
-from tests.conftest import pending_work, wait_idle
+from tests.conftest import new_store, pending_work, wait_idle
 
 
 def test_nothing_to_do_is_idle_even_with_an_idle_check_an_hour_away(redis):
-    ConversationStore(redis).schedule_idle_check("c1", time.time() + 3600)
+    new_store(redis).schedule_idle_check("c1", time.time() + 3600)
     Queue(QUEUE_NAME, connection=redis).enqueue_in(timedelta(hours=1), "workers.jobs.drain", "c2")
     assert pending_work(redis) == []
     wait_idle(redis, timeout=2)
@@ -30,7 +30,7 @@ def test_each_kind_of_work_keeps_the_gateway_busy(redis, work):
     elif work == "retry due soon":
         sms.enqueue_in(timedelta(seconds=2), "workers.jobs.drain", "c1")
     elif work == "idle check due soon":
-        ConversationStore(redis).schedule_idle_check("c1", time.time() + 2)
+        new_store(redis).schedule_idle_check("c1", time.time() + 2)
     elif work == "lock":
         redis.set(ConversationStore.key("lock", "c1"), "drain:job-1")
     else:

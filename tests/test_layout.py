@@ -202,3 +202,48 @@ def test_every_kind_of_key_says_what_it_holds_so_an_erase_cannot_forget_it():
     used = key_kinds_in_code()
     assert {"conv", "msg", "idle-due"} <= set(used)  # the scan finds the calls it is meant to find
     assert {kind: where for kind, where in used.items() if kind not in KEY_KINDS} == {}
+
+
+# -- no project-private name used across modules ----------------------------------------------------
+
+CHECKED_FOR_PRIVATES = (*PACKAGES, "bench", "tests")
+
+
+def private_names_used(path: Path, root: Path = ROOT) -> list[str]:
+    """``path:line: code`` of each ``from <project module> import _name`` and ``<project module>._name`` in ``path``."""
+    project = {*PACKAGES, "bench", "tests"}
+    tree = ast.parse(path.read_text(), str(path))
+    modules = set()  # names bound to project modules by ``import x.y [as z]``
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules |= {alias.asname or alias.name.split(".")[0] for alias in node.names
+                        if alias.name.split(".")[0] in project}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in project:
+            modules |= {alias.asname or alias.name for alias in node.names}  # a submodule imported by name, too
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in project:
+            found += [node] if any(_is_private(alias.name) for alias in node.names) else []
+        elif (isinstance(node, ast.Attribute) and _is_private(node.attr) and isinstance(node.value, ast.Name)
+              and node.value.id in modules):
+            found.append(node)
+    lines = path.read_text().splitlines()
+    return [f"{path.relative_to(root)}:{node.lineno}: {lines[node.lineno - 1].strip()}"
+            for node in sorted(found, key=lambda node: node.lineno)]
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def test_private_names_used_across_modules_are_found(tmp_path):
+    source = tmp_path / "module.py"
+    source.write_text("from workers.worker import _loop, run\nfrom workers import worker\nimport core.state as st\n"
+                      "worker._loop()\nst._scan\nself._own\nfrom redis import _private\nfrom os import _exit\n")
+    assert [line.split(":")[1] for line in private_names_used(source, tmp_path)] == ["1", "4", "5"]
+
+
+def test_no_project_private_name_is_used_across_modules():
+    files = [path for package in CHECKED_FOR_PRIVATES for path in sorted((ROOT / package).rglob("*.py"))]
+    assert len(files) > 100
+    assert [line for path in files for line in private_names_used(path)] == []

@@ -11,7 +11,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from core.state import ConversationStore
-from tests.conftest import free_port
+from tests.conftest import free_port, new_store
 from workers.locking import LockKeeper
 
 TTL = 1.5  # seconds: a lock nobody refreshes is gone after this (refreshed every TTL / 3)
@@ -32,7 +32,7 @@ def watch_held(redis, tokens: dict[str, str], seconds: float) -> None:
 
 
 def test_a_held_lock_outlives_its_ttl_and_is_released_on_the_way_out(redis):
-    store = ConversationStore(redis)
+    store = new_store(redis)
     assert store.acquire_lock("c1", "drain:a", TTL)
     with LockKeeper(store, "c1", "drain:a", ttl_seconds=TTL):
         watch_held(redis, {"c1": "drain:a"}, 2.5 * TTL)
@@ -40,7 +40,7 @@ def test_a_held_lock_outlives_its_ttl_and_is_released_on_the_way_out(redis):
 
 
 def test_many_locks_are_kept_by_one_thread(redis):
-    store = ConversationStore(redis)
+    store = new_store(redis)
     tokens = {f"c{n}": f"drain:{n}" for n in range(40)}
     for cid, token in tokens.items():
         assert store.acquire_lock(cid, token, TTL)
@@ -59,7 +59,7 @@ def test_many_locks_are_kept_by_one_thread(redis):
 
 def test_a_lock_taken_over_is_not_refreshed_or_released_by_its_old_holder(redis):
     """A holder that stalled past the TTL lost the lock: its keeper must neither extend nor free the new one."""
-    store = ConversationStore(redis)
+    store = new_store(redis)
     assert store.acquire_lock("c1", "drain:old", TTL)
     with LockKeeper(store, "c1", "drain:old", ttl_seconds=TTL):
         redis.set(ConversationStore.key("lock", "c1"), "drain:new", px=int(10 * TTL * 1000))
@@ -73,7 +73,7 @@ def test_a_lock_taken_over_is_not_refreshed_or_released_by_its_old_holder(redis)
 
 
 def test_a_keeper_released_early_is_not_released_again(redis):
-    store = ConversationStore(redis)
+    store = new_store(redis)
     assert store.acquire_lock("c1", "drain:a", TTL)
     with LockKeeper(store, "c1", "drain:a", ttl_seconds=TTL) as keeper:
         keeper.release()
@@ -85,8 +85,8 @@ def test_a_keeper_released_early_is_not_released_again(redis):
 
 def test_a_failed_refresh_is_logged_and_the_refresher_goes_on(redis, caplog):
     """A refresh that raises (Redis away) costs a WARNING: the one refresh thread keeps the other locks alive."""
-    store = ConversationStore(redis)
-    away = ConversationStore(Redis(port=free_port(), socket_connect_timeout=0.2, socket_timeout=0.2,
+    store = new_store(redis)
+    away = new_store(Redis(port=free_port(), socket_connect_timeout=0.2, socket_timeout=0.2,
                                    retry=Retry(NoBackoff(), 0)))
     assert store.acquire_lock("c1", "drain:a", TTL)
     with (caplog.at_level(logging.WARNING, logger="workers.locking"),

@@ -84,7 +84,7 @@ def test_numbers_are_masked_everywhere_and_bodies_only_when_asked():
     try:
         raise ValueError("bad number +14155550100")
     except ValueError:
-        failed = log_line(JsonLogFormatter(), "failed", exc_info=sys.exc_info())
+        failed = log_line(JsonLogFormatter(log_bodies=False), "failed", exc_info=sys.exc_info())
     assert "ValueError" in failed["exc"] and "14155550100" not in failed["exc"]
 
 
@@ -92,7 +92,7 @@ def test_the_formatter_takes_body_logging_from_its_caller_not_the_environment(mo
     monkeypatch.setenv("LOG_MESSAGE_BODIES", "true")  # only Settings reads it; the entry point hands it in
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".env").write_text("LOG_MESSAGE_BODIES=true\n")
-    assert "body" not in log_line(JsonLogFormatter(), "turn done", body=SECRET_BODY)
+    assert "body" not in log_line(JsonLogFormatter(log_bodies=False), "turn done", body=SECRET_BODY)
 
 
 def gunicorn_conf(monkeypatch, tmp_path, **variables: str) -> dict:
@@ -131,7 +131,7 @@ def test_configure_logging_sends_every_logger_through_the_json_formatter():
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
     try:
-        configure_logging("INFO", stream=stream)
+        configure_logging("INFO", log_bodies=False, stream=stream)
         logging.getLogger("rq.worker").info("job=%s done for %s", "j1", "+14155550100")
     finally:
         root.handlers[:] = saved[0]

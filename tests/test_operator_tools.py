@@ -210,6 +210,6 @@ def test_doctor_reports_every_missing_setting(env):
 @pytest.mark.parametrize("version, old", [("6.0.20", True), ("5.0.14", True), ("6.2.0", False), ("7.0.15", False),
                                           ("10.1", False), ("?", False)])
 def test_doctor_names_a_redis_too_old_for_the_accept_script(version, old):
-    from cli.doctor import MIN_REDIS_VERSION, _version_tuple
+    from cli.doctor import MIN_REDIS_VERSION, version_tuple
 
-    assert (_version_tuple(version) < MIN_REDIS_VERSION) is old
+    assert (version_tuple(version) < MIN_REDIS_VERSION) is old

@@ -25,6 +25,7 @@ from rq import Queue
 from werkzeug.serving import make_server
 
 from cli.main import main as console
+from config import load_settings
 from core.model import conversation_id
 from core.phone_numbers import MAX_NUMBER_CHARS, NumberError, read_number
 from core.queues import ADMIN_QUEUE_NAME
@@ -261,8 +262,10 @@ def surfaces(request, env, redis, twilio, monkeypatch, tmp_path, capsys):
         out, err = capsys.readouterr()
         return code, out, err
 
-    phone = create_phone_app(twilio=twilio, gateway_url=url, gateway_number=GATEWAY_NUMBER, redis_url=env["REDIS_URL"],
-                             admin_token=TOKEN, idle_timeout_seconds=600, default_phone_region=region).test_client()
+    phone_settings = load_settings({**env, "CHAT_IDLE_TIMEOUT_SECONDS": "600",
+                                    **({"DEFAULT_PHONE_REGION": region} if region else {})}, dotenv_path=None)
+    phone = create_phone_app(twilio=twilio, gateway_url=url, gateway_number=GATEWAY_NUMBER, admin_token=TOKEN,
+                             settings=phone_settings).test_client()
     yield region, app.test_client(), run, phone
     server.shutdown()
     thread.join(timeout=5)

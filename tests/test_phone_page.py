@@ -10,7 +10,7 @@ from werkzeug.serving import make_server
 
 from gateway import create_app
 from sandbox.phone import create_phone_app
-from tests.conftest import GATEWAY_NUMBER, free_port, wait_for
+from tests.conftest import GATEWAY_NUMBER, free_port, phone_settings, wait_for
 
 PERSON = "+14155550177"
 TOKEN = "phone-page-admin-token"
@@ -35,7 +35,7 @@ def served(env, redis, twilio):
 @pytest.fixture
 def phone(served, twilio):
     app = create_phone_app(twilio=twilio, gateway_url=served["PUBLIC_BASE_URL"], gateway_number=GATEWAY_NUMBER,
-                           redis_url=served["REDIS_URL"], admin_token=None, idle_timeout_seconds=600)
+                           admin_token=None, settings=phone_settings(served))
     return app.test_client()
 
 
@@ -123,7 +123,7 @@ def test_a_number_that_is_not_pointed_at_the_gateway_shows_the_error(phone, twil
 
 def test_the_admin_apis_refusal_keeps_its_status_and_message(served, answering, twilio):
     phone = create_phone_app(twilio=twilio, gateway_url=served["PUBLIC_BASE_URL"], gateway_number=GATEWAY_NUMBER,
-                             redis_url=served["REDIS_URL"], admin_token=TOKEN, idle_timeout_seconds=600).test_client()
+                             admin_token=TOKEN, settings=phone_settings(served)).test_client()
     phone.post("/api/send", json={"from": PERSON, "body": "STOP"})
     wait_for(lambda: state_of(phone)["opted_out"], message="opt-out recorded")
 

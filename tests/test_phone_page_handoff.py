@@ -10,7 +10,7 @@ from werkzeug.serving import make_server
 
 from gateway import create_app
 from sandbox.phone import create_phone_app
-from tests.conftest import GATEWAY_NUMBER, free_port, wait_for
+from tests.conftest import GATEWAY_NUMBER, free_port, phone_settings, wait_for
 
 PERSON = "+14155550178"
 TOKEN = "phone-page-admin-token"
@@ -33,7 +33,7 @@ def served(env, redis, twilio):
 
 def phone_for(served, twilio, token: str | None):
     return create_phone_app(twilio=twilio, gateway_url=served["PUBLIC_BASE_URL"], gateway_number=GATEWAY_NUMBER,
-                            redis_url=served["REDIS_URL"], admin_token=token, idle_timeout_seconds=600).test_client()
+                            admin_token=token, settings=phone_settings(served)).test_client()
 
 
 def state_of(phone) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import shlex
 import subprocess
 import sys
@@ -395,3 +396,89 @@ def test_an_unknown_log_level_option_is_a_usage_error_not_a_traceback(tmp_path):
     assert subprocess.run([str(command), "--log-level", "warning", "check-settings"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60,
                           env={"PATH": "/usr/bin:/bin", **minimal()}).returncode == 0
+
+
+def test_web_processes_and_threads_are_settings_with_their_defaults():
+    settings = load_settings(minimal(), dotenv_path=None)
+    assert (settings.web_concurrency, settings.web_threads, settings.admin_max_waiting) == (2, 4, 2)
+    settings = load_settings(minimal(WEB_CONCURRENCY="3", WEB_THREADS="16", ADMIN_MAX_WAITING="15"), dotenv_path=None)
+    assert (settings.web_concurrency, settings.web_threads, settings.admin_max_waiting) == (3, 16, 15)
+
+
+@pytest.mark.parametrize(("overrides", "shown"), [
+    ({"ADMIN_MAX_WAITING": "4"}, "ADMIN_MAX_WAITING=4 is invalid: it must be less than WEB_THREADS=4"),
+    ({"ADMIN_MAX_WAITING": "9"}, "ADMIN_MAX_WAITING=9 is invalid: it must be less than WEB_THREADS=4"),
+    ({"WEB_THREADS": "2"}, "ADMIN_MAX_WAITING=2 is invalid: it must be less than WEB_THREADS=2"),
+    ({"WEB_THREADS": "1", "ADMIN_MAX_WAITING": "5"}, "ADMIN_MAX_WAITING=5 is invalid: it must be less than "
+                                                     "WEB_THREADS=1"),
+])
+def test_admin_requests_may_not_wait_on_every_web_thread(overrides, shown):
+    (problem,) = problems_of(minimal(**overrides))
+    assert problem.startswith(shown) and "Twilio's webhooks" in problem
+
+
+@pytest.mark.parametrize(("name", "value", "reason"), [
+    ("WEB_THREADS", "0", "must be a positive whole number"), ("WEB_THREADS", "four", "must be a whole number"),
+    ("WEB_CONCURRENCY", "0", "must be a positive whole number"), ("WEB_CONCURRENCY", "-2", "must be a positive"),
+])
+def test_web_processes_and_threads_must_be_positive(name, value, reason):
+    (problem,) = problems_of(minimal(**{name: value}))
+    assert problem.startswith(f"{name}='{value}' is invalid: {reason}")
+
+
+# Numbers and phonenumbers' verdicts on them (asserted below, so the data cannot go stale): +15005550006 and
+# +15005550007 are Twilio's magic test numbers (Twilio docs, "Test credentials"); +12015550123 and +447400123456
+# are phonenumbers' own example numbers for US and GB (example_number_for_type); +15551234567 (the 555-1234
+# range) and +1500555000 (one digit short) are numbers it calls invalid.
+VALID_NUMBERS = ("+15005550006", "+15005550007", "+12015550123", "+447400123456")
+INVALID_NUMBERS = ("+15551234567", "+1500555000")
+
+
+def test_the_numbers_used_here_get_the_verdicts_phonenumbers_gives():
+    assert all(phonenumbers.is_valid_number(phonenumbers.parse(number)) for number in VALID_NUMBERS)
+    assert not any(phonenumbers.is_valid_number(phonenumbers.parse(number)) for number in INVALID_NUMBERS)
+    assert phonenumbers.format_number(phonenumbers.example_number_for_type("US", phonenumbers.PhoneNumberType.MOBILE),
+                                      phonenumbers.PhoneNumberFormat.E164) == "+12015550123"
+
+
+def test_valid_gateway_numbers_are_taken():
+    settings = load_settings(minimal(TWILIO_FROM_NUMBER="+15005550006",
+                                     GATEWAY_NUMBERS="+12015550123, whatsapp:+447400123456, messenger:1234567",
+                                     UPONAI_AGENT_ROUTES="+15005550007=agent_sales,whatsapp:+15005550006=agent_wa"),
+                             dotenv_path=None)
+    assert settings.own_numbers() == ("+15005550006", "+15005550007", "whatsapp:+15005550006", "+12015550123",
+                                      "whatsapp:+447400123456", "messenger:1234567")
+
+
+@pytest.mark.parametrize(("name", "value", "problem"), [
+    ("TWILIO_FROM_NUMBER", "+15551234567",
+     "TWILIO_FROM_NUMBER='+*********67' is invalid: is not a valid phone number (checked with the phonenumbers"),
+    ("TWILIO_FROM_NUMBER", "+1500555000",
+     "TWILIO_FROM_NUMBER='+********00' is invalid: is not a valid phone number"),
+    ("TWILIO_FROM_NUMBER", "15005550006",
+     "TWILIO_FROM_NUMBER='********06' is invalid: must be in E.164 form, + and country code"),
+    ("TWILIO_FROM_NUMBER", "+1 500-555-0006",
+     "TWILIO_FROM_NUMBER='+************06' is invalid: must be in E.164 form, + and country code and digits only"),
+    ("TWILIO_FROM_NUMBER", "+999123", "TWILIO_FROM_NUMBER='+****23' is invalid: is not a phone number"),
+    ("GATEWAY_NUMBERS", "+15005550007,+15551234567",
+     "GATEWAY_NUMBERS='+*********07,+*********67' is invalid: +*********67 is not a valid phone number"),
+    ("GATEWAY_NUMBERS", "whatsapp:+1500555000",
+     "GATEWAY_NUMBERS='whatsapp:+********00' is invalid: whatsapp:+********00 is not a valid phone number"),
+    ("UPONAI_AGENT_ROUTES", "+15005550007=agent_sales,+15551234567=agent_support",
+     "UPONAI_AGENT_ROUTES='+*********07=agent_sales,+*********67=agent_support' is invalid: +*********67 is not a "
+     "valid phone number"),
+    ("UPONAI_AGENT_ROUTES", "15005550007=agent_sales",
+     "UPONAI_AGENT_ROUTES='********07=agent_sales' is invalid: ********07 must be in E.164 form"),
+])
+def test_a_number_phonenumbers_calls_invalid_stops_start_up_named_and_masked(name, value, problem):
+    (found,) = problems_of(minimal(**{name: value}))
+    assert found.startswith(problem), found
+    for number in re.findall(r"[0-9]{6,}", value.replace(" ", "").replace("-", "")):
+        assert number[:-2] not in found  # masked as the logs mask it: the last two digits only
+
+
+def test_every_bad_number_is_reported_together():
+    problems = problems_of(minimal(TWILIO_FROM_NUMBER="+15551234567", GATEWAY_NUMBERS="+1500555000",
+                                   UPONAI_AGENT_ROUTES="+15551234567=agent_sales", WEB_THREADS="0"))
+    assert [problem.split("=")[0] for problem in problems] == ["TWILIO_FROM_NUMBER", "WEB_THREADS",
+                                                              "UPONAI_AGENT_ROUTES", "GATEWAY_NUMBERS"]

@@ -17,10 +17,10 @@ from tests.conftest import wait_for
 
 
 def _in_debounce(writer: StateFile) -> bool:
-    """Whether the writer thread waits out its debounce now (its ``_run`` frame is at that line)."""
-    frame = sys._current_frames().get(writer._thread.ident)
+    """Whether the writer thread waits out its debounce now (its ``write_until_closed`` frame is at that line)."""
+    frame = sys._current_frames().get(writer.thread.ident)
     while frame is not None:
-        if frame.f_code is StateFile._run.__code__:
+        if frame.f_code is StateFile.write_until_closed.__code__:
             return "debounce_seconds" in linecache.getline(frame.f_code.co_filename, frame.f_lineno)
         frame = frame.f_back
     return False
@@ -36,5 +36,5 @@ def test_a_close_during_the_writers_debounce_stops_it_and_saves_the_last_state(t
     started = time.monotonic()
     writer.close()
     assert time.monotonic() - started < 5, "close() waited for the writer's join timeout"
-    assert not writer._thread.is_alive()
+    assert not writer.thread.is_alive()
     assert json.loads((tmp_path / "state.json").read_text()) == {"value": 2}

@@ -240,12 +240,12 @@ def test_max_segments_must_be_positive():
 # -- without a segment cap: Twilio's 1600 characters --------------------------------------------------
 
 def test_without_a_segment_cap_replies_are_cut_at_1600_characters_between_words():
-    assert shape_reply(["one two", "", "three"]) == ["one two", "three"]
+    assert shape_reply(["one two", "", "three"], max_segments=None, transliterate=True) == ["one two", "three"]
     long_text = " ".join(["word"] * 500)
-    parts = shape_reply([long_text], transliterate=False)
+    parts = shape_reply([long_text], max_segments=None, transliterate=False)
     assert [len(p) for p in parts] == [1599, 899]
     assert " ".join(parts) == long_text
-    assert shape_reply(["x" * 3500]) == ["x" * 1600, "x" * 1600, "x" * 300]  # one word longer than an SMS
+    assert shape_reply(["x" * 3500], max_segments=None, transliterate=True) == ["x" * 1600, "x" * 1600, "x" * 300]
 
 
 # -- Twilio's segment calculator: its published test vectors ------------------------------------------
@@ -428,9 +428,10 @@ def test_the_character_limit_keeps_clusters_whole_too():
     # 802 flags of 2 regional indicators each, every one outside the BMP: 4 UTF-16 code units a flag, and the
     # 1600 limit (counted in code units, as Twilio counts it) falls between flags.
     flags = (FLAG_US + FLAG_FR) * 401
-    assert [utf16_units(part) for part in shape_reply([flags], transliterate=False)] == [1600, 1600, 8]
+    uncapped = {"max_segments": None, "transliterate": False}
+    assert [utf16_units(part) for part in shape_reply([flags], **uncapped)] == [1600, 1600, 8]
     odd = "x" + flags  # now 1600 would cut a flag in two: the part ends a flag sooner
-    assert [utf16_units(part) for part in shape_reply([odd], transliterate=False)] == [1597, 1600, 12]
+    assert [utf16_units(part) for part in shape_reply([odd], **uncapped)] == [1597, 1600, 12]
 
 
 @pytest.mark.parametrize("end", ["。", "！", "？", "｡", "．"], ids=_describe)
@@ -493,5 +494,5 @@ def test_a_reply_of_a_thousand_emoji_goes_out_in_parts_of_at_most_1600_utf16_uni
 
 
 def test_a_part_is_as_long_as_1600_utf16_units_allow():
-    parts = shape_reply(["x" + EMOJI * 900], transliterate=False)
+    parts = shape_reply(["x" + EMOJI * 900], max_segments=None, transliterate=False)
     assert [utf16_units(part) for part in parts] == [1599, 202]  # "x" and 799 emoji, then 101 emoji

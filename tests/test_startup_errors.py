@@ -39,8 +39,9 @@ PROBLEMS = (
 )
 
 
-def run_procfile_line(name: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {**BAD_SETTINGS, "PORT": str(free_port()), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+def run_procfile_line(name: str, tmp_path: Path, settings: dict[str, str] = BAD_SETTINGS
+                      ) -> subprocess.CompletedProcess:
+    env = {**settings, "PORT": str(free_port()), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
            "PYTHONUNBUFFERED": "1", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
     return subprocess.run(["bash", "-c", f"exec {procfile_commands()[name]}"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
@@ -76,3 +77,48 @@ def test_a_command_with_bad_settings_prints_the_same_block(tmp_path):
     assert result.returncode == 2
     assert result.stdout == ""
     assert_one_block(result, "sms-gateway check-settings")
+
+
+# Well-formed settings but for how they combine: no admin thread cap below the web's threads, and gateway numbers
+# that the phonenumbers library calls invalid (+15551234567: the 555-1234 range; +1500555000: a digit short).
+# +15005550006 is Twilio's magic test number, valid to phonenumbers.
+COMBINED_SETTINGS = {
+    "REDIS_URL": "redis://127.0.0.1:6379/0", "UPONAI_API_KEY": "uponai-key", "UPONAI_AGENT_ID": "agent_1",
+    "UPONAI_WORKSPACE_ID": "7", "TWILIO_ACCOUNT_SID": "AC" + "1" * 32, "TWILIO_AUTH_TOKEN": "7e57" * 8,
+    "WEB_THREADS": "3", "ADMIN_MAX_WAITING": "3", "TWILIO_FROM_NUMBER": "+15551234567",
+    "GATEWAY_NUMBERS": "+15005550006,+1500555000", "UPONAI_AGENT_ROUTES": "+15551234567=agent_sales",
+}
+COMBINED_PROBLEMS = (
+    "TWILIO_FROM_NUMBER='+*********67' is invalid: is not a valid phone number (checked with the phonenumbers library)",
+    "UPONAI_AGENT_ROUTES='+*********67=agent_sales' is invalid: +*********67 is not a valid phone number",
+    "GATEWAY_NUMBERS='+*********06,+********00' is invalid: +********00 is not a valid phone number",
+)
+
+
+@pytest.mark.parametrize(("name", "program"), [("web", "sms-gateway web (gunicorn)"),
+                                               ("worker", "sms-gateway worker")])
+def test_invalid_numbers_stop_start_up_named_and_masked(name, program, tmp_path):
+    result = run_procfile_line(name, tmp_path, COMBINED_SETTINGS)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output, output
+    lines = output.strip().splitlines()
+    assert lines[0] == f"{program}: cannot start: {len(COMBINED_PROBLEMS)} settings to fix:", output
+    for problem in COMBINED_PROBLEMS:
+        assert sum(problem in line for line in lines[1:-1]) == 1, (problem, output)
+    assert "5551234567" not in output and "500555000" not in output  # masked, as the logs mask numbers
+    assert "ADMIN_MAX_WAITING" not in output  # how settings combine is judged once each is valid
+
+
+@pytest.mark.parametrize(("name", "program"), [("web", "sms-gateway web (gunicorn)"),
+                                               ("worker", "sms-gateway worker")])
+def test_admin_waiting_on_every_web_thread_stops_start_up_naming_both(name, program, tmp_path):
+    settings = {**COMBINED_SETTINGS, "TWILIO_FROM_NUMBER": "+15005550006", "GATEWAY_NUMBERS": "",
+                "UPONAI_AGENT_ROUTES": ""}
+    result = run_procfile_line(name, tmp_path, settings)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output, output
+    lines = output.strip().splitlines()
+    assert lines[0] == f"{program}: cannot start: 1 setting to fix:", output
+    assert lines[1].startswith("  - ADMIN_MAX_WAITING=3 is invalid: it must be less than WEB_THREADS=3"), output
+    if name == "web":
+        assert "Listening at" not in result.stderr

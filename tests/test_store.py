@@ -12,7 +12,7 @@ from rq import Queue
 from core.model import InboundMessage, conversation_id
 from core.queues import DRAIN_RETRY_INTERVALS_SECONDS, QUEUE_NAME, enqueue_drain, queue_depth
 from core.state import ConversationStore
-from tests.conftest import GATEWAY_NUMBER, new_sid, waiting_drains
+from tests.conftest import GATEWAY_NUMBER, new_sid, new_store, waiting_drains
 
 PERSON = "+14155550188"
 CID = conversation_id(GATEWAY_NUMBER, PERSON)
@@ -22,7 +22,7 @@ SETTINGS = SimpleNamespace(uponai_read_timeout_seconds=2, data_retention_seconds
 def test_forgetting_a_chat_while_texts_arrive_does_not_fail(redis, queue):
     """The webhook writes the conversation's hash while a worker forgets its chat: neither fails nor loses a
     text (a WATCH/MULTI forget raised WatchError here). Eight texts race the forget; the next chat is left alone."""
-    store = ConversationStore(redis)
+    store = new_store(redis)
     store.set_chat(CID, "chat_1", "agent_test")
     start = threading.Barrier(9)
 
@@ -51,11 +51,12 @@ def _accept(store: ConversationStore, body: str = "hello", sid: str | None = Non
     queue = Queue(QUEUE_NAME, connection=store.redis)
     message = InboundMessage(sid=sid or new_sid(), from_=person, to=GATEWAY_NUMBER, body=body)
     return store.accept(message, lambda pipe, job_id: enqueue_drain(queue, message.conversation_id, SETTINGS,
-                                                                    pipeline=pipe, job_id=job_id))
+                                                                    pipeline=pipe, job_id=job_id),
+                        replicas=0, replica_timeout_seconds=1.0)
 
 
 def test_concurrent_deliveries_of_one_webhook_leave_one_text_and_one_job(redis, queue):
-    store = ConversationStore(redis)
+    store = new_store(redis)
     sid = new_sid()
     start = threading.Barrier(12)
 
@@ -73,7 +74,7 @@ def test_concurrent_deliveries_of_one_webhook_leave_one_text_and_one_job(redis, 
 
 
 def test_each_text_is_an_rq_job_visible_to_rq_with_its_enqueue_time(redis, queue):
-    store = ConversationStore(redis)
+    store = new_store(redis)
     start = threading.Barrier(6)
 
     def deliver(index: int) -> str:
@@ -91,7 +92,7 @@ def test_each_text_is_an_rq_job_visible_to_rq_with_its_enqueue_time(redis, queue
 
 
 def test_skipped_and_replayed_texts_leave_no_job(redis, queue):
-    store = ConversationStore(redis)
+    store = new_store(redis)
     assert _accept(store, "from ourselves", person=GATEWAY_NUMBER) == "skipped"
     assert queue.count == 0 and not list(redis.scan_iter("rq:job:*"))
 
@@ -99,7 +100,7 @@ def test_skipped_and_replayed_texts_leave_no_job(redis, queue):
 def test_scripts_are_loaded_again_when_redis_lost_them(redis, queue):
     """A restarted Redis (or SCRIPT FLUSH) no longer has the scripts: the next call loads them and goes on, and
     the job queued in the transaction whose script was missing is taken back."""
-    store = ConversationStore(redis)
+    store = new_store(redis)
     assert _accept(store, "before") == "new"
     redis.script_flush()
     assert _accept(store, "after") == "new"

@@ -22,7 +22,7 @@ CALLBACK = "https://sms.example.com/twilio/status"
 
 def make_sender(base_url: str, *, auth_token: str = AUTH_TOKEN, timeout_seconds: float = 5.0) -> TwilioSender:
     return TwilioSender(build_client(account_sid=ACCOUNT_SID, auth_token=auth_token, api_base_url=base_url,
-                                     timeout_seconds=timeout_seconds))
+                                     timeout_seconds=timeout_seconds, connect_timeout_seconds=5.0))
 
 
 @pytest.fixture

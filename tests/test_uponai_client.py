@@ -479,6 +479,8 @@ def test_error_body_without_a_message_field(agent, uponai):
 
 def test_the_client_refuses_an_impossible_configuration():
     with pytest.raises(ValueError):
-        UponAIClient(base_url="http://127.0.0.1:1", api_key="k", agent_id="a", style="openapi", workspace_id=1)
+        UponAIClient(base_url="http://127.0.0.1:1", api_key="k", agent_id="a", style="openapi", workspace_id=1,
+                     connect_timeout_seconds=1.0, read_timeout_seconds=5.0)
     with pytest.raises(ValueError):
-        UponAIClient(base_url="http://127.0.0.1:1", api_key="k", agent_id="a", style="reference")
+        UponAIClient(base_url="http://127.0.0.1:1", api_key="k", agent_id="a", style="reference", workspace_id=None,
+                     connect_timeout_seconds=1.0, read_timeout_seconds=5.0)

@@ -13,7 +13,6 @@ from twilio.request_validator import RequestValidator
 from werkzeug.datastructures import MultiDict
 
 from core.model import conversation_id
-from core.state import ConversationStore
 from gateway import create_app
 from tests.conftest import (
     AUTH_TOKEN,
@@ -22,6 +21,7 @@ from tests.conftest import (
     free_port,
     inbound_form,
     new_sid,
+    new_store,
     post_signed,
     settings_env,
     sign,
@@ -327,7 +327,7 @@ def status_form(sid: str, status: str, **extra: str) -> dict[str, str]:
 def test_status_callback_for_a_known_message_is_recorded(client, redis):
     sid = new_sid()
     cid = conversation_id("+15005550006", PERSON)
-    ConversationStore(redis).record_sent(cid, sid, status="queued")
+    new_store(redis).record_sent(cid, sid, status="queued")
 
     for status in ("sent", "delivered"):
         response = post_signed(client, "/twilio/status", status_form(sid, status))

@@ -106,7 +106,7 @@ def test_a_thread_worker_runs_jobs_and_leaves_the_process_signal_handlers_alone(
 
     from config import load_settings
     from workers import jobs
-    from workers.worker import THREAD_WORKER_TTL_SECONDS, ThreadWorker, _work_until_stopped
+    from workers.worker import THREAD_WORKER_TTL_SECONDS, ThreadWorker, work_until_stopped
 
     jobs.install_services(jobs.build_services(load_settings(env, dotenv_path=None), redis))
     queue = Queue("thread-worker-test", connection=redis)
@@ -114,7 +114,7 @@ def test_a_thread_worker_runs_jobs_and_leaves_the_process_signal_handlers_alone(
     handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     rq_log_level = logging.getLogger("rq.worker").level  # RQ sets it when a worker starts: given back below
     stop = threading.Event()
-    thread = threading.Thread(target=_work_until_stopped, args=(ThreadWorker, redis, [queue.name], stop), kwargs={
+    thread = threading.Thread(target=work_until_stopped, args=(ThreadWorker, redis, [queue.name], stop), kwargs={
         "with_scheduler": False, "burst": False, "max_jobs": None, "logging_level": "WARNING",
         "ttl": THREAD_WORKER_TTL_SECONDS}, daemon=True)
     try:

@@ -32,7 +32,7 @@ LOCK_RETRY_SECONDS = 5  # a scheduler without the lock asks again this often (RQ
 STOP_SECONDS = 10  # how long the worker waits for its scheduler to release its locks and exit
 
 
-def start(connection: Redis, queue_names: list[str], logging_level: str = "INFO",
+def start(connection: Redis, queue_names: list[str], logging_level: str,
           tick: Callable[[], object] | None = None) -> multiprocessing.Process:
     """Fork the scheduler child (a fork, as RQ does: the job functions and settings come along). ``tick`` runs
     in each step after the due jobs are moved, in the scheduler holding the locks."""
@@ -52,7 +52,7 @@ def stop(process: multiprocessing.Process) -> None:
         process.join()
 
 
-def run(connection: Redis, queue_names: list[str], logging_level: str = "INFO",
+def run(connection: Redis, queue_names: list[str], logging_level: str,
         tick: Callable[[], object] | None = None) -> None:
     """The child's loop, until SIGTERM or SIGINT."""
     stop_event = threading.Event()

@@ -245,7 +245,7 @@ def valid_unicode(text: str) -> str:
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-def shape_reply(messages: list[str], *, max_segments: int | None = None, transliterate: bool = True) -> list[str]:
+def shape_reply(messages: list[str], *, max_segments: int | None, transliterate: bool) -> list[str]:
     """The SMS bodies for the agent's messages of one turn, in order.
 
     Each message becomes plain text (and GSM-7 characters when ``transliterate``), then is split at

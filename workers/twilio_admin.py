@@ -49,9 +49,10 @@ class TwilioAdmin:
         self.client = client
 
     @classmethod
-    def connect(cls, *, account_sid: str, auth_token: str, api_base_url: str, timeout_seconds: float = 15.0):
+    def connect(cls, *, account_sid: str, auth_token: str, api_base_url: str, timeout_seconds: float,
+                connect_timeout_seconds: float):
         return cls(build_client(account_sid=account_sid, auth_token=auth_token, api_base_url=api_base_url,
-                                timeout_seconds=timeout_seconds))
+                                timeout_seconds=timeout_seconds, connect_timeout_seconds=connect_timeout_seconds))
 
     def account_status(self) -> str:
         """The account's status (``active``...); raises TwilioPermanentError (401) for bad credentials."""

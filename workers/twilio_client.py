@@ -34,7 +34,7 @@ from workers.http_environment import pin_environment, send
 from workers.request_failures import describe_failure, parse_retry_after
 from workers.sms_text import is_valid_unicode
 
-DEFAULT_ORIGIN = "https://api.twilio.com"
+TWILIO_ORIGIN = "https://api.twilio.com"  # where twilio-python sends requests: left as is when configured so
 FIND_SENT_LOOKBACK = 50  # newest messages to a number searched for a part that may have gone out
 # twilio-python reads a 2xx answer with ``json.loads`` and builds the resource with ``payload.get(...)``, so an
 # answer that is not a JSON object (HTML, ``null``, a number) escapes as one of these rather than a TwilioException.
@@ -71,7 +71,7 @@ class _RedirectingHttpClient(TwilioHttpClient):
         timeout), sent with ``http_environment.send`` (no Session merging; no redirect followed, as twilio's
         own client asks), answered as twilio's ``Response``. Nothing is logged: twilio's client logs the
         request's URL and query (a phone number) at INFO."""
-        if self.origin != DEFAULT_ORIGIN:
+        if self.origin != TWILIO_ORIGIN:
             url = _TWILIO_ORIGIN.sub(self.origin, url)
         body = {"json": data} if (headers or {}).get("Content-Type") in JSON_TYPES else {"data": data}
         response = send(self.session, method.upper(), url, timeout=self.timeout if timeout is None else timeout,
@@ -82,10 +82,12 @@ class _RedirectingHttpClient(TwilioHttpClient):
         return self.last_response
 
 
-def build_client(*, account_sid: str, auth_token: str, api_base_url: str = DEFAULT_ORIGIN,
-                 timeout_seconds: float = 15.0) -> Client:
-    """A twilio ``Client`` with an explicit timeout that talks to ``api_base_url``."""
-    http_client = _RedirectingHttpClient(api_base_url, timeout=(min(5.0, timeout_seconds), timeout_seconds))
+def build_client(*, account_sid: str, auth_token: str, api_base_url: str, timeout_seconds: float,
+                 connect_timeout_seconds: float) -> Client:
+    """A twilio ``Client`` that talks to ``api_base_url``, with explicit timeouts: ``timeout_seconds`` to read,
+    ``connect_timeout_seconds`` (at most the read timeout) to connect."""
+    connect = min(connect_timeout_seconds, timeout_seconds)
+    http_client = _RedirectingHttpClient(api_base_url, timeout=(connect, timeout_seconds))
     return Client(account_sid, auth_token, http_client=http_client)
 
 
@@ -137,7 +139,8 @@ class TwilioSender:
     def from_settings(cls, settings) -> TwilioSender:
         return cls(client_factory=partial(
             build_client, account_sid=settings.twilio_account_sid, auth_token=settings.twilio_auth_token,
-            api_base_url=settings.twilio_api_base_url, timeout_seconds=settings.twilio_timeout_seconds))
+            api_base_url=settings.twilio_api_base_url, timeout_seconds=settings.twilio_timeout_seconds,
+            connect_timeout_seconds=settings.twilio_connect_timeout_seconds))
 
     def send(self, *, to: str, body: str, from_: str | None = None, messaging_service_sid: str | None = None,
              status_callback: str | None = None) -> SentMessage:

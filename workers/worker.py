@@ -396,7 +396,7 @@ class PerJobLines(logging.Filter):
         return record.levelno > logging.INFO or record.msg not in PER_JOB_LOG_TEMPLATES
 
 
-def _work_until_stopped(worker_class: type[GatewayWorker], connection, queue_names: list[str],
+def work_until_stopped(worker_class: type[GatewayWorker], connection, queue_names: list[str],
                         stop_event: threading.Event, *, with_scheduler: bool, burst: bool, max_jobs: int | None,
                         logging_level: str, ttl: int, concurrency: int = 1) -> None:
     """Run one RQ worker until a stop is requested, starting a fresh one once Redis is back after an outage."""
@@ -425,7 +425,7 @@ def _queue_due_idle_checks() -> int:
     return jobs.queue_due_idle_checks(jobs.current_services())
 
 
-def run(connection, queue_names: list[str], *, threads: int = 1, events_threads: int = 0, burst: bool = False,
+def run(connection, queue_names: list[str], *, threads: int, events_threads: int = 0, burst: bool = False,
         max_jobs: int | None = None, logging_level: str = "INFO") -> None:
     """Work until SIGTERM/SIGINT, up to ``threads`` jobs of ``queue_names`` at once, and with ``events_threads``,
     up to that many operator events of the events queue besides (the jobs in flight finish first).
@@ -443,9 +443,9 @@ def run(connection, queue_names: list[str], *, threads: int = 1, events_threads:
     if burst or max_jobs is not None:
         # RQ's burst and max_jobs count jobs one after the other; RQ's own scheduler (a burst moves the due jobs
         # once, in this process) is enough for a one-off run. The events queue comes last.
-        _work_until_stopped(GatewayWorker, connection, queue_names + events_queues, stop_event, with_scheduler=True,
-                            burst=burst, max_jobs=max_jobs, logging_level=logging_level, ttl=WORKER_TTL_SECONDS,
-                            concurrency=1)
+        work_until_stopped(GatewayWorker, connection, queue_names + events_queues, stop_event, with_scheduler=True,
+                           burst=burst, max_jobs=max_jobs, logging_level=logging_level, ttl=WORKER_TTL_SECONDS,
+                           concurrency=1)
         return
     # The scheduler child is ours (workers.scheduler), not RQ's: it waits out a Redis outage instead of dying
     # with a traceback, and lives as long as this process, across the RQ workers started after an outage.
@@ -454,7 +454,7 @@ def run(connection, queue_names: list[str], *, threads: int = 1, events_threads:
     events_worker = start_events_worker(connection, stop_event, events_threads, logging_level) \
         if events_threads else None
     try:
-        _work_until_stopped(GatewayWorker, connection, queue_names, stop_event, with_scheduler=False, burst=False,
+        work_until_stopped(GatewayWorker, connection, queue_names, stop_event, with_scheduler=False, burst=False,
                             max_jobs=None, logging_level=logging_level, ttl=WORKER_TTL_SECONDS, concurrency=threads)
     finally:
         stop_event.set()  # the events worker stops with the main one (its deliveries in flight finish first)
@@ -467,7 +467,7 @@ def start_events_worker(connection, stop_event: threading.Event, threads: int, l
                         worker_class: type[ThreadWorker] = ThreadWorker) -> threading.Thread:
     """Start the RQ worker of the events queue in a thread of this process: up to ``threads`` deliveries at once,
     until ``stop_event`` is set (then it lets those in flight finish, each within its deadline)."""
-    thread = threading.Thread(target=_work_until_stopped, name="events-worker", args=(
+    thread = threading.Thread(target=work_until_stopped, name="events-worker", args=(
         worker_class, connection, [EVENTS_QUEUE_NAME], stop_event), kwargs={
         "with_scheduler": False, "burst": False, "max_jobs": None, "logging_level": logging_level,
         "ttl": THREAD_WORKER_TTL_SECONDS, "concurrency": threads})

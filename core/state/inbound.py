@@ -118,7 +118,7 @@ class Inbound(StateBase):
     SCRIPTS = {"_accept_script": _ACCEPT}
 
     def accept(self, message: InboundMessage, queue_job: Callable[[Pipeline, str], object], *, signature: str = "",
-               skip: bool = False, replicas: int = 0, replica_timeout_seconds: float = 1.0) -> str:
+               skip: bool = False, replicas: int, replica_timeout_seconds: float) -> str:
         """Record an inbound message once; returns "new", "duplicate", "replay" or "skipped".
 
         ``queue_job(pipe, job_id)`` queues the text's drain job on ``pipe`` and returns it (an RQ ``Job``): it runs in

@@ -20,8 +20,6 @@ from redis.exceptions import NoScriptError
 
 PREFIX = "smsgw"
 PROGRESS_TTL_SECONDS = 14 * 24 * 3600
-DEFAULT_RETENTION_SECONDS = 30 * 24 * 3600
-DEFAULT_DEDUPE_TTL_SECONDS = 7 * 24 * 3600
 # Fraction of a key's period its remaining time may fall before an inbound text writes the expiry again
 # (30 days: refreshed at most every 7.2 hours per key, so the key may go up to 7.2 hours before the period).
 EXPIRY_REFRESH_SLACK = 0.01
@@ -146,8 +144,7 @@ class StateBase:
     SCRIPTS: dict[str, str] = {}
     key = staticmethod(key)
 
-    def __init__(self, redis: Redis, *, dedupe_ttl_seconds: int = DEFAULT_DEDUPE_TTL_SECONDS,
-                 retention_seconds: int = DEFAULT_RETENTION_SECONDS):
+    def __init__(self, redis: Redis, *, dedupe_ttl_seconds: int, retention_seconds: int):
         self.redis = redis
         self.dedupe_ttl_seconds = dedupe_ttl_seconds
         self.retention_seconds = retention_seconds
@@ -155,6 +152,12 @@ class StateBase:
         for cls in type(self).__mro__:
             for name, source in vars(cls).get("SCRIPTS", {}).items():
                 setattr(self, name, LuaScript(redis, source))
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings):
+        """The state over ``redis`` with the periods of ``settings`` (DEDUPE_TTL_SECONDS, DATA_RETENTION_DAYS)."""
+        return cls(redis, dedupe_ttl_seconds=settings.dedupe_ttl_seconds,
+                   retention_seconds=settings.data_retention_seconds)
 
     def _keep(self, *keys: str, pipe: Pipeline | None = None) -> None:
         """Give the conversation's keys the full retention period again (counted from this activity)."""

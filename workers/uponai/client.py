@@ -34,9 +34,8 @@ from workers.uponai.styles import STYLES, Request
 class UponAIClient:
     """Calls the UponAI chat API in the configured style, with explicit timeouts; safe to share between threads."""
 
-    def __init__(self, *, base_url: str, api_key: str, agent_id: str, style: str = "reference",
-                 workspace_id: int | None = None, connect_timeout_seconds: float = 5.0,
-                 read_timeout_seconds: float = 300.0):
+    def __init__(self, *, base_url: str, api_key: str, agent_id: str, style: str, workspace_id: int | None,
+                 connect_timeout_seconds: float, read_timeout_seconds: float):
         if style not in STYLES:
             raise ValueError(f"unknown UponAI API style {style!r}")
         self._style = STYLES[style](workspace_id)

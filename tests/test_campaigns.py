@@ -11,9 +11,8 @@ from rq import Queue
 
 from core.model import conversation_id
 from core.queues import CAMPAIGN_QUEUE_NAME
-from core.state import ConversationStore
 from gateway import create_app
-from tests.conftest import GATEWAY_NUMBER, wait_for, wait_idle
+from tests.conftest import GATEWAY_NUMBER, new_store, wait_for, wait_idle
 
 TOKEN = "admin-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -107,7 +106,7 @@ def test_the_token_is_required(admin):
 
 
 def test_campaign_texts_each_accepted_number_once_and_skips_with_reasons(admin, redis, workers, twilio, uponai):
-    store = ConversationStore(redis)
+    store = new_store(redis)
     opted, talking = "+14155550301", "+14155550302"
     store.set_opted_out(conversation_id(GATEWAY_NUMBER, opted), True)
     store.set_chat(conversation_id(GATEWAY_NUMBER, talking), "chat_live", "agent_test")
@@ -147,7 +146,7 @@ def test_the_agent_writes_each_opening_when_there_is_no_message(admin, redis, wo
 
 
 def test_in_conversation_numbers_are_texted_when_the_request_says_so(admin, redis, workers, twilio):
-    store = ConversationStore(redis)
+    store = new_store(redis)
     talking = "+14155550302"
     store.set_chat(conversation_id(GATEWAY_NUMBER, talking), "chat_live", "agent_test")
     store.touch(conversation_id(GATEWAY_NUMBER, talking), last_activity_at=f"{time.time():.3f}")
@@ -160,7 +159,7 @@ def test_in_conversation_numbers_are_texted_when_the_request_says_so(admin, redi
 def test_a_number_that_opts_out_before_its_turn_is_never_texted(admin, redis, twilio, start_workers):
     listed = numbers(3)
     answer = post_campaign(admin, {"numbers": listed, "message": "hi"}).get_json()
-    ConversationStore(redis).set_opted_out(conversation_id(GATEWAY_NUMBER, listed[2]), True)  # before any worker
+    new_store(redis).set_opted_out(conversation_id(GATEWAY_NUMBER, listed[2]), True)  # before any worker
     start_workers(1)
     wait_for(lambda: campaign(admin, answer["campaign_id"])["status"] == "done", message="the campaign to finish")
     assert texted(twilio) == Counter(listed[:2])
@@ -409,7 +408,7 @@ def dump(redis, key) -> bytes:
 
 
 def test_a_list_of_only_opted_out_numbers_is_a_finished_campaign_with_nothing_queued(admin, redis):
-    store = ConversationStore(redis)
+    store = new_store(redis)
     listed = numbers(2)
     for number in listed:
         store.set_opted_out(conversation_id(GATEWAY_NUMBER, number), True)

@@ -14,10 +14,9 @@ import threading
 import pytest
 
 from core.model import conversation_id
-from core.state import ConversationStore
 from gateway import create_app
 from sandbox.httpfake import Fault
-from tests.conftest import GATEWAY_NUMBER, inbound_form, post_signed, wait_for, wait_idle
+from tests.conftest import GATEWAY_NUMBER, inbound_form, new_store, post_signed, wait_for, wait_idle
 
 TOKEN = "admin-at-once-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -55,7 +54,7 @@ def waiting_for_retry(redis, uponai, body: str, admin) -> str:
     """The person texts; UponAI answers 503; the turn now waits for its retry. Returns the text's sid."""
     uponai.inject("complete", Fault(status=503))
     sid = text(admin, body)
-    store = ConversationStore(redis)
+    store = new_store(redis)
     wait_for(lambda: store.conversation(CID).get("retry_at") and store.lock_holder(CID) is None,
              message="the turn to wait for its retry")
     return sid
@@ -72,7 +71,7 @@ def test_a_handoff_during_a_retry_wait_holds_the_agents_answer(start_workers, ad
 
     assert twilio.sent_to(PERSON) == ["You said: hi"]  # no answer to the text that waited
     assert [t for _, t in uponai.completion_log] == ["hi"]  # nor was the agent asked again
-    store = ConversationStore(redis)
+    store = new_store(redis)
     assert [(e["who"], e["text"], e["ref"]) for e in store.away_log(CID)] == [
         ("person", "what time do you open?", sid)]  # the operator has it
     assert store.inbox_length(CID) == 0
@@ -92,7 +91,7 @@ def test_a_handoff_while_the_agent_writes_holds_its_answer(start_workers, admin,
     wait_idle(redis)
 
     assert twilio.sent_to(PERSON) == ["You said: hi"]
-    assert ConversationStore(redis).progress(sid).parts == {"reply:0": "withheld:handoff"}
+    assert new_store(redis).progress(sid).parts == {"reply:0": "withheld:handoff"}
 
 
 def test_a_handoff_between_the_parts_of_a_long_answer_holds_the_rest(env, redis, text_in, uponai, twilio):
@@ -125,7 +124,7 @@ def test_stop_counts_from_the_webhook_not_from_the_drain(start_workers, admin, r
 
     text(admin, "STOP")
     # At once, before any drain reached the STOP: the flag is set and the admin API refuses.
-    assert ConversationStore(redis).conversation(CID)["opted_out"] == "1"
+    assert new_store(redis).conversation(CID)["opted_out"] == "1"
     said = admin.post(f"/admin/conversations/{PERSON}/messages", json={"message": "Still there?"}, headers=AUTH)
     assert said.status_code == 409 and said.get_json()["error"]["code"] == "opted_out"
     started = admin.post("/admin/sms", json={"to": PERSON, "message": "We miss you"}, headers=AUTH)
@@ -160,7 +159,7 @@ def test_a_start_counts_from_the_webhook_too_and_texts_between_are_judged_as_the
 
 
 def test_a_second_stop_keeps_the_first_opt_out_time(client, redis):
-    store = ConversationStore(redis)
+    store = new_store(redis)
     post_signed(client, "/twilio/sms", inbound_form("STOP", from_=PERSON))
     first = store.conversation(CID)["opted_out_at"]
     post_signed(client, "/twilio/sms", inbound_form("stop", from_=PERSON))

@@ -160,7 +160,7 @@ def _invalid(problems: list[dict[str, str]]):
 
 def _campaigns() -> CampaignStore:
     web = web_context()
-    return CampaignStore(web.redis, retention_seconds=web.settings.data_retention_seconds)
+    return CampaignStore.from_settings(web.redis, web.settings)
 
 
 # -- what Twilio's webhooks tell a campaign --------------------------------------------------------

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from rq import Queue
 
+from config import Settings
 from core.model import conversation_id
 from core.queues import CAMPAIGN_QUEUE_NAME
 from gateway import create_app
@@ -366,13 +367,13 @@ def test_csv_upload_without_a_header(admin, redis):
 def test_the_pace_script_hands_out_slots_one_interval_apart(redis):
     from core.state.pacing import Pacing
 
-    pacing = Pacing(redis)
+    pacing = Pacing.from_settings(redis, Settings())
     waits = [pacing.reserve("+15005550006", 10, horizon_seconds=0.35) for _ in range(5)]
     assert [slot.reserved for slot in waits] == [True, True, True, True, False]
     assert [round(slot.wait_seconds, 1) for slot in waits[:4]] == [0.0, 0.1, 0.2, 0.3]
     assert 0 < waits[4].wait_seconds <= 0.1  # ask again then: the next slot is within the horizon
-    two_segments = Pacing(redis).reserve("+15005550007", 10, horizon_seconds=1, cost=2)
-    assert Pacing(redis).reserve("+15005550007", 10, horizon_seconds=1).wait_seconds >= 0.19  # it took two slots
+    two_segments = Pacing.from_settings(redis, Settings()).reserve("+15005550007", 10, horizon_seconds=1, cost=2)
+    assert Pacing.from_settings(redis, Settings()).reserve("+15005550007", 10, horizon_seconds=1).wait_seconds >= 0.19  # it took two slots
     assert two_segments.reserved
     # Slots missed while the senders were behind are made up only as far back as catch_up_seconds allows.
     redis.set("smsgw:pace:+15005550008", str(int(time.time() * 1000) - 60_000))  # a minute behind

@@ -57,9 +57,8 @@ class BatchRun:
         self.settings = services.settings
         self.queue = queue
         self.store = services.store
-        retention = services.settings.data_retention_seconds
-        self.campaigns = CampaignStore(services.store.redis, retention_seconds=retention)
-        self.pacing = Pacing(services.store.redis, retention_seconds=retention)
+        self.campaigns = CampaignStore.from_settings(services.store.redis, services.settings)
+        self.pacing = Pacing.from_settings(services.store.redis, services.settings)
         self.campaign_id, self.batch, self.run = campaign_id, batch, run
 
     def go(self) -> str:

@@ -120,8 +120,8 @@ def _share_pace(services: Services, message: InboundMessage, body: str) -> None:
     A campaign's own openings reserved their slots before they were sent (``workers.campaigns``)."""
     if recipient_of(message.sid) is not None:
         return
-    Pacing(services.store.redis).take(message.to, services.settings.campaign_send_rate,
-                                      cost=sms_text.segment_info(body).segments)
+    pacing = Pacing.from_settings(services.store.redis, services.settings)
+    pacing.take(message.to, services.settings.campaign_send_rate, cost=sms_text.segment_info(body).segments)
 
 
 def _known_sids(services: Services, message: InboundMessage) -> set[str]:

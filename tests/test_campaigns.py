@@ -373,7 +373,8 @@ def test_the_pace_script_hands_out_slots_one_interval_apart(redis):
     assert [round(slot.wait_seconds, 1) for slot in waits[:4]] == [0.0, 0.1, 0.2, 0.3]
     assert 0 < waits[4].wait_seconds <= 0.1  # ask again then: the next slot is within the horizon
     two_segments = Pacing.from_settings(redis, Settings()).reserve("+15005550007", 10, horizon_seconds=1, cost=2)
-    assert Pacing.from_settings(redis, Settings()).reserve("+15005550007", 10, horizon_seconds=1).wait_seconds >= 0.19  # it took two slots
+    again = Pacing.from_settings(redis, Settings()).reserve("+15005550007", 10, horizon_seconds=1)
+    assert again.wait_seconds >= 0.19  # it took two slots
     assert two_segments.reserved
     # Slots missed while the senders were behind are made up only as far back as catch_up_seconds allows.
     redis.set("smsgw:pace:+15005550008", str(int(time.time() * 1000) - 60_000))  # a minute behind

@@ -326,7 +326,7 @@ def test_a_worker_process_posts_events_on_threads_of_their_own(start_worker_proc
     wait_for(lambda: twilio.sent_to(OTHER_PERSON), timeout=15, message="the reply while the receiver hangs")
     assert len(receiver.connections) == 1 and not receiver.closed()
     assert sorted(tuple(w.queue_names()) for w in Worker.all(connection=redis)) == [
-        ("sms-admin", "sms"), (EVENTS_QUEUE_NAME,)]  # as rq info shows them
+        ("sms-admin", "sms", "sms-campaigns"), (EVENTS_QUEUE_NAME,)]  # as rq info shows them
     receiver.stop()
 
 

@@ -93,7 +93,7 @@ def test_worker_started_while_redis_is_away_says_so_in_one_line_and_starts_when_
         with Redis(port=port) as direct:
             # Both of the process's RQ workers: the one on the sms queues and the one on the events queue.
             wait_for(lambda: sorted(tuple(w.queue_names()) for w in Worker.all(connection=direct)) == [
-                ("sms-admin", "sms"), ("sms-events",)], timeout=45, message="the worker to register")
+                ("sms-admin", "sms", "sms-campaigns"), ("sms-events",)], timeout=45, message="the worker to register")
         assert "Traceback" not in log_path.read_text()
     finally:
         stop_process(worker)

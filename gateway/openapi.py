@@ -30,7 +30,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 _ERROR_MEANINGS = {
     400: "Invalid input; the message names the field.",
-    401: "Missing or wrong bearer token.",
+    401: "Missing or wrong bearer token (the message says which).",
     404: "Not found.",
     405: "Method not allowed.",
     409: "The number has opted out, or the conversation stayed busy.",

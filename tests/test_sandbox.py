@@ -31,8 +31,10 @@ def chromium() -> tuple[str, str]:
     """
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
-    if not (browser and driver):
-        pytest.skip("headless Chromium is not installed; install it with "
+    missing = [what for what, found in (("the browser (chromium)", browser), ("its driver (chromedriver)", driver))
+               if not found]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not found in PATH; install both with "
                     "`apt-get install chromium chromium-driver` (as root; .ci/run does) to run the browser tests")
     return browser, driver
 
@@ -425,3 +427,19 @@ def test_closing_the_terminal_stops_everything_in_order_too(tmp_path):
     sandbox = Sandbox(tmp_path)
     assert sandbox.stop(timeout=15, signum=signal.SIGHUP) == 0  # what the shell passes on when its terminal closes
     stopped_in_order(sandbox)
+
+
+@pytest.mark.parametrize(("present", "named"), [(["chromium"], "its driver (chromedriver)"),
+                                                 (["chromedriver"], "the browser (chromium)")])
+def test_the_browser_tests_skip_naming_what_is_missing(tmp_path, monkeypatch, present, named):
+    """A machine with the browser but not its driver (or the reverse) is told which one to install, and how."""
+    for name in present:
+        program = tmp_path / name
+        program.write_text("#!/bin/sh\n")
+        program.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        chromium()
+    said = str(skipped.value)
+    assert said.startswith(f"{named} not found in PATH"), said
+    assert "apt-get install chromium chromium-driver" in said, said

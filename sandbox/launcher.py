@@ -140,19 +140,28 @@ def start_embedded_redis(data_dir: Path, port: int) -> subprocess.Popen:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return process
+        # Ready when *this* server says so in its log: a probe of the port would also find another program (another
+        # checkout's sandbox) that took the port between the check and this server's bind, which then fails.
+        said = _written_since(log, log_size)
+        if b"Ready to accept connections" in said:
+            return process
         if process.poll() is not None:
-            with open(log, "rb") as written:
-                written.seek(log_size)
-                if b"already in use" in written.read():
-                    raise PortInUse(port)
+            if b"already in use" in _written_since(log, log_size):
+                raise PortInUse(port)
             break
         time.sleep(0.05)
     process.kill()
     process.wait()
     raise RuntimeError(f"embedded Redis did not start; see {log}")
+
+
+def _written_since(log: Path, offset: int) -> bytes:
+    try:
+        with open(log, "rb") as written:
+            written.seek(offset)
+            return written.read()
+    except OSError:  # not created yet
+        return b""
 
 
 def start_redis_on_a_free_port(data_dir: Path, ports: PortBook) -> tuple[subprocess.Popen, int]:

@@ -425,6 +425,13 @@ def child_pids(parent: int) -> list[int]:
     return found
 
 
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+    except OSError:
+        return "?"
+
+
 def running(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -442,8 +449,12 @@ def test_the_processes_end_with_the_sandbox_even_when_it_is_killed(tmp_path):
     os.kill(sandbox.process.pid, signal.SIGKILL)  # no chance to stop them itself
     sandbox.process.wait()
     try:
-        wait_for(lambda: not any(running(pid) for pid in everyone), timeout=60, interval=0.2,
-                 message="the sandbox's processes to end after it was killed")
+        try:
+            wait_for(lambda: not any(running(pid) for pid in everyone), timeout=60, interval=0.2,
+                     message="the sandbox's processes to end after it was killed")
+        except AssertionError as exc:  # which of them is left, and what they said
+            left = [f"{pid} {command_line(pid)}" for pid in everyone if running(pid)]
+            raise AssertionError(f"{exc}; still running: {left}\n{sandbox.text}") from None
     finally:
         for pid in children:  # each leads a process group of its own: what is left of it goes
             with contextlib.suppress(ProcessLookupError):
@@ -569,3 +580,17 @@ def test_an_invalid_number_shows_its_error_alone_and_is_not_asked_about_again(ph
 def save_screenshot(browser, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+
+
+def test_a_redis_port_taken_after_the_check_is_noticed_not_mistaken_for_the_embedded_redis(tmp_path):
+    """Another program (another checkout's sandbox) may take the port between the check and the bind: its answer
+    must not pass for the embedded Redis's, whose bind then fails (the sandbox said "redis exited with 1")."""
+    from sandbox.launcher import PortInUse, start_embedded_redis
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        with pytest.raises(PortInUse):
+            process = start_embedded_redis(tmp_path / "redis", other.getsockname()[1])
+            process.kill()  # (before the fix: a keeper whose redis-server could not bind)
+            process.wait()

@@ -169,10 +169,20 @@ def texts(browser, css: str) -> list[str]:
 
 
 def wait_for_text(browser, css: str, needle: str, timeout: float = 30) -> None:
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(browser, timeout, poll_frequency=0.1).until(
-        lambda b: any(needle in t for t in texts(b, css)), message=f"{needle!r} in {css}")
+    try:
+        WebDriverWait(browser, timeout, poll_frequency=0.1).until(
+            lambda b: any(needle in t for t in texts(b, css)), message=f"{needle!r} in {css}")
+    except TimeoutException:  # what the page showed instead, and a picture of it
+        save_screenshot(browser, "timed-out")
+        shown = browser.execute_script(
+            "return {number: document.getElementById('number').value, url: location.href, "
+            "errors: Array.from(document.querySelectorAll('.error'), e => e.textContent), "
+            "thread: Array.from(document.querySelectorAll('#thread .bubble'), e => e.textContent)}")
+        raise AssertionError(f"no {needle!r} in {css} within {timeout}s; the page showed {shown} "
+                             f"(screenshot in {SCREENSHOTS})") from None
 
 
 def test_a_message_typed_in_the_phone_page_is_answered(sandbox, phone, tmp_path):

@@ -138,8 +138,11 @@ def phone(browser, sandbox):
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(sandbox.phone_url)
+    # The page shows "…" until it has read its configuration, and then fills in the number to text from: typing in
+    # the number before that got it appended to the default ('+14155550123+14155550142', the first test failed).
     WebDriverWait(browser, 30, poll_frequency=0.1).until(
-        lambda b: b.find_element(By.ID, "gateway-number").text.strip(), message="the page to read its configuration")
+        lambda b: b.find_element(By.ID, "gateway-number").text.startswith("+")
+        and b.find_element(By.ID, "number").get_attribute("value"), message="the page to read its configuration")
     return browser
 
 

@@ -2,9 +2,9 @@
 the admin API.
 
 They talk to a running gateway over HTTP (``--url``, default PUBLIC_BASE_URL, else
-``http://127.0.0.1:$PORT``) with the bearer token from ADMIN_API_TOKEN (the environment or ``.env``),
-print a readable summary, or the API's JSON with ``--json``, and exit 1 with the API's error message
-on failure (2 when the command itself is misconfigured).
+``http://127.0.0.1:$PORT``) with the bearer token from ADMIN_API_TOKEN (the environment or ``.env``, else the
+running sandbox's, see ``cli.environment``), print a readable summary, or the API's JSON with ``--json``,
+and exit 1 with the API's error message on failure (2 when the command itself is misconfigured).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from urllib.parse import quote
 
 import requests
 
-from config import load_some, read_environment
+from cli.environment import console_environment
+from config import load_some
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 NUMBER_HELP = ("the person's number with + and country code, e.g. '+1 415 555 0100' (national numbers only "
@@ -31,7 +32,7 @@ class CommandError(Exception):
 def _base_url(args: argparse.Namespace) -> str:
     if args.url:
         return args.url.rstrip("/")
-    values, problems = load_some(("PUBLIC_BASE_URL", "PORT"))
+    values, problems = load_some(("PUBLIC_BASE_URL", "PORT"), console_environment())
     if problems:
         raise CommandError("; ".join(problems))
     return values["public_base_url"] or f"http://127.0.0.1:{values['port']}"
@@ -39,7 +40,7 @@ def _base_url(args: argparse.Namespace) -> str:
 
 def _admin_token() -> str | None:
     # Taken as written: the gateway judges it (a wrong one is its 401, which the operator should see).
-    return read_environment().get("ADMIN_API_TOKEN", "").strip() or None
+    return console_environment().get("ADMIN_API_TOKEN", "").strip() or None
 
 
 def call_admin_api(args: argparse.Namespace, method: str, path: str, *, body: Any = None, params: dict | None = None,
@@ -53,7 +54,8 @@ def _call(args: argparse.Namespace, method: str, path: str, *, body: Any = None,
           headers: dict[str, str] | None = None, data: bytes | None = None) -> tuple[int, Any]:
     token = _admin_token()
     if not token:
-        raise CommandError("ADMIN_API_TOKEN is not set (the environment or .env)")
+        raise CommandError("ADMIN_API_TOKEN is not set (the environment or .env), and no sandbox runs here "
+                           "(`make run` starts one)")
     base_url = _base_url(args)
     try:
         response = requests.request(method, base_url + path, json=body, data=data, params=params,

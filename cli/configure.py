@@ -11,8 +11,9 @@ import sys
 from collections.abc import Mapping
 from typing import TextIO
 
+from cli.environment import console_environment
 from cli.twilio_number import connect_admin, service_warning, webhook_urls
-from config import load_some, read_environment
+from config import load_some
 from workers.errors import GatewayError
 
 TWILIO_VARIABLES = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_API_BASE_URL", "TWILIO_TIMEOUT_SECONDS",
@@ -77,14 +78,14 @@ def configure_twilio(environ: Mapping[str, str], *, number: str | None = None, p
 
 
 def _run_configure_twilio(args: argparse.Namespace) -> int:
-    return configure_twilio(read_environment(), number=args.number, public_base_url=args.public_base_url,
+    return configure_twilio(console_environment(), number=args.number, public_base_url=args.public_base_url,
                             dry_run=args.dry_run)
 
 
 def _run_doctor(args: argparse.Namespace) -> int:
     from cli.doctor import run_doctor
 
-    return run_doctor(read_environment(), number=args.number)
+    return run_doctor(console_environment(), number=args.number)
 
 
 def add_commands(sub) -> None:

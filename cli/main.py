@@ -12,7 +12,8 @@ from config import SettingsError, load_settings
 DESCRIPTION = "The SMS gateway's command line: the worker process, the whole gateway on one machine, " \
               "and the operator's tools (settings, Twilio set-up, checks, admin operations)."
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-EPILOG = "Settings come from the environment or a .env file in the working directory. " \
+EPILOG = "Settings come from the environment or a .env file in the working directory (and, for the " \
+         "tools, from the sandbox that `sms-gateway run` runs here). " \
          "Run 'sms-gateway COMMAND --help' for a command's options."
 
 
@@ -60,12 +61,14 @@ def run_all(args: argparse.Namespace) -> int:
     """Run web, worker and whatever stand-ins the settings call for, until Ctrl-C."""
     from sandbox.launcher import run
 
-    return run()
+    return run(host=args.host)
 
 
 def check_settings(args: argparse.Namespace) -> int:
     """Print every setting on its own line (``NAME = value``), secrets hidden."""
-    shown = load_settings().shown()
+    from cli.environment import console_environment
+
+    shown = load_settings(console_environment(), dotenv_path=None).shown()
     width = max(len(name) for name, _value in shown)
     print("settings ok:")
     for name, value in shown:
@@ -85,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=run_worker)
 
     run = sub.add_parser("run", help="run the whole gateway on this machine (stand-ins for missing settings)")
+    run.add_argument("--host", default="127.0.0.1",
+                     help="the address the web listens on (default 127.0.0.1, this machine only; 0.0.0.0: every "
+                          "interface, e.g. for a phone on your network or a tunnel)")
     run.set_defaults(func=run_all)
 
     check = sub.add_parser("check-settings", help="load the settings and show them (secrets hidden)")

@@ -135,11 +135,23 @@ def _require_token():
     if request.endpoint == "admin.openapi":
         return None
     expected = web_context().settings.admin_api_token.encode()
-    scheme, _, provided = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(provided.strip().encode(), expected):
-        return error_response(401, "unauthorized", "Send Authorization: Bearer <ADMIN_API_TOKEN>.",
-                      {"WWW-Authenticate": 'Bearer realm="sms-gateway admin"'})
-    return None
+    header = request.headers.get("Authorization", "")
+    scheme, _, provided = header.partition(" ")
+    if scheme.lower() == "bearer" and provided.strip():
+        if hmac.compare_digest(provided.strip().encode(), expected):
+            return None
+        # RFC 6750: a token was sent and is not this one (nothing about it is echoed back).
+        return error_response(401, "unauthorized", "The bearer token is not this gateway's ADMIN_API_TOKEN: "
+                                                   "send the token the web process was started with.",
+                              {"WWW-Authenticate": 'Bearer realm="sms-gateway admin", error="invalid_token"'})
+    if not header.strip():
+        said = "No Authorization header was sent"
+    elif scheme.lower() == "bearer":
+        said = "The Authorization header has no token"
+    else:
+        said = "The Authorization header is not a bearer token"
+    return error_response(401, "unauthorized", f"{said}: send Authorization: Bearer <ADMIN_API_TOKEN>.",
+                          {"WWW-Authenticate": 'Bearer realm="sms-gateway admin"'})
 
 
 def _json_body() -> Any:

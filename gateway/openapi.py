@@ -259,7 +259,7 @@ class Operation:
 
 ERROR_MEANINGS = {
     400: "Invalid input; the message names each field that is wrong.",
-    401: "Missing or wrong bearer token.",
+    401: "Missing or wrong bearer token (the message says which).",
     404: "Not found.",
     405: "Method not allowed.",
     409: "The number has opted out, the conversation stayed busy, or the campaign is finished.",

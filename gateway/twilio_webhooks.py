@@ -204,6 +204,9 @@ def status_callback():
         return plain_text(400, "Bad status callback: ErrorCode is not a Twilio error code.")
     if "AccountSid" in form and not fields.ACCOUNT_SID.fullmatch(form["AccountSid"]):
         return plain_text(400, "Bad status callback: AccountSid is not a Twilio sid (AC and 32 hex digits).")
+    if sid == fields.DOCTOR_SELF_TEST_SID:  # signed, so it is doctor's check, not traffic: nothing recorded or counted
+        log.info("status message=%s doctor's self-test acknowledged", sid)
+        return plain_text(200, "ok")
     try:
         cid, opted_out = web.store.record_status(sid, status, error_code)
         if opted_out:  # 21610: Twilio says the person opted out (a STOP we may never have seen)

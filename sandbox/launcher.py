@@ -32,6 +32,7 @@ from pathlib import Path
 
 from config import SettingsError, load_settings, load_some, read_environment
 from sandbox.redis_keeper import STOP_AT_ONCE
+from sandbox.running import data_directory, mark_running, settings_file, write_settings_file
 from sandbox.sim_state import write_atomically
 from workers.startup import parent_death_signal
 
@@ -139,19 +140,28 @@ def start_embedded_redis(data_dir: Path, port: int) -> subprocess.Popen:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return process
+        # Ready when *this* server says so in its log: a probe of the port would also find another program (another
+        # checkout's sandbox) that took the port between the check and this server's bind, which then fails.
+        said = _written_since(log, log_size)
+        if b"Ready to accept connections" in said:
+            return process
         if process.poll() is not None:
-            with open(log, "rb") as written:
-                written.seek(log_size)
-                if b"already in use" in written.read():
-                    raise PortInUse(port)
+            if b"already in use" in _written_since(log, log_size):
+                raise PortInUse(port)
             break
         time.sleep(0.05)
     process.kill()
     process.wait()
     raise RuntimeError(f"embedded Redis did not start; see {log}")
+
+
+def _written_since(log: Path, offset: int) -> bytes:
+    try:
+        with open(log, "rb") as written:
+            written.seek(offset)
+            return written.read()
+    except OSError:  # not created yet
+        return b""
 
 
 def start_redis_on_a_free_port(data_dir: Path, ports: PortBook) -> tuple[subprocess.Popen, int]:
@@ -187,6 +197,12 @@ def server_port(server) -> int:
     return int(server.url.rstrip("/").rsplit(":", 1)[1])
 
 
+def listening_on(host: str, web_command: str) -> str:
+    """The Procfile's web command bound to ``host``: a platform routes to every interface, a laptop's sandbox
+    is for this machine alone unless asked (``sms-gateway run --host 0.0.0.0``)."""
+    return web_command.replace("--bind 0.0.0.0:", f"--bind {host}:")
+
+
 def procfile_commands(path: Path = ROOT / "Procfile") -> dict[str, str]:
     commands = {}
     if path.exists():
@@ -197,11 +213,6 @@ def procfile_commands(path: Path = ROOT / "Procfile") -> dict[str, str]:
     commands.setdefault("web", 'gunicorn "gateway:create_app()"')  # gunicorn.conf.py binds to PORT
     commands.setdefault("worker", "sms-gateway worker")
     return commands
-
-
-def data_directory(env: dict[str, str]) -> Path:
-    """Where the sandbox keeps its files: ``SANDBOX_DATA_DIR``, else ``var/`` in the project."""
-    return Path(env.get("SANDBOX_DATA_DIR") or ROOT / "var").resolve()
 
 
 def fresh_metrics_dir(path: Path) -> Path:
@@ -222,19 +233,8 @@ def sandbox_admin_token(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def write_settings_file(env: dict[str, str], path: Path) -> None:
-    """Write the settings the gateway runs with (stand-ins included), owner-only, for doctor and scripts."""
-    from dataclasses import fields
-
-    from config import Settings
-
-    names = [f.metadata["env"] for f in fields(Settings)] + ["PROMETHEUS_MULTIPROC_DIR"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{name}={shlex.quote(env[name])}\n" for name in names if env.get(name)))
-    path.chmod(0o600)
-
-
-def run(environ: dict[str, str] | None = None) -> int:
+def run(environ: dict[str, str] | None = None, host: str = "127.0.0.1") -> int:
+    """Run the gateway and its stand-ins until Ctrl-C; the web listens on ``host`` (``0.0.0.0``: every interface)."""
     started = time.monotonic()
     env = dict(environ) if environ is not None else read_environment()
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
@@ -251,12 +251,14 @@ def run(environ: dict[str, str] | None = None) -> int:
     services: list[tuple[str, subprocess.Popen]] = []
     servers = []
     twilio_sim = None
+    running_marker: Path | None = None
     with StopSignal() as stop:
         try:
             if not env.get("REDIS_URL"):
                 redis, port = start_redis_on_a_free_port(data_dir / "redis", ports)
                 env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
                 stand_ins.append(f"embedded Redis on 127.0.0.1:{port} (data in {_shown_path(data_dir / 'redis')})")
+            token_given = bool(env.get("ADMIN_API_TOKEN"))
             if not env.get("UPONAI_API_KEY"):
                 from sandbox.uponai_sim import UponAISimulator
 
@@ -290,6 +292,8 @@ def run(environ: dict[str, str] | None = None) -> int:
                 print(exc.report("sms-gateway run"), file=sys.stderr)
                 return 2
             for name, command in procfile_commands().items():
+                if name == "web":
+                    command = listening_on(host, command)
                 services.append((name, start_child(["bash", "-c", f"exec {command}"], env=env, cwd=ROOT)))
             phone_url = None
             if twilio_sim is not None:
@@ -302,7 +306,8 @@ def run(environ: dict[str, str] | None = None) -> int:
                 servers.append(phone)
                 phone_url = phone.url
             ports.save()
-            write_settings_file(env, data_dir / "sandbox" / "sandbox.env")
+            write_settings_file(env, settings_file(data_dir))
+            running_marker = mark_running(data_dir, os.getpid())  # the console commands read the settings meanwhile
             children = services + ([("redis", redis)] if redis else [])
             if not _wait_until_ready(local_url, children, stop.requested):
                 return 1
@@ -310,9 +315,12 @@ def run(environ: dict[str, str] | None = None) -> int:
                 return 0
             if twilio_sim is not None:
                 twilio_sim.resume_status_callbacks()  # of replies sent just before the last stop
-            _print_banner(env, settings, stand_ins, phone_url, data_dir, time.monotonic() - started, ports.moved)
+            _print_banner(env, settings, stand_ins, phone_url, data_dir, time.monotonic() - started, ports.moved,
+                          token_given)
             return _supervise(children, stop.requested)
         finally:
+            if running_marker is not None:
+                running_marker.unlink(missing_ok=True)
             _stop(services, servers, redis, stop.hurry)
 
 
@@ -367,7 +375,7 @@ def _shown_path(path: Path) -> str:
 
 
 def _print_banner(env: dict[str, str], settings, stand_ins: list[str], phone_url: str | None, data_dir: Path,
-                  seconds: float, moved: list[str]) -> None:
+                  seconds: float, moved: list[str], token_given: bool) -> None:
     base = env["PUBLIC_BASE_URL"]
     local = f"http://127.0.0.1:{env['PORT']}"
     lines = ["", f"SMS gateway ready in {seconds:.1f}s.",
@@ -376,29 +384,33 @@ def _print_banner(env: dict[str, str], settings, stand_ins: list[str], phone_url
              f"  metrics:   {local}/metrics"]
     if phone_url:
         lines.append(f"  phone:     {phone_url}   <- open this to text the agent")
-        token_file = _shown_path(data_dir / "sandbox" / "admin-token")
-        lines.append(f"  admin API: {local}/admin   (Bearer token in {token_file})")
+    if env.get("ADMIN_API_TOKEN"):  # the file holds the sandbox's own token, which is not used when one is given
+        token = "your ADMIN_API_TOKEN" if token_given else \
+            f"in {_shown_path(data_dir / 'sandbox' / 'admin-token')}"
+        lines.append(f"  admin API: {local}/admin   (Bearer token: {token})")
     if stand_ins:
         lines.append("  stand-ins for settings you did not give: " + "; ".join(stand_ins))
     if moved:
         lines.append("  moved:     " + "; ".join(moved))
     for index, limit in enumerate(limits_in_force(settings)):
         lines.append(("  limits:    " if index == 0 else " " * 13) + limit)
-    settings_file = shlex.quote(_shown_path(data_dir / "sandbox" / "sandbox.env"))
-    lines += [f"  settings:  {settings_file}; to check them, paste these two lines in a shell:",
-              *(f"      {command}" for command in doctor_commands(settings_file)),
+    lines += [f"  settings:  {_shown_path(settings_file(data_dir))}; sms-gateway commands run here use them while "
+              "this runs. To check them:",
+              f"      {doctor_command(data_dir)}",
               "  Ctrl-C stops everything."]
     print("\n".join(lines), flush=True)
 
 
-def doctor_commands(settings_file: str) -> list[str]:
-    """Shell lines that load the sandbox's settings and run ``doctor``, as printed: they work when pasted."""
+def doctor_command(data_dir: Path) -> str:
+    """The shell line that runs ``doctor`` on this sandbox, as printed: it works when pasted in a new shell."""
     installed = Path(sys.executable).parent / "sms-gateway"  # .venv/bin/: `make run` does not put it in PATH
     command = "sms-gateway"
     if installed.exists():
         shown = _shown_path(installed)
         command = shlex.quote(shown if "/" in shown else f"./{shown}")  # a bare name would be looked up in PATH
-    return [f"set -a; . {settings_file}; set +a", f"{command} doctor"]
+    if data_dir != data_directory({}):  # SANDBOX_DATA_DIR: the command must look there too
+        command = f"SANDBOX_DATA_DIR={shlex.quote(str(data_dir))} {command}"
+    return f"{command} doctor"
 
 
 def limits_in_force(settings) -> list[str]:

@@ -92,6 +92,21 @@ def test_every_route_needs_the_token(admin, redis, twilio, uponai, method, path,
     assert twilio.messages == [] and uponai.requests == []
 
 
+def test_a_missing_and_a_wrong_token_are_told_apart(admin):
+    """A person with no header learns to send one; a person with the wrong token learns it is the wrong one."""
+    missing = admin.get("/admin/chats")
+    assert "No Authorization header was sent" in error_of(missing)["message"]
+    assert missing.headers["WWW-Authenticate"] == 'Bearer realm="sms-gateway admin"'
+    basic = admin.get("/admin/chats", headers={"Authorization": f"Basic {TOKEN}"})
+    assert "not a bearer token" in error_of(basic)["message"]
+    wrong = admin.get("/admin/chats", headers={"Authorization": "Bearer guessed-token-123"})
+    said = error_of(wrong)["message"]
+    assert "not this gateway's ADMIN_API_TOKEN" in said
+    assert "guessed-token-123" not in wrong.get_data(as_text=True) and TOKEN not in wrong.get_data(as_text=True)
+    assert 'error="invalid_token"' in wrong.headers["WWW-Authenticate"]
+    assert len({error_of(r)["message"] for r in (missing, basic, wrong)}) == 3
+
+
 def test_openapi_is_served_without_the_token(admin):
     response = admin.get("/admin/openapi.json")
     assert response.status_code == 200

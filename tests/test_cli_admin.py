@@ -41,7 +41,7 @@ def cli(served, tmp_path):
     url, _ = served
 
     def run(*args: str, token: str | None = TOKEN, url: str | None = url) -> subprocess.CompletedProcess:
-        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT)}
+        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "SANDBOX_DATA_DIR": str(tmp_path)}
         if token is not None:
             env["ADMIN_API_TOKEN"] = token
         command = [sys.executable, "-m", "cli", *args] + (["--url", url] if url else [])

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import io
+import re
 import threading
 
 import pytest
+import requests
 from werkzeug.serving import make_server
 
 from cli.configure import configure_twilio
 from cli.doctor import SELF_TEST_SID, run_doctor
 from cli.main import main
 from gateway import create_app
-from tests.conftest import GATEWAY_NUMBER, free_port
+from tests.conftest import GATEWAY_NUMBER, free_port, sign
 
 OLD_URL = "https://old.example.com/sms"
 
@@ -145,6 +147,30 @@ def test_doctor_passes_on_a_working_deployment(served, twilio, uponai, redis):
     assert [r.query.get("limit") for r in uponai.calls("list_chats")] == ["1"]
     # The self-test was acknowledged and left nothing behind.
     assert not list(redis.scan_iter(f"*{SELF_TEST_SID}*"))
+
+
+def delivered_callbacks(served) -> float:
+    """smsgw_status_callbacks_total{status="delivered"} as the gateway's /metrics shows it (0 before the first)."""
+    text = requests.get(served["PUBLIC_BASE_URL"] + "/metrics", timeout=10).text
+    found = re.search(r'^smsgw_status_callbacks_total\{status="delivered"\} (\S+)$', text, re.M)
+    return float(found[1]) if found else 0.0
+
+
+def test_doctor_is_not_counted_as_traffic(served, twilio, uponai):
+    """Doctor's signed self-test is acknowledged, but the delivery metrics count only Twilio's callbacks."""
+    twilio.add_number(GATEWAY_NUMBER, sms_url=served["PUBLIC_BASE_URL"] + "/twilio/sms", sms_method="POST")
+    before = delivered_callbacks(served)
+    for _ in range(2):
+        code, output = run(run_doctor, served)
+        assert code == 0 and "PASS  webhook self-test" in output, output
+    assert delivered_callbacks(served) == before
+
+    # A callback of another message still counts (the metric is read the same way).
+    url = served["PUBLIC_BASE_URL"] + "/twilio/status"
+    form = {"MessageSid": "SM" + "ab" * 16, "MessageStatus": "delivered"}
+    answer = requests.post(url, data=form, headers={"X-Twilio-Signature": sign(url, form)}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert delivered_callbacks(served) == before + 1
 
 
 def test_doctor_fails_when_the_webhook_points_elsewhere(served, twilio):

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -31,8 +32,10 @@ def chromium() -> tuple[str, str]:
     """
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
-    if not (browser and driver):
-        pytest.skip("headless Chromium is not installed; install it with "
+    missing = [what for what, found in (("the browser (chromium)", browser), ("its driver (chromedriver)", driver))
+               if not found]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not found in PATH; install both with "
                     "`apt-get install chromium chromium-driver` (as root; .ci/run does) to run the browser tests")
     return browser, driver
 
@@ -44,14 +47,15 @@ class Sandbox:
     can send SIGINT to the whole group, as the terminal does on Ctrl-C.
     """
 
-    def __init__(self, data_dir, port: int | None = None, cwd=None):
+    def __init__(self, data_dir, port: int | None = None, cwd=None, args: tuple[str, ...] = (), **settings: str):
         self.data_dir = data_dir
         self.port = port or free_port()
         self.output: list[str] = []
         env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"),
-               "SANDBOX_DATA_DIR": str(data_dir), "PORT": str(self.port), "CHAT_IDLE_TIMEOUT_SECONDS": "900"}
+               "SANDBOX_DATA_DIR": str(data_dir), "PORT": str(self.port), "CHAT_IDLE_TIMEOUT_SECONDS": "900",
+               **settings}
         self.env, self.cwd = env, cwd or data_dir
-        self.process = subprocess.Popen([sys.executable, "-m", "cli", "run"], cwd=self.cwd, env=env,
+        self.process = subprocess.Popen([sys.executable, "-m", "cli", "run", *args], cwd=self.cwd, env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                         process_group=0)
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -134,8 +138,11 @@ def phone(browser, sandbox):
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(sandbox.phone_url)
+    # The page shows "…" until it has read its configuration, and then fills in the number to text from: typing in
+    # the number before that got it appended to the default ('+14155550123+14155550142', the first test failed).
     WebDriverWait(browser, 30, poll_frequency=0.1).until(
-        lambda b: b.find_element(By.ID, "gateway-number").text.strip(), message="the page to read its configuration")
+        lambda b: b.find_element(By.ID, "gateway-number").text.startswith("+")
+        and b.find_element(By.ID, "number").get_attribute("value"), message="the page to read its configuration")
     return browser
 
 
@@ -165,10 +172,20 @@ def texts(browser, css: str) -> list[str]:
 
 
 def wait_for_text(browser, css: str, needle: str, timeout: float = 30) -> None:
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(browser, timeout, poll_frequency=0.1).until(
-        lambda b: any(needle in t for t in texts(b, css)), message=f"{needle!r} in {css}")
+    try:
+        WebDriverWait(browser, timeout, poll_frequency=0.1).until(
+            lambda b: any(needle in t for t in texts(b, css)), message=f"{needle!r} in {css}")
+    except TimeoutException:  # what the page showed instead, and a picture of it
+        save_screenshot(browser, "timed-out")
+        shown = browser.execute_script(
+            "return {number: document.getElementById('number').value, url: location.href, "
+            "errors: Array.from(document.querySelectorAll('.error'), e => e.textContent), "
+            "thread: Array.from(document.querySelectorAll('#thread .bubble'), e => e.textContent)}")
+        raise AssertionError(f"no {needle!r} in {css} within {timeout}s; the page showed {shown} "
+                             f"(screenshot in {SCREENSHOTS})") from None
 
 
 def test_a_message_typed_in_the_phone_page_is_answered(sandbox, phone, tmp_path):
@@ -251,8 +268,7 @@ def test_ctrl_c_stops_everything_in_order_and_a_restart_keeps_ports_and_data(tmp
 
     again = Sandbox(tmp_path, port=sandbox.port)  # at once: the old connections are still in TIME_WAIT
     try:
-        assert again.ports() == ports_before
-        assert "moved:" not in again.text
+        assert_same_ports_unless_taken(again, ports_before)
         assert again.api("/api/conversation", number=person)["chat_id"] == chat_before  # Redis kept it
         # The Twilio simulator kept the thread: the phone page shows it as it was.
         assert bodies(again, person) == ["keep me", "You said: keep me"]
@@ -279,6 +295,22 @@ def test_ctrl_c_stops_everything_in_order_and_a_restart_keeps_ports_and_data(tmp
             "keep me", "You said: keep me", "still there?", "You said: still there?"]
     finally:
         assert again.stop(timeout=15) == 0
+
+
+PART_NAMES = {"phone": "phone page", "redis": "redis", "uponai": "UponAI simulator", "twilio": "Twilio simulator"}
+
+
+def assert_same_ports_unless_taken(sandbox: Sandbox, before: dict[str, str]) -> None:
+    """Each part listens where it did before the restart, unless another program took its port meanwhile (other
+    sandboxes run on a shared machine): then the banner says where it moved, and why."""
+    now = sandbox.ports()
+    for part, address in before.items():
+        if now[part] != address:
+            old_port, new_port = address.rstrip("/").rsplit(":", 1)[1], now[part].rstrip("/").rsplit(":", 1)[1]
+            said = f"{PART_NAMES[part]} on :{new_port} (:{old_port} is in use by another program)"
+            assert said in sandbox.text, f"{part} moved from {address} to {now[part]} unannounced:\n{sandbox.text}"
+    if now == before:
+        assert "moved:" not in sandbox.text, sandbox.text
 
 
 def bodies(sandbox: Sandbox, person: str) -> list[str]:
@@ -326,15 +358,71 @@ def test_simulators_take_up_the_state_they_saved(tmp_path):
 
 
 def check_settings_as_the_banner_says(sandbox: Sandbox) -> None:
-    """The banner's lines for checking the settings work when pasted in a shell, in a clean environment."""
+    """The banner's line for checking the settings works when pasted in a new shell: no settings in it at all."""
     lines = sandbox.text.splitlines()
-    at = next(i for i, line in enumerate(lines) if "paste these two lines in a shell" in line)
-    commands = [line.strip() for line in lines[at + 1:at + 3]]
-    assert commands[0].startswith("set -a; . ") and commands[0].endswith("; set +a"), commands
-    shell = subprocess.run(["bash", "-c", "\n".join(commands)], cwd=sandbox.cwd, capture_output=True, text=True,
+    at = next(i for i, line in enumerate(lines) if "To check them:" in line)
+    command = lines[at + 1].strip()
+    assert command.endswith("sms-gateway doctor"), command
+    shell = subprocess.run(["bash", "-c", command], cwd=sandbox.cwd, capture_output=True, text=True,
                            timeout=120, env={"PATH": "/usr/bin:/bin", "HOME": sandbox.env["HOME"]})
     said = shell.stdout + shell.stderr
     assert shell.returncode == 0 and "not found" not in said, said
+    assert "using the settings of the sandbox running here" in said, said
+
+
+def readme_console_examples() -> dict[str, str]:
+    """The README's console examples, by command (``send``, ``show``...), as written there."""
+    readme = (ROOT / "README.md").read_text()
+    examples = {}
+    for line in readme.splitlines():
+        if line.startswith("sms-gateway ") and "#" in line:
+            command = line.split("#")[0].strip()
+            examples.setdefault(command.split()[1], command)
+    return examples
+
+
+def test_the_readmes_console_examples_run_as_written_against_the_sandbox(tmp_path):
+    """After `make run`, a new shell in the project, the README's activation line, then an example word for word:
+    no settings to copy (the console finds the running sandbox's), the token given in the settings used and
+    named by the banner, and the web on this machine alone."""
+    activate = Path(sys.executable).parent / "activate"
+    if not activate.exists():
+        pytest.skip("the tests do not run from a virtualenv (make test makes .venv): no activation script to source")
+    readme = (ROOT / "README.md").read_text()
+    assert ". .venv/bin/activate" in readme
+    examples = readme_console_examples()
+    own_token = "my-own-admin-token-0123456789"
+    sandbox = Sandbox(tmp_path, ADMIN_API_TOKEN=own_token)
+    try:
+        banner = sandbox.text
+        assert "(Bearer token: your ADMIN_API_TOKEN)" in banner and "admin-token" not in banner, banner
+        shell_env = {"PATH": "/usr/bin:/bin", "HOME": sandbox.env["HOME"], "SANDBOX_DATA_DIR": str(tmp_path)}
+
+        def console(example: str) -> subprocess.CompletedProcess:
+            # What a person types in a new terminal, from the README: the activation line, then the example.
+            # (From the data directory: a developer's .env in the project must not change what the console reads.)
+            return subprocess.run(["bash", "-c", f". {shlex.quote(str(activate))} && {example}"], cwd=tmp_path,
+                                  env=shell_env, capture_output=True, text=True, timeout=120)
+
+        sent = console(examples["send"])
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        assert "Sent to +14155550100" in sent.stdout, sent.stdout
+        shown = console(examples["show"])
+        assert shown.returncode == 0 and "+14155550100" in shown.stdout, shown.stdout + shown.stderr
+        # The admin API takes the token given in the settings; no other one is made up beside it.
+        chats = requests.get(f"http://127.0.0.1:{sandbox.port}/admin/chats", timeout=10,
+                             headers={"Authorization": f"Bearer {own_token}"})
+        assert chats.status_code == 200, chats.text
+        assert not (tmp_path / "sandbox" / "admin-token").exists()
+        # Listening on 127.0.0.1 only: another loopback address of this machine finds nothing there.
+        assert requests.get(f"http://127.0.0.1:{sandbox.port}/healthz", timeout=5).status_code == 200
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.2:{sandbox.port}/healthz", timeout=5)
+    finally:
+        assert sandbox.stop(timeout=15) == 0
+    # Stopped: the console no longer takes that sandbox's settings.
+    after = console(examples["show"])
+    assert after.returncode == 2 and "ADMIN_API_TOKEN is not set" in after.stderr, after.stdout + after.stderr
 
 
 def child_pids(parent: int) -> list[int]:
@@ -348,6 +436,13 @@ def child_pids(parent: int) -> list[int]:
         if int(fields[1]) == parent:
             found.append(int(stat.parent.name))
     return found
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+    except OSError:
+        return "?"
 
 
 def running(pid: int) -> bool:
@@ -367,8 +462,12 @@ def test_the_processes_end_with_the_sandbox_even_when_it_is_killed(tmp_path):
     os.kill(sandbox.process.pid, signal.SIGKILL)  # no chance to stop them itself
     sandbox.process.wait()
     try:
-        wait_for(lambda: not any(running(pid) for pid in everyone), timeout=60, interval=0.2,
-                 message="the sandbox's processes to end after it was killed")
+        try:
+            wait_for(lambda: not any(running(pid) for pid in everyone), timeout=60, interval=0.2,
+                     message="the sandbox's processes to end after it was killed")
+        except AssertionError as exc:  # which of them is left, and what they said
+            left = [f"{pid} {command_line(pid)}" for pid in everyone if running(pid)]
+            raise AssertionError(f"{exc}; still running: {left}\n{sandbox.text}") from None
     finally:
         for pid in children:  # each leads a process group of its own: what is left of it goes
             with contextlib.suppress(ProcessLookupError):
@@ -425,3 +524,86 @@ def test_closing_the_terminal_stops_everything_in_order_too(tmp_path):
     sandbox = Sandbox(tmp_path)
     assert sandbox.stop(timeout=15, signum=signal.SIGHUP) == 0  # what the shell passes on when its terminal closes
     stopped_in_order(sandbox)
+
+
+@pytest.mark.parametrize(("present", "named"), [(["chromium"], "its driver (chromedriver)"),
+                                                 (["chromedriver"], "the browser (chromium)")])
+def test_the_browser_tests_skip_naming_what_is_missing(tmp_path, monkeypatch, present, named):
+    """A machine with the browser but not its driver (or the reverse) is told which one to install, and how."""
+    for name in present:
+        program = tmp_path / name
+        program.write_text("#!/bin/sh\n")
+        program.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        chromium()
+    said = str(skipped.value)
+    assert said.startswith(f"{named} not found in PATH"), said
+    assert "apt-get install chromium chromium-driver" in said, said
+
+
+def test_what_is_typed_while_a_text_is_sent_stays_in_the_box(phone):
+    """Sending takes a moment; what the person types meanwhile is theirs, not cleared with what was sent."""
+    browser = phone
+    use_number(browser, "+14155550147")
+    # The page's request waits until the test lets it go, so the typing surely happens while it is on its way.
+    browser.execute_script("""
+        const real = window.fetch;
+        window.fetch = (url, options) => String(url).startsWith("/api/send")
+            ? new Promise((go) => { window.letSendGo = go; }).then(() => real(url, options)) : real(url, options);""")
+    text(browser, "first part")
+    WebDriverWait = __import__("selenium.webdriver.support.ui", fromlist=["WebDriverWait"]).WebDriverWait
+    WebDriverWait(browser, 10, poll_frequency=0.05).until(
+        lambda b: b.execute_script("return typeof window.letSendGo === 'function'"), message="the send to start")
+    from selenium.webdriver.common.by import By
+
+    box = browser.find_element(By.ID, "body")
+    box.send_keys(" and the rest")
+    browser.execute_script("window.letSendGo()")
+    wait_for_text(browser, "#thread .bubble.out", "You said: first part")
+    assert box.get_attribute("value") == "and the rest"
+    save_screenshot(browser, "typed-while-sending")
+
+
+def test_an_invalid_number_shows_its_error_alone_and_is_not_asked_about_again(phone):
+    """The old number's thread goes with it, and the page stops polling a number the backend refused."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = phone
+    use_number(browser, "+14155550148")
+    text(browser, "hello before the typo")
+    wait_for_text(browser, "#thread .bubble.out", "You said: hello before the typo")
+    use_number(browser, "12345")
+    wait_for_text(browser, "#number-error", "international format")
+    assert texts(browser, "#thread .bubble") == [] and texts(browser, "#state-chat") == ["–"]
+    save_screenshot(browser, "invalid-number")
+    # Three of the page's 700 ms poll rounds, by the page's own clock: the refused number was asked about once.
+    since = browser.execute_script("return performance.now()")
+    WebDriverWait(browser, 30, poll_frequency=0.1).until(
+        lambda b: b.execute_script("return performance.now()") > since + 2100, message="three poll rounds")
+    asked = browser.execute_script(
+        "return performance.getEntriesByType('resource').filter(e => e.name.includes('/api/thread?number=12345'))"
+        ".length")
+    assert asked == 1, asked
+    use_number(browser, "+14155550148")  # back to a good number: its thread again
+    wait_for_text(browser, "#thread .bubble.out", "You said: hello before the typo")
+    assert texts(browser, "#number-error") == [""]
+
+
+def save_screenshot(browser, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+
+
+def test_a_redis_port_taken_after_the_check_is_noticed_not_mistaken_for_the_embedded_redis(tmp_path):
+    """Another program (another checkout's sandbox) may take the port between the check and the bind: its answer
+    must not pass for the embedded Redis's, whose bind then fails (the sandbox said "redis exited with 1")."""
+    from sandbox.launcher import PortInUse, start_embedded_redis
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        with pytest.raises(PortInUse):
+            process = start_embedded_redis(tmp_path / "redis", other.getsockname()[1])
+            process.kill()  # (before the fix: a keeper whose redis-server could not bind)
+            process.wait()

@@ -213,3 +213,45 @@ def test_sigterm_lets_every_turn_in_flight_finish_and_leaves_waiting_texts_to_th
     assert twilio.sent_to(PERSON) == ["re: anyone there?"]
     assert [twilio.sent_to(person) for person in busy] == [["re: deploy now"]] * 4
     assert "Traceback" not in pool.output()
+
+
+def test_a_stop_signal_landing_as_a_job_slot_is_taken_does_not_hold_up_the_warm_shutdown(redis):
+    """A signal handler runs at whatever bytecode the main thread is at, and RQ's (and ours) raise StopRequested
+    from it. Here it lands as take_slot leaves its lock, the slot counted but not yet the caller's to give back:
+    the warm shutdown must still end at once (it waited for that slot, forever: Ctrl-C hung `sms-gateway run`)."""
+    import time
+
+    from rq.exceptions import StopRequested
+
+    from workers.worker import GatewayWorker
+
+    worker = GatewayWorker(["stop-while-taking-a-slot"], connection=redis, concurrency=2)
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+
+    def signal_lands(frame, event, arg):  # a trace function runs where a signal handler would, raising into it
+        if event == "call" and frame.f_code.co_name == "__exit__" and frame.f_back is not None \
+                and frame.f_back.f_code.co_name == "take_slot":
+            sys.settrace(None)
+            worker.request_stop(signal.SIGTERM, None)
+        return None
+
+    forced = threading.Timer(10, lambda: setattr(worker, "forced", True))  # the second Ctrl-C, if it hangs
+    try:
+        worker.register_birth()
+        sys.settrace(signal_lands)
+        try:
+            worker.dequeue_job_and_maintain_ttl(1)
+        except StopRequested:
+            pass
+        finally:
+            sys.settrace(None)
+        assert worker.stopping, "the stop never landed: take_slot no longer leaves a lock in a with block?"
+        forced.start()
+        began = time.monotonic()
+        worker.teardown()
+        assert not worker.forced, f"the warm shutdown waited {time.monotonic() - began:.1f}s for a second signal"
+        assert worker.name not in {w.name for w in Worker.all(connection=redis)}  # its death registered
+    finally:
+        forced.cancel()
+        signal.signal(signal.SIGTERM, handlers[0])
+        signal.signal(signal.SIGINT, handlers[1])

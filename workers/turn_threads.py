@@ -75,9 +75,14 @@ class TurnThreads:
         self._work.put(work)
 
     def wait_until_idle(self, timeout: float) -> bool:
-        """Whether every slot is free, waiting up to ``timeout`` seconds."""
+        """Whether no work handed to a thread is still running, waiting up to ``timeout`` seconds.
+
+        A slot taken for a job still to come does not count: it is its taker's, who waits here only once it takes
+        no more jobs. A stop signal's handler raises in the taker's thread at any bytecode (RQ's warm shutdown
+        does), and may leave a slot counted that nobody will give back: waiting for it would never end.
+        """
         with self._changed:
-            return self._changed.wait_for(lambda: self._busy == 0, timeout)
+            return self._changed.wait_for(lambda: self._running == 0, timeout)
 
     def _serve(self) -> None:
         while True:

@@ -5,6 +5,7 @@
 const $ = (id) => document.getElementById(id);
 let config = null;
 let lastRendered = "";
+let refusedNumber = null;  // the number as typed that the backend refused: not asked about again until it changes
 
 async function api(path, options = {}) {
   const response = await fetch(path, {headers: {"Content-Type": "application/json"}, ...options});
@@ -105,16 +106,32 @@ async function sendAsBusiness() {
   poll();
 }
 
+function clearConversation() {
+  // Nothing shown belongs to a number the page is not using: no thread, no state, until a number is read.
+  lastRendered = "";
+  $("thread").replaceChildren();
+  for (const id of ["state-chat", "state-optout", "state-idle", "state-waiting"]) $(id).textContent = "–";
+  $("state-recent").replaceChildren("–");
+  $("away-log").textContent = "";
+}
+
 async function poll() {
-  if (person()) {
-    const number = encodeURIComponent(person());
-    const [thread, state] = await Promise.all([
-      api(`/api/thread?number=${number}`), api(`/api/conversation?number=${number}`)]);
-    // The backend reads the number as the admin API does and says what is wrong with it.
-    $("number-error").textContent = thread.status === 400 ? (thread.body.error || "") : "";
-    if (thread.ok) renderThread(thread.body.messages);
-    if (state.ok) { renderState(state.body); renderHandoff(state.body); }
+  const typed = person();
+  if (!typed || typed === refusedNumber) return;  // asking again would get the same 400 every 700 ms
+  const number = encodeURIComponent(typed);
+  const [thread, state] = await Promise.all([
+    api(`/api/thread?number=${number}`), api(`/api/conversation?number=${number}`)]);
+  if (typed !== person()) return;  // changed while asking: the next poll asks about the new number
+  // The backend reads the number as the admin API does and says what is wrong with it.
+  if (thread.status === 400) {
+    refusedNumber = typed;
+    $("number-error").textContent = thread.body.error || "";
+    clearConversation();
+    return;
   }
+  $("number-error").textContent = "";
+  if (thread.ok) renderThread(thread.body.messages);
+  if (state.ok) { renderState(state.body); renderHandoff(state.body); }
 }
 
 async function send(event) {
@@ -124,8 +141,10 @@ async function send(event) {
   $("send-error").textContent = "";
   const answer = await api("/api/send", {method: "POST", body: JSON.stringify({from: person(), body, mms})});
   if (answer.ok) {
-    $("body").value = "";
-    $("mms").checked = false;
+    // Only what was sent leaves the box: what was typed while the send was on its way stays.
+    const box = $("body");
+    if (box.value.startsWith(body)) box.value = box.value.slice(body.length).replace(/^\s+/, "");
+    if (mms) $("mms").checked = false;
     if (answer.body.from && answer.body.from !== person()) {
       $("number").value = answer.body.from;  // as the gateway reads it: E.164
       window.localStorage.setItem("sandbox-number", answer.body.from);
@@ -157,7 +176,9 @@ async function start() {
   $("number").value = saved || config.default_person;
   $("number").addEventListener("change", () => {
     window.localStorage.setItem("sandbox-number", person());
-    lastRendered = "";
+    clearConversation();
+    $("number-error").textContent = "";
+    refusedNumber = null;  // asked once more: the error shows again for the same refused number
     poll();
   });
   $("compose").addEventListener("submit", send);

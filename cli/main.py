@@ -13,7 +13,7 @@ DESCRIPTION = "The SMS gateway's command line: the worker process, the whole gat
               "and the operator's tools (settings, Twilio set-up, checks, admin operations)."
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 EPILOG = "Settings come from the environment or a .env file in the working directory (and, for the " \
-         "tools, from the sandbox that `sms-gateway run` runs here). " \
+         "tools, from the sandbox that sms-gateway run runs here). " \
          "Run 'sms-gateway COMMAND --help' for a command's options."
 
 

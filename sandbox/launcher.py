@@ -197,10 +197,11 @@ def server_port(server) -> int:
     return int(server.url.rstrip("/").rsplit(":", 1)[1])
 
 
-def listening_on(host: str, web_command: str) -> str:
-    """The Procfile's web command bound to ``host``: a platform routes to every interface, a laptop's sandbox
-    is for this machine alone unless asked (``sms-gateway run --host 0.0.0.0``)."""
-    return web_command.replace("--bind 0.0.0.0:", f"--bind {host}:")
+def listening_on(host: str, port: int, web_command: str) -> str:
+    """The Procfile's web command bound to ``host``: a platform routes to every interface (gunicorn.conf.py binds
+    0.0.0.0:$PORT), a laptop's sandbox is for this machine alone unless asked (``sms-gateway run --host
+    0.0.0.0``). gunicorn's command line wins over its settings file."""
+    return f"{web_command} --bind {host}:{port}"
 
 
 def procfile_commands(path: Path = ROOT / "Procfile") -> dict[str, str]:
@@ -293,7 +294,7 @@ def run(environ: dict[str, str] | None = None, host: str = "127.0.0.1") -> int:
                 return 2
             for name, command in procfile_commands().items():
                 if name == "web":
-                    command = listening_on(host, command)
+                    command = listening_on(host, settings.port, command)
                 services.append((name, start_child(["bash", "-c", f"exec {command}"], env=env, cwd=ROOT)))
             phone_url = None
             if twilio_sim is not None:

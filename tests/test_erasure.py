@@ -19,10 +19,11 @@ import time
 
 import pytest
 from rq import Queue
+from rq.registry import StartedJobRegistry
 
 from core.events import build_event, erased_before, event_job_id
 from core.model import conversation_id
-from core.queues import EVENTS_QUEUE_NAME
+from core.queues import CAMPAIGN_QUEUE_NAME, EVENTS_QUEUE_NAME
 from gateway import create_app
 from sandbox.httpfake import Fault
 from tests.conftest import GATEWAY_NUMBER, inbound_form, post_signed, wait_for, wait_idle
@@ -164,3 +165,32 @@ def test_a_bad_channel_address_is_400(env, redis, number):
     response = client.get(f"/admin/conversations/{number}", headers=AUTH)
     assert response.status_code == 400, response.get_json()
     assert response.get_json()["error"]["code"] == "invalid_request"
+
+
+def test_a_campaign_waiting_for_the_conversation_sends_nothing_once_the_person_is_erased(start_workers, redis, env,
+                                                                                        uponai, twilio):
+    """A campaign's send that waits for the person's conversation (a turn holds it) while an erase is asked: the
+    erase goes first, and the campaign, finding the person gone from its list, sends nothing."""
+    start_workers(2, CAMPAIGN_SEND_RATE="50")
+    client = create_app({**env, "ADMIN_API_TOKEN": TOKEN, "ADMIN_WAIT_SECONDS": "40"}).test_client()
+    writing = threading.Event()
+    uponai.inject("complete", Fault(hold=writing))
+    text(client, "first")
+    wait_for(lambda: uponai.calls("complete"), message="the turn to be running")
+    started = client.post("/admin/campaigns", headers=AUTH, json={
+        "numbers": [PERSON], "message": "Spring offer", "include_in_conversation": True})
+    assert started.status_code == 202 and started.get_json()["accepted"] == 1, started.get_json()
+    batches = StartedJobRegistry(CAMPAIGN_QUEUE_NAME, connection=redis)
+    wait_for(lambda: batches.get_job_count(), message="the campaign's batch to wait for the conversation")
+    answer = {}
+    erase = threading.Thread(target=lambda: answer.update(
+        response=client.delete(f"/admin/conversations/{PERSON}", headers=AUTH)))
+    erase.start()
+    wait_for(lambda: redis.exists(f"smsgw:erasing:{CID}"), message="the erase to wait for the conversation")
+    writing.set()
+    erase.join(timeout=60)
+
+    assert answer["response"].status_code == 200, answer["response"].get_json()
+    wait_idle(redis)
+    assert "Spring offer" not in twilio.sent_to(PERSON)
+    assert personal_data(redis) == []

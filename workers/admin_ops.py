@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
 
@@ -93,7 +94,8 @@ def conversation_lock(services: Services, cid: str, token: str, wait_seconds: fl
 # -- outbound -------------------------------------------------------------------------------------
 
 
-def start_outbound(services: Services, op_id: str, request: dict[str, Any]) -> dict[str, Any]:
+def start_outbound(services: Services, op_id: str, request: dict[str, Any],
+                   still_wanted: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Start (or resume) an outbound conversation: end the ongoing chat, create one, send the opening.
 
     ``request`` is validated by the web: ``to``, ``gateway`` (the number or Messaging Service the
@@ -114,6 +116,9 @@ def start_outbound(services: Services, op_id: str, request: dict[str, Any]) -> d
             return done
         if store.conversation(cid).get("opted_out") == "1":
             raise AdminError(409, "opted_out", "the number has opted out (STOP); it must text START first")
+        if still_wanted is not None and not still_wanted():
+            # (a campaign's recipient erased while this waited for the conversation: nothing goes to them)
+            raise AdminError(410, "recipient_gone", "the recipient is no longer on the list; nothing was sent")
         op = store.operation(op_id)
         chat_id, agent_id = op.get("chat_id"), op.get("agent_id")
         if not chat_id:

@@ -117,10 +117,13 @@ class BatchRun:
                    "dynamic_variables": self.campaigns.variables(self.campaign_id, number),
                    "metadata": {"campaign_id": self.campaign_id}}
         try:
-            admin_ops.start_outbound(self.services, op_id, request)
+            admin_ops.start_outbound(self.services, op_id, request, still_wanted=lambda: self.campaigns.is_listed(
+                self.campaign_id, position, number))
         except admin_ops.AdminError as exc:
             if exc.code == "conversation_busy":
                 raise  # an agent turn held it for long: the job runs again later (its Retry)
+            if exc.code == "recipient_gone":
+                return  # erased meanwhile: the erase settled its place on the list
             self._settle(number, SKIPPED_CODES.get(exc.code, "failed"), op_id, reason=exc.code)
             return
         except (UponAIPermanentError, TwilioPermanentError) as exc:

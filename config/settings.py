@@ -43,7 +43,7 @@ class SettingsError(ValueError):
         lines = [f"{program}: cannot start: {count} setting{'s' if count != 1 else ''} to fix:",
                  *(f"  - {problem}" for problem in self.problems),
                  "Set them in the environment or in a .env file in the working directory "
-                 "(the README's Settings table lists them all)."]
+                 "(docs/settings.md lists them all, with their defaults)."]
         return "\n".join(lines)
 
 

@@ -6,8 +6,8 @@ racing to make them would register every metric twice: prometheus-client's Dupli
 ``PROMETHEUS_MULTIPROC_DIR`` set in the environment before the process starts, prometheus-client
 writes every process's values to files in that directory, so one ``/metrics`` scrape of any gunicorn
 process sums the web processes and the workers that share the directory (one host). A worker on a host
-without a web process serves its own on ``METRICS_PORT`` (``workers.startup.serve_metrics``); see the README's
-"Observability".
+without a web process serves its own on ``METRICS_PORT`` (``workers.startup.serve_metrics``); see
+docs/observability.md.
 """
 
 from __future__ import annotations

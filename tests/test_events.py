@@ -54,7 +54,7 @@ def receiver():
 
 
 def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
-    """The receiver's check: the standardwebhooks library, as the README tells a receiver to use it."""
+    """The receiver's check: the standardwebhooks library, as docs/events.md tells a receiver to use it."""
     try:
         Webhook(secret).verify(body, headers)
     except WebhookVerificationError:

@@ -169,7 +169,7 @@ def test_a_sentinel_failover_loses_no_acknowledged_text_and_answers_each_once(
                 acknowledged.append((person, form["Body"]))
             wait_idle(redis)
             # Every acknowledged write is on the replica before the kill (one acknowledged by the master alone is
-            # what a failover can lose: the README says so, and REDIS_WAIT_REPLICAS bounds it).
+            # what a failover can lose: docs/deploy.md says so, and REDIS_WAIT_REPLICAS bounds it).
             with redis.pipeline(transaction=False) as sync:
                 sync.set("test:replicated", "1")
                 sync.wait(1, 5000)

@@ -7,11 +7,12 @@ import re
 import shlex
 import subprocess
 import sys
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import phonenumbers
 import pytest
+from markdown_it import MarkdownIt
 
 from config import Settings, SettingsError, load_settings, load_some, read_environment
 
@@ -288,7 +289,7 @@ def test_check_settings_command_shows_settings_without_secrets(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "settings ok:"
-    # One setting per line, NAME = value, every setting of the README's table, each once.
+    # One setting per line, NAME = value, every setting of docs/settings.md's table, each once.
     shown = dict(line.strip().split(" = ", 1) for line in lines[1:])
     assert [name.strip() for name in shown] == [spec.metadata["env"] for spec in fields(Settings)]
     shown = {name.strip(): value for name, value in shown.items()}
@@ -342,12 +343,54 @@ def test_load_some_and_read_environment_take_dotenv_under_the_environment(tmp_pa
     assert environment["SANDBOX_DATA_DIR"] == "/tmp/elsewhere" and environment["LOG_LEVEL"] == "warning"
 
 
-def test_every_setting_is_in_the_readme_table():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    rows = [line for line in readme.splitlines() if line.startswith("| `")]
-    missing = [spec.metadata["env"] for spec in fields(Settings)
-               if not any(f"`{spec.metadata['env']}`" in row.split("|")[1] for row in rows)]
+def settings_table() -> dict[str, str]:
+    """docs/settings.md's table, as it renders (markdown-it-py, GFM tables): each variable's default cell."""
+    tokens = MarkdownIt("commonmark").enable("table").parse(
+        (Path(__file__).resolve().parents[1] / "docs" / "settings.md").read_text())
+    rows, row = [], None
+    for token in tokens:
+        if token.type == "tr_open":
+            row = []
+        elif token.type == "inline" and row is not None:
+            row.append(token.content)
+        elif token.type == "tr_close":
+            rows.append(row)
+            row = None
+    assert rows and rows[0] == ["variable", "meaning", "default"], rows[:1]
+    return {name: default for names, _meaning, default in rows[1:] for name in re.findall(r"`([A-Z0-9_]+)`", names)}
+
+
+def documented_default(value) -> str:
+    """How the table writes a default: numbers without a trailing .0, lists comma-separated, flags in lower case."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, tuple):
+        return ",".join(documented_default(item) for item in value)
+    return str(value)
+
+
+def test_every_setting_is_in_the_settings_table_with_its_default():
+    """Every setting the code reads has a row in docs/settings.md (linked from the README) that states its
+    default: the default itself where there is one (a long text by its start), else what applies instead."""
+    table = settings_table()
+    missing = [spec.metadata["env"] for spec in fields(Settings) if spec.metadata["env"] not in table]
     assert missing == []
+    wrong = []
+    for spec in fields(Settings):
+        cell = table[spec.metadata["env"]].replace("`", "")
+        if spec.metadata["required"]:
+            ok = cell.startswith("required")
+        elif spec.default in (None, (), MISSING) or spec.default == {}:
+            ok = bool(cell.strip())  # unset, none, off: said in words
+        elif isinstance(spec.default, str) and len(spec.default) > 30:
+            ok = spec.default[:25] in cell.strip('"')  # a long text, quoted by its start
+        else:
+            ok = re.search(rf"(?<![\w.,]){re.escape(documented_default(spec.default))}(?![\w.,])", cell) is not None
+        if not ok:
+            wrong.append((spec.metadata["env"], spec.default, cell))
+    assert wrong == []
 
 
 def test_an_events_webhook_needs_a_standard_webhooks_secret():

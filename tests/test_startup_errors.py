@@ -57,7 +57,7 @@ def assert_one_block(result: subprocess.CompletedProcess, program: str) -> None:
     assert len(lines) == len(PROBLEMS) + 2, output
     for problem in PROBLEMS:
         assert sum(problem in line for line in lines[1:-1]) == 1, (problem, output)
-    assert "README" in lines[-1] and ".env" in lines[-1]
+    assert "docs/settings.md" in lines[-1] and ".env" in lines[-1]  # where every setting is listed
     assert SECRET_KEY not in output and SECRET_TOKEN not in output
 
 

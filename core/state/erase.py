@@ -35,7 +35,7 @@ class Erasure(StateBase):
         records of messages and operations (not keyed by conversation) by reading each, in ``RECORD_READERS``'
         order: sent SMS by their conversation id, given-up messages by their numbers, outbound starts by their
         operation id or chat, progress records by their message sid, chat or sent parts, Idempotency-Key records by
-        their operation id. An opt-out is kept (without the number): see the README. The caller holds the
+        their operation id. An opt-out is kept (without the number): see docs/operations.md. The caller holds the
         conversation's lock.
         """
         state = self.conversation(cid)

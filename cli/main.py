@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     from cli import campaigns
 
     campaigns.add_commands(sub)
+
+    from cli import events
+
+    events.add_commands(sub)
     return parser
 
 

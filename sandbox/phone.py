@@ -7,7 +7,8 @@ from the simulator with their delivery status; the conversation's state (chat id
 timer, delivery status as the gateway recorded it) comes from Redis. An outbound conversation is
 started through the admin API (``POST /admin/sms``) with the sandbox's admin token, and so are the
 operator's actions: taking the conversation over, answering as the business, giving it back
-(``POST /admin/conversations/<number>/handoff|messages|resume``).
+(``POST /admin/conversations/<number>/handoff|messages|resume``). The operator events the sandbox's own receiver
+verified (``sandbox.events_receiver``) show in a panel, those of the number shown, newest first.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from core.model import conversation_id
 from core.phone_numbers import NumberError, read_number
 from core.redis import connect_redis
 from core.state import ConversationStore
+from sandbox.events_receiver import EventInbox
 from sandbox.twilio_sim import TwilioSimulator
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -34,14 +36,20 @@ DEFAULT_PERSON = "+14155550123"
 
 
 def create_phone_app(*, twilio: TwilioSimulator, gateway_url: str, gateway_number: str, admin_token: str | None,
-                     settings: Settings) -> Flask:
-    """The phone page and its JSON API; numbers are read as the admin API reads them (DEFAULT_PHONE_REGION)."""
+                     settings: Settings, events: EventInbox | None = None) -> Flask:
+    """The phone page and its JSON API; numbers are read as the admin API reads them (DEFAULT_PHONE_REGION).
+
+    ``events``: the sandbox's events receiver, whose verified events the page shows (None: events go elsewhere,
+    to the person's own EVENTS_WEBHOOK_URL, or nowhere)."""
     app = Flask(__name__, static_folder=None)
     store = ConversationStore.from_settings(connect_redis(settings.redis_url, for_web=True), settings)
     idle_timeout_seconds = settings.chat_idle_timeout_seconds
     default_phone_region = settings.default_phone_region
     http = requests.Session()
     outbound_probe: dict[str, object] = {}
+    events_status = {"shown": events is not None, "reason": "" if events is not None else
+                     "events go to your EVENTS_WEBHOOK_URL" if settings.events_webhook_url else
+                     "EVENTS_WEBHOOK_URL is not set"}
 
     def outbound_status() -> dict[str, object]:
         """Whether the admin API's POST /admin/sms is there (asked once, by sending it an empty body)."""
@@ -84,7 +92,8 @@ def create_phone_app(*, twilio: TwilioSimulator, gateway_url: str, gateway_numbe
     @app.get("/api/config")
     def config():
         return jsonify({"gateway_number": gateway_number, "default_person": DEFAULT_PERSON,
-                        "idle_timeout_seconds": idle_timeout_seconds, "outbound": outbound_status()})
+                        "idle_timeout_seconds": idle_timeout_seconds, "outbound": outbound_status(),
+                        "events": events_status})
 
     @app.post("/api/send")
     def send():
@@ -117,6 +126,11 @@ def create_phone_app(*, twilio: TwilioSimulator, gateway_url: str, gateway_numbe
             "away_log": [{"who": entry.get("who"), "text": entry.get("text"), "at": float(entry.get("at") or 0),
                           "heard_by_agent": bool(entry.get("heard_by_agent"))} for entry in store.away_log(cid)],
         })
+
+    @app.get("/api/events")
+    def events_of_number():
+        number = person_of(request.args.get("number", ""))
+        return jsonify({**events_status, "events": events.of_number(number) if events is not None else []})
 
     def admin_call(path: str, payload: dict | None = None, headers: dict[str, str] | None = None):
         """POST to the gateway's admin API with the sandbox's token; the page gets its answer (or why not)."""

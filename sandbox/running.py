@@ -53,12 +53,25 @@ def read_settings_file(path: Path) -> dict[str, str]:
     return values
 
 
-def mark_running(data_dir: Path, pid: int) -> Path:
-    """Note that the sandbox of ``data_dir`` runs as process ``pid``; the caller removes the file as it stops."""
+def mark_running(data_dir: Path, pid: int, events_url: str | None = None) -> Path:
+    """Note that the sandbox of ``data_dir`` runs as process ``pid`` (and where its events receiver is, if it has
+    one); the caller removes the file as it stops."""
     path = data_dir / "sandbox" / "running.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, json.dumps({"pid": pid}) + "\n")
+    write_atomically(path, json.dumps({"pid": pid, "events_url": events_url}) + "\n")
     return path
+
+
+def running_sandbox(env: Mapping[str, str]) -> dict | None:
+    """What the sandbox running with ``env``'s data directory noted (``pid``, ``events_url``); None if none runs."""
+    try:
+        noted = json.loads((data_directory(env) / "sandbox" / "running.json").read_text())
+        pid = noted["pid"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(pid, int) or not is_alive(pid):
+        return None
+    return noted
 
 
 def is_alive(pid: int) -> bool:
@@ -73,12 +86,10 @@ def is_alive(pid: int) -> bool:
 
 def running_sandbox_settings(env: Mapping[str, str]) -> tuple[Path, dict[str, str]] | None:
     """(settings file, its settings) of the sandbox running with ``env``'s data directory; None if none runs."""
-    data_dir = data_directory(env)
+    if running_sandbox(env) is None:
+        return None
+    path = settings_file(data_directory(env))
     try:
-        pid = json.loads((data_dir / "sandbox" / "running.json").read_text())["pid"]
-        if not isinstance(pid, int) or not is_alive(pid):
-            return None
-        path = settings_file(data_dir)
         return path, read_settings_file(path)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return None

@@ -1,10 +1,12 @@
 // The sandbox phone page: polls the thread and the conversation state, sends texts, starts outbound chats,
-// and lets an operator take a conversation over, answer as the business and give it back.
+// lets an operator take a conversation over, answer as the business and give it back, and shows the operator events
+// the sandbox's receiver verified for the number.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 let config = null;
 let lastRendered = "";
+let lastEvents = "";
 let refusedNumber = null;  // the number as typed that the backend refused: not asked about again until it changes
 
 async function api(path, options = {}) {
@@ -77,6 +79,37 @@ function renderHandoff(state) {
   $("away-log").style.whiteSpace = "pre-wrap";
 }
 
+function renderEvents(answer) {
+  const key = JSON.stringify(answer.events);
+  if (key === lastEvents) return;
+  lastEvents = key;
+  if (!answer.events.length) {
+    const none = document.createElement("p");
+    none.className = "note";
+    none.textContent = "No events for this number yet.";
+    $("events").replaceChildren(none);
+    return;
+  }
+  $("events").replaceChildren(...answer.events.map((kept) => {
+    const item = document.createElement("div");
+    item.className = "event";
+    item.dataset.type = kept.event.type;
+    const kind = document.createElement("span");
+    kind.className = "kind";
+    kind.textContent = kept.event.type;
+    const when = document.createElement("span");
+    when.className = "when";
+    when.textContent = kept.event.created_at ? new Date(kept.event.created_at).toLocaleTimeString() : "";
+    const verified = document.createElement("span");
+    verified.className = "verified";
+    verified.textContent = kept.verified ? "\u2713 signature verified" : "";
+    const data = document.createElement("pre");
+    data.textContent = `${kept.event.id}\n${JSON.stringify(kept.event.data, null, 1)}`;
+    item.append(kind, when, verified, data);
+    return item;
+  }));
+}
+
 function adminError(answer) {
   const error = answer.body.error || (answer.body.answer && answer.body.answer.error) || {};
   return typeof error === "string" ? error : (error.message || `failed (${answer.status})`);
@@ -113,14 +146,17 @@ function clearConversation() {
   for (const id of ["state-chat", "state-optout", "state-idle", "state-waiting"]) $(id).textContent = "–";
   $("state-recent").replaceChildren("–");
   $("away-log").textContent = "";
+  lastEvents = "";
+  $("events").replaceChildren();
 }
 
 async function poll() {
   const typed = person();
   if (!typed || typed === refusedNumber) return;  // asking again would get the same 400 every 700 ms
   const number = encodeURIComponent(typed);
-  const [thread, state] = await Promise.all([
-    api(`/api/thread?number=${number}`), api(`/api/conversation?number=${number}`)]);
+  const [thread, state, events] = await Promise.all([
+    api(`/api/thread?number=${number}`), api(`/api/conversation?number=${number}`),
+    config.events.shown ? api(`/api/events?number=${number}`) : Promise.resolve(null)]);
   if (typed !== person()) return;  // changed while asking: the next poll asks about the new number
   // The backend reads the number as the admin API does and says what is wrong with it.
   if (thread.status === 400) {
@@ -132,6 +168,7 @@ async function poll() {
   $("number-error").textContent = "";
   if (thread.ok) renderThread(thread.body.messages);
   if (state.ok) { renderState(state.body); renderHandoff(state.body); }
+  if (events && events.ok) renderEvents(events.body);
 }
 
 async function send(event) {
@@ -193,6 +230,10 @@ async function start() {
     $("operator-send").disabled = true;
     $("operator-message").disabled = true;
     $("operator-note").textContent = `Not available: ${config.outbound.reason}.`;
+  }
+  if (!config.events.shown) {
+    $("events-note").textContent = `Not shown here: ${config.events.reason}.`;
+    $("events").replaceChildren();
   }
   poll();
   setInterval(poll, 700);

@@ -99,7 +99,8 @@ def send_part(services: Services, message: InboundMessage, part: str, body: str,
         log.warning("message=%s part=%s to=%s refused by Twilio: code=%s", message.sid, part,
                     mask_number(message.from_), exc.code)
         if exc.code == OPTED_OUT_CODE:
-            store.set_opted_out(message.conversation_id, True)
+            if not store.set_opted_out(message.conversation_id, True):
+                return False  # known already (the STOP was accepted, and said so): no second event
             emit_event(store.redis, services.settings, "conversation.opted_out",
                        event_id=f"conversation.opted_out:{message.sid}:{part}", conversation_id=message.conversation_id,
                        number=message.from_, error_code=str(exc.code))

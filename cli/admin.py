@@ -325,12 +325,19 @@ def _runner(command):
     return run
 
 
-def add_commands(sub) -> None:
-    """Register the admin subcommands on the ``sms-gateway`` parser."""
+def common_options(timeout_seconds: float, each: bool = False) -> argparse.ArgumentParser:
+    """The options every admin-API command takes: --url, --json, --timeout (``timeout_seconds`` by default)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", help="the gateway's origin (default: PUBLIC_BASE_URL, else http://127.0.0.1:$PORT)")
     common.add_argument("--json", action="store_true", help="print the admin API's JSON answer")
-    common.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the answer (default 120)")
+    common.add_argument("--timeout", type=float, default=timeout_seconds,
+                        help=f"seconds to wait for {'each' if each else 'the'} answer (default {timeout_seconds:g})")
+    return common
+
+
+def add_commands(sub) -> None:
+    """Register the admin subcommands on the ``sms-gateway`` parser."""
+    common = common_options(timeout_seconds=120.0)
 
     send = sub.add_parser("send", parents=[common], help="start an outbound conversation (POST /admin/sms)")
     send.add_argument("to", help=NUMBER_HELP)

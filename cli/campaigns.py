@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cli.admin import CommandError, call_admin_api
+from cli.admin import CommandError, call_admin_api, common_options
 
 POLL_SECONDS = 1.0
 BAR_WIDTH = 30
@@ -103,18 +103,16 @@ def _show(view: dict[str, Any]) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    status, view = call_admin_api(args, "GET", f"/admin/campaigns/{args.campaign_id}")
-    if status != 200:
-        return _failed(args, status, view)
-    if args.json:
-        print(json.dumps(view, indent=2))
-    else:
-        _show(view)
-    return 0
+    return _campaign_answer(args, "GET", f"/admin/campaigns/{args.campaign_id}")
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    status, view = call_admin_api(args, "POST", f"/admin/campaigns/{args.campaign_id}/cancel")
+    return _campaign_answer(args, "POST", f"/admin/campaigns/{args.campaign_id}/cancel")
+
+
+def _campaign_answer(args: argparse.Namespace, method: str, path: str) -> int:
+    """Call a route that answers one campaign, and show it."""
+    status, view = call_admin_api(args, method, path)
     if status != 200:
         return _failed(args, status, view)
     if args.json:
@@ -149,10 +147,7 @@ def _run(command):
 
 def add_commands(sub) -> None:
     """Register ``campaign`` and its subcommands on the ``sms-gateway`` parser."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", help="the gateway's origin (default: PUBLIC_BASE_URL, else http://127.0.0.1:$PORT)")
-    common.add_argument("--json", action="store_true", help="print the admin API's JSON answer")
-    common.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each answer (default 60)")
+    common = common_options(timeout_seconds=60.0, each=True)
 
     campaign = sub.add_parser("campaign", help="text a list of people (campaigns: send, status, list, cancel)")
     commands = campaign.add_subparsers(dest="campaign_command", required=True)

@@ -23,7 +23,6 @@ from typing import Annotated, Any, Literal
 from flask import jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
-from redis.exceptions import RedisError
 from rq import Queue
 
 from core.model import conversation_id
@@ -169,18 +168,6 @@ def _campaigns() -> CampaignStore:
 def note_campaign_status(twilio_sid: str, status: str) -> None:
     """A status callback: a campaign's opening SMS delivered, or failed after it was sent, is counted (once)."""
     _campaigns().note_sms_status(twilio_sid, status)
-
-
-def note_campaign_reply(cid: str) -> None:
-    """A new inbound text: if a campaign started the conversation, the person replied (counted once).
-
-    The text is already stored with its job: a Redis failure here costs the count, never the text.
-    """
-    try:
-        _campaigns().note_reply_in(cid)
-    except RedisError as exc:
-        log.warning("campaign reply not counted for conversation=%s: Redis unavailable (%s)", cid,
-                    type(exc).__name__)
 
 
 # -- reading the request --------------------------------------------------------------------------

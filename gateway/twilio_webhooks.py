@@ -17,7 +17,7 @@ from core.queues import enqueue_drain
 from core.redaction import mask_number
 from core.state import NotReplicated
 from gateway import twilio_fields as fields
-from gateway.campaigns import note_campaign_reply, note_campaign_status
+from gateway.campaigns import note_campaign_status
 from gateway.context import web_context
 from gateway.responses import plain_text
 from gateway.signatures import is_signed_by_twilio
@@ -174,8 +174,6 @@ def inbound_sms():
                  message.sid, mask_number(message.from_), message.conversation_id, reason)
         return _twiml()
     metrics().count_inbound(outcome, message.num_media)
-    if outcome == "new":
-        note_campaign_reply(message.conversation_id)
     log.info("inbound message=%s from=%s conversation=%s %s media=%d", message.sid, mask_number(message.from_),
              message.conversation_id, outcome, message.num_media)
     return _twiml()

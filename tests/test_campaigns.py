@@ -297,9 +297,9 @@ def test_status_callbacks_and_replies_feed_the_counts(admin, redis, workers, twi
     for body in ("yes please", "and tomorrow?"):  # the person answers twice: one reply
         assert post_signed(admin, "/twilio/sms", inbound_form(body, from_=listed[0])).status_code == 200
     assert post_signed(admin, "/twilio/sms", inbound_form("hello", from_="+14155550999")).status_code == 200
+    wait_idle(redis)  # the person's answers go to the agent, in the chat the campaign's SMS started (and count)
     counts = campaign(admin, answer["campaign_id"])["counts"]
     assert counts == {"queued": 0, "sent": 3, "delivered": 1, "failed": 1, "skipped": 0, "replied": 1}
-    wait_idle(redis)  # the person's answers go to the agent, in the chat the campaign's SMS started
     chat_id = redis.hget(f"smsgw:conv:{conversation_id(GATEWAY_NUMBER, listed[0])}", "chat_id").decode()
     assert uponai.chats[chat_id].metadata["campaign_id"] == answer["campaign_id"]
     assert any(chat == chat_id and "yes please" in text for chat, text in uponai.completion_log)

@@ -34,6 +34,7 @@ from core.keywords import keyword_of
 from core.metrics import metrics
 from core.model import InboundMessage
 from core.state import ConversationStore, Progress
+from core.state.campaigns import REPLY_DUE, CampaignStore
 from core.state.deliveries import WITHHELD_HANDOFF
 from workers import bursts, sms_text
 from workers.chats import end_chat, run_turn
@@ -109,6 +110,8 @@ def drain_conversation(services: Services, cid: str, token: str, *, budget_secon
             raise RetryLater(DRAIN_BUSY_RETRY_SECONDS, TransientError("another run of this drain job holds it"))
         return 0
     pause = start.conversation
+    if pause.get(REPLY_DUE) and start.waiting:  # a campaign started the conversation: the person answered it
+        CampaignStore.from_settings(store.redis, services.settings).note_reply_in(cid)
     retry_at = float(pause.get("retry_at") or 0)
     if pause.get("retry_token") == job_token:
         # The scheduled retry itself (after a failure, or at the end of a quiet window). RQ's scheduler

@@ -147,6 +147,9 @@ def campaign_key(campaign_id: str) -> str:
     return key("campaign", campaign_id)
 
 
+REPLY_DUE = "campaign_reply_due"  # a field of the conversation's hash: its next text is a reply to count
+
+
 def reply_key(cid: str) -> str:
     """Which campaign started the conversation ``cid`` (its replies count for that campaign)."""
     return key("campaign-reply", cid)
@@ -273,6 +276,7 @@ class CampaignStore(StateBase):
     def note_reply_in(self, cid: str) -> bool:
         """The person of conversation ``cid`` texted: a reply to the campaign that started it, counted once."""
         found = self.campaign_of(cid)
+        self.redis.hdel(key("conv", cid), REPLY_DUE)  # the drains of later texts need not look again
         return found is not None and self.note_reply(*found)
 
     def cancel(self, campaign_id: str) -> str | None:
@@ -281,7 +285,11 @@ class CampaignStore(StateBase):
 
     def link_conversation(self, cid: str, campaign_id: str, number: str, ttl_seconds: int) -> None:
         """Remember that the campaign started the conversation ``cid``, so the person's answers count as replies."""
-        self.redis.set(reply_key(cid), f"{campaign_id} {number}", ex=ttl_seconds)
+        with self.redis.pipeline() as pipe:
+            pipe.set(reply_key(cid), f"{campaign_id} {number}", ex=ttl_seconds)
+            # Read by the conversation's next drain (in the hash it reads anyway): nothing on the webhook's path.
+            pipe.hset(key("conv", cid), REPLY_DUE, "1")
+            pipe.execute()
 
     def campaign_of(self, cid: str) -> tuple[str, str] | None:
         """(campaign id, number) of the campaign that started the conversation, or None."""
